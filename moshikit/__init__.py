@@ -1,0 +1,3 @@
+"""moshikit: one command-line toolkit for Kyutai's Moshi stack."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,101 @@
+"""Backend interfaces. Numpy arrays cross this boundary, never framework tensors.
+
+A codec backend wraps one implementation of the Mimi codec; an LM backend wraps
+one implementation of the Moshi language model (temporal + depth transformer).
+Commands only ever see these Protocols, so a new backend never touches a command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    """What a loaded codec is: enough to write and check token files."""
+
+    backend: str
+    device: str
+    sample_rate: int = 24000
+    frame_size: int = 1920
+    num_codebooks: int = 8
+    cardinality: int = 2048
+    total_codebooks: int = 32
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.frame_size
+
+
+@runtime_checkable
+class CodecBackend(Protocol):
+    """The Mimi codec.
+
+    Shapes: audio is float32 ``[B, T]`` at ``info.sample_rate``; codes are
+    int64 ``[B, K, F]`` with ``K = info.num_codebooks``.
+
+    Whole-array calls are stateless: ``encode`` pads ``T`` with zeros up to a
+    multiple of ``frame_size`` and returns ``ceil(T / frame_size)`` frames;
+    ``decode`` returns ``F * frame_size`` samples.
+
+    Streaming calls carry state between calls: ``reset_stream(B)`` starts a
+    stream of ``B`` parallel items, then ``encode_step`` takes a positive
+    multiple of ``frame_size`` samples and ``decode_step`` any number of
+    frames. Encoding a file chunk by chunk gives the codes of a whole-file
+    encode. A stream's encoder and decoder states are independent.
+    """
+
+    info: CodecInfo
+    #: True when a batch of B items costs clearly less than B single calls.
+    batch_gain: bool
+
+    def encode(self, pcm: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, codes: np.ndarray) -> np.ndarray: ...
+
+    def reset_stream(self, batch_size: int = 1) -> None: ...
+
+    def encode_step(self, pcm: np.ndarray) -> np.ndarray: ...
+
+    def decode_step(self, codes: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LMInfo:
+    backend: str
+    device: str
+    n_q: int  # audio codebooks the model reads (user stream + its own)
+    dep_q: int  # audio codebooks it generates per step (0 for speech-to-text)
+    text_card: int
+    card: int
+    delays: tuple[int, ...]
+    context: int
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temp: float = 0.8
+    temp_text: float = 0.7
+    top_k: int = 250
+    top_k_text: int = 25
+    seed: int | None = None
+
+
+@runtime_checkable
+class LMBackend(Protocol):
+    """One Moshi-style LM run step by step over ``B`` parallel streams.
+
+    ``step`` takes the user's audio codes for one frame, int ``[B, K_in]``
+    (``K_in`` = the codec codebooks the model listens to), and returns int
+    ``[B, 1 + dep_q]`` (text token, then the model's audio codes) or ``None``
+    while the model's acoustic delay is still filling.
+    """
+
+    info: LMInfo
+
+    def reset(self, batch_size: int = 1) -> None: ...
+
+    def step(self, codes: np.ndarray) -> np.ndarray | None: ...

@@ -1,0 +1,82 @@
+"""The Typer application and the one error boundary.
+
+Command modules import only typer and the standard library at module level;
+everything heavy is imported inside the command, so ``--help`` and shell
+completion never load torch, mlx or sounddevice.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .. import __version__
+from .decode import decode
+from .encode import encode
+from .info import info
+
+app = typer.Typer(
+    name="moshikit",
+    help="One toolkit for Kyutai's Moshi stack: the Mimi codec, Moshi and Kyutai STT.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command(rich_help_panel="Codec")(encode)
+app.command(rich_help_panel="Codec")(decode)
+app.command(rich_help_panel="Setup")(info)
+
+_debug = {"on": bool(os.environ.get("MOSHIKIT_DEBUG"))}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"moshikit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (also MOSHIKIT_DEBUG=1).")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    if debug:
+        _debug["on"] = True
+
+
+@app.command(rich_help_panel="Setup")
+def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish")]) -> None:
+    """Print the shell completion script (see completions/ and the README)."""
+    from .completion import script
+
+    print(script(shell))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and turns known errors into one line and an exit code."""
+    from ..errors import MoshikitError
+
+    try:
+        app(args=argv, prog_name="moshikit")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except MoshikitError as exc:
+        if _debug["on"]:
+            raise
+        from .output import Out
+
+        Out().error(str(exc), exc.hint)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished files are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Running a batch of per-file jobs with progress, per-file errors and a summary."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from .output import Out
+
+
+def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
+              work: Callable[[Callable[[float], None]], Iterator], failed_early: list) -> dict:
+    """Drive ``work(on_audio)``, print one line per failure, return the summary."""
+    results = list(failed_early)
+    for r in failed_early:
+        out.error(r.error)
+    with out.progress(total, total_seconds, label) as progress:
+        for r in work(progress.add_audio):
+            results.append(r)
+            progress.file_done()
+            if r.status == "failed":
+                out.error(r.error)
+        elapsed = progress.elapsed
+    done = [r for r in results if r.status == "done"]
+    audio = sum(r.audio_seconds for r in done)
+    summary = {
+        "done": len(done),
+        "skipped": sum(r.status == "skipped" for r in results),
+        "failed": sum(r.status == "failed" for r in results),
+        "audio_seconds": round(audio, 3),
+        "wall_seconds": round(elapsed, 3),
+        "x_real_time": round(audio / elapsed, 2) if elapsed > 0 and audio else None,
+        "files": [r.__dict__ for r in results],
+    }
+    if out.json_mode:
+        out.json(summary)
+    else:
+        speed_txt = f" at {audio / elapsed:,.1f}x real time" if done and elapsed > 0 else ""
+        out.message(f"{label}: {summary['done']} done, {summary['skipped']} skipped (already there), "
+                    f"{summary['failed']} failed; {audio:,.1f} s of audio{speed_txt}")
+    return summary
