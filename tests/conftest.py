@@ -1,0 +1,77 @@
+"""Shared test ground: a fitted synthetic Mimi written once per session, an isolated
+Hugging Face cache with the network off, and plain (uncoloured) terminal output."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_SESSION_ENV = {
+    "NO_COLOR": "1",
+    "COLUMNS": "120",
+    "NO_TORCH_COMPILE": "1",
+    "NO_CUDA_GRAPH": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("env")
+    env = dict(_SESSION_ENV, HF_HOME=str(root / "hf"), HF_HUB_CACHE=str(root / "hf" / "hub"),
+               MOSHIKIT_CACHE=str(root / "moshikit"))
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def mimi_weights(_isolated_env) -> Path:
+    """The fitted synthetic Mimi, also placed where ``--model synthetic`` finds it."""
+    from moshikit.testing import synthetic
+
+    reuse = os.environ.get("MOSHIKIT_TEST_MIMI")  # a developer may point at a prebuilt file
+    path = synthetic.synthetic_dir() / "seed0" / synthetic.MIMI_NAME
+    if reuse and Path(reuse).exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(reuse, path)
+        return path
+    return synthetic.ensure_synthetic_mimi()
+
+
+@pytest.fixture(scope="session")
+def speech() -> np.ndarray:
+    from moshikit.testing.synthetic import speech_sample
+
+    return speech_sample()
+
+
+@pytest.fixture(scope="session")
+def torch_codec(mimi_weights):
+    from moshikit.codec import load_codec
+
+    return load_codec("torch", "cpu", mimi_weight=mimi_weights)
+
+
+def _write_wav(path: Path, pcm: np.ndarray, rate: int = 24000) -> Path:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, pcm.T if pcm.ndim == 2 else pcm, rate, subtype="FLOAT")
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_wav():
+    """write_wav(path, pcm [T] or [C, T], rate=24000) -> path (float wav)."""
+    return _write_wav
