@@ -12,6 +12,7 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+from typer.completion import completion_init
 
 from .. import __version__
 from .decode import decode
@@ -29,6 +30,10 @@ app = typer.Typer(
 app.command(rich_help_panel="Codec")(encode)
 app.command(rich_help_panel="Codec")(decode)
 app.command(rich_help_panel="Setup")(info)
+
+# Our scripts in completions/ call back into moshikit; register Typer's shell classes
+# (add_completion=False only hides the --install-completion options).
+completion_init()
 
 _debug = {"on": bool(os.environ.get("MOSHIKIT_DEBUG"))}
 
@@ -54,7 +59,7 @@ def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish")]) 
     """Print the shell completion script (see completions/ and the README)."""
     from .completion import script
 
-    print(script(shell))
+    sys.stdout.write(script(shell))
 
 
 def main(argv: list[str] | None = None) -> int:
