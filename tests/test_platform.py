@@ -1,0 +1,34 @@
+import pytest
+
+from moshikit import platform
+from moshikit.errors import BackendError
+from moshikit.platform import GPU, PlatformInfo
+
+
+def plat(**kw):
+    base = dict(system="Linux", machine="x86_64", python="3.11", cpu="x", cores=2, ram_gb=24, apple_silicon=False)
+    return PlatformInfo(**{**base, **kw})
+
+
+def test_cpu_default_is_torch():
+    c = platform.default_codec(plat())
+    assert (c.backend, c.device) == ("torch", "cpu")
+
+
+def test_cuda_default():
+    c = platform.default_codec(plat(cuda=[GPU(0, "NVIDIA H100", 80.0)]))
+    assert (c.backend, c.device) == ("torch", "cuda") and "H100" in c.reason
+    assert platform.default_lm(plat(cuda=[GPU(0, "L4", 24.0)])).device == "cuda"
+
+
+def test_apple_silicon_prefers_mlx(monkeypatch):
+    monkeypatch.setattr(platform.registry, "probe", lambda kind, name: (name in ("mlx", "rustymimi"), "v"))
+    assert platform.default_codec(plat(system="Darwin", machine="arm64", apple_silicon=True)).backend == "mlx"
+    monkeypatch.setattr(platform.registry, "probe", lambda kind, name: (name == "rustymimi", "v"))
+    assert platform.default_codec(plat(system="Darwin", machine="arm64", apple_silicon=True)).backend == "rustymimi"
+
+
+def test_explicit_backend_and_unknown():
+    assert platform.resolve("codec", "rustymimi", None).backend == "rustymimi"
+    with pytest.raises(BackendError, match="unknown codec backend 'nope'"):
+        platform.resolve("codec", "nope", None)
