@@ -5,34 +5,32 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-_SESSION_ENV = {
+# Set before any test module is imported: huggingface_hub reads its cache location once,
+# at import time, so a fixture would be too late.
+_ROOT = Path(tempfile.mkdtemp(prefix="moshikit-tests-"))
+os.environ.update({
     "NO_COLOR": "1",
     "COLUMNS": "120",
     "NO_TORCH_COMPILE": "1",
     "NO_CUDA_GRAPH": "1",
     "HF_HUB_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
-}
+    "HF_HOME": str(_ROOT / "hf"),
+    "HF_HUB_CACHE": str(_ROOT / "hf" / "hub"),
+    "MOSHIKIT_CACHE": str(_ROOT / "moshikit"),
+})
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("env")
-    env = dict(_SESSION_ENV, HF_HOME=str(root / "hf"), HF_HUB_CACHE=str(root / "hf" / "hub"),
-               MOSHIKIT_CACHE=str(root / "moshikit"))
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+def _isolated_env():
     yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    shutil.rmtree(_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
