@@ -62,11 +62,15 @@ def test_long_file_chunked_equals_whole_file(tmp_path, moshi_mimi, torch_codec, 
     np.testing.assert_array_equal(t.codes[0], reference_codes(moshi_mimi, clip))
 
 
-def test_batch_of_unequal_lengths_equals_alone(tmp_path, moshi_mimi, torch_codec, speech, write_wav):
+def test_batch_of_unequal_lengths_equals_alone(tmp_path, moshi_mimi, torch_codec, speech, write_wav, monkeypatch):
     clips = [speech[: 24000 * 2], speech[24000 * 3 : 24000 * 9 + 1000], speech[: 24000 * 7 + 5]]
     paths = [write_wav(tmp_path / f"in/{i}.wav", c) for i, c in enumerate(clips)]
     jobs, _ = ops.plan([str(tmp_path / "in")], str(tmp_path / "b"), ".mimi")
+    monkeypatch.setattr(torch_codec.backend, "batch_gain", True)  # as on a GPU
+    calls = []
+    monkeypatch.setattr(torch_codec.backend, "encode", lambda pcm, f=torch_codec.backend.encode: calls.append(pcm.shape) or f(pcm))
     results = list(ops.encode_files(jobs, torch_codec, ops.EncodeOptions(batch_size=8)))
+    assert calls == [(3, 24000 * 7 + 5)]  # one padded batch
     assert [r.status for r in results] == ["done"] * 3
     for p, clip in zip(paths, clips):
         alone = reference_codes(moshi_mimi, clip)

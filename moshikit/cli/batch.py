@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import typer
+
 from .output import Out
 
 
@@ -13,13 +15,19 @@ def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
     results = list(failed_early)
     for r in failed_early:
         out.error(r.error)
-    with out.progress(total, total_seconds, label) as progress:
-        for r in work(progress.add_audio):
-            results.append(r)
-            progress.file_done()
-            if r.status == "failed":
-                out.error(r.error)
-        elapsed = progress.elapsed
+    try:
+        with out.progress(total, total_seconds, label) as progress:
+            for r in work(progress.add_audio):
+                results.append(r)
+                progress.file_done()
+                if r.status == "failed":
+                    out.error(r.error)
+            elapsed = progress.elapsed
+    except KeyboardInterrupt:
+        done = sum(r.status == "done" for r in results)
+        out.err.print(f"interrupted after {done} new file(s): finished files are kept and partial ones "
+                      "removed; run the same command again to resume")
+        raise typer.Exit(130) from None
     done = [r for r in results if r.status == "done"]
     audio = sum(r.audio_seconds for r in done)
     summary = {

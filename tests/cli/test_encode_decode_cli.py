@@ -165,3 +165,26 @@ def test_model_synthetic_and_hf_cache(tree, capsys, mimi_weights):
     np.testing.assert_array_equal(a.codes, b.codes)
     assert b.header.codec["repo"] == "kyutai/moshiko-pytorch-bf16"
     assert b.header.codec["sha256"] == a.header.codec["sha256"]
+
+
+def test_interrupted_batch_resumes(tree, capsys, mimi_weights, monkeypatch):
+    from moshikit.backends.torch_codec import TorchCodec
+
+    real = TorchCodec.encode_step
+    calls = {"n": 0}
+
+    def flaky(self, pcm):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, pcm)
+
+    monkeypatch.setattr(TorchCodec, "encode_step", flaky)
+    argv = ["encode", str(tree / "in"), "-o", str(tree / "t"), "--mimi-weight", str(mimi_weights), "-b", "torch"]
+    code, _, err = run(capsys, *argv)
+    assert code == 130 and "run the same command again to resume" in err
+    assert [p.name for p in (tree / "t").rglob("*") if p.is_file()] == ["a.mimi"]
+    monkeypatch.setattr(TorchCodec, "encode_step", real)
+    code, out, err = run(capsys, *argv, "--json")
+    summary = json.loads(out)
+    assert code == 0 and (summary["skipped"], summary["done"]) == (1, 2)
