@@ -15,6 +15,7 @@ import typer
 from typer.completion import completion_init
 
 from .. import __version__
+from .bench import bench_app
 from .decode import decode
 from .encode import encode
 from .info import info
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.command(rich_help_panel="Codec")(encode)
 app.command(rich_help_panel="Codec")(decode)
 app.command(rich_help_panel="Setup")(info)
+app.add_typer(bench_app, name="bench", rich_help_panel="Measure")
 
 # Our scripts in completions/ call back into moshikit; register Typer's shell classes
 # (add_completion=False only hides the --install-completion options).

@@ -1,0 +1,101 @@
+"""Drawing benchmark results: live rows, a table, histograms, JSON and comparisons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+
+def render(result, rows: Callable[[], Iterator], json_file: str | None, compare: str | None,
+           plot: str | None) -> None:
+    """Run ``rows()``, showing progress; Ctrl-C stops and still reports what was measured."""
+    from rich.console import Console
+
+    from .. import bench
+
+    con = Console()
+    err = Console(stderr=True)
+    old = bench.load(compare) if compare else None
+    try:
+        with err.status("measuring (warm-up excluded)...") as status:
+            for row in rows():
+                result.rows.append(row)
+                status.update(f"measured {row.name}: {row.task}")
+    except KeyboardInterrupt:
+        result.interrupted = True
+        err.print("[yellow]interrupted: reporting what was measured so far[/]")
+    _table(con, result)
+    _histograms(con, result)
+    if old is not None:
+        _comparison(con, bench.compare(result, old))
+    if json_file:
+        bench.save(result, json_file)
+        err.print(f"[dim]wrote {json_file}[/]")
+    if plot:
+        _plot(result, plot, err)
+
+
+def _fmt(row) -> tuple[str, str, str, str]:
+    s = row.stats
+    if row.unit == "ms":
+        return f"{s.p50:.1f} ms", f"{s.p90:.1f}", f"{s.p99:.1f}", f"{s.mean:.1f}"
+    return f"{s.p50:,.1f}x", f"{s.p90:,.1f}", f"{s.p99:,.1f}", f"{s.mean:,.1f}"
+
+
+def _table(con, result) -> None:
+    from rich.table import Table
+
+    label = " (synthetic weights: speed only)" if result.synthetic else ""
+    t = Table(title=f"moshikit bench{label}", caption=result.convention)
+    for col in ("stage", "what", "task", "batch", "p50", "p90", "p99", "mean", "n", "peak MB"):
+        t.add_column(col, justify="right" if col in ("batch", "p50", "p90", "p99", "mean", "n", "peak MB") else "left")
+    for r in result.rows:
+        mem = r.memory.get("cuda_max_allocated_mb") or r.memory.get("peak_rss_mb")
+        t.add_row(r.stage, r.name, r.task, str(r.params.get("batch", "")), *_fmt(r), str(r.stats.n),
+                  f"{mem:,.0f}" if mem else "")
+    con.print(t)
+    env = result.env
+    con.print(f"[dim]{env.get('cpu')} ({env.get('cores')} cores), torch {env.get('torch')}, "
+              f"threads {env.get('torch_threads')}, GPUs: {', '.join(g['name'] for g in env.get('gpus', [])) or 'none'}[/]")
+
+
+def _histograms(con, result) -> None:
+    from .. import bench
+
+    for r in result.rows:
+        if r.unit != "ms" or "encode+decode" not in r.task and r.stage == "codec":
+            continue
+        con.print(f"\n[bold]{r.name}[/] {r.task}: latency distribution (ms)")
+        for lo, hi, count, bar in bench.histogram(r.samples):
+            con.print(f"  {lo:8.1f} - {hi:8.1f} │{bar} {count}")
+
+
+def _comparison(con, pairs) -> None:
+    from rich.table import Table
+
+    t = Table(title="against the earlier run (speed-up: >1 is faster now)")
+    for col in ("what", "task", "batch", "now", "before", "speed-up"):
+        t.add_column(col)
+    for new, old, ratio in pairs:
+        t.add_row(new.name, new.task, str(new.params.get("batch", "")), _fmt(new)[0], _fmt(old)[0], f"{ratio:.2f}x")
+    con.print(t)
+
+
+def _plot(result, path: str, err) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        err.print("[yellow]--plot needs matplotlib (pip install matplotlib); skipped[/]")
+        return
+    rows = [r for r in result.rows if r.unit == "ms"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for r in rows:
+        ax.hist(r.samples, bins=30, alpha=0.5, label=f"{r.name}: {r.task}")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("frames")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    err.print(f"[dim]wrote {path}[/]")

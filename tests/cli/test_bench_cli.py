@@ -1,0 +1,20 @@
+import json
+
+from moshikit.cli.app import main
+
+
+def test_bench_codec_json_and_compare(tmp_path, capsys, mimi_weights):
+    args = ["bench", "codec", "--synthetic", "-b", "torch", "--no-reference", "--seconds", "1", "-n", "1",
+            "--stream-frames", "2"]
+    assert main(args + ["--json", str(tmp_path / "a.json")]) == 0
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["synthetic"] is True and {r["task"] for r in data["rows"]} >= {"encode", "decode", "stream encode+decode"}
+    capsys.readouterr()
+    assert main(args + ["--compare", str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    assert "x real time = audio seconds / wall seconds" in out and "speed-up" in out
+
+
+def test_bench_bad_backend(capsys):
+    assert main(["bench", "codec", "--synthetic", "-b", "nope"]) == 2
+    assert "unknown codec backend 'nope'" in capsys.readouterr().err
