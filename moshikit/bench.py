@@ -229,12 +229,6 @@ class CodecPlan:
     device: str | None = None
 
 
-class _Subject:
-    """Something with the codec adapter's methods: a moshikit backend or a reference wrapper."""
-
-    name: str
-
-
 def _reference_subjects(plan: CodecPlan) -> list[tuple[str, object]]:
     from .backends import registry
 
@@ -318,53 +312,71 @@ def codec_subjects(plan: CodecPlan) -> Iterator[tuple[str, object]]:
         yield f"moshikit {name}", codec.backend
 
 
-def bench_codec(plan: CodecPlan, *, on_row: Callable[[Row], None] | None = None,
-                clock: Clock = time.perf_counter) -> Iterator[Row]:
-    """Batch encode/decode throughput over the sweep, then per-frame streaming latency."""
+def bench_codec(plan: CodecPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]:
+    """Batch encode/decode throughput over the sweep, then per-frame streaming latency.
+
+    Subjects are timed round-robin, repeat by repeat, so that a noisy machine slows
+    them alike and the ratios between rows hold.
+    """
     from .testing.synthetic import speech_sample
 
     speech = speech_sample()
-    for name, subj in codec_subjects(plan):
-        sync = getattr(subj, "sync", None) or _torch_sync
-        dev = getattr(getattr(subj, "info", None), "device", None) or getattr(subj, "device", "cpu")
-        for seconds in plan.seconds:
-            for batch in plan.batch_sizes:
-                pcm = np.stack([np.resize(np.roll(speech, 24000 * i), int(seconds * 24000)) for i in range(batch)])
-                pcm = pcm.astype(np.float32)
-                with PeakMemory() as mem:
-                    walls = measure(lambda: subj.encode(pcm), repeats=plan.repeats, clock=clock, sync=sync)
-                codes = np.asarray(subj.encode(pcm)).astype(np.int64)
-                row = throughput_row("codec", name, "encode", seconds * batch, walls, batch=batch, seconds=seconds,
-                                     device=dev)
-                row.memory = mem.result
-                yield row
-                with PeakMemory() as mem:
-                    walls = measure(lambda: subj.decode(codes), repeats=plan.repeats, clock=clock, sync=sync)
-                row = throughput_row("codec", name, "decode", seconds * batch, walls, batch=batch, seconds=seconds,
-                                     device=dev)
-                row.memory = mem.result
-                yield row
-        if plan.stream_frames:
-            frames = np.resize(speech, 1920 * (plan.stream_frames + 5)).astype(np.float32)[None]
-            subj.reset_stream(1)
-            enc, dec = [], []
-            for i in range(plan.stream_frames + 5):
-                t = clock()
-                c = np.asarray(subj.encode_step(frames[:, i * 1920 : (i + 1) * 1920])).astype(np.int64)
-                if sync:
-                    sync()
-                t1 = clock()
-                subj.decode_step(c)
-                if sync:
-                    sync()
-                t2 = clock()
-                if i >= 5:  # warm-up frames
-                    enc.append(t1 - t)
-                    dec.append(t2 - t1)
-            yield latency_row("codec", name, "stream encode (80 ms frame)", enc, frames=plan.stream_frames, device=dev)
-            yield latency_row("codec", name, "stream decode (80 ms frame)", dec, frames=plan.stream_frames, device=dev)
-            both = [a + b for a, b in zip(enc, dec)]
-            yield latency_row("codec", name, "stream encode+decode", both, frames=plan.stream_frames, device=dev)
+    subjects = list(codec_subjects(plan))
+
+    def device(subj) -> str:
+        return getattr(getattr(subj, "info", None), "device", None) or getattr(subj, "device", "cpu")
+
+    def sync_of(subj):
+        return getattr(subj, "sync", None) or _torch_sync
+
+    for seconds in plan.seconds:
+        for batch in plan.batch_sizes:
+            pcm = np.stack([np.resize(np.roll(speech, 24000 * i), int(seconds * 24000)) for i in range(batch)])
+            pcm = pcm.astype(np.float32)
+            codes = {name: np.asarray(subj.encode(pcm)).astype(np.int64) for name, subj in subjects}
+            for task in ("encode", "decode"):
+                walls: dict[str, list[float]] = {name: [] for name, _ in subjects}
+                mems: dict[str, dict] = {}
+                for rep in range(plan.repeats + 1):  # the first round is the warm-up
+                    for name, subj in subjects:
+                        fn = (lambda s=subj: s.encode(pcm)) if task == "encode" else \
+                             (lambda s=subj, c=codes[name]: s.decode(c))
+                        with PeakMemory() as mem:
+                            w = measure(fn, repeats=1, warmup=0, clock=clock, sync=sync_of(subj))
+                        if rep:
+                            walls[name] += w
+                            mems[name] = mem.result
+                for name, subj in subjects:
+                    row = throughput_row("codec", name, task, seconds * batch, walls[name], batch=batch,
+                                         seconds=seconds, device=device(subj))
+                    row.memory = mems[name]
+                    yield row
+    if not plan.stream_frames:
+        return
+    frames = np.resize(speech, 1920 * (plan.stream_frames + 5)).astype(np.float32)[None]
+    enc: dict[str, list[float]] = {name: [] for name, _ in subjects}
+    dec: dict[str, list[float]] = {name: [] for name, _ in subjects}
+    for _, subj in subjects:
+        subj.reset_stream(1)
+    for i in range(plan.stream_frames + 5):
+        for name, subj in subjects:
+            sync = sync_of(subj)
+            t = clock()
+            c = np.asarray(subj.encode_step(frames[:, i * 1920 : (i + 1) * 1920])).astype(np.int64)
+            sync()
+            t1 = clock()
+            subj.decode_step(c)
+            sync()
+            t2 = clock()
+            if i >= 5:  # warm-up frames
+                enc[name].append(t1 - t)
+                dec[name].append(t2 - t1)
+    for name, subj in subjects:
+        dev = device(subj)
+        yield latency_row("codec", name, "stream encode (80 ms frame)", enc[name], frames=plan.stream_frames, device=dev)
+        yield latency_row("codec", name, "stream decode (80 ms frame)", dec[name], frames=plan.stream_frames, device=dev)
+        both = [a + b for a, b in zip(enc[name], dec[name])]
+        yield latency_row("codec", name, "stream encode+decode", both, frames=plan.stream_frames, device=dev)
 
 
 def _torch_sync() -> None:
@@ -399,3 +411,150 @@ def load(path: str) -> BenchResult:
     from pathlib import Path
 
     return BenchResult.from_json(json.loads(Path(path).read_text()))
+
+
+# ---------------------------------------------------------------- lm and chat stages
+
+
+@dataclass
+class LMPlan:
+    backends: list[str]
+    repo: str  # a Moshi checkpoint directory (synthetic or real)
+    reference: bool = True
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    steps: int = 50
+    device: str | None = None
+    dtype: str | None = None
+
+
+def synthetic_moshi_repo(size: str, layout: str = "pytorch") -> str:
+    """A synthetic Moshi checkpoint directory (``tiny``: seconds; ``full``: the 7B, ~15 GB, minutes)."""
+    from .testing import synthetic_lm
+    from .testing.synthetic import ensure_synthetic_mimi, synthetic_dir
+
+    if size == "tiny":
+        return str(synthetic_lm.ensure_synthetic_moshi(layout=layout, mimi_path=ensure_synthetic_mimi()))
+    dest = synthetic_dir() / f"moshi-{size}-{layout}"
+    if not (dest / "config.json").exists():
+        synthetic_lm.write_moshi_repo(dest, size=size, layout=layout, mimi_path=ensure_synthetic_mimi())
+    return str(dest)
+
+
+class _LMGenReference:
+    """moshi's LMModel + LMGen called directly, as moshi's README shows."""
+
+    def __init__(self, repo: str, device: str | None, dtype: str | None) -> None:
+        os.environ.setdefault("NO_TORCH_COMPILE", "1")
+        import torch
+        from moshi.models import LMGen
+
+        from .backends.torch_codec import pick_device
+        from .backends.torch_lm import checkpoint_info, resolve_repo
+
+        self.torch = torch
+        self.device = pick_device(device)
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
+            dtype or "", torch.bfloat16 if self.device == "cuda" else torch.float32)
+        lm = checkpoint_info(resolve_repo(repo)).get_moshi(device=self.device, dtype=dt)
+        self.gen = LMGen(lm, temp=0.8, temp_text=0.7)
+        self.k = lm.n_q - lm.dep_q  # the user's codebooks the model listens to
+        self._ctx = None
+
+    def reset(self, batch_size: int = 1) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
+        self._ctx = self.gen.streaming(batch_size)
+
+    def step(self, codes: np.ndarray):
+        with self.torch.no_grad():
+            out = self.gen.step(self.torch.from_numpy(codes[:, :, None]).to(self.device))
+        return None if out is None else out[:, :, 0].cpu().numpy()
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+
+def lm_subjects(plan: LMPlan) -> Iterator[tuple[str, object, int]]:
+    """(name, object with reset/step, input codebooks)."""
+    from .backends import registry
+
+    if plan.reference and registry.probe("lm", "torch")[0]:
+        ref = _LMGenReference(plan.repo, plan.device, plan.dtype)
+        yield "moshi LMGen (reference)", ref, ref.k
+    for name in plan.backends:
+        mod = registry.module("lm", name)
+        lm = mod.load(plan.repo, device=plan.device, dtype=plan.dtype)
+        yield f"moshikit {name}", lm, lm.input_codebooks
+
+
+def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]:
+    """Per-step latency over a batch sweep, the largest batch that keeps real time, time to first output."""
+    for name, subj, k in lm_subjects(plan):
+        sync = getattr(subj, "sync", None) or _torch_sync
+        realtime = 0
+        for batch in plan.batch_sizes:
+            rng = np.random.default_rng(0)
+            subj.reset(batch)
+            first, walls, t0 = None, [], clock()
+            for i in range(plan.steps + 3):
+                codes = rng.integers(0, 2048, size=(batch, k))
+                t = clock()
+                out = subj.step(codes)
+                sync()
+                now = clock()
+                if out is not None and first is None:
+                    first = now - t0
+                if i >= 3:  # warm-up steps
+                    walls.append(now - t)
+            row = latency_row("lm", name, "step (temporal + depth)", walls, batch=batch, steps=plan.steps,
+                              dtype=plan.dtype or "auto")
+            yield row
+            if first is not None:
+                yield latency_row("lm", name, "time to first output", [first], batch=batch)
+            if row.stats.p99 < FRAME_SECONDS * 1000:
+                realtime = max(realtime, batch)
+        yield Row("lm", name, "largest real-time batch (p99 < 80 ms)", "streams", Stats.of([realtime]),
+                  {"batches": plan.batch_sizes}, samples=[realtime])
+
+
+def bench_chat(codec_backend: str, lm_backend: str, weights: str, repo: str, *, frames: int = 50,
+               device: str | None = None, paced: bool = False, clock: Clock = time.perf_counter,
+               sleep: Callable[[float], None] = time.sleep) -> Iterator[Row]:
+    """The whole loop per 80 ms frame: encode, one LM step, decode Moshi's audio.
+
+    Unpaced runs as fast as possible; paced feeds a frame every 80 ms as a microphone
+    does (what Kyutai's Rust benchmark measures), so idle time between frames counts.
+    """
+    from .backends import registry
+    from .codec import load_codec
+    from .testing.synthetic import speech_sample
+
+    codec = load_codec(codec_backend, device, mimi_weight=weights).backend
+    lm = registry.module("lm", lm_backend).load(repo, device=device)
+    k = lm.input_codebooks
+    pcm = np.resize(speech_sample(), 1920 * (frames + 5)).astype(np.float32)[None]
+    codec.reset_stream(1)
+    lm.reset(1)
+    walls: list[float] = []
+    next_tick = clock()
+    for i in range(frames + 5):
+        if paced:
+            delay = next_tick - clock()
+            if delay > 0:
+                sleep(delay)
+            next_tick += FRAME_SECONDS
+        t = clock()
+        codes = codec.encode_step(pcm[:, i * 1920 : (i + 1) * 1920])
+        out = lm.step(codes[:, :k, 0])
+        if out is not None:
+            codec.decode_step(out[:, 1:, None])
+        _torch_sync()
+        if i >= 5:
+            walls.append(clock() - t)
+    mode = "paced (80 ms input)" if paced else "unpaced"
+    row = latency_row("chat", f"moshikit {codec_backend}+{lm_backend}", f"frame: encode+step+decode, {mode}", walls,
+                      frames=frames)
+    over = sum(w > FRAME_SECONDS for w in walls) / len(walls)
+    row.params.update(over_budget=round(over, 4), headroom_ms=round(FRAME_SECONDS * 1000 - row.stats.p99, 2))
+    yield row

@@ -24,7 +24,7 @@ from .backends.base import CodecBackend
 from .errors import MoshikitError, TokenFileError, UsageError
 from .hub import Weights, resolve_mimi
 from .platform import Choice, resolve
-from .tokens import TokenHeader, Tokens, is_complete, output_suffix, read_tokens, write_tokens
+from .tokens import TokenHeader, Tokens, is_complete, read_tokens, write_tokens
 
 #: Frames per streaming call and the longest clip that goes through the batch path (10 s).
 CHUNK_FRAMES = 125

@@ -81,3 +81,33 @@ def test_codec_stage_rows(mimi_weights):
     assert ("rustymimi Tokenizer (reference)", "stream encode+decode") in names
     for r in rows:
         assert r.stats.n == (3 if r.unit == "ms" else 1) and r.stats.p50 > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(mimi_weights):
+    return bench.synthetic_moshi_repo("tiny")
+
+
+def test_lm_stage_rows(tiny_repo):
+    rows = list(bench.bench_lm(bench.LMPlan(["torch"], tiny_repo, reference=True, batch_sizes=[1, 2], steps=4)))
+    tasks = [(r.name, r.task, r.params.get("batch")) for r in rows]
+    assert ("moshi LMGen (reference)", "step (temporal + depth)", 2) in tasks
+    assert ("moshikit torch", "time to first output", 1) in tasks
+    cap = [r for r in rows if r.unit == "streams" and r.name == "moshikit torch"][0]
+    steps = {r.params["batch"]: r for r in rows if r.name == "moshikit torch" and r.task.startswith("step")}
+    want = max([b for b, r in steps.items() if r.stats.p99 < 80] or [0])
+    assert cap.stats.p50 == want and steps[1].stats.n == 4
+
+
+def test_chat_paced_feeds_every_80_ms(tiny_repo, mimi_weights):
+    now = {"t": 0.0}
+    slept = []
+
+    def sleep(d):
+        slept.append(d)
+        now["t"] += d
+
+    (row,) = bench.bench_chat("torch", "torch", str(mimi_weights), tiny_repo, frames=3, paced=True,
+                              clock=lambda: now["t"], sleep=sleep)
+    assert slept == pytest.approx([0.08] * 7)  # 3 timed + 5 warm-up frames, the first without waiting
+    assert row.stats.n == 3 and row.params["over_budget"] == 0.0 and row.params["headroom_ms"] == 80.0

@@ -17,6 +17,7 @@ from typer.completion import completion_init
 from .. import __version__
 from .bench import bench_app
 from .decode import decode
+from .download import download, models_app
 from .encode import encode
 from .info import info
 
@@ -31,6 +32,8 @@ app = typer.Typer(
 app.command(rich_help_panel="Codec")(encode)
 app.command(rich_help_panel="Codec")(decode)
 app.command(rich_help_panel="Setup")(info)
+app.command(rich_help_panel="Setup")(download)
+app.add_typer(models_app, name="models", rich_help_panel="Setup")
 app.add_typer(bench_app, name="bench", rich_help_panel="Measure")
 
 # Our scripts in completions/ call back into moshikit; register Typer's shell classes

@@ -71,3 +71,122 @@ def codec(
                            frames, num_codebooks, device_value(device))
     result = bench.BenchResult(env=bench.environment({"weights": str(weights.path)}), synthetic=synthetic)
     render(result, lambda: bench.bench_codec(plan), json_file, compare, plot)
+
+
+LMSizeOpt = Annotated[str, typer.Option("--lm-size", help="With --synthetic: tiny (seconds to build) or full "
+                                                          "(the Moshi 7B architecture, ~15 GB on disk).")]
+StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="LM steps timed per batch size.")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA, "
+                                                                 "fp32 on CPU).", show_default=False)]
+
+
+def _lm_repo(synthetic: bool, size: str, model: Optional[str]) -> str:
+    from .. import bench
+    from ..errors import UsageError
+
+    if synthetic:
+        if size not in ("tiny", "full"):
+            raise UsageError(f"--lm-size must be tiny or full, not {size!r}")
+        return bench.synthetic_moshi_repo(size)
+    from ..hub import resolve_model
+
+    return str(resolve_model(model, kind="moshi").path)
+
+
+@bench_app.command("lm")
+def lm(
+    backend: BackendsOpt = "all",
+    synthetic: SyntheticOpt = False,
+    lm_size: LMSizeOpt = "tiny",
+    reference: ReferenceOpt = True,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1",
+    steps: StepsOpt = 50,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    model: ModelOpt = None,
+    json_file: JsonFileOpt = None,
+    compare: CompareOpt = None,
+) -> None:
+    """One Moshi step (temporal + depth): latency per batch size, real-time capacity, first output."""
+    from .. import bench
+    from .bench_render import render
+
+    sizes = _ints(batch_sizes)
+    repo = _lm_repo(synthetic, lm_size, model)
+    plan = bench.LMPlan(_backends(backend, "lm"), repo, reference, sizes, steps, device_value(device), dtype)
+    result = bench.BenchResult(env=bench.environment({"lm": repo, "lm_size": lm_size if synthetic else None}),
+                               synthetic=synthetic)
+    render(result, lambda: bench.bench_lm(plan), json_file, compare, None)
+
+
+@bench_app.command("chat")
+def chat(
+    synthetic: SyntheticOpt = False,
+    lm_size: LMSizeOpt = "tiny",
+    codec_backend: Annotated[str, typer.Option("--codec-backend")] = "torch",
+    lm_backend: Annotated[str, typer.Option("--lm-backend")] = "torch",
+    frames: Annotated[int, typer.Option("--frames", min=1, help="80 ms frames timed.")] = 50,
+    device: DeviceOpt = None,
+    mimi_weight: MimiWeightOpt = None,
+    model: ModelOpt = None,
+    json_file: JsonFileOpt = None,
+    compare: CompareOpt = None,
+    plot: Annotated[Optional[str], typer.Option("--plot", show_default=False)] = None,
+) -> None:
+    """The whole loop per 80 ms frame (encode + LM step + decode), unpaced and paced."""
+    from .. import bench
+    from ..hub import resolve_mimi
+    from .bench_render import render
+
+    repo = _lm_repo(synthetic, lm_size, model)
+    weights = str(resolve_mimi(mimi_weight, "synthetic" if synthetic else model).path)
+    dev = device_value(device)
+
+    def rows():
+        for paced in (False, True):
+            yield from bench.bench_chat(codec_backend, lm_backend, weights, repo, frames=frames, device=dev,
+                                        paced=paced)
+
+    result = bench.BenchResult(env=bench.environment({"lm": repo}), synthetic=synthetic)
+    render(result, rows, json_file, compare, plot)
+
+
+@bench_app.callback()
+def quick(ctx: typer.Context, synthetic: SyntheticOpt = False,
+          json_file: JsonFileOpt = None) -> None:
+    """Run with no subcommand: a short version of every stage (codec, lm, chat)."""
+    if ctx.invoked_subcommand is not None:
+        if synthetic or json_file:
+            from ..errors import UsageError
+
+            raise UsageError("put --synthetic/--json after the stage: moshikit bench codec --synthetic")
+        return
+    from .. import bench
+    from ..hub import resolve_mimi
+    from .bench_render import render
+
+    weights = str(resolve_mimi(None, "synthetic" if synthetic else None).path)
+    repo = _lm_repo(synthetic, "tiny", None)
+    from ..platform import is_apple_silicon
+
+    # MLX off Apple silicon runs on a reference BLAS (~0.6x real time): leave it to `bench codec -b mlx`.
+    codecs = [b for b in _backends("all", "codec") if b != "mlx" or is_apple_silicon()]
+    codec_plan = bench.CodecPlan(codecs, weights, True, [1], [4.0], 2, 20)
+    lm_plan = bench.LMPlan(_backends("all", "lm"), repo, True, [1], 20)
+
+    def rows():
+        yield from bench.bench_codec(codec_plan)
+        yield from bench.bench_lm(lm_plan)
+        yield from bench.bench_chat("torch", "torch", weights, repo, frames=20)
+
+    result = bench.BenchResult(env=bench.environment({"lm": repo}), synthetic=synthetic)
+    render(result, rows, json_file, None, None)
+
+
+def _ints(value: str) -> list[int]:
+    from ..errors import UsageError
+
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise UsageError(f"expected comma-separated whole numbers, not {value!r}") from None

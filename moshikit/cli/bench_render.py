@@ -36,6 +36,8 @@ def render(result, rows: Callable[[], Iterator], json_file: str | None, compare:
 
 def _fmt(row) -> tuple[str, str, str, str]:
     s = row.stats
+    if row.unit == "streams":
+        return f"{s.p50:.0f} streams", "", "", ""
     if row.unit == "ms":
         return f"{s.p50:.1f} ms", f"{s.p90:.1f}", f"{s.p99:.1f}", f"{s.mean:.1f}"
     return f"{s.p50:,.1f}x", f"{s.p90:,.1f}", f"{s.p99:,.1f}", f"{s.mean:,.1f}"
@@ -62,7 +64,7 @@ def _histograms(con, result) -> None:
     from .. import bench
 
     for r in result.rows:
-        if r.unit != "ms" or "encode+decode" not in r.task and r.stage == "codec":
+        if r.unit != "ms" or r.stats.n < 5 or ("encode+decode" not in r.task and r.stage == "codec"):
             continue
         con.print(f"\n[bold]{r.name}[/] {r.task}: latency distribution (ms)")
         for lo, hi, count, bar in bench.histogram(r.samples):

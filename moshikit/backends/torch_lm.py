@@ -1,0 +1,204 @@
+"""The Moshi LM through moshi's PyTorch ``LMModel`` and ``LMGen`` (CUDA, MPS or CPU).
+
+Weights load through moshi's own loaders (``CheckpointInfo.from_hf_repo`` with local
+paths, then ``CheckpointInfo.get_moshi``), so a published repo
+(``kyutai/moshiko-pytorch-bf16`` and friends) loads through the same code as the
+synthetic one.
+
+Step semantics are moshi's (``LMGen.step``), which every LM backend follows: the
+user codes given to call ``t`` are read by the model in that same call (as the
+frame before the one it predicts; those of call 0 are never read), and the output
+of call ``t`` is frame ``t - max(delays)``, text and audio aligned, so the first
+``max(delays)`` calls return ``None``. moshi_mlx and Kyutai's Rust code read the
+user's frame one call later; ``mlx_lm`` adapts (see there).
+
+Resolving a checkpoint's files (``resolve_repo``) lives in ``lm_repo``, shared with MLX.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, ModelError
+from .base import LMInfo, SamplingConfig
+
+from .lm_repo import LMRepo, check_codes, resolve_repo, sampling_from  # noqa: F401 (re-exported)
+
+
+def probe() -> str:
+    import moshi
+    import torch
+
+    return f"torch {torch.__version__}, moshi {moshi.__version__}"
+
+
+def checkpoint_info(repo: LMRepo):
+    """moshi's ``CheckpointInfo`` for ``repo``, built by moshi's own loader from local paths."""
+    from moshi.models import loaders
+
+    for what, p in (("LM weights", repo.moshi_weights), ("text tokenizer", repo.tokenizer)):
+        if not Path(p).is_file():
+            raise ModelError(f"{repo.source}: missing {what} {Path(p).name}")
+    if repo.config_path is None:
+        # What from_hf_repo does for a repo without config.json: the Moshi 7B defaults.
+        return loaders.CheckpointInfo(Path(repo.moshi_weights), Path(repo.mimi_weights), Path(repo.tokenizer))
+    return loaders.CheckpointInfo.from_hf_repo(
+        str(repo.source), moshi_weights=Path(repo.moshi_weights), mimi_weights=Path(repo.mimi_weights),
+        tokenizer=Path(repo.tokenizer), config_path=Path(repo.config_path),
+    )
+
+
+def _torch_dtype(torch, dtype, device: str):
+    if dtype is None or dtype == "auto":
+        # bf16 is what the weights are published in; CPUs run fp32 much faster.
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, str):
+        try:
+            return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                    "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
+        except KeyError:
+            raise BackendError(f"unknown dtype {dtype!r}", hint="use bfloat16, float16 or float32") from None
+    return dtype
+
+
+class _Rng:
+    """A private random stream for LMGen's sampling, swapped in around each step.
+
+    LMGen samples from torch's global generators; keeping our own state means two
+    models (or other torch code) running in between do not change a seeded run.
+    """
+
+    def __init__(self, torch, device) -> None:
+        self._torch = torch
+        self._kind = device.type if device.type in ("cuda", "mps") else "cpu"
+        self._index = device.index if device.index is not None else 0
+        self._state: tuple | None = None
+
+    def _get(self) -> tuple:
+        t = self._torch
+        if self._kind == "cuda":
+            return t.get_rng_state(), t.cuda.get_rng_state(self._index)
+        if self._kind == "mps":
+            return t.get_rng_state(), t.mps.get_rng_state()
+        return t.get_rng_state(), None
+
+    def _set(self, state: tuple) -> None:
+        t = self._torch
+        t.set_rng_state(state[0])
+        if self._kind == "cuda":
+            t.cuda.set_rng_state(state[1], self._index)
+        elif self._kind == "mps":
+            t.mps.set_rng_state(state[1])
+
+    def seed(self, seed: int | None) -> None:
+        if seed is None:
+            self._state = None
+            return
+        saved = self._get()
+        self._torch.manual_seed(seed)
+        self._state = self._get()
+        self._set(saved)
+
+    def __enter__(self):
+        if self._state is not None:
+            self._saved = self._get()
+            self._set(self._state)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._state is not None:
+            self._state = self._get()
+            self._set(self._saved)
+
+
+class TorchLM:
+    """moshi's LMModel + LMGen behind the ``LMBackend`` Protocol."""
+
+    def __init__(self, repo: LMRepo, *, device: str | None = None, dtype=None,
+                 sampling: SamplingConfig | None = None) -> None:
+        # moshi wraps helpers in torch.compile; on a CPU that costs tens of seconds.
+        os.environ.setdefault("NO_TORCH_COMPILE", "1")
+        import torch
+
+        from .torch_codec import pick_device
+
+        self._torch = torch
+        dev = pick_device(device)
+        self.repo = repo
+        self.checkpoint = checkpoint_info(repo)
+        self.dtype = _torch_dtype(torch, dtype, dev)
+        try:
+            self.model = self.checkpoint.get_moshi(device=dev, dtype=self.dtype)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ModelError(f"{repo.moshi_weights}: cannot load as a Moshi LM: {str(exc).splitlines()[0]}") from None
+        cp = self.model.condition_provider
+        if cp is not None and cp.conditioners:
+            raise BackendError(f"{repo.source}: conditioned models ({self.checkpoint.model_type}) are not supported")
+        self._device = torch.device(dev)
+        self.sampling = sampling_from(repo, sampling)
+        self._rng = _Rng(torch, self._device)
+        m = self.model
+        self.info = LMInfo(backend="torch", device=dev, n_q=int(m.n_q), dep_q=int(m.dep_q),
+                           text_card=int(m.text_card), card=int(m.card), delays=tuple(int(d) for d in m.delays),
+                           context=int(m.context) if m.context is not None else 0)
+        self._gen = None
+        self._stream: ExitStack | None = None
+        self._batch = 0
+        self.reset(1)
+
+    @property
+    def input_codebooks(self) -> int:
+        """How many user codebooks ``step`` reads (``n_q - dep_q``)."""
+        return self.info.n_q - self.info.dep_q
+
+    def text_tokenizer(self):
+        """The repo's SentencePiece model (``sentencepiece.SentencePieceProcessor``)."""
+        return self.checkpoint.get_text_tokenizer()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        self._batch = 0
+
+    def reset(self, batch_size: int = 1) -> None:
+        """Start ``batch_size`` fresh streams (and restart the seeded random stream)."""
+        from moshi.models.lm import LMGen
+
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        s = self.sampling
+        self._rng.seed(s.seed)
+        # Streaming state is created and updated under inference_mode only (its
+        # tensors become inference tensors in step, which may not be touched outside).
+        with self._torch.inference_mode():
+            if self._stream is not None and batch_size == self._batch:
+                self._gen.reset_streaming()
+                return
+            self.close()
+            self._gen = LMGen(self.model, use_sampling=True, temp=s.temp, temp_text=s.temp_text,
+                              top_k=s.top_k, top_k_text=s.top_k_text)
+            self._stream = self._gen.streaming(batch_size)
+            self._batch = batch_size
+
+    def step(self, codes: np.ndarray) -> np.ndarray | None:
+        codes = check_codes(codes, self._batch, self.input_codebooks, self.info.card)
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64))
+        with torch.inference_mode(), self._rng:
+            out = self._gen.step(x.to(self._device)[:, :, None])
+        if out is None:
+            return None
+        return out[:, :, 0].cpu().numpy()
+
+
+def load(repo_dir_or_config, *, device: str | None = None, dtype=None,
+         sampling: SamplingConfig | None = None, moshi_weights: str | os.PathLike | None = None,
+         revision: str | None = None) -> TorchLM:
+    """Load a Moshi LM: a model directory, config.json, weights file or hub repo id."""
+    repo = resolve_repo(repo_dir_or_config, moshi_weights=moshi_weights, revision=revision)
+    return TorchLM(repo, device=device, dtype=dtype, sampling=sampling)

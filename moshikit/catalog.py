@@ -1,0 +1,403 @@
+"""The models moshikit knows, as data, and the rules that pick one for this machine.
+
+Everything about the published Kyutai repositories lives in ``ENTRIES`` below:
+one row per (model, variant). Adding a model or a variant means adding a row.
+The choice rules live in ``choose`` and explain themselves (``Choice.reasons``).
+
+Sizes are approximate (parameter counts times bytes per parameter, rounded);
+``moshikit download --dry-run`` shows the exact sizes the hub reports. File
+names marked ``assumed`` in the notes come from Kyutai's configs and scripts
+rather than from a listing of the repository; when a repository has a
+``config.json`` its ``moshi_name``/``mimi_name``/``tokenizer_name`` win.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import platform as _platform
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from .errors import ModelError, UsageError
+from .platform import GPU, PlatformInfo
+
+MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
+MOSHI_TOKENIZER = "tokenizer_spm_32k_3.model"
+STT_MIMI_FILE = "mimi-pytorch-e351c8d8@125.safetensors"
+
+#: Backends, in the order the auto choice prefers precisions within each.
+BACKENDS = ("pytorch", "mlx", "candle", "any")
+PRECISION_ORDER = ("bf16", "fp32", "q8", "q4")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model as users name it (``moshika``), whatever its variants."""
+
+    name: str
+    kind: str  # "moshi" | "stt" | "codec"
+    purpose: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One published repository (or, for Mimi, one file of one) and what a run needs from it."""
+
+    family: str
+    variant: str  # "<backend>-<precision>" except Mimi's "fp32"
+    repo: str
+    backend: str  # pytorch | mlx | candle | any
+    precision: str  # bf16 | q8 | q4 | fp32
+    files: tuple[str, ...]  # what a run needs
+    size_gb: float  # approximate download
+    min_memory_gb: float  # GPU memory (CUDA), unified memory (Apple) or RAM (CPU) it needs to run comfortably
+    purpose: str
+    optional: tuple[str, ...] = ()  # fetched when the repository has them
+    auto: bool = True  # may the automatic choice pick it?
+    notes: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.family}:{self.variant}"
+
+    @property
+    def kind(self) -> str:
+        return FAMILIES[self.family].kind
+
+    def to_json(self) -> dict:
+        return {"model": self.family, "variant": self.variant, "repo": self.repo, "backend": self.backend,
+                "precision": self.precision, "files": list(self.files), "optional_files": list(self.optional),
+                "size_gb": self.size_gb, "min_memory_gb": self.min_memory_gb, "purpose": self.purpose,
+                "auto": self.auto, "notes": self.notes}
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("moshiko", "moshi", "Moshi 7B full-duplex speech dialogue, male voice (Moshiko)"),
+    Family("moshika", "moshi", "Moshi 7B full-duplex speech dialogue, female voice (Moshika)"),
+    Family("mimi", "codec", "Mimi audio codec alone: 24 kHz audio <-> 12.5 Hz tokens (encode, decode)"),
+    Family("stt-1b-en_fr", "stt", "Kyutai STT ~1B, English and French, 0.5 s delay, end-of-turn heads"),
+    Family("stt-2.6b-en", "stt", "Kyutai STT ~2.6B, English only, 2.5 s delay, the more accurate one"),
+)}
+
+#: Short names users type. A family name is an alias of itself.
+ALIASES: dict[str, str] = {
+    "moshiko": "moshiko", "moshika": "moshika", "mimi": "mimi",
+    "stt": "stt-1b-en_fr", "stt-en": "stt-2.6b-en",
+    "stt-1b-en_fr": "stt-1b-en_fr", "stt-2.6b-en": "stt-2.6b-en",
+}
+
+
+def _moshi(voice: str) -> list[Entry]:
+    purpose = FAMILIES[voice].purpose
+    spm, mimi = MOSHI_TOKENIZER, MIMI_FILE
+    return [
+        Entry(voice, "pytorch-bf16", f"kyutai/{voice}-pytorch-bf16", "pytorch", "bf16",
+              ("model.safetensors", mimi, spm), 15.8, 24, purpose, optional=("config.json",)),
+        Entry(voice, "pytorch-q8", f"kyutai/{voice}-pytorch-q8", "pytorch", "q8",
+              ("model.q8.safetensors", mimi, spm), 8.6, 12, purpose, optional=("config.json",),
+              notes="int8 through bitsandbytes: CUDA only"),
+        Entry(voice, "mlx-bf16", f"kyutai/{voice}-mlx-bf16", "mlx", "bf16",
+              ("model.safetensors", mimi, spm), 15.8, 32, purpose, optional=("config.json",), auto=False,
+              notes="picked only with --variant: q8 sounds the same at half the memory"),
+        Entry(voice, "mlx-q8", f"kyutai/{voice}-mlx-q8", "mlx", "q8",
+              ("model.q8.safetensors", mimi, spm), 8.6, 24, purpose, optional=("config.json",)),
+        Entry(voice, "mlx-q4", f"kyutai/{voice}-mlx-q4", "mlx", "q4",
+              ("model.q4.safetensors", mimi, spm), 4.7, 8, purpose, optional=("config.json",)),
+        Entry(voice, "candle-bf16", f"kyutai/{voice}-candle-bf16", "candle", "bf16",
+              ("model.safetensors", mimi, spm), 15.8, 24, purpose, optional=("config.json",), auto=False,
+              notes="for Kyutai's Rust server (moshi-backend); moshikit's commands do not run it"),
+        Entry(voice, "candle-q8", f"kyutai/{voice}-candle-q8", "candle", "q8",
+              ("model.q8.gguf", mimi, spm), 8.6, 12, purpose, optional=("config.json",), auto=False,
+              notes="for Kyutai's Rust server (moshi-backend); moshikit's commands do not run it"),
+    ]
+
+
+def _stt(name: str, tokenizer: str, size_gb: float, min_gb: float) -> list[Entry]:
+    purpose = FAMILIES[name].purpose
+    files = ("config.json", "model.safetensors", STT_MIMI_FILE, tokenizer)
+    return [
+        Entry(name, "pytorch-bf16", f"kyutai/{name}", "pytorch", "bf16", files, size_gb, min_gb, purpose),
+        Entry(name, "mlx-bf16", f"kyutai/{name}-mlx", "mlx", "bf16", files, size_gb, min_gb, purpose,
+              notes="Mimi and tokenizer names assumed equal to the PyTorch repo's; config.json names them"),
+    ]
+
+
+ENTRIES: tuple[Entry, ...] = (
+    *_moshi("moshiko"),
+    *_moshi("moshika"),
+    Entry("mimi", "fp32", "kyutai/moshiko-pytorch-bf16", "any", "fp32", (MIMI_FILE,), 0.385, 1,
+          FAMILIES["mimi"].purpose,
+          notes="the one Mimi file inside the Moshiko repo; torch, rustymimi and MLX all read it"),
+    *_stt("stt-1b-en_fr", "tokenizer_en_fr_audio_8000.model", 2.4, 4),
+    *_stt("stt-2.6b-en", "tokenizer_en_audio_4000.model", 5.7, 10),
+)
+
+
+def entries(family: str | None = None) -> list[Entry]:
+    return [e for e in ENTRIES if family is None or e.family == family]
+
+
+def by_repo(repo: str) -> Entry | None:
+    """The catalog entry for a full repo id; the one that needs the most files when several share it."""
+    found = [e for e in ENTRIES if e.repo.lower() == repo.lower()]
+    return max(found, key=lambda e: len(e.files)) if found else None
+
+
+def sharing(entry: Entry) -> list[Entry]:
+    """Other entries that live in the same repository (Mimi inside the Moshiko repo)."""
+    return [e for e in ENTRIES if e.repo == entry.repo and e is not entry]
+
+
+# ---------------------------------------------------------------- platforms
+
+
+def accelerator(plat: PlatformInfo) -> tuple[str, float | None, str]:
+    """(class, memory in GB, words): the memory that bounds a model on this machine."""
+    if plat.apple_silicon:
+        return "apple", plat.ram_gb, f"Apple silicon with {_gb(plat.ram_gb)} of unified memory"
+    if plat.cuda:
+        g = plat.cuda[0]
+        return "cuda", g.total_gb, f"a CUDA GPU ({g.name + ', ' if g.name else ''}{_gb(g.total_gb)})"
+    return "cpu", plat.ram_gb, f"no GPU ({plat.system} {plat.machine}, {_gb(plat.ram_gb)} of RAM)"
+
+
+def _gb(value: float | None) -> str:
+    return "unknown memory" if value is None else f"{value:.0f} GB"
+
+
+def runs_on(entry: Entry, plat: PlatformInfo) -> tuple[bool, str]:
+    """Can this variant run on ``plat``? (ok, why not)."""
+    cls, _, words = accelerator(plat)
+    if entry.backend == "mlx" and cls != "apple":
+        return False, (f"{entry.repo} is an MLX variant for Apple silicon (Metal); this machine has {words}. "
+                       "MLX runs on Linux only on the CPU (mlx[cpu]), far below real time")
+    if entry.backend == "pytorch" and entry.precision == "q8" and cls != "cuda":
+        return False, (f"{entry.repo} is int8 through bitsandbytes, which needs a CUDA GPU; "
+                       f"this machine has {words}")
+    return True, ""
+
+
+def backend_for(plat: PlatformInfo) -> tuple[str, str]:
+    """The backend a family's variants are picked from on ``plat``, and why."""
+    cls, _, words = accelerator(plat)
+    if cls == "apple":
+        return "mlx", f"{words}: MLX runs on its GPU (Metal)"
+    if cls == "cuda":
+        return "pytorch", f"{words}: PyTorch on CUDA"
+    return "pytorch", f"{words}: PyTorch on the CPU"
+
+
+@dataclass
+class Choice:
+    """The entry picked for a name on a platform, and the reasons, in order."""
+
+    entry: Entry
+    asked: str
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"asked": self.asked, **self.entry.to_json(), "reasons": self.reasons, "warnings": self.warnings}
+
+
+def suggest(name: str) -> list[str]:
+    pool = sorted(set(ALIASES) | {e.repo for e in ENTRIES})
+    return difflib.get_close_matches(name, pool, n=3, cutoff=0.5) or difflib.get_close_matches(
+        name.split("/")[-1], pool, n=3, cutoff=0.5)
+
+
+def unknown(name: str) -> ModelError:
+    close = suggest(name)
+    hint = f"did you mean {', '.join(close)}?" if close else None
+    names = ", ".join(sorted(ALIASES))
+    return ModelError(f"unknown model {name!r}: not a local path, a catalog name ({names}) or a hub repo id "
+                      "(owner/name)", hint=(hint or "see `moshikit models`"))
+
+
+def is_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return (len(parts) == 2 and all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p) for p in parts)
+            and not name.startswith((".", "~")))
+
+
+def family_of(name: str) -> str | None:
+    return ALIASES.get(name.lower())
+
+
+def _norm_variant(variant: str) -> str:
+    v = variant.strip().lower().replace("_", "-")
+    return "py" + v if v == "torch" or v.startswith("torch-") else v
+
+
+def _variant_matches(entry: Entry, variant: str) -> bool:
+    return _norm_variant(variant) in (entry.variant, entry.backend, entry.precision)
+
+
+def lookup(name: str, plat: PlatformInfo, variant: str | None = None, *,
+           any_platform: bool = False) -> Choice | None:
+    """``choose`` for catalog names and repo ids; None for a repo id the catalog does not know."""
+    if is_repo_id(name) and by_repo(name) is None:
+        if variant:
+            raise UsageError(f"--variant applies to catalog names, not to {name}",
+                             hint="name the variant's repository directly, or drop --variant")
+        return None
+    return choose(name, plat, variant, any_platform=any_platform)
+
+
+def choose(name: str, plat: PlatformInfo, variant: str | None = None, *, any_platform: bool = False) -> Choice:
+    """The entry ``name`` (an alias, family or catalog repo id) means on ``plat``.
+
+    Backend from the platform (MLX on Apple silicon, PyTorch elsewhere); precision from
+    memory: the highest precision whose ``min_memory_gb`` fits (bf16 on a CUDA card with
+    room, q8 otherwise; q8 or q4 on Apple silicon by unified memory). ``variant``
+    (``pytorch-q8``, ``q8``, ``mlx``...) narrows the choice. Unless ``any_platform``, a
+    variant that cannot run here is refused with the reason.
+    """
+    entry = by_repo(name) if "/" in name else None
+    if entry is not None:
+        if variant and not _variant_matches(entry, variant):
+            raise UsageError(f"--variant {variant} does not match {name} ({entry.variant})",
+                             hint="give an alias with --variant, or the variant's repo id alone")
+        choice = Choice(entry, name, [f"{name} is the catalog's {entry.family} {entry.variant}"])
+        _check_platform(choice, plat, any_platform)
+        return choice
+    family = family_of(name)
+    if family is None:
+        raise unknown(name)
+    cands = entries(family)
+    cls, memory, words = accelerator(plat)
+    backend, why = backend_for(plat)
+    reasons = [f"{name}: {FAMILIES[family].purpose}" + (f" (alias of {family})" if family != name.lower() else "")]
+    if variant:
+        matching = [e for e in cands if _variant_matches(e, variant)]
+        if not matching:
+            raise UsageError(f"{family} has no variant {variant!r}",
+                             hint="variants: " + ", ".join(e.variant for e in cands))
+        if len(matching) > 1:
+            runnable = [e for e in matching if runs_on(e, plat)[0] and e.backend != "candle"] or matching
+            here = [e for e in runnable if e.backend == backend] or runnable
+            matching = _by_memory([e for e in here if e.auto] or here, memory)
+        entry = matching[0]
+        reasons.append(f"variant {entry.variant}: asked with --variant {variant}")
+        choice = Choice(entry, name, reasons + [f"-> {entry.repo} (about {entry.size_gb:g} GB)"])
+        _check_platform(choice, plat, any_platform)
+        return choice
+    if len(cands) == 1:
+        entry = cands[0]
+        reasons.append(f"one variant ({entry.variant}): {entry.notes or entry.purpose}")
+        return Choice(entry, name, reasons + [f"-> {entry.repo} (about {entry.size_gb:g} GB)"])
+    pool = [e for e in cands if e.backend == backend and e.auto and runs_on(e, plat)[0]]
+    if not pool:  # a family without a variant for this backend: PyTorch runs everywhere
+        pool = [e for e in cands if e.backend == "pytorch" and runs_on(e, plat)[0]]
+        why += f"; {family} has no {backend} variant, so PyTorch"
+    reasons.append(f"backend {pool[0].backend}: {why}")
+    ranked = _by_memory(pool, memory)
+    entry = ranked[0]
+    warnings = []
+    left_out = [e for e in cands if e.backend == entry.backend and e.auto and not runs_on(e, plat)[0]]
+    if len(pool) == 1:
+        extra = "".join(f"; {e.variant} cannot run here" for e in left_out)
+        reasons.append(f"precision {entry.precision}: the only {entry.backend} variant for this machine{extra}")
+    elif memory is None:
+        reasons.append(f"precision {entry.precision}: memory unknown, so the smallest")
+    elif entry.min_memory_gb <= memory:
+        better = [e for e in pool if PRECISION_ORDER.index(e.precision) < PRECISION_ORDER.index(entry.precision)]
+        above = "".join(f"; {e.precision} wants {e.min_memory_gb:g} GB" for e in better)
+        reasons.append(f"precision {entry.precision}: {_gb(memory)} covers the {entry.min_memory_gb:g} GB it "
+                       f"wants{above}")
+    else:
+        reasons.append(f"precision {entry.precision}: the smallest; no variant fits {_gb(memory)}")
+    if memory is not None and entry.min_memory_gb > memory:
+        warnings.append(f"{entry.repo} wants about {entry.min_memory_gb:g} GB and this machine has "
+                        f"{_gb(memory)}: it may not fit")
+    if cls == "cpu" and entry.kind == "moshi":
+        warnings.append("no GPU: Moshi 7B on a CPU runs far below real time (about 25x slower on 2 cores)")
+    return Choice(entry, name, reasons + [f"-> {entry.repo} (about {entry.size_gb:g} GB)"], warnings)
+
+
+def _by_memory(pool: list[Entry], memory: float | None) -> list[Entry]:
+    """``pool`` best precision first, starting at the first that fits ``memory`` (smallest first when none does)."""
+    ranked = sorted(pool, key=lambda e: PRECISION_ORDER.index(e.precision))
+    if memory is None:
+        return sorted(ranked, key=lambda e: e.min_memory_gb)
+    fits = [e for e in ranked if e.min_memory_gb <= memory]
+    if fits:
+        return fits + [e for e in ranked if e not in fits]
+    return sorted(ranked, key=lambda e: e.min_memory_gb)
+
+
+def _check_platform(choice: Choice, plat: PlatformInfo, any_platform: bool) -> None:
+    ok, why = runs_on(choice.entry, plat)
+    if ok:
+        return
+    if any_platform:
+        choice.warnings.append(why)
+        return
+    fits = [e.variant for e in entries(choice.entry.family) if runs_on(e, plat)[0] and e.backend != "candle"]
+    hint = (f"use --variant {' or '.join(fits)}, or " if fits else "") + \
+        "add --any-platform to fetch it for another machine"
+    raise ModelError(why, hint=hint)
+
+
+def explain(name: str, plat: PlatformInfo, variant: str | None = None, *, any_platform: bool = False) -> list[str]:
+    """Why ``name`` resolves to the entry it does on ``plat``: one line per reason."""
+    c = choose(name, plat, variant, any_platform=any_platform)
+    return c.reasons + [f"warning: {w}" for w in c.warnings]
+
+
+# ---------------------------------------------------------------- this machine
+
+
+def platform_from_spec(spec: str) -> PlatformInfo:
+    """``apple:16``, ``cuda:80``, ``cpu:32`` (GB) as a PlatformInfo, for tests and MOSHIKIT_PLATFORM."""
+    m = re.fullmatch(r"(apple|cuda|cpu):(\d+(?:\.\d+)?)", spec.strip().lower())
+    if not m:
+        raise UsageError(f"platform {spec!r}: expected apple:GB, cuda:GB or cpu:GB (e.g. cuda:24)")
+    cls, gb = m.group(1), float(m.group(2))
+    if cls == "apple":
+        return PlatformInfo("Darwin", "arm64", "3", "Apple M", 8, gb, True, mps=True)
+    cuda = [GPU(0, "", gb)] if cls == "cuda" else []
+    return PlatformInfo("Linux", "x86_64", "3", "x86_64", 8, 64.0 if cls == "cuda" else gb, False, cuda)
+
+
+_MIB_GB = 1048576 / 1e9  # nvidia-smi reports MiB; platform.detect uses decimal GB
+
+
+def _nvidia_smi() -> list[GPU] | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=index,name,memory.total,memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            gpus.append(GPU(int(parts[0]), parts[1], float(parts[2]) * _MIB_GB, float(parts[3]) * _MIB_GB))
+        except (ValueError, IndexError):
+            continue
+    return gpus
+
+
+def current_platform() -> PlatformInfo:
+    """This machine, cheaply: ``MOSHIKIT_PLATFORM`` if set, nvidia-smi for CUDA memory, torch only as a fallback."""
+    spec = os.environ.get("MOSHIKIT_PLATFORM")
+    if spec:
+        return platform_from_spec(spec)
+    from .platform import detect
+
+    plat = detect(gpus=False)
+    if plat.apple_silicon or _platform.system() == "Darwin":
+        return plat
+    gpus = _nvidia_smi()
+    if gpus is not None:
+        return PlatformInfo(**{**plat.__dict__, "cuda": gpus})
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd"):
+        return detect(gpus=True)
+    return plat

@@ -1,0 +1,471 @@
+"""Synthetic Moshi LM checkpoints laid out like the published Hugging Face repos.
+
+``write_moshi_repo(dest)`` writes a directory shaped like ``kyutai/moshiko-pytorch-bf16``:
+
+* ``model.safetensors``: the LM's tensors under the names the *published* file
+  uses. Those are moshi's training names, not ``LMModel.state_dict()``'s: each
+  attention stores one ``self_attn.in_proj_weight`` and one ``self_attn.out_proj.weight``
+  (for the depth transformer, the per-codebook weights stacked along dim 0);
+  ``StreamingMultiheadAttention._load_hook`` splits them into ``in_projs.{i}`` /
+  ``out_projs.{i}`` on load. Everything else is named as in the state dict.
+* ``config.json``: ``moshi_name``, ``mimi_name``, ``tokenizer_name``, ``model_type``,
+  ``lm_gen_config`` and the ``LMModel`` keyword arguments, as read by
+  ``moshi.models.loaders.CheckpointInfo`` and ``moshi_mlx.models.LmConfig.from_config_dict``.
+* ``tokenizer_spm_32k_3.model``: a SentencePiece model trained on the spot with
+  exactly ``text_card`` pieces (the id range the LM can emit).
+* the Mimi file named in ``config.json`` when ``mimi_path`` is given.
+
+With ``layout="mlx"`` the same weights are written in the layout of the MLX repos
+(``kyutai/moshiko-mlx-bf16``): the names of ``moshi_mlx.models.Lm``'s parameters,
+as produced by Kyutai's ``scripts/import_mlx.py`` and loaded by
+``Lm.load_weights(file, strict=True)``.
+
+Sizes: ``tiny`` (the 18 M-parameter test model, built with moshi's own random
+init in about a second) and ``full`` (the real 7.7 B Moshi architecture of
+``moshi.models.loaders._lm_kwargs``; its tensors are streamed to disk from a
+shared pool of random values, never held in memory all at once: ~15 GB in bf16).
+
+Random weights: valid for speed and mechanics, never for quality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+import numpy as np
+
+from .synthetic import MIMI_NAME
+
+#: File names as published in kyutai/moshiko-pytorch-bf16 / kyutai/moshiko-mlx-bf16.
+MOSHI_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
+CONFIG_NAME = "config.json"
+
+Size = Literal["tiny", "full"]
+Layout = Literal["pytorch", "mlx"]
+
+#: Overrides of ``loaders._lm_kwargs`` for the tiny test model (~18 M parameters).
+TINY_OVERRIDES = {
+    "dim": 256,
+    "num_heads": 4,
+    "num_layers": 4,
+    "depformer_dim": 128,
+    "depformer_dim_feedforward": 256,
+    "depformer_num_heads": 4,
+    "depformer_num_layers": 2,
+    "text_card": 64,
+    "context": 500,
+}
+
+#: LMGen's own defaults (what moshi's server uses for Moshi), recorded in config.json.
+LM_GEN_CONFIG = {"temp": 0.8, "temp_text": 0.7, "top_k": 250, "top_k_text": 25}
+
+# Name pairs (StreamingMultiheadAttention's state-dict name, published name).
+_ATTN_RENAMES = ((".self_attn.in_projs.", ".self_attn.in_proj_weight"),
+                 (".self_attn.out_projs.", ".self_attn.out_proj.weight"))
+
+_ST_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+_POOL_SIZE = 4_194_301  # a prime, so the pool's period never lines up with a row length
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def lm_kwargs(size: Size = "tiny") -> dict:
+    """The ``LMModel`` keyword arguments (the LM part of config.json) for ``size``."""
+    from moshi.models import loaders
+
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
+    cfg = json.loads(json.dumps(loaders._lm_kwargs))  # deep copy, JSON-safe
+    if size == "tiny":
+        cfg.update(TINY_OVERRIDES)
+    return cfg
+
+
+def config_json(size: Size = "tiny", *, lm_gen_config: dict | None = None) -> dict:
+    """The config.json of a Moshi repo of ``size`` (file-name keys first, then the LM kwargs)."""
+    return {
+        "moshi_name": MOSHI_NAME,
+        "mimi_name": MIMI_NAME,
+        "tokenizer_name": TOKENIZER_NAME,
+        "model_type": "moshi",
+        "lm_gen_config": dict(LM_GEN_CONFIG if lm_gen_config is None else lm_gen_config),
+        **lm_kwargs(size),
+    }
+
+
+def _lm_config_of(config: dict) -> dict:
+    """The LM kwargs of a config.json (what CheckpointInfo keeps after popping the rest)."""
+    drop = {"moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
+            "lm_gen_config", "tts_config", "stt_config", "model_id"}
+    return {k: v for k, v in config.items() if k not in drop}
+
+
+# --------------------------------------------------------------------------- key layouts
+
+
+def published_name(state_dict_name: str) -> tuple[str, int | None]:
+    """Map an ``LMModel.state_dict()`` name to its published name.
+
+    Returns ``(name, i)``: ``i`` is the per-step index of a ``in_projs.{i}`` /
+    ``out_projs.{i}`` weight (stacked along dim 0 in the published tensor), else None.
+    """
+    for inner, outer in _ATTN_RENAMES:
+        if inner in state_dict_name and state_dict_name.endswith(".weight"):
+            head, tail = state_dict_name.split(inner, 1)
+            return head + outer, int(tail.split(".", 1)[0])
+    return state_dict_name, None
+
+
+def to_published(state: dict) -> dict:
+    """An ``LMModel.state_dict()`` renamed to the published layout (torch tensors)."""
+    import torch
+
+    out: dict = {}
+    stacks: dict[str, dict[int, object]] = {}
+    for key, value in state.items():
+        name, idx = published_name(key)
+        if idx is None:
+            out[name] = value
+        else:
+            stacks.setdefault(name, {})[idx] = value
+    for name, parts in stacks.items():
+        out[name] = torch.cat([parts[i] for i in sorted(parts)], dim=0)
+    return out
+
+
+def published_shapes(size: Size = "tiny", config: dict | None = None) -> dict[str, tuple[int, ...]]:
+    """``{published name: shape}`` of the LM, from a model built on the ``meta`` device (instant)."""
+    import torch
+    from moshi.models import loaders
+
+    cfg = _lm_config_of(config) if config is not None else lm_kwargs(size)
+    model = loaders.get_moshi_lm(None, lm_kwargs=cfg, device="meta", dtype=torch.bfloat16)
+    shapes: dict[str, list[int]] = {}
+    for key, value in model.state_dict().items():
+        name, idx = published_name(key)
+        shape = list(value.shape)
+        if idx is not None and name in shapes:
+            shapes[name][0] += shape[0]
+        else:
+            shapes[name] = shape
+    return {k: tuple(v) for k, v in shapes.items()}
+
+
+@dataclass(frozen=True)
+class _MlxEntry:
+    """One MLX tensor: rows ``[chunk * n / chunks, (chunk + 1) * n / chunks)`` of a published
+    tensor, reshaped (``alpha`` [1, 1, D] -> [D])."""
+
+    name: str
+    source: str
+    shape: tuple[int, ...]
+    chunk: int = 0
+    chunks: int = 1
+
+
+def mlx_layout(shapes: dict[str, tuple[int, ...]], config: dict) -> list[_MlxEntry]:
+    """How the MLX repo's tensors derive from the published PyTorch ones.
+
+    Mirrors Kyutai's ``scripts/import_mlx.py`` and ``moshi_mlx.models.Lm.load_pytorch_weights``.
+    """
+    lm = _lm_config_of(config)
+    n_q, dep_q = lm["n_q"], lm["dep_q"]
+    schedule = lm.get("depformer_weights_per_step_schedule")
+    chunks = (max(schedule) + 1) if schedule else dep_q
+    out: list[_MlxEntry] = []
+
+    def add(name: str, source: str, chunk: int = 0, n_chunks: int = 1) -> None:
+        shape = shapes[source]
+        if source.endswith(".alpha"):
+            shape = shape[-1:]
+        else:
+            shape = (shape[0] // n_chunks, *shape[1:])
+        out.append(_MlxEntry(name, source, tuple(shape), chunk, n_chunks))
+
+    for name in ("text_emb.weight", "text_linear.weight", "text_emb.out1.weight", "text_emb.out2.weight"):
+        if name in shapes:
+            add(name, name)
+    add("out_norm.weight", "out_norm.alpha")
+    for i in range(n_q):
+        add(f"audio_embs.{i}.weight", f"emb.{i}.weight")
+    for key in sorted(shapes):
+        if key.startswith("transformer."):
+            add(key.replace(".alpha", ".weight").replace(".in_proj_weight", ".in_proj.weight"), key)
+        elif key.startswith(("condition_provider.", "extra_heads.")):
+            add(key, key)
+    for s in range(dep_q):
+        w = schedule[s] if schedule else s
+        p = f"depformer.slices.{s}"
+        add(f"{p}.linear_in.weight", f"depformer_in.{w}.weight")
+        add(f"{p}.linear_out.weight", f"linears.{s}.weight")
+        emb = "depformer_text_emb" if s == 0 else f"depformer_emb.{s - 1}"
+        add(f"{p}.emb.weight", f"{emb}.weight")
+        for sub in ("low_rank", "out1", "out2"):
+            if f"{emb}.{sub}.weight" in shapes:
+                add(f"{p}.emb.{sub}.weight", f"{emb}.{sub}.weight")
+        for layer in range(lm["depformer_num_layers"]):
+            src, dst = f"depformer.layers.{layer}", f"{p}.transformer.layers.{layer}"
+            add(f"{dst}.norm1.weight", f"{src}.norm1.alpha")
+            add(f"{dst}.norm2.weight", f"{src}.norm2.alpha")
+            add(f"{dst}.gating.linear_in.weight", f"{src}.gating.{w}.linear_in.weight")
+            add(f"{dst}.gating.linear_out.weight", f"{src}.gating.{w}.linear_out.weight")
+            add(f"{dst}.self_attn.in_proj.weight", f"{src}.self_attn.in_proj_weight", w, chunks)
+            add(f"{dst}.self_attn.out_proj.weight", f"{src}.self_attn.out_proj.weight", w, chunks)
+    return out
+
+
+def to_mlx(published: dict, config: dict) -> dict:
+    """Published (PyTorch-layout) tensors converted to the MLX repo layout (torch tensors)."""
+    shapes = {k: tuple(v.shape) for k, v in published.items()}
+    out = {}
+    for e in mlx_layout(shapes, config):
+        t = published[e.source]
+        if e.source.endswith(".alpha"):
+            t = t.reshape(-1)
+        elif e.chunks > 1:
+            t = t.chunk(e.chunks, dim=0)[e.chunk]
+        out[e.name] = t.contiguous()
+    return out
+
+
+# --------------------------------------------------------------------------- tensor sources
+
+
+class _Source:
+    """Gives flat element ranges of named tensors, as torch tensors of the output dtype."""
+
+    shapes: dict[str, tuple[int, ...]]
+
+    def read(self, name: str, start: int, count: int, dtype) -> "object":  # pragma: no cover
+        raise NotImplementedError
+
+
+class _DictSource(_Source):
+    def __init__(self, tensors: dict) -> None:
+        self._t = {k: v.reshape(-1) for k, v in tensors.items()}
+        self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+
+    def read(self, name, start, count, dtype):
+        return self._t[name][start : start + count].to(dtype)
+
+
+class _PoolSource(_Source):
+    """Cheap deterministic "random" tensors for the full model.
+
+    Every tensor is a window of one pool of standard-normal values (a prime
+    length, started at an offset hashed from the tensor's name), scaled like
+    moshi's init (std ``1/sqrt(fan_in)``); RMSNorm scales (``alpha``) are ones.
+    Producing 7.7 B values costs about as much as copying them.
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], seed: int) -> None:
+        import torch
+
+        self.shapes = shapes
+        self._seed = seed
+        rng = np.random.default_rng(seed)
+        self._pool = torch.from_numpy(rng.standard_normal(_POOL_SIZE, dtype=np.float32))
+
+    def _offset(self, name: str) -> int:
+        h = hashlib.sha256(f"{self._seed}:{name}".encode()).digest()
+        return int.from_bytes(h[:8], "little") % _POOL_SIZE
+
+    def read(self, name, start, count, dtype):
+        import torch
+
+        shape = self.shapes[name]
+        if name.endswith(".alpha"):
+            return torch.ones(count, dtype=dtype)
+        scale = 1.0 / float(np.sqrt(shape[-1] if len(shape) > 1 else 1))
+        pos = (self._offset(name) + start) % _POOL_SIZE
+        parts, left = [], count
+        while left > 0:
+            n = min(left, _POOL_SIZE - pos)
+            parts.append(self._pool[pos : pos + n])
+            left -= n
+            pos = 0
+        flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return (flat * scale).to(dtype)
+
+
+# --------------------------------------------------------------------------- safetensors writer
+
+
+@dataclass(frozen=True)
+class _Item:
+    name: str
+    shape: tuple[int, ...]
+    produce: Callable[[int, int], "object"]  # (start, count) -> 1-D torch tensor of the file dtype
+
+
+def _write_safetensors(path: Path, items: Iterable[_Item], dtype: str, metadata: dict,
+                       chunk_elems: int = 1 << 24) -> None:
+    """Write a safetensors file tensor by tensor, a chunk at a time (constant memory)."""
+    import torch
+
+    items = list(items)
+    tdtype = getattr(torch, dtype)
+    esize = torch.empty((), dtype=tdtype).element_size()
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for it in items:
+        n = int(np.prod(it.shape)) if it.shape else 1
+        header[it.name] = {"dtype": _ST_DTYPES[dtype], "shape": list(it.shape),
+                           "data_offsets": [offset, offset + n * esize]}
+        offset += n * esize
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for it in items:
+            n = int(np.prod(it.shape)) if it.shape else 1
+            for start in range(0, n, chunk_elems):
+                t = it.produce(start, min(chunk_elems, n - start)).contiguous()
+                assert t.dtype == tdtype
+                f.write(t.view(torch.uint8).numpy().tobytes())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+_CORPUS = """\
+hello how are you doing today
+i am fine thank you and you
+the quick brown fox jumps over the lazy dog
+moshi listens and speaks at the same time
+we talk about the weather the news and some music
+what is your name and where do you live
+it is a small model that only exists for tests
+please tell me a story about the sea and the wind
+yes no maybe i do not know let me think
+good morning good evening good night see you soon
+"""
+
+
+def write_text_tokenizer(path: str | os.PathLike, vocab_size: int) -> Path:
+    """Train a SentencePiece BPE model with exactly ``vocab_size`` pieces and write it.
+
+    Ids 0-3 are ``<unk> <s> </s> <pad>`` as in Kyutai's tokenizers (moshi treats 0 and 3
+    as padding). Vocabularies larger than the tiny corpus supports are filled with
+    user-defined pieces ``<extra_N>``, so any ``text_card`` (32000 for Moshi) works.
+    """
+    import sentencepiece as spm
+
+    lines = _CORPUS.splitlines() * 20
+    trained = min(vocab_size, 120)  # normal pieces the corpus can supply
+    extra = [f"<extra_{i}>" for i in range(vocab_size - trained)]
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type="bpe",
+        character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3, num_threads=1,
+        user_defined_symbols=extra, minloglevel=2,
+    )
+    proto = out.getvalue()
+    n = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+    if n != vocab_size:
+        raise RuntimeError(f"trained tokenizer has {n} pieces, wanted {vocab_size}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(proto)
+    return path
+
+
+# --------------------------------------------------------------------------- repos
+
+
+def _tiny_source(config: dict, seed: int) -> _Source:
+    """moshi's own random init (fp32), renamed to the published layout."""
+    import torch
+    from moshi.models import loaders
+
+    torch.manual_seed(seed)
+    model = loaders.get_moshi_lm(None, lm_kwargs=_lm_config_of(config), device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        return _DictSource(to_published(model.state_dict()))
+
+
+def _items(source: _Source, config: dict, layout: Layout, dtype: str) -> list[_Item]:
+    import torch
+
+    tdtype = getattr(torch, dtype)
+    if layout == "pytorch":
+        return [_Item(name, shape, lambda s, c, name=name: source.read(name, s, c, tdtype))
+                for name, shape in sorted(source.shapes.items())]
+    if layout != "mlx":
+        raise ValueError(f"layout must be 'pytorch' or 'mlx', not {layout!r}")
+    items = []
+    for e in mlx_layout(source.shapes, config):
+        base = 0
+        if e.chunks > 1:
+            base = e.chunk * int(np.prod(e.shape))
+        items.append(_Item(e.name, e.shape,
+                           lambda s, c, src=e.source, base=base: source.read(src, base + s, c, tdtype)))
+    return sorted(items, key=lambda it: it.name)
+
+
+def _place(src: Path, dst: Path) -> None:
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def write_moshi_repo(dest: str | os.PathLike, *, size: Size = "tiny", seed: int = 0,
+                     mimi_path: str | os.PathLike | None = None, layout: Layout = "pytorch",
+                     dtype: str = "bfloat16", init: Literal["model", "pool"] | None = None) -> Path:
+    """Write a synthetic Moshi repo directory at ``dest`` and return it.
+
+    ``layout="pytorch"`` mirrors kyutai/moshiko-pytorch-bf16, ``layout="mlx"`` mirrors
+    kyutai/moshiko-mlx-bf16; for one ``size``, ``seed`` and ``init`` both hold the same
+    values. ``mimi_path`` (e.g. from ``synthetic.write_mimi``) is hard-linked (else
+    copied) in under the name config.json gives. ``init``: ``"model"`` runs moshi's
+    own random init (the default for ``tiny``), ``"pool"`` streams values from a
+    shared random pool without building the model (the default, and the only
+    practical choice, for ``full``: ~15 GB in bf16, never in tests).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = config_json(size)
+    init = init or ("model" if size == "tiny" else "pool")
+    if init == "model":
+        source = _tiny_source(config, seed)
+    elif init == "pool":
+        source = _PoolSource(published_shapes(config=config), seed)
+    else:
+        raise ValueError(f"init must be 'model' or 'pool', not {init!r}")
+    fmt = "pt" if layout == "pytorch" else "mlx"
+    _write_safetensors(dest / config["moshi_name"], _items(source, config, layout, dtype), dtype,
+                       {"format": fmt, "moshikit": f"synthetic-lm {size} seed={seed}"})
+    write_text_tokenizer(dest / config["tokenizer_name"], config["text_card"])
+    if mimi_path is not None:
+        _place(Path(mimi_path), dest / config["mimi_name"])
+    (dest / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return dest
+
+
+def ensure_synthetic_moshi(seed: int = 0, *, layout: Layout = "pytorch",
+                           mimi_path: str | os.PathLike | None = None) -> Path:
+    """The tiny synthetic Moshi repo in moshikit's cache, written on first use (seconds)."""
+    from .synthetic import synthetic_dir
+
+    dest = synthetic_dir() / f"seed{seed}" / f"moshi-tiny-{layout}"
+    if not (dest / CONFIG_NAME).exists():
+        write_moshi_repo(dest, size="tiny", seed=seed, layout=layout, mimi_path=mimi_path)
+    elif mimi_path is not None and not (dest / MIMI_NAME).exists():
+        _place(Path(mimi_path), dest / MIMI_NAME)
+    return dest
