@@ -74,6 +74,11 @@ class LMInfo:
     delays: tuple[int, ...]
     context: int
 
+    @property
+    def input_codebooks(self) -> int:
+        """How many of the user's codebooks ``step`` reads (``n_q - dep_q``)."""
+        return self.n_q - self.dep_q
+
 
 @dataclass(frozen=True)
 class SamplingConfig:

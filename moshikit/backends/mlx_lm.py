@@ -182,8 +182,7 @@ class MlxLM:
 
     @property
     def input_codebooks(self) -> int:
-        """How many user codebooks ``step`` reads (``n_q - dep_q``)."""
-        return self.info.n_q - self.info.dep_q
+        return self.info.input_codebooks
 
     def text_tokenizer(self):
         """The repo's SentencePiece model (``sentencepiece.SentencePieceProcessor``)."""

@@ -40,10 +40,9 @@ def download(
 ) -> None:
     """Download models into the Hugging Face cache (shared with moshi and moshi_mlx).
 
-    A catalog name picks the variant that fits this machine (see --explain); an
-    interrupted download resumes; what arrives is checked against the hub's sizes and
-    sha256. Prints where the model is: the file, for one-file models like mimi, else
-    the snapshot directory.
+    A catalog name picks the variant that fits this machine (see --explain).
+    An interrupted download resumes; what arrives is checked (size, sha256).
+    Prints where the model is: the file for one-file models (mimi), else the directory.
     """
     from ..errors import UsageError
     from .output import Out

@@ -31,8 +31,8 @@ MimiWeightOpt = Annotated[Optional[str], typer.Option(
     "--mimi-weight", help="A local Mimi weights file (.safetensors).", show_default=False)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", show_default=False,
-    help="Hub repo id, local directory, or 'synthetic' (generated test weights). "
-         "Default: kyutai/moshiko-pytorch-bf16.")]
+    help="Catalog name (mimi, moshika...: see `moshikit models`), hub repo id, local directory, "
+         "or 'synthetic' (generated test weights). Default: kyutai/moshiko-pytorch-bf16.")]
 RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).",
                                                      show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
