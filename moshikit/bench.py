@@ -244,7 +244,9 @@ class _MoshiReference:
     """moshi's MimiModel called directly, as its README shows."""
 
     def __init__(self, weights: str, device: str | None, k: int) -> None:
-        os.environ.setdefault("NO_TORCH_COMPILE", "1")
+        from .backends.torch_env import prepare as _prepare_torch
+
+        _prepare_torch()
         import torch
         from moshi.models import loaders
 
@@ -444,7 +446,9 @@ class _LMGenReference:
     """moshi's LMModel + LMGen called directly, as moshi's README shows."""
 
     def __init__(self, repo: str, device: str | None, dtype: str | None) -> None:
-        os.environ.setdefault("NO_TORCH_COMPILE", "1")
+        from .backends.torch_env import prepare as _prepare_torch
+
+        _prepare_torch()
         import torch
         from moshi.models import LMGen
 

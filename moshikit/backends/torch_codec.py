@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -39,7 +38,9 @@ class TorchCodec:
     def __init__(self, weights: Path, *, device: str | None = None, num_codebooks: int = 8) -> None:
         # moshi wraps helpers in torch.compile; on a CPU that costs tens of seconds
         # of compilation for no gain on Mimi.
-        os.environ.setdefault("NO_TORCH_COMPILE", "1")
+        from .torch_env import prepare as _prepare_torch
+
+        _prepare_torch()
         import torch
         from moshi.models import loaders
 

@@ -121,7 +121,9 @@ class TorchLM:
     def __init__(self, repo: LMRepo, *, device: str | None = None, dtype=None,
                  sampling: SamplingConfig | None = None) -> None:
         # moshi wraps helpers in torch.compile; on a CPU that costs tens of seconds.
-        os.environ.setdefault("NO_TORCH_COMPILE", "1")
+        from .torch_env import prepare as _prepare_torch
+
+        _prepare_torch()
         import torch
 
         from .torch_codec import pick_device

@@ -23,6 +23,12 @@ JsonFileOpt = Annotated[Optional[str], typer.Option("--json", help="Write every 
                                                     show_default=False)]
 CompareOpt = Annotated[Optional[str], typer.Option("--compare", help="Print ratios against an earlier --json file.",
                                                    show_default=False)]
+CompileOpt = Annotated[Optional[bool], typer.Option(
+    "--compile/--no-compile", help="torch.compile moshi's helpers (default off: slow to start on a CPU).",
+    show_default=False)]
+CudaGraphsOpt = Annotated[Optional[bool], typer.Option(
+    "--cuda-graphs/--no-cuda-graphs", help="moshi's CUDA graphs (default: moshi's, on with CUDA).",
+    show_default=False)]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", "-n", min=1, help="Timed repetitions per measurement.")]
 
 
@@ -54,8 +60,13 @@ def codec(
     compare: CompareOpt = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Save a latency histogram PNG (needs matplotlib).",
                                                 show_default=False)] = None,
+    compile: CompileOpt = None,
+    cuda_graphs: CudaGraphsOpt = None,
 ) -> None:
     """Mimi batch encode/decode throughput and streaming per-frame latency."""
+    from ..backends.torch_env import configure
+
+    configure(compile, cuda_graphs)
     from .. import bench
     from ..errors import UsageError
     from ..hub import resolve_mimi
@@ -106,8 +117,13 @@ def lm(
     model: ModelOpt = None,
     json_file: JsonFileOpt = None,
     compare: CompareOpt = None,
+    compile: CompileOpt = None,
+    cuda_graphs: CudaGraphsOpt = None,
 ) -> None:
     """One Moshi step (temporal + depth): latency per batch size, real-time capacity, first output."""
+    from ..backends.torch_env import configure
+
+    configure(compile, cuda_graphs)
     from .. import bench
     from .bench_render import render
 
@@ -132,8 +148,13 @@ def chat(
     json_file: JsonFileOpt = None,
     compare: CompareOpt = None,
     plot: Annotated[Optional[str], typer.Option("--plot", show_default=False)] = None,
+    compile: CompileOpt = None,
+    cuda_graphs: CudaGraphsOpt = None,
 ) -> None:
     """The whole loop per 80 ms frame (encode + LM step + decode), unpaced and paced."""
+    from ..backends.torch_env import configure
+
+    configure(compile, cuda_graphs)
     from .. import bench
     from ..hub import resolve_mimi
     from .bench_render import render

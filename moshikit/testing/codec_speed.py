@@ -11,7 +11,6 @@ synthetic weights (the default) the numbers are valid for speed only.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -28,7 +27,9 @@ def _time(fn, repeats: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    from ..backends.torch_env import prepare as _prepare_torch
+
+    _prepare_torch()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
