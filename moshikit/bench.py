@@ -461,7 +461,7 @@ class _LMGenReference:
             dtype or "", torch.bfloat16 if self.device == "cuda" else torch.float32)
         lm = checkpoint_info(resolve_repo(repo)).get_moshi(device=self.device, dtype=dt)
         self.gen = LMGen(lm, temp=0.8, temp_text=0.7)
-        self.k = lm.n_q - lm.dep_q  # the user's codebooks the model listens to
+        self.input_codebooks = lm.n_q - lm.dep_q  # the user's codebooks the model listens to
         self._ctx = None
 
     def reset(self, batch_size: int = 1) -> None:
@@ -479,22 +479,26 @@ class _LMGenReference:
             self.torch.cuda.synchronize()
 
 
-def lm_subjects(plan: LMPlan) -> Iterator[tuple[str, object, int]]:
-    """(name, object with reset/step, input codebooks)."""
+def lm_subjects(plan: LMPlan) -> list[tuple[str, Callable[[], object]]]:
+    """(name, factory): subjects are built one at a time, so a 7B model is never loaded twice."""
     from .backends import registry
 
+    subjects: list[tuple[str, Callable[[], object]]] = []
     if plan.reference and registry.probe("lm", "torch")[0]:
-        ref = _LMGenReference(plan.repo, plan.device, plan.dtype)
-        yield "moshi LMGen (reference)", ref, ref.k
+        subjects.append(("moshi LMGen (reference)", lambda: _LMGenReference(plan.repo, plan.device, plan.dtype)))
     for name in plan.backends:
         mod = registry.module("lm", name)
-        lm = mod.load(plan.repo, device=plan.device, dtype=plan.dtype)
-        yield f"moshikit {name}", lm, lm.input_codebooks
+        subjects.append((f"moshikit {name}", lambda mod=mod: mod.load(plan.repo, device=plan.device, dtype=plan.dtype)))
+    return subjects
 
 
 def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]:
     """Per-step latency over a batch sweep, the largest batch that keeps real time, time to first output."""
-    for name, subj, k in lm_subjects(plan):
+    import gc
+
+    for name, make in lm_subjects(plan):
+        subj = make()
+        k = subj.input_codebooks
         sync = getattr(subj, "sync", None) or _torch_sync
         realtime = 0
         for batch in plan.batch_sizes:
@@ -520,6 +524,8 @@ def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]
                 realtime = max(realtime, batch)
         yield Row("lm", name, "largest real-time batch (p99 < 80 ms)", "streams", Stats.of([realtime]),
                   {"batches": plan.batch_sizes}, samples=[realtime])
+        del subj
+        gc.collect()
 
 
 def bench_chat(codec_backend: str, lm_backend: str, weights: str, repo: str, *, frames: int = 50,

@@ -55,6 +55,10 @@ def _table(con, result) -> None:
         t.add_row(r.stage, r.name, r.task, str(r.params.get("batch", "")), *_fmt(r), str(r.stats.n),
                   f"{mem:,.0f}" if mem else "")
     con.print(t)
+    for r in result.rows:
+        if "over_budget" in r.params:
+            con.print(f"{r.name} {r.task}: {r.params['over_budget']:.0%} of frames over the 80 ms budget, "
+                      f"headroom (80 ms - p99) {r.params['headroom_ms']:+.1f} ms")
     env = result.env
     con.print(f"[dim]{env.get('cpu')} ({env.get('cores')} cores), torch {env.get('torch')}, "
               f"threads {env.get('torch_threads')}, GPUs: {', '.join(g['name'] for g in env.get('gpus', [])) or 'none'}[/]")
