@@ -505,18 +505,20 @@ def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]
             rng = np.random.default_rng(0)
             subj.reset(batch)
             first, walls, t0 = None, [], clock()
-            for i in range(plan.steps + 3):
-                codes = rng.integers(0, 2048, size=(batch, k))
-                t = clock()
-                out = subj.step(codes)
-                sync()
-                now = clock()
-                if out is not None and first is None:
-                    first = now - t0
-                if i >= 3:  # warm-up steps
-                    walls.append(now - t)
+            with PeakMemory() as mem:
+                for i in range(plan.steps + 3):
+                    codes = rng.integers(0, 2048, size=(batch, k))
+                    t = clock()
+                    out = subj.step(codes)
+                    sync()
+                    now = clock()
+                    if out is not None and first is None:
+                        first = now - t0
+                    if i >= 3:  # warm-up steps
+                        walls.append(now - t)
             row = latency_row("lm", name, "step (temporal + depth)", walls, batch=batch, steps=plan.steps,
                               dtype=plan.dtype or "auto")
+            row.memory = mem.result
             yield row
             if first is not None:
                 yield latency_row("lm", name, "time to first output", [first], batch=batch)

@@ -128,6 +128,8 @@ def lm(
     from .bench_render import render
 
     sizes = _ints(batch_sizes)
+    if synthetic and lm_size == "full" and dtype is None:
+        dtype = "bf16"  # 7.7 B parameters: 15 GB in bf16, 31 GB in fp32
     repo = _lm_repo(synthetic, lm_size, model)
     plan = bench.LMPlan(_backends(backend, "lm"), repo, reference, sizes, steps, device_value(device), dtype)
     result = bench.BenchResult(env=bench.environment({"lm": repo, "lm_size": lm_size if synthetic else None}),
