@@ -148,6 +148,10 @@ def ensure_synthetic_mimi(seed: int = 0) -> Path:
     """The synthetic Mimi file, generated on first use (about 20 s on 2 cores)."""
     path = synthetic_dir() / f"seed{seed}" / MIMI_NAME
     if not path.exists():
+        import sys
+
+        print(f"moshikit: building the synthetic Mimi checkpoint in {path.parent} (first use, ~30 s)",
+              file=sys.stderr)
         write_mimi(path, seed=seed)
     return path
 
