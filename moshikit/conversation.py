@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -37,6 +37,22 @@ class Frame:
     text: list[str]  # per stream: the text piece ("" when none), "▁" already turned into a space
     index: int  # frame index since reset
     seconds: float  # wall time this step took
+
+
+class DuplexEngine(Protocol):
+    """What the live chat loop talks to: a local model on its own thread, or a remote server.
+
+    ``send`` never blocks for long (the audio callback's thread may call it);
+    ``receive`` returns, without blocking, everything produced since the last call:
+    pairs of (Moshi's audio as float32 samples at 24 kHz, possibly empty; a text piece,
+    possibly ""). ``close`` stops the engine and frees its resources.
+    """
+
+    def send(self, pcm: np.ndarray) -> None: ...
+
+    def receive(self) -> list[tuple[np.ndarray, str]]: ...
+
+    def close(self) -> None: ...
 
 
 def piece_decoder(tokenizer) -> Callable[[int], str]:
