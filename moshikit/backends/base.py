@@ -73,6 +73,7 @@ class LMInfo:
     card: int
     delays: tuple[int, ...]
     context: int
+    extra_heads: int = 0  # pause-prediction heads (Kyutai STT 1B has 4)
 
     @property
     def input_codebooks(self) -> int:
@@ -104,3 +105,15 @@ class LMBackend(Protocol):
     def reset(self, batch_size: int = 1) -> None: ...
 
     def step(self, codes: np.ndarray) -> np.ndarray | None: ...
+
+
+@runtime_checkable
+class StreamsLMBackend(LMBackend, Protocol):
+    """An LM backend that can also restart single streams of a batch and report its
+    extra heads (what batched transcription needs). ``step_heads`` is ``step`` plus
+    the first-class probability of each extra head, float ``[B, extra_heads]``
+    (for Kyutai STT, head ``i`` is the probability of a pause of 0.5/1/2/3 s)."""
+
+    def reset_slots(self, mask: np.ndarray) -> None: ...
+
+    def step_heads(self, codes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]: ...

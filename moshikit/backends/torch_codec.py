@@ -86,6 +86,13 @@ class TorchCodec:
         self._stream = self._mimi.streaming(batch_size)
         _widen_kv_caches(self._mimi, 2 * MAX_STEP_FRAMES)
 
+    def reset_slots(self, mask: np.ndarray) -> None:
+        """Restart the streams of the current batch where ``mask`` is true (encoder and decoder)."""
+        assert self._stream is not None, "call reset_stream() first"
+        m = self._torch.from_numpy(np.asarray(mask, dtype=bool).copy()).to(self._device)
+        with self._torch.inference_mode():
+            self._mimi.reset_streaming(m)
+
     def encode_step(self, pcm: np.ndarray) -> np.ndarray:
         assert self._stream is not None, "call reset_stream() first"
         step = MAX_STEP_FRAMES * self.info.frame_size

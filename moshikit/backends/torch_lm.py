@@ -146,7 +146,8 @@ class TorchLM:
         m = self.model
         self.info = LMInfo(backend="torch", device=dev, n_q=int(m.n_q), dep_q=int(m.dep_q),
                            text_card=int(m.text_card), card=int(m.card), delays=tuple(int(d) for d in m.delays),
-                           context=int(m.context) if m.context is not None else 0)
+                           context=int(m.context) if m.context is not None else 0,
+                           extra_heads=len(getattr(m, "extra_heads", None) or ()))
         self._gen = None
         self._stream: ExitStack | None = None
         self._batch = 0
@@ -186,15 +187,37 @@ class TorchLM:
             self._stream = self._gen.streaming(batch_size)
             self._batch = batch_size
 
-    def step(self, codes: np.ndarray) -> np.ndarray | None:
-        codes = check_codes(codes, self._batch, self.input_codebooks, self.info.card)
+    def reset_slots(self, mask: np.ndarray) -> None:
+        """Restart the streams where ``mask`` is true; the others go on untouched."""
         torch = self._torch
-        x = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64))
-        with torch.inference_mode(), self._rng:
-            out = self._gen.step(x.to(self._device)[:, :, None])
+        m = torch.from_numpy(np.asarray(mask, dtype=bool).reshape(self._batch).copy()).to(self._device)
+        with torch.inference_mode():
+            self._gen.reset_streaming(m)
+
+    def _input(self, codes: np.ndarray):
+        codes = check_codes(codes, self._batch, self.input_codebooks, self.info.card)
+        x = self._torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64))
+        return x.to(self._device)[:, :, None]
+
+    def step(self, codes: np.ndarray) -> np.ndarray | None:
+        x = self._input(codes)
+        with self._torch.inference_mode(), self._rng:
+            out = self._gen.step(x)
         if out is None:
             return None
         return out[:, :, 0].cpu().numpy()
+
+    def step_heads(self, codes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        x = self._input(codes)
+        with self._torch.inference_mode(), self._rng:
+            out = self._gen.step_with_extra_heads(x)
+        if out is None:
+            return None, None
+        tokens, heads = out
+        probs = None
+        if heads:  # each [B, 1, dim]: softmax over classes; class 0 is "pause"
+            probs = self._torch.stack([h[:, 0, 0] for h in heads], dim=1).float().cpu().numpy()
+        return tokens[:, :, 0].cpu().numpy(), probs
 
 
 def load(repo_dir_or_config, *, device: str | None = None, dtype=None,

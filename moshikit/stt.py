@@ -1,0 +1,357 @@
+"""Kyutai speech-to-text over files in bulk and live audio.
+
+A Kyutai STT checkpoint is a Moshi-style LM (no audio output) fed with Mimi codes of
+every codebook, its text running ``audio_delay_seconds`` behind the audio. Many
+inputs run as parallel streams of one batch: each slot of the batch holds one file;
+when a file ends, its slot is restarted (the codec's and the LM's per-stream reset)
+and the next waiting file takes it, so files of any lengths share a batch and the
+batch stays full. Backends without per-stream reset run files in groups instead.
+
+Memory stays flat for long inputs: audio is read and resampled block by block, and a
+stream keeps only its words and a compact energy track.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import ModelError, MoshikitError
+from .transcript import Energy, Transcript, WordBuilder, formats_of, render, segment
+
+FRAME = 1920
+SAMPLE_RATE = 24000
+FRAME_RATE = 12.5
+
+
+# ---------------------------------------------------------------- the model
+
+
+def check_stt_config(config: dict | None, source: str) -> dict:
+    """The checkpoint's ``stt_config``; a clear error for anything that is not an STT model."""
+    config = config or {}
+    if config.get("model_type") != "stt" and "stt_config" not in config:
+        kind = config.get("model_type") or ("moshi" if config.get("dep_q", 8) else "unknown")
+        raise ModelError(f"{source} is not a speech-to-text checkpoint (model_type {kind!r}, no stt_config)",
+                         hint="use --model stt (kyutai/stt-1b-en_fr) or stt-en (kyutai/stt-2.6b-en)")
+    if int(config.get("dep_q", 0)) != 0:
+        raise ModelError(f"{source}: a speech-to-text model generates no audio, but this one has dep_q "
+                         f"{config.get('dep_q')}")
+    return dict(config.get("stt_config") or {})
+
+
+@dataclass
+class SttModel:
+    """A loaded STT model: codec, LM, tokenizer and the delays that time its text."""
+
+    codec: object  # CodecBackend (all the codebooks the LM reads)
+    lm: object  # LMBackend, ideally StreamsLMBackend
+    tokenizer: object  # sentencepiece.SentencePieceProcessor
+    delay: float  # audio_delay_seconds
+    prefix: float  # audio_silence_prefix_seconds
+    name: str = ""
+    codec_weights: str = ""
+
+    @property
+    def prefix_frames(self) -> int:
+        return math.ceil(self.prefix * FRAME_RATE)
+
+    @property
+    def delay_frames(self) -> int:
+        return math.ceil(self.delay * FRAME_RATE)
+
+    @property
+    def offset(self) -> float:
+        """Seconds between the audio's start and the text about it, in model steps' time."""
+        return self.prefix_frames / FRAME_RATE + self.delay
+
+    @property
+    def slot_reset(self) -> bool:
+        return hasattr(self.lm, "reset_slots") and hasattr(self.codec, "reset_slots")
+
+    def describe(self) -> dict:
+        return {"name": self.name, "lm_backend": self.lm.info.backend, "codec_backend": self.codec.info.backend,
+                "device": self.lm.info.device, "audio_delay_seconds": self.delay,
+                "audio_silence_prefix_seconds": self.prefix}
+
+
+def load_stt(model: str | None = None, *, backend: str | None = None, codec_backend: str | None = None,
+             device: str | None = None, dtype: str | None = None, revision: str | None = None) -> SttModel:
+    """Resolve (``--model``: path, catalog name such as ``stt``/``stt-en``, or repo id) and load."""
+    from . import hub, platform
+    from .backends import registry
+    from .backends.lm_repo import resolve_repo
+    from .codec import load_codec
+
+    if model == "synthetic":  # generated test weights: mechanics and speed only
+        from .testing.synthetic_stt import ensure_synthetic_stt
+
+        model = str(ensure_synthetic_stt())
+    choice = platform.resolve("lm", backend, device)
+    lm_name = choice.backend
+    device = None if choice.device in (None, "auto") else choice.device
+    resolved = hub.resolve_model(model, kind="stt", revision=revision, any_platform=lm_name == "mlx")
+    repo = resolve_repo(resolved.path if resolved.path.is_dir() and resolved.config_path else
+                        (resolved.config_path or resolved.path))
+    stt_config = check_stt_config(repo.config, str(model or repo.source))
+    lm = registry.module("lm", lm_name).load(repo, device=device, dtype=dtype)
+    if lm.info.dep_q != 0:
+        raise ModelError(f"{repo.source} is not a speech-to-text checkpoint (it generates audio)")
+    if not Path(repo.mimi_weights).is_file():
+        raise ModelError(f"{repo.source}: missing the Mimi codec file {Path(repo.mimi_weights).name}")
+    # torch's codec restarts single streams of a batch (what batching needs); the
+    # platform's codec choice applies next to an MLX LM.
+    if codec_backend in (None, "auto"):
+        codec_backend = "torch" if lm_name == "torch" else platform.default_codec().backend
+    codec = load_codec(codec_backend, device, mimi_weight=str(repo.mimi_weights),
+                       num_codebooks=lm.info.input_codebooks).backend
+    return SttModel(codec, lm, lm.text_tokenizer(), float(stt_config.get("audio_delay_seconds", 0.5)),
+                    float(stt_config.get("audio_silence_prefix_seconds", 0.0)), str(model or repo.source),
+                    str(repo.mimi_weights))
+
+
+# ---------------------------------------------------------------- one stream
+
+
+def frames_of(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of any sizes -> 1920-sample frames (the last zero-padded)."""
+    rest = np.zeros(0, np.float32)
+    for block in blocks:
+        x = np.concatenate([rest, np.asarray(block, np.float32).reshape(-1)])
+        n = x.size // FRAME
+        for i in range(n):
+            yield x[i * FRAME : (i + 1) * FRAME]
+        rest = x[n * FRAME:]
+    if rest.size:
+        yield np.concatenate([rest, np.zeros(FRAME - rest.size, np.float32)])
+
+
+class Stream:
+    """One input being transcribed: its frames (silence prefix, audio, delay flush) and its words."""
+
+    def __init__(self, model: SttModel, source: str, blocks: Iterable[np.ndarray], *, refine: bool = True,
+                 on_word: Callable[["Stream", object], None] | None = None,
+                 on_audio: Callable[[float], None] | None = None, on_text: Callable[[str], None] | None = None,
+                 on_turn: Callable[[float], None] | None = None, key: object = None) -> None:
+        self.model, self.source, self.key = model, source, key
+        self.energy = Energy() if refine else None
+        sp = model.tokenizer
+        self.words = WordBuilder(lambda ids: sp.decode(ids), sp.id_to_piece, model.offset, self.energy)
+        self._frames = frames_of(self._all_blocks(blocks))
+        self._on_word, self._on_audio, self._on_text, self._on_turn = on_word, on_audio, on_text, on_turn
+        self.samples = 0
+        self.step = 0
+        self.end_of_turn: list[float] = []
+        self.error: str | None = None
+        self._paused = True
+        self.started = time.perf_counter()
+
+    def _all_blocks(self, blocks) -> Iterator[np.ndarray]:
+        silence = np.zeros(FRAME, np.float32)
+        for _ in range(self.model.prefix_frames):
+            yield silence
+        try:
+            for block in blocks:
+                block = np.asarray(block, np.float32).reshape(-1)
+                self.samples += block.size
+                if self.energy is not None:
+                    self.energy.add(block)
+                if self._on_audio is not None:
+                    self._on_audio(block.size / SAMPLE_RATE)
+                yield block
+        except MoshikitError as exc:  # a file that breaks mid-read fails alone
+            self.error = str(exc)
+        except (RuntimeError, OSError, ValueError) as exc:
+            self.error = f"{self.source}: cannot read audio ({str(exc).splitlines()[0]})"
+        for _ in range(self.model.delay_frames):
+            yield silence
+
+    def next_frame(self) -> np.ndarray | None:
+        return next(self._frames, None)
+
+    def feed(self, token: int, pause: float | None) -> None:
+        if self._on_text is not None and token > 3:
+            self._on_text(self.model.tokenizer.id_to_piece(int(token)).replace("▁", " "))
+        for w in self.words.feed(self.step, int(token)):
+            if self._on_word is not None and w.text:
+                self._on_word(self, w)
+        if pause is not None:
+            paused = pause > 0.5
+            t = self.words.time(self.step)
+            if paused and not self._paused and 0 <= t <= self.duration:
+                self.end_of_turn.append(t)
+                if self._on_turn is not None:
+                    self._on_turn(t)
+            self._paused = paused
+        self.step += 1
+
+    @property
+    def duration(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+    def finish(self) -> Transcript:
+        for w in self.words.finish(self.step):
+            if self._on_word is not None and w.text:
+                self._on_word(self, w)
+        words = [w for w in self.words.words if w.start <= self.duration + 1e-6]
+        for w in words:
+            w.end = min(w.end, self.duration)
+        return Transcript(self.source, self.duration, words, segment(words), self.end_of_turn,
+                          self.model.describe())
+
+
+# ---------------------------------------------------------------- many streams, one batch
+
+
+def run_streams(model: SttModel, streams: Iterable[Stream], batch_size: int = 1) -> Iterator[Stream]:
+    """Transcribe ``streams`` as ``batch_size`` parallel slots; yield each stream when its
+    last frame has been read (call ``finish()`` on it for the transcript).
+
+    With per-stream reset (torch), a finished slot is restarted and refilled at once;
+    otherwise streams run in groups of ``batch_size``, short ones idling on silence.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if model.slot_reset or batch_size == 1:
+        yield from _run(model, iter(streams), batch_size, refill=model.slot_reset)
+        return
+    it = iter(streams)
+    while True:
+        group = [s for _, s in zip(range(batch_size), it)]
+        if not group:
+            return
+        yield from _run(model, iter(group), len(group), refill=False)
+
+
+def _run(model: SttModel, pending: Iterator[Stream], batch: int, *, refill: bool) -> Iterator[Stream]:
+    codec, lm = model.codec, model.lm
+    k = lm.info.input_codebooks
+    heads = hasattr(lm, "step_heads") and lm.info.extra_heads > 2
+    silence = np.zeros(FRAME, np.float32)
+    slots: list[Stream | None] = [None] * batch
+    used = [False] * batch
+    codec.reset_stream(batch)
+    lm.reset(batch)
+    while True:
+        frames, restart, finished = [], np.zeros(batch, bool), []
+        for b in range(batch):
+            f = None
+            while f is None:
+                if slots[b] is None:
+                    if used[b] and not refill:
+                        break
+                    nxt = next(pending, None)
+                    if nxt is None:
+                        break
+                    slots[b], restart[b], used[b] = nxt, used[b], True
+                f = slots[b].next_frame()
+                if f is None:
+                    finished.append(slots[b])
+                    slots[b] = None
+            frames.append(silence if f is None else f)
+        yield from finished
+        if all(s is None for s in slots):
+            return
+        if restart.any():
+            codec.reset_slots(restart)
+            lm.reset_slots(restart)
+        codes = codec.encode_step(np.stack(frames))[:, :k, 0]
+        tokens, probs = lm.step_heads(codes) if heads else (lm.step(codes), None)
+        if tokens is None:
+            continue
+        for b, s in enumerate(slots):
+            if s is not None:
+                s.feed(int(tokens[b, 0]), None if probs is None else float(probs[b, 2]))
+
+
+# ---------------------------------------------------------------- files
+
+
+@dataclass
+class TranscribeOptions:
+    formats: list[str] = field(default_factory=lambda: ["txt"])
+    batch_size: int = 1
+    overwrite: bool = False
+    refine: bool = True
+
+
+def output_paths(job_output: Path, formats: Sequence[str]) -> list[Path]:
+    """One output per format beside the planned output (which carries the first format's suffix)."""
+    return [job_output.with_suffix(f".{fmt}") for fmt in formats]
+
+
+def write_transcript(t: Transcript, outputs: Sequence[Path], formats: Sequence[str]) -> None:
+    from .audio import atomic_path
+
+    for path, fmt in zip(outputs, formats):
+        with atomic_path(path) as tmp:
+            tmp.write_text(render(t, fmt), encoding="utf-8")
+
+
+def transcribe_files(jobs: Sequence, model: SttModel, opts: TranscribeOptions | None = None,
+                     on_audio: Callable[[float], None] | None = None,
+                     on_word: Callable[[Stream, object], None] | None = None,
+                     on_text: Callable[[str], None] | None = None) -> Iterator:
+    """Transcribe planned jobs (``codec.plan``), writing every format per input; yield FileResults.
+
+    Inputs whose outputs all exist are skipped (so a rerun resumes); an unreadable input
+    fails alone; outputs appear only complete.
+    """
+    from .audio import open_audio, stream_24k
+    from .codec import FileResult
+
+    opts = opts or TranscribeOptions()
+    results: deque = deque()
+
+    def streams() -> Iterator[Stream]:
+        for job in jobs:
+            outs = output_paths(job.output, opts.formats)
+            if not opts.overwrite and all(p.exists() for p in outs):
+                results.append(FileResult(job.source, str(outs[0]), "skipped"))
+                continue
+            try:
+                src = open_audio(job.source)
+            except MoshikitError as exc:
+                results.append(FileResult(job.source, None, "failed", str(exc)))
+                continue
+            blocks = (b[0] for b in stream_24k(src, "mix"))
+            yield Stream(model, job.source, blocks, refine=opts.refine, on_word=on_word,
+                         on_audio=on_audio, on_text=on_text, key=(job, outs))
+
+    for stream in run_streams(model, streams(), opts.batch_size):
+        while results:
+            yield results.popleft()
+        job, outs = stream.key
+        if stream.error:
+            yield FileResult(job.source, None, "failed", stream.error)
+            continue
+        transcript = stream.finish()
+        write_transcript(transcript, outs, opts.formats)
+        yield FileResult(job.source, str(outs[0]), "done", audio_seconds=transcript.duration,
+                         frames=stream.step, seconds=time.perf_counter() - stream.started)
+    while results:
+        yield results.popleft()
+
+
+# ---------------------------------------------------------------- live audio
+
+
+def transcribe_live(model: SttModel, blocks: Iterable[np.ndarray], *, on_text: Callable[[str], None] | None = None,
+                    on_turn: Callable[[float], None] | None = None, refine: bool = True,
+                    source: str = "<microphone>") -> Transcript:
+    """Transcribe a live source: ``blocks`` of 24 kHz mono float32 that end when the user stops.
+
+    Text pieces reach ``on_text`` as the model emits them, end-of-turn times reach
+    ``on_turn``; at the end the model's delay is flushed with silence so the last
+    words come out.
+    """
+    stream = Stream(model, source, blocks, refine=refine, on_text=on_text, on_turn=on_turn)
+    for _ in run_streams(model, [stream], 1):
+        pass
+    return stream.finish()

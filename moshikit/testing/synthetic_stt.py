@@ -1,0 +1,181 @@
+"""Synthetic Kyutai speech-to-text checkpoints, laid out like ``kyutai/stt-1b-en_fr``.
+
+A Kyutai STT repo is a Moshi-style LM that generates no audio (``dep_q`` 0), listens
+to all 32 Mimi codebooks (``n_q`` 32, ``delays`` all 0) and whose text stream runs
+``stt_config.audio_delay_seconds`` behind the audio; the 1B model adds four
+"extra heads" that predict pauses. ``write_stt_repo`` writes the same files under the
+same names (config.json with ``model_type: "stt"``, ``stt_config``, ``lm_gen_config``;
+``model.safetensors``; ``tokenizer_en_fr_audio_8000.model``; the Mimi file) at a tiny
+size.
+
+Two kinds of weights:
+
+* ``random``: moshi's own random init. The text it emits depends on the audio, which
+  is what a test of batching needs (a stream that leaked into another would change
+  its words).
+* ``scripted``: weights built so that greedy decoding emits *chosen* text tokens at
+  *chosen* frames whatever the audio, so timestamp logic can be checked exactly.
+  How: every layer but the first attention is zeroed; that attention has zero
+  queries and keys (so it averages uniformly over the steps seen) and its values read
+  one feature that only the initial token's embedding has. After ``t + 1`` steps the
+  residual stream therefore carries ``s = c / (t + 1)`` next to a constant feature,
+  and the text head's logits are lines ``a_j * s + b_j``: with slopes falling and
+  intercepts set at the switch points, token ``j`` wins exactly on its interval of
+  steps. The pause head (extra head 2) switches on the same way at a chosen step.
+  Written in float32, as bf16 cannot hold the intercepts precisely enough.
+
+Random weights: valid for mechanics and speed, never for quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from .synthetic import MIMI_NAME
+from .synthetic_lm import (CONFIG_NAME, MOSHI_NAME, _DictSource, _items, _lm_config_of, _place,
+                           _write_safetensors, lm_kwargs, to_published, write_text_tokenizer)
+
+#: File names as published in kyutai/stt-1b-en_fr.
+STT_TOKENIZER_NAME = "tokenizer_en_fr_audio_8000.model"
+STT_MIMI_NAME = "mimi-pytorch-e351c8d8@125.safetensors"
+
+#: The stt-1b-en_fr values of the keys that make a checkpoint speech-to-text.
+STT_CONFIG = {"audio_delay_seconds": 0.5, "audio_silence_prefix_seconds": 0.0}
+STT_LM_GEN_CONFIG = {"temp": 0.0, "temp_text": 0.0, "top_k": 250, "top_k_text": 50}
+
+Kind = Literal["random", "scripted"]
+
+
+def stt_config_json(*, delay: float = 0.5, prefix: float = 0.0, extra_heads: int = 4) -> dict:
+    """config.json of a tiny STT repo: the published keys with tiny LM sizes."""
+    lm = lm_kwargs("tiny")
+    lm.update(n_q=32, dep_q=0, delays=[0] * 33, extra_heads_num_heads=extra_heads, extra_heads_dim=6)
+    return {
+        "moshi_name": MOSHI_NAME,
+        "mimi_name": STT_MIMI_NAME,
+        "tokenizer_name": STT_TOKENIZER_NAME,
+        "model_type": "stt",
+        "stt_config": {"audio_delay_seconds": delay, "audio_silence_prefix_seconds": prefix},
+        "lm_gen_config": dict(STT_LM_GEN_CONFIG),
+        **lm,
+    }
+
+
+def _random_state(config: dict, seed: int) -> dict:
+    import torch
+    from moshi.models import loaders
+
+    torch.manual_seed(seed)
+    model = loaders.get_moshi_lm(None, lm_kwargs=_lm_config_of(config), device="cpu", dtype=torch.float32)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def scripted_state(config: dict, script: Sequence[tuple[int, int]], *, pause_from: int | None = None,
+                   default: int = 3) -> dict:
+    """State dict whose greedy text output at step ``t`` follows ``script``.
+
+    ``script``: ``(first step, token)`` pairs with increasing steps (step 1 or later);
+    before the first pair the output is ``default``. Each token holds until the next
+    pair's step. With ``pause_from``, extra head 2's first class (the pause
+    probability) is above 0.5 from that step on and below before.
+    """
+    import torch
+
+    state = _random_state(config, 0)
+    for key in state:
+        state[key].zero_()
+    for key in state:
+        if key.endswith(".alpha"):
+            state[key].fill_(1.0)
+    dim, text_card = config["dim"], config["text_card"]
+    d_init, d_sig, d_const = 0, 1, 2
+    # Embeddings: the initial text token (id text_card) marks step 0; every other token
+    # is the same constant; audio embeddings stay zero, so the audio does not matter.
+    state["text_emb.weight"][:, d_const] = 1.0
+    state["text_emb.weight"][text_card] = 0.0
+    state["text_emb.weight"][text_card, d_init] = 1.0
+    # Layer 0 attention: q = k = 0 (uniform weights); head 0's first value channel reads
+    # the initial-token feature; the output projection writes it to the signal feature.
+    state["transformer.layers.0.self_attn.in_projs.0.weight"][2 * dim + 0, d_init] = 1.0
+    state["transformer.layers.0.self_attn.out_projs.0.weight"][d_sig, 0] = 1.0
+    c = float(np.sqrt(dim))  # RMSNorm makes the initial embedding sqrt(dim) in d_init
+
+    def signal(step: float) -> float:  # the signal feature after step `step` (steps count from 0)
+        return c / (step + 1.0)
+
+    steps = [0] + [int(s) for s, _ in script]
+    tokens = [default] + [int(t) for _, t in script]
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError("script steps must increase and start at 1 or later")
+    if len(set(tokens)) != len(tokens):
+        raise ValueError("each token may appear once in a script (an interval each)")
+    # Lines a_j * s + b_j: slopes fall with j; line j overtakes j-1 halfway between steps.
+    slopes = np.arange(len(tokens), 0, -1, dtype=np.float64)
+    intercepts = np.zeros(len(tokens))
+    for j in range(1, len(tokens)):
+        switch = signal(steps[j] - 0.5)
+        intercepts[j] = intercepts[j - 1] + (slopes[j - 1] - slopes[j]) * switch
+    w = state["text_linear.weight"]
+    w[:, d_const] = -1e4  # tokens not in the script never win
+    for tok, a, b in zip(tokens, slopes, intercepts):
+        w[tok, d_sig] = float(a)
+        w[tok, d_const] = float(b)
+    if "extra_heads.2.weight" in state:
+        head = state["extra_heads.2.weight"]
+        if pause_from is not None:  # class 0 logit = k * (switch - s): positive once s falls below
+            k = 40.0 / (signal(pause_from - 1) - signal(pause_from))
+            head[0, d_sig] = -k
+            head[0, d_const] = k * signal(pause_from - 0.5)
+        else:
+            head[0, d_const] = -20.0
+    return {k: v.to(torch.float32) for k, v in state.items()}
+
+
+def write_stt_repo(dest: str | os.PathLike, *, kind: Kind = "random", seed: int = 0,
+                   mimi_path: str | os.PathLike | None = None, delay: float = 0.5, prefix: float = 0.0,
+                   script: Sequence[tuple[int, int]] = (), pause_from: int | None = None,
+                   extra_heads: int = 4, layout: str = "pytorch") -> Path:
+    """Write a tiny synthetic STT repo at ``dest`` (see the module docstring) and return it."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = stt_config_json(delay=delay, prefix=prefix, extra_heads=extra_heads)
+    if kind == "random":
+        state = _random_state(config, seed)
+        dtype = "bfloat16"
+    elif kind == "scripted":
+        state = scripted_state(config, script, pause_from=pause_from)
+        dtype = "float32"
+    else:
+        raise ValueError(f"kind must be 'random' or 'scripted', not {kind!r}")
+    import torch
+
+    with torch.no_grad():
+        source = _DictSource(to_published(state))
+    _write_safetensors(dest / config["moshi_name"], _items(source, config, layout, dtype), dtype,
+                       {"format": "pt" if layout == "pytorch" else "mlx", "moshikit": f"synthetic-stt {kind}"})
+    write_text_tokenizer(dest / config["tokenizer_name"], config["text_card"])
+    if mimi_path is not None:
+        _place(Path(mimi_path), dest / config["mimi_name"])
+    (dest / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return dest
+
+
+def ensure_synthetic_stt(seed: int = 0, *, layout: str = "pytorch",
+                         mimi_path: str | os.PathLike | None = None) -> Path:
+    """The tiny random-weight STT repo in moshikit's cache, written on first use (seconds)."""
+    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+
+    dest = synthetic_dir() / f"seed{seed}" / f"stt-tiny-{layout}"
+    if not (dest / CONFIG_NAME).exists():
+        write_stt_repo(dest, kind="random", seed=seed, layout=layout,
+                       mimi_path=mimi_path or ensure_synthetic_mimi())
+    return dest
+
+
+__all__ = ["STT_CONFIG", "STT_MIMI_NAME", "STT_TOKENIZER_NAME", "ensure_synthetic_stt", "scripted_state",
+           "stt_config_json", "write_stt_repo", "MIMI_NAME"]
