@@ -10,13 +10,17 @@ from .output import Out
 
 
 def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
-              work: Callable[[Callable[[float], None]], Iterator], failed_early: list) -> dict:
-    """Drive ``work(on_audio)``, print one line per failure, return the summary."""
+              work: Callable[[Callable[[float], None]], Iterator], failed_early: list, *,
+              progress: bool = True) -> dict:
+    """Drive ``work(on_audio)``, print one line per failure, return the summary.
+
+    ``progress=False`` leaves the terminal to the caller (transcribe prints text live).
+    """
     results = list(failed_early)
     for r in failed_early:
         out.error(r.error)
     try:
-        with out.progress(total, total_seconds, label) as progress:
+        with out.progress(total, total_seconds, label, show=progress) as progress:
             for r in work(progress.add_audio):
                 results.append(r)
                 progress.file_done()
