@@ -218,7 +218,7 @@ class RemoteEngine:
 
         parts = urlsplit(self.url)
         where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
-        ssl = False if (self.insecure and parts.scheme == "wss") else None
+        ssl = False if (self.insecure and parts.scheme == "wss") else True
         try:
             return await asyncio.wait_for(
                 session.ws_connect(self.url, ssl=ssl, max_msg_size=MAX_MESSAGE, autoping=True),

@@ -542,6 +542,11 @@ def load_conversation(model: str | None = None, *, backend: str | None = None, d
 
     if batch < 1:
         raise UsageError("--batch must be at least 1")
+    if model == "synthetic":  # generated test weights: mechanics and speed only
+        from .testing.synthetic import ensure_synthetic_mimi
+        from .testing.synthetic_lm import ensure_synthetic_moshi
+
+        model = str(ensure_synthetic_moshi(mimi_path=ensure_synthetic_mimi()))
     choice = platform.resolve("lm", backend, device)
     if batch > 1 and choice.backend != "torch":
         raise BackendError(f"--batch {batch} needs the torch backend (the {choice.backend} backend cannot "
