@@ -398,7 +398,7 @@ def chat_file(url: str, pcm: np.ndarray, *, insecure: bool = False, on_text: Cal
             now = time.monotonic()
             if (received, len(texts)) != before:
                 last = now
-            elif now - last >= quiet_seconds or (received >= n * F - 4 * F and now - last >= 0.3):
+            elif now - last >= quiet_seconds or (received >= n * F - 2 * F and now - last >= 0.3):
                 break
     finally:
         engine.close()

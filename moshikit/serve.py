@@ -75,8 +75,8 @@ class _Session:
     slot: int
     ws: object
     peer: str
-    reader: object
-    writer: object
+    opus_in: object
+    opus_out: object
     outbox: asyncio.Queue
     inbox: collections.deque = field(default_factory=collections.deque)
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -90,6 +90,8 @@ class _Session:
     frames_out: int = 0
     late: int = 0
     sender: asyncio.Task | None = None
+    reader: asyncio.Task | None = None
+    drop: tuple[int, str] | None = None
 
 
 class _Drop(Exception):
@@ -113,7 +115,6 @@ class ChatServer:
         self._executor: ThreadPoolExecutor | None = None
         self._wake: asyncio.Event | None = None
         self._engine: asyncio.Task | None = None
-        self._closers: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ the application
 
@@ -161,8 +162,7 @@ class ChatServer:
                 await self._engine
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
-        if self._closers:
-            await asyncio.wait(self._closers, timeout=3.0)
+        await asyncio.sleep(0.1)  # let the handlers send their close frames
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
@@ -196,10 +196,20 @@ class ChatServer:
         try:
             await ws.send_bytes(wire.message(wire.HANDSHAKE))
             sess.sender = asyncio.ensure_future(self._send_loop(sess))
-            await self._recv_loop(sess)
+            sess.reader = asyncio.ensure_future(self._recv_loop(sess))
+            try:
+                await sess.reader
+            except asyncio.CancelledError:
+                if sess.drop is None:  # the handler itself is cancelled
+                    raise
+                raise _Drop(*sess.drop) from None
         except _Drop as exc:
             reason = exc.reason
-            self._drop(sess, exc.code, exc.reason)
+            self._release(sess)
+            self.stats["dropped"] += 1
+            # Closed here, where nothing else reads the socket, so close() can wait for
+            # the peer's answer (closing under a pending read resets the connection).
+            await self._close(sess, exc.code, exc.reason)
         except (ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
             reason = f"connection lost ({type(exc).__name__})"
         finally:
@@ -230,7 +240,7 @@ class ChatServer:
                 try:
                     if guard.packets(payload) > wire.MAX_PACKETS_PER_MESSAGE:
                         raise _Drop(1009, "too much audio in one message")
-                    pcm = s.reader.append_bytes(payload)
+                    pcm = s.opus_in.append_bytes(payload)
                 except ValueError as exc:
                     raise _Drop(1003, f"audio must be an Ogg Opus stream ({str(exc)[:80]})") from None
                 self._queue_audio(s, np.asarray(pcm, np.float32).reshape(-1))
@@ -279,29 +289,23 @@ class ChatServer:
             s.sender.cancel()
 
     def _drop(self, s: _Session, code: int, reason: str) -> None:
-        """Release the session and close its socket with a reason, without waiting on the peer."""
-        if s.closed and not (0 <= s.slot < len(self.slots) and self.slots[s.slot] is s):
-            already = True
-        else:
-            already = False
+        """Free the session's slot now and have its handler close the socket with ``reason``."""
         self._release(s)
-        if already and s.ws.closed:
-            return
-        self.stats["dropped"] += 1
+        if s.drop is None:
+            s.drop = (code, reason)
+            if s.reader is not None and not s.reader.done():
+                s.reader.cancel()
 
-        async def close() -> None:
-            try:
-                await asyncio.wait_for(s.ws.send_bytes(wire.error_message(reason)), 1.0)
-            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-                pass
-            try:
-                await asyncio.wait_for(s.ws.close(code=code, message=reason.encode()[:120]), 2.0)
-            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-                pass
-
-        task = asyncio.ensure_future(close())
-        self._closers.add(task)
-        task.add_done_callback(self._closers.discard)
+    @staticmethod
+    async def _close(s: _Session, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(s.ws.send_bytes(wire.error_message(reason)), 1.0)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+        try:
+            await asyncio.wait_for(s.ws.close(code=code, message=reason.encode()[:120]), 2.0)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
 
     # ------------------------------------------------------------------ the model loop
 
@@ -335,7 +339,7 @@ class ChatServer:
                 if s.inbox:
                     frames[b] = s.inbox.popleft()
                     s.frames_in += 1
-                    s.first_queued = time.monotonic()
+                    s.first_queued = s.last_input = time.monotonic()  # idle counts from an empty queue
                     s.space.set()
                 else:
                     s.late += 1
@@ -365,7 +369,7 @@ class ChatServer:
         if frame.tokens is None or int(frame.tokens[b]) < 0:
             return  # the LM's delay is still filling for this stream
         msgs = []
-        data = s.writer.append_pcm(np.ascontiguousarray(frame.pcm[b], dtype=np.float32))
+        data = s.opus_out.append_pcm(np.ascontiguousarray(frame.pcm[b], dtype=np.float32))
         if data:
             msgs.append(wire.message(wire.AUDIO, data))
         if frame.text[b]:
