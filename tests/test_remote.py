@@ -17,10 +17,10 @@ from moshikit.errors import RemoteError
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, mimi_weights):
+def repo(mimi_weights):
     from moshikit.testing import synthetic_lm
 
-    return synthetic_lm.write_moshi_repo(tmp_path_factory.mktemp("lm") / "moshiko", seed=0, mimi_path=mimi_weights)
+    return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)  # written once per test session
 
 
 @pytest.fixture(scope="module")

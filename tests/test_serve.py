@@ -31,10 +31,10 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, mimi_weights):
+def repo(mimi_weights):
     from moshikit.testing import synthetic_lm
 
-    return synthetic_lm.write_moshi_repo(tmp_path_factory.mktemp("lm") / "moshiko", seed=0, mimi_path=mimi_weights)
+    return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)  # written once per test session
 
 
 def _start(repo, batch=1, **cfg):
@@ -102,10 +102,10 @@ def test_protocol_client_conversation_matches_offline(served, repo, speech):
     from moshikit.conversation import run_offline
 
     url, server = served
-    pcm = speech[: 30 * F]
+    pcm = speech[: 20 * F]
     hello, audio, texts = asyncio.run(_protocol_client(url, pcm))
     assert hello == b"\x00"
-    assert audio.size == 29 * F
+    assert audio.size == 19 * F
     # The server ran the same greedy model on what it heard (the Opus-decoded input):
     # the same text, piece for piece, as the offline loop on that audio.
     # the server's own model, idle now that no session is open
@@ -259,3 +259,24 @@ def test_port_in_use_is_one_clear_error(served, repo):
     again = serve.ChatServer(server.conv, serve.ServeConfig(port=port))
     with pytest.raises(MoshikitError, match=f"cannot listen on 127.0.0.1:{port}"):
         serve.RunningServer(again)
+
+
+def test_static_web_client_and_info_page(served, tmp_path):
+    import urllib.request
+
+    from moshikit import serve
+    from moshikit.errors import UsageError
+
+    url, _ = served
+    info = urllib.request.urlopen(url.replace("ws://", "http://").replace("/api/chat", "/"), timeout=5).read()
+    assert b"moshikit serve" in info and b"/api/chat" in info
+    site = tmp_path / "dist"
+    (site / "assets").mkdir(parents=True)
+    (site / "index.html").write_text("<html>moshi web client</html>")
+    (site / "assets" / "app.js").write_text("console.log(1)")
+    with serve.RunningServer(serve.ChatServer(served[1].conv, serve.ServeConfig(port=0, static=str(site)))) as running:
+        base = running.url.replace("ws://", "http://").replace("/api/chat", "")
+        assert urllib.request.urlopen(base + "/", timeout=5).read() == b"<html>moshi web client</html>"
+        assert urllib.request.urlopen(base + "/assets/app.js", timeout=5).read() == b"console.log(1)"
+    with pytest.raises(UsageError, match="no index.html"):
+        serve.RunningServer(serve.ChatServer(served[1].conv, serve.ServeConfig(port=0, static=str(tmp_path))))
