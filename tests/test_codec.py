@@ -50,7 +50,12 @@ def test_codes_follow_the_audio(moshi_mimi, speech):
 def test_encode_matches_moshi_reference(tmp_path, moshi_mimi, torch_codec, speech):
     clip = speech[: 24000 * 6 + 777]
     t = encode_one(tmp_path, torch_codec, clip)
-    np.testing.assert_array_equal(t.codes[0], reference_codes(moshi_mimi, clip))
+    want = reference_codes(moshi_mimi, clip)
+    # Exact on some machines; elsewhere kernels of other shapes round differently and
+    # flip a rare deep-codebook near-tie (1 of 2504 codes with torch 2.9.1 on this CI's
+    # CPU). Without the widened KV cache, chunks past 10 s lose context and far more flip.
+    np.testing.assert_array_equal(t.codes[0][0], want[0])
+    assert (t.codes[0] == want).mean() >= 0.999
     assert t.header.num_samples == len(clip)
     assert t.header.frames == -(-len(clip) // 1920)
 
@@ -59,7 +64,12 @@ def test_long_file_chunked_equals_whole_file(tmp_path, moshi_mimi, torch_codec, 
     # 25 s: three streaming chunks, and past the transformer's 10 s context.
     clip = np.concatenate([speech, speech[: 24000 * 10]])[: 24000 * 25]
     t = encode_one(tmp_path, torch_codec, clip)
-    np.testing.assert_array_equal(t.codes[0], reference_codes(moshi_mimi, clip))
+    want = reference_codes(moshi_mimi, clip)
+    # Exact on some machines; elsewhere kernels of other shapes round differently and
+    # flip a rare deep-codebook near-tie (1 of 2504 codes with torch 2.9.1 on this CI's
+    # CPU). Without the widened KV cache, chunks past 10 s lose context and far more flip.
+    np.testing.assert_array_equal(t.codes[0][0], want[0])
+    assert (t.codes[0] == want).mean() >= 0.999
 
 
 def test_batch_of_unequal_lengths_equals_alone(tmp_path, moshi_mimi, torch_codec, speech, write_wav, monkeypatch):
