@@ -570,3 +570,79 @@ def bench_chat(codec_backend: str, lm_backend: str, weights: str, repo: str, *, 
     over = sum(w > FRAME_SECONDS for w in walls) / len(walls)
     row.params.update(over_budget=round(over, 4), headroom_ms=round(FRAME_SECONDS * 1000 - row.stats.p99, 2))
     yield row
+
+
+# ---------------------------------------------------------------- stt
+
+
+@dataclass
+class SttPlan:
+    model: str  # an STT checkpoint (directory, catalog name or "synthetic")
+    backend: str | None = None
+    reference: bool = True
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4])
+    streams: int = 4  # files transcribed per measurement
+    seconds: float = 10.0  # audio per file
+    device: str | None = None
+    repeats: int = 2
+
+
+class _SttReference:
+    """Kyutai's own way to transcribe a file with moshi: MimiModel.encode and LMGen.step
+    one 80 ms frame at a time, one stream (their stt_from_file script)."""
+
+    def __init__(self, model) -> None:
+        import torch
+        from moshi.models import LMGen
+
+        self.torch, self.model = torch, model
+        self.mimi = model.codec._mimi
+        self.gen = LMGen(model.lm.model, temp=0, temp_text=0)
+
+    def __call__(self, pcm: np.ndarray) -> None:
+        torch, m = self.torch, self.model
+        pad = np.zeros(m.prefix_frames * 1920, np.float32)
+        tail = np.zeros(m.delay_frames * 1920, np.float32)
+        x = np.concatenate([pad, pcm, tail, np.zeros(-(pcm.size) % 1920, np.float32)])
+        m.codec._end_stream()  # the same modules serve moshikit's rows: end their streams
+        m.lm.close()
+        with torch.no_grad(), self.mimi.streaming(1), self.gen.streaming(1):
+            for i in range(0, x.size, 1920):
+                codes = self.mimi.encode(torch.from_numpy(x[None, None, i : i + 1920]))
+                self.gen.step(codes)
+        _torch_sync()
+
+
+def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]:
+    """Transcription throughput (x real time) over batch sizes, next to the reference loop."""
+    from . import stt
+    from .testing.synthetic import speech_sample
+
+    model = stt.load_stt(plan.model, backend=plan.backend, device=plan.device)
+    speech = speech_sample()
+    audio = [np.resize(np.roll(speech, 24000 * i), int(plan.seconds * 24000)).astype(np.float32)
+             for i in range(plan.streams)]
+    total = plan.seconds * plan.streams
+    subjects: list[tuple[str, int, Callable[[], object]]] = []
+    if plan.reference and model.lm.info.backend == "torch" and hasattr(model.codec, "_mimi"):
+        ref = _SttReference(model)
+        subjects.append(("moshi MimiModel + LMGen, frame by frame (reference)", 1,
+                         lambda: [ref(a) for a in audio]))
+    for batch in plan.batch_sizes:
+        def run(batch=batch):
+            streams = [stt.Stream(model, f"s{i}", [a], refine=True) for i, a in enumerate(audio)]
+            for s in stt.run_streams(model, streams, batch, chunk=stt.TranscribeOptions().chunk):
+                s.finish()
+            _torch_sync()
+        subjects.append((f"moshikit {model.lm.info.backend}", batch, run))
+    walls: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
+    for i, (_, _, fn) in enumerate(subjects):  # warm-up
+        fn()
+    for _ in range(plan.repeats):  # round-robin: a noisy machine slows every row alike
+        for i, (_, _, fn) in enumerate(subjects):
+            t = clock()
+            fn()
+            walls[i].append(clock() - t)
+    for i, (name, batch, _) in enumerate(subjects):
+        yield throughput_row("stt", name, f"transcribe {plan.streams} x {plan.seconds:g} s", total, walls[i],
+                             batch=batch, device=model.lm.info.device)

@@ -174,6 +174,32 @@ def chat(
     render(result, rows, json_file, compare, plot)
 
 
+@bench_app.command("stt")
+def stt(
+    synthetic: SyntheticOpt = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
+                                                 help="An STT checkpoint (default: stt).")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", "-b", show_default=False,
+                                                   help="torch or mlx (default: the platform's).")] = None,
+    reference: ReferenceOpt = True,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,4",
+    streams: Annotated[int, typer.Option("--streams", min=1, help="Files transcribed per measurement.")] = 4,
+    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio seconds per file.")] = 10.0,
+    repeats: RepeatsOpt = 2,
+    device: DeviceOpt = None,
+    json_file: JsonFileOpt = None,
+    compare: CompareOpt = None,
+) -> None:
+    """Transcription throughput (x real time) per batch size, next to moshi's frame-by-frame loop."""
+    from .. import bench
+    from .bench_render import render
+
+    plan = bench.SttPlan("synthetic" if synthetic else model, backend, reference, _ints(batch_sizes), streams,
+                         seconds, device_value(device), repeats)
+    result = bench.BenchResult(env=bench.environment({"stt": plan.model}), synthetic=synthetic)
+    render(result, lambda: bench.bench_stt(plan), json_file, compare, None)
+
+
 @bench_app.callback()
 def quick(ctx: typer.Context, synthetic: SyntheticOpt = False,
           json_file: JsonFileOpt = None) -> None:
