@@ -89,7 +89,7 @@ def test_connect_and_busy_official_server(official):
             remote.connect(official.url, timeout=1.0)
     finally:
         engine.close()
-    assert engine.receive() == [] or True  # closing is clean: no error raised after our own close
+    engine.receive()  # after our own close: leftovers at most, never an error
     again = remote.connect(official.url, timeout=20.0)  # the slot is free again
     again.close()
 

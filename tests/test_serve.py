@@ -102,10 +102,10 @@ def test_protocol_client_conversation_matches_offline(served, repo, speech):
     from moshikit.conversation import run_offline
 
     url, server = served
-    pcm = speech[: 20 * F]
+    pcm = speech[: 16 * F]
     hello, audio, texts = asyncio.run(_protocol_client(url, pcm))
     assert hello == b"\x00"
-    assert audio.size == 19 * F
+    assert audio.size == 15 * F
     # The server ran the same greedy model on what it heard (the Opus-decoded input):
     # the same text, piece for piece, as the offline loop on that audio.
     # the server's own model, idle now that no session is open
@@ -302,3 +302,26 @@ def test_batch_a_stalled_client_does_not_hold_back_the_other(served2, speech):
     # when it first fell behind, not at every step (which would halve the other's pace)
     assert steps >= 14 and late >= steps - 1
     assert waits <= 2
+
+
+def test_slot_restart_gives_a_fresh_stream(served2, speech):
+    """What a joining session gets: its slot restarts while the other runs on. The text is
+    exactly a fresh stream's; the audio converges to it within a few frames (the codec
+    decoder of the slot decoded stand-in codes while the LM's delay filled)."""
+    from moshikit.conversation import Conversation
+
+    url, server = served2
+    assert all(s is None for s in server.slots)  # the server's model is idle
+    conv = server.conv
+    a, b, c = (speech[i * 8 * F:(i + 1) * 8 * F].reshape(8, F) for i in range(3))
+    conv.reset()
+    for i in range(4):
+        conv.step(np.stack([a[i], b[i]]))
+    conv.reset_slots(np.array([True, False]))
+    got = [conv.step(np.stack([c[i], b[4 + i % 4]])) for i in range(8)]
+    single = Conversation(conv.codec, conv.lm, conv.tokenizer, batch_size=1)  # same backends, batch of 1
+    ref = [single.step(c[i]) for i in range(8)]
+    conv.reset()  # leave the server's model as a fresh batch of 2
+    assert [int(f.tokens[0]) for f in got[1:]] == [int(f.tokens[0]) for f in ref[1:]]
+    assert got[0].tokens[0] == -1 and ref[0].tokens is None and not got[0].pcm[0].any()
+    assert np.abs(got[-1].pcm[0] - ref[-1].pcm[0]).max() < 1e-3
