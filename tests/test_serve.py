@@ -325,3 +325,24 @@ def test_slot_restart_gives_a_fresh_stream(served2, speech):
     assert [int(f.tokens[0]) for f in got[1:]] == [int(f.tokens[0]) for f in ref[1:]]
     assert got[0].tokens[0] == -1 and ref[0].tokens is None and not got[0].pcm[0].any()
     assert np.abs(got[-1].pcm[0] - ref[-1].pcm[0]).max() < 1e-3
+
+
+def test_a_client_that_leaves_replies_unread_is_dropped(served):
+    import sphn
+
+    from moshikit import serve
+    from moshikit.conversation import Frame
+
+    srv = serve.ChatServer(served[1].conv, serve.ServeConfig(max_output_seconds=0.1))
+
+    async def run():
+        s = serve._Session(0, None, "peer", None, sphn.OpusStreamWriter(24000), asyncio.Queue(4))
+        srv.slots[0] = s
+        frame = Frame(np.zeros((1, F), np.float32), np.array([5]), ["hi"], 0, 0.0)
+        for _ in range(3):  # two messages a frame (audio, text): the third frame overflows
+            srv._emit(s, frame, 0)
+        return s
+
+    s = asyncio.run(run())
+    assert srv.slots[0] is None and s.closed
+    assert s.drop == (1008, "the client left more than 0.1 s of replies unread")
