@@ -403,7 +403,8 @@ def tls_dir() -> Path:
     return Path(base) / "serve-tls"
 
 
-def self_signed_certificate(directory: str | os.PathLike | None = None, *, hosts: tuple[str, ...] = ()) -> tuple[Path, Path]:
+def self_signed_certificate(directory: str | os.PathLike | None = None, *,
+                            hosts: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """A self-signed certificate and key (``cert.pem``, ``key.pem``), made with ``openssl`` on
     first use and kept in ``directory`` (default: moshikit's cache) for later runs."""
     d = Path(directory) if directory is not None else tls_dir()

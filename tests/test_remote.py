@@ -169,7 +169,8 @@ class _FakeRust:
             await ws.send_bytes(wire.error_message("no slot available"))
             await ws.close()
             return ws
-        await ws.send_bytes(wire.message(wire.METADATA, json.dumps({"instance_name": "fake", "text_topk": 25}).encode()))
+        meta = json.dumps({"instance_name": "fake", "text_topk": 25}).encode()
+        await ws.send_bytes(wire.message(wire.METADATA, meta))
         await ws.send_bytes(wire.message(wire.HANDSHAKE, struct.pack("<II", 0, 7)))
         await ws.send_bytes(wire.message(wire.PING))
         reader, enc = sphn.OpusStreamReader(24000), wire.OpusEncoder()

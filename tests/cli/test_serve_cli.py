@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -41,6 +40,7 @@ def test_batch_needs_torch(capsys, repo):
     assert "--batch 2 needs the torch backend" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real process: model load and a conversation (~8 s); the stubbed test covers the wiring
 def test_serve_process_prints_url_and_talks(repo, speech, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "moshikit", "serve", "--model", str(repo), "--port", "0",
