@@ -348,6 +348,7 @@ class ChatServer:
                 if s.inbox:
                     frames[b] = s.inbox.popleft()
                     s.frames_in += 1
+                    self.stats["frames_in"] += 1
                     s.first_queued = s.last_input = time.monotonic()  # idle counts from an empty queue
                     s.space.set()
                     s.behind = False
@@ -386,6 +387,7 @@ class ChatServer:
         if frame.text[b]:
             msgs.append(wire.text_message(frame.text[b]))
         s.frames_out += 1
+        self.stats["frames_out"] += 1
         for m in msgs:
             try:
                 s.outbox.put_nowait(m)

@@ -346,3 +346,40 @@ def test_a_client_that_leaves_replies_unread_is_dropped(served):
     s = asyncio.run(run())
     assert srv.slots[0] is None and s.closed
     assert s.drop == (1008, "the client left more than 0.1 s of replies unread")
+
+
+@pytest.mark.slow  # a subprocess with real audio devices (ALSA files standing in for a sound card)
+def test_official_moshi_client_talks_to_serve(served, speech, tmp_path):
+    """`python -m moshi.client` (Kyutai's own client: sounddevice in, Opus over the
+    protocol, sounddevice out) holds a session with `moshikit serve`. PortAudio opens
+    ALSA devices backed by files, so no sound card is needed."""
+    import os
+    import subprocess
+    import sys
+
+    try:
+        import sounddevice  # noqa: F401
+    except OSError:
+        pytest.skip("PortAudio is not installed")
+    url, server = served
+    port = url.split(":")[2].split("/")[0]
+    raw_in, raw_out = tmp_path / "in.raw", tmp_path / "out.raw"
+    speech[: 24000 * 8].astype("<f4").tofile(raw_in)
+    (tmp_path / ".asoundrc").write_text(
+        'pcm.!default { type asym; playback.pcm "fileout"; capture.pcm "filein" }\n'
+        f'pcm.fileout {{ type file; slave.pcm "null"; file "{raw_out}"; format "raw" }}\n'
+        f'pcm.filein {{ type file; slave.pcm "null"; file "/dev/null"; infile "{raw_in}"; format "raw" }}\n')
+    before = dict(server.stats)
+    proc = subprocess.Popen([sys.executable, "-m", "moshi.client", "--host", "localhost", "--port", port],
+                            env=dict(os.environ, HOME=str(tmp_path)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and server.stats["frames_out"] - before.get("frames_out", 0) < 5:
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert server.stats["sessions"] - before.get("sessions", 0) == 1
+    assert server.stats["frames_in"] - before.get("frames_in", 0) >= 6
+    assert server.stats["frames_out"] - before.get("frames_out", 0) >= 5
