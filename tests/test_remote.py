@@ -89,7 +89,7 @@ def test_connect_and_busy_official_server(official):
             remote.connect(official.url, timeout=1.0)
     finally:
         engine.close()
-    assert engine.receive() == [] or True  # closing is clean: no error raised after our own close
+    engine.receive()  # after our own close: leftovers at most, never an error
     again = remote.connect(official.url, timeout=20.0)  # the slot is free again
     again.close()
 
@@ -169,7 +169,8 @@ class _FakeRust:
             await ws.send_bytes(wire.error_message("no slot available"))
             await ws.close()
             return ws
-        await ws.send_bytes(wire.message(wire.METADATA, json.dumps({"instance_name": "fake", "text_topk": 25}).encode()))
+        meta = json.dumps({"instance_name": "fake", "text_topk": 25}).encode()
+        await ws.send_bytes(wire.message(wire.METADATA, meta))
         await ws.send_bytes(wire.message(wire.HANDSHAKE, struct.pack("<II", 0, 7)))
         await ws.send_bytes(wire.message(wire.PING))
         reader, enc = sphn.OpusStreamReader(24000), wire.OpusEncoder()

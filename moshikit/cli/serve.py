@@ -36,8 +36,9 @@ def serve(
     static: Annotated[Optional[str], typer.Option("--static", help="Directory of a built web client (e.g. "
                                                                    "Kyutai's moshi client dist/) served at /.",
                                                   show_default=False)] = None,
-    temp: Annotated[Optional[float], typer.Option("--temp", min=0.0, help="Audio sampling temperature "
-                                                  "(0: greedy). Default: the model's config.", show_default=False)] = None,
+    temp: Annotated[Optional[float], typer.Option(
+        "--temp", min=0.0, help="Audio sampling temperature (0: greedy). Default: the model's config.",
+        show_default=False)] = None,
     temp_text: Annotated[Optional[float], typer.Option("--temp-text", min=0.0, help="Text sampling temperature.",
                                                        show_default=False)] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Audio top-k.", show_default=False)] = None,

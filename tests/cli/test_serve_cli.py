@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -41,6 +40,7 @@ def test_batch_needs_torch(capsys, repo):
     assert "--batch 2 needs the torch backend" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real process: model load and a conversation (~8 s); the stubbed test covers the wiring
 def test_serve_process_prints_url_and_talks(repo, speech, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "moshikit", "serve", "--model", str(repo), "--port", "0",
@@ -62,3 +62,36 @@ def test_serve_process_prints_url_and_talks(repo, speech, tmp_path):
     assert rc == 0, err
     assert "serving Moshi (torch LM on cpu, 1 session)" in err and "session from 127.0.0.1" in err
     assert "Traceback" not in err
+
+
+def test_ssl_flag_makes_a_certificate_and_a_wss_url(monkeypatch, capsys, tmp_path):
+    """The command's wiring, with the model and the network loop stubbed out."""
+    import ssl
+    from types import SimpleNamespace
+
+    from moshikit import serve as lib
+
+    seen = {}
+
+    def fake_load(model, **kw):
+        seen["load"] = (model, kw)
+        info = SimpleNamespace(backend="torch", device="cpu")
+        return SimpleNamespace(batch_size=kw["batch"], lm=SimpleNamespace(info=info))
+
+    def fake_forever(server, on_ready, *, ssl_ctx=None):
+        seen["ctx"], seen["cfg"] = ssl_ctx, server.cfg
+        on_ready("wss://localhost:8443/api/chat")
+
+    monkeypatch.setattr(lib, "load_conversation", fake_load)
+    monkeypatch.setattr(lib, "serve_forever", fake_forever)
+    monkeypatch.setenv("MOSHIKIT_CACHE", str(tmp_path))
+    assert main(["serve", "--ssl", "--host", "0.0.0.0", "--port", "8443", "--batch", "2", "--temp", "0.5",
+                 "--seed", "3", "--model", "some/repo"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "wss://localhost:8443/api/chat"
+    assert isinstance(seen["ctx"], ssl.SSLContext)
+    assert (tmp_path / "serve-tls" / "cert.pem").is_file() and (tmp_path / "serve-tls" / "key.pem").is_file()
+    assert seen["cfg"].host == "0.0.0.0" and seen["cfg"].port == 8443
+    model, kw = seen["load"]
+    assert model == "some/repo" and kw["batch"] == 2
+    assert kw["sampling"].temp == 0.5 and kw["sampling"].seed == 3
