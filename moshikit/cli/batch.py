@@ -10,8 +10,10 @@ from .output import Out
 
 
 def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
-              work: Callable[[Callable[[float], None]], Iterator], failed_early: list) -> dict:
-    """Drive ``work(on_audio)``, print one line per failure, return the summary."""
+              work: Callable[[Callable[[float], None]], Iterator], failed_early: list,
+              extra: Callable[[], dict] | None = None) -> dict:
+    """Drive ``work(on_audio)``, print one line per failure, return the summary
+    (``extra()``, when given, adds keys to it, e.g. per-node throughput)."""
     results = list(failed_early)
     for r in failed_early:
         out.error(r.error)
@@ -39,6 +41,8 @@ def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
         "x_real_time": round(audio / elapsed, 2) if elapsed > 0 and audio else None,
         "files": [r.__dict__ for r in results],
     }
+    if extra is not None:
+        summary.update(extra())
     if out.json_mode:
         out.json(summary)
     else:
