@@ -303,11 +303,12 @@ def stage(spec: WorkSpec, tasks: Sequence[Task], tmp_root: str) -> list[_Staged]
             src = t.source
             if is_uri(src) or remote_out:
                 s.local_dir = tempfile.mkdtemp(prefix=f"moshikit-{i}-", dir=tmp_root)
-            if is_uri(src):
+            if is_uri(src):  # the same base name: token headers record it
                 fs, path = _fs(src)
-                src = os.path.join(s.local_dir, "in-" + posixpath.basename(path))
+                src = os.path.join(s.local_dir, "in", posixpath.basename(path))
+                os.makedirs(os.path.dirname(src))
                 fs.get_file(path, src)
-            out = os.path.join(s.local_dir, "out-" + posixpath.basename(t.output)) if remote_out else t.output
+            out = os.path.join(s.local_dir, "out", posixpath.basename(t.output)) if remote_out else t.output
             s.job = Job(src, Path(out))
         except (OSError, MoshikitError) as exc:
             s.result = _row(FileResult(t.source, t.output, "failed", f"{t.source}: cannot fetch it ({exc})"))
@@ -339,6 +340,64 @@ def _row(r: FileResult, node: str = "", attempts: int = 1) -> dict:
     return {"source": r.source, "output": r.output, "status": r.status, "error": r.error,
             "duration": float(r.audio_seconds), "frames": int(r.frames), "seconds": float(r.seconds),
             "node": node, "attempts": attempts}
+
+
+def probe(sources: Sequence[str]) -> list[dict]:
+    """Length (samples at 24 kHz) and channels of each input, or why it cannot be opened.
+
+    Runs as light Ray tasks on the workers: the driver plans shards from it (so batches
+    are formed exactly as the local command forms them) and knows the audio hours ahead.
+    """
+    from .audio import open_audio
+
+    out = []
+    for src in sources:
+        try:
+            if is_uri(src):
+                import soundfile as sf
+
+                fs, path = _fs(src)
+                with fs.open(path, "rb") as f, sf.SoundFile(f) as snd:
+                    rate, frames, channels = snd.samplerate, snd.frames, snd.channels
+                out.append({"frames": int(round(frames * 24000 / rate)), "channels": int(channels), "error": None})
+            else:
+                a = open_audio(src)
+                out.append({"frames": a.target_frames, "channels": a.channels, "error": None})
+                a.close()
+        except MoshikitError as exc:
+            out.append({"frames": None, "channels": None, "error": str(exc)})
+        except Exception:  # noqa: BLE001 - a remote format soundfile cannot read: the worker will tell
+            out.append({"frames": None, "channels": None, "error": None})
+    return out
+
+
+def batch_groups(spec: WorkSpec, tasks: Sequence[Task], probes: Sequence[dict]) -> list[list[Task]]:
+    """Runs of files that must share a shard so that each shard batches them as the local
+    command does (``codec.encode_files``: consecutive short inputs, ``batch_size`` channels
+    a batch; long inputs stream alone meanwhile). Outside encode, every file stands alone."""
+    from .codec import CHUNK_FRAMES
+
+    batch = int(getattr(spec.opts, "batch_size", 1) or 1)
+    if spec.kind != "encode" or batch <= 1:
+        return [[t] for t in tasks]
+    limit = CHUNK_FRAMES * 1920
+    split = getattr(spec.opts, "channels", "mix") == "split"
+    groups: list[list[Task]] = []
+    cur: list[Task] = []
+    count = 0
+    for t, p in zip(tasks, probes):
+        cur.append(t)
+        if p.get("error") is None and p.get("frames") is not None and p["frames"] <= limit:
+            count += p["channels"] if split else 1
+            if count >= batch:
+                groups.append(cur)
+                cur, count = [], 0
+        elif count == 0:
+            groups.append(cur)
+            cur = []
+    if cur:
+        groups.append(cur)
+    return groups
 
 
 def run_tasks(spec: WorkSpec, model, tasks: Sequence[Task], *, node: str = "", attempts: int = 1,
@@ -469,6 +528,7 @@ class JobStats:
     nodes: dict[str, NodeStats] = field(default_factory=dict)
     worker_deaths: int = 0
     retried_files: int = 0
+    total_audio_seconds: float = 0.0  # of the files still to do, once probed
 
     @property
     def wall(self) -> float:
@@ -565,13 +625,15 @@ class RayJob:
     ``stats`` holds the live totals and per-node throughput."""
 
     def __init__(self, tasks: Sequence[Task], spec: WorkSpec, options: RayOptions | None = None,
-                 on_worker: Callable[[dict], None] | None = None) -> None:
+                 on_worker: Callable[[dict], None] | None = None,
+                 on_probe: Callable[[float], None] | None = None) -> None:
         self.tasks = list(tasks)
         self.spec = spec
         self.opts = options or RayOptions()
         self.stats = JobStats(total=len(self.tasks))
         self.workers: list[dict] = []  # info of every worker that started: node, host, pid
         self._on_worker = on_worker
+        self._on_probe = on_probe
         self._rows: dict[str, dict] = {}
         self._last_flush = 0.0
 
@@ -614,13 +676,32 @@ class RayJob:
         return node_id[:8]
 
     # -- planning
-    def _shards(self, todo: list[Task], n_workers: int) -> deque:
+    def _shards(self, todo: list[Task], probes: list[dict], n_workers: int) -> deque:
+        """Whole batch groups, about ``shard_size`` files a shard (default: ~4 shards a worker)."""
         size = self.opts.shard_size
         if not size:
             batch = int(getattr(self.spec.opts, "batch_size", 1) or 1)
             size = max(1, min(32, math.ceil(len(todo) / max(1, n_workers * 4))))
             size = max(size, min(batch, math.ceil(len(todo) / max(1, n_workers))))
-        return deque((todo[i : i + size], 1) for i in range(0, len(todo), size))
+        shards: deque = deque()
+        cur: list[Task] = []
+        for group in batch_groups(self.spec, todo, probes):
+            cur += group
+            if len(cur) >= size:
+                shards.append((cur, 1))
+                cur = []
+        if cur:
+            shards.append((cur, 1))
+        return shards
+
+    def _probe(self, ray, todo: list[Task]) -> list[dict]:
+        """Probe every input on the cluster, in chunks, as zero-CPU tasks (headers only)."""
+        remote = ray.remote(probe).options(num_cpus=0, max_retries=3)
+        chunk = max(16, min(512, math.ceil(len(todo) / 64)))
+        refs = [remote.remote([t.source for t in todo[i : i + chunk]]) for i in range(0, len(todo), chunk)]
+        probes = [p for part in ray.get(refs) for p in part]
+        self.stats.total_audio_seconds = sum(p["frames"] or 0 for p in probes) / 24000
+        return probes
 
     def _resources(self, ray) -> tuple[int, float, float]:
         res = ray.cluster_resources()
@@ -657,8 +738,7 @@ class RayJob:
         died = tuple(getattr(rex, n) for n in ("RayActorError", "ActorUnavailableError", "WorkerCrashedError",
                                                "ObjectLostError", "NodeDiedError") if hasattr(rex, n))
         n_workers, cpus, gpus = self._resources(ray)
-        pending = self._shards(todo, n_workers)
-        n_workers = min(n_workers, len(pending))
+        n_workers = min(n_workers, len(todo))
         remote_cls = ray.remote(Worker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0,
                                                 max_concurrency=2, scheduling_strategy="SPREAD")
         actors: dict[int, dict] = {}
@@ -676,6 +756,11 @@ class RayJob:
             start_actor()
         last_ready = time.perf_counter()
         try:
+            # Workers load the model while the inputs are probed.
+            probes = self._probe(ray, todo)
+            if self._on_probe:
+                self._on_probe(self.stats.total_audio_seconds)
+            pending = self._shards(todo, probes, n_workers)
             while pending or any(a["inflight"] for a in actors.values()):
                 for key, a in actors.items():
                     # A second queued shard only when the idle (or still loading) workers have theirs.
@@ -772,6 +857,7 @@ class RayJob:
 
     def summary_extra(self) -> dict:
         return {"nodes": self.stats.node_rows(), "workers": len(self.workers),
+                "probed_audio_seconds": round(self.stats.total_audio_seconds, 3),
                 "worker_deaths": self.stats.worker_deaths, "retried_files": self.stats.retried_files,
                 "manifest": self.opts.manifest}
 

@@ -119,9 +119,10 @@ class LocalCluster:
                 os.killpg(p.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        end = time.time() + 3
         for p in reversed(self.procs):
             try:
-                p.wait(timeout=5)
+                p.wait(timeout=max(0.1, end - time.time()))
             except subprocess.TimeoutExpired:
                 pass
             try:  # what the node started (gcs, raylet, workers) shares its process group
