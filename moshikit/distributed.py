@@ -614,7 +614,9 @@ def connect(address: str | None):
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ConnectionError as exc:
-        raise MoshikitError(f"no Ray cluster at {address} ({str(exc).splitlines()[0][:120]})",
+        where = ("no running Ray cluster found from this machine" if address == "auto" else
+                 f"no Ray cluster at {address} ({str(exc).splitlines()[0][:160]})")
+        raise MoshikitError(where,
                             hint="start one with `ray start --head` (then `ray start --address HEAD:6379` on "
                                  "each worker), pass --ray-address HOST:PORT, or --ray-address local") from None
     return ray
@@ -636,15 +638,18 @@ class RayJob:
         self._on_probe = on_probe
         self._rows: dict[str, dict] = {}
         self._last_flush = 0.0
+        self._flush_cost = 0.0
 
     # -- manifest
     def _flush(self, force: bool = False) -> None:
         if not self.opts.manifest:
             return
         now = time.perf_counter()
-        if force or now - self._last_flush >= self.opts.flush_seconds:
+        if force or now - self._last_flush >= max(self.opts.flush_seconds, 10 * self._flush_cost):
             write_result_manifest(self.opts.manifest, self._rows.values())
-            self._last_flush = now
+            self._last_flush = time.perf_counter()
+            # A big manifest is rewritten less often: at most ~10% of the driver's time.
+            self._flush_cost = self._last_flush - now
 
     def _record(self, row: dict) -> RayResult:
         old = self._rows.get(row["source"])
@@ -698,8 +703,18 @@ class RayJob:
         """Probe every input on the cluster, in chunks, as zero-CPU tasks (headers only)."""
         remote = ray.remote(probe).options(num_cpus=0, max_retries=3)
         chunk = max(16, min(512, math.ceil(len(todo) / 64)))
-        refs = [remote.remote([t.source for t in todo[i : i + chunk]]) for i in range(0, len(todo), chunk)]
-        probes = [p for part in ray.get(refs) for p in part]
+        starts = deque(range(0, len(todo), chunk))
+        limit = max(4, 2 * len([n for n in ray.nodes() if n.get("Alive")]))  # zero-CPU tasks: bound them
+        parts: dict[int, list[dict]] = {}
+        inflight: dict[object, int] = {}
+        while starts or inflight:
+            while starts and len(inflight) < limit:
+                i = starts.popleft()
+                inflight[remote.remote([t.source for t in todo[i : i + chunk]])] = i
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in done:
+                parts[inflight.pop(ref)] = ray.get(ref)
+        probes = [p for i in sorted(parts) for p in parts[i]]
         self.stats.total_audio_seconds = sum(p["frames"] or 0 for p in probes) / 24000
         return probes
 

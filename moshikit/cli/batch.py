@@ -11,7 +11,7 @@ from .output import Out
 
 def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
               work: Callable[[Callable[[float], None]], Iterator], failed_early: list,
-              extra: Callable[[], dict] | None = None) -> dict:
+              extra: Callable[[], dict] | None = None, on_file: Callable | None = None) -> dict:
     """Drive ``work(on_audio)``, print one line per failure, return the summary
     (``extra()``, when given, adds keys to it, e.g. per-node throughput)."""
     results = list(failed_early)
@@ -22,6 +22,8 @@ def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
             for r in work(progress.add_audio):
                 results.append(r)
                 progress.file_done()
+                if on_file is not None:
+                    on_file(progress)
                 if r.status == "failed":
                     out.error(r.error)
             elapsed = progress.elapsed

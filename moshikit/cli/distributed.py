@@ -24,7 +24,21 @@ def run_on_ray(out: Out, kind: str, inputs: list[str], output: str | None, suffi
         address=address, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
         manifest=job_manifest or dist.default_manifest(kind, output)))
     out.message(f"[dim]ray: {len(tasks)} file(s); manifest {job.opts.manifest}[/]")
-    summary = run_batch(out, f"{kind} (ray)", len(tasks), None, job.results, failed, extra=job.summary_extra)
+    shown = [0.0]
+
+    def nodes_note(progress) -> None:
+        import time
+
+        if time.perf_counter() - shown[0] < 2.0:
+            return
+        shown[0] = time.perf_counter()
+        speeds = sorted(n["x_real_time"] or 0.0 for n in job.stats.node_rows() if n["files"])
+        if speeds:
+            progress.note(f"{len(job.workers)} workers on {len(job.stats.nodes)} nodes; per node "
+                          f"{speeds[0]:,.1f}x (slowest) to {speeds[-1]:,.1f}x")
+
+    summary = run_batch(out, f"{kind} (ray)", len(tasks), None, job.results, failed, extra=job.summary_extra,
+                        on_file=nodes_note)
     if not out.json_mode:
         for n in summary["nodes"]:
             speed = f"{n['x_real_time']:,.1f}x real time" if n["x_real_time"] is not None else "-"
