@@ -188,7 +188,7 @@ def test_transcribe_on_ray_equals_local(cluster, tree, tmp_path, one_thread):
     from moshikit.stt import TranscribeOptions, load_stt, transcribe_files
 
     names = ["clip0.wav", "sub/clip1.wav", "clip2.wav", "sub/corrupt.wav"]
-    opts = TranscribeOptions(formats=["txt", "json"], batch_size=1)
+    opts = TranscribeOptions(formats=["txt", "json"], batch_size=2)
     model = load_stt("synthetic", backend="torch", device="cpu")
     local = list(transcribe_files([Job(str(tree / n), tmp_path / "local" / Path(n).with_suffix(".txt")) for n in names],
                                   model, opts))
