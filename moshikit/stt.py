@@ -172,8 +172,15 @@ class Stream:
         for _ in range(self.model.delay_frames):
             yield silence
 
-    def next_frame(self) -> np.ndarray | None:
-        return next(self._frames, None)
+    def read_frames(self, out: np.ndarray) -> int:
+        """Fill ``out`` (a whole number of frames) with the next frames; return how many were real."""
+        n = 0
+        for n in range(out.size // FRAME):
+            f = next(self._frames, None)
+            if f is None:
+                return n
+            out[n * FRAME : (n + 1) * FRAME] = f
+        return out.size // FRAME
 
     def feed(self, token: int, pause: float | None) -> None:
         if self._on_text is not None and token > 3:
@@ -209,65 +216,80 @@ class Stream:
 # ---------------------------------------------------------------- many streams, one batch
 
 
-def run_streams(model: SttModel, streams: Iterable[Stream], batch_size: int = 1) -> Iterator[Stream]:
+def run_streams(model: SttModel, streams: Iterable[Stream], batch_size: int = 1, *,
+                chunk: int = 1) -> Iterator[Stream]:
     """Transcribe ``streams`` as ``batch_size`` parallel slots; yield each stream when its
     last frame has been read (call ``finish()`` on it for the transcript).
 
-    With per-stream reset (torch), a finished slot is restarted and refilled at once;
-    otherwise streams run in groups of ``batch_size``, short ones idling on silence.
+    The codec encodes ``chunk`` frames of every slot at once (files: ~2 s, which runs
+    the codec at its whole-file speed; live audio: 1 frame, for latency), then the LM
+    steps over them frame by frame. A slot's stream always starts on a chunk boundary,
+    so its audio is cut into the same chunks whatever else shares the batch.
+    With per-stream reset (torch), a finished slot is restarted and refilled at the
+    next chunk; otherwise streams run in groups of ``batch_size``.
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    if batch_size < 1 or chunk < 1:
+        raise ValueError("batch_size and chunk must be >= 1")
     if model.slot_reset or batch_size == 1:
-        yield from _run(model, iter(streams), batch_size, refill=model.slot_reset)
+        yield from _run(model, iter(streams), batch_size, chunk, refill=model.slot_reset)
         return
     it = iter(streams)
     while True:
         group = [s for _, s in zip(range(batch_size), it)]
         if not group:
             return
-        yield from _run(model, iter(group), len(group), refill=False)
+        yield from _run(model, iter(group), len(group), chunk, refill=False)
 
 
-def _run(model: SttModel, pending: Iterator[Stream], batch: int, *, refill: bool) -> Iterator[Stream]:
+def _run(model: SttModel, pending: Iterator[Stream], batch: int, chunk: int, *, refill: bool) -> Iterator[Stream]:
     codec, lm = model.codec, model.lm
     k = lm.info.input_codebooks
     heads = hasattr(lm, "step_heads") and lm.info.extra_heads > 2
-    silence = np.zeros(FRAME, np.float32)
+    # On a CPU each stream is encoded at batch 1 with a codec state of its own: the
+    # faster way there, and a stream's codes then do not depend on its batch mates.
+    own = chunk > 1 and hasattr(codec, "open_encoder") and not getattr(codec, "batch_gain", False)
     slots: list[Stream | None] = [None] * batch
+    encoders: list = [None] * batch
     used = [False] * batch
-    codec.reset_stream(batch)
+    if not own:
+        codec.reset_stream(batch)
     lm.reset(batch)
     while True:
-        frames, restart, finished = [], np.zeros(batch, bool), []
+        pcm = np.zeros((batch, chunk * FRAME), np.float32)
+        real = np.zeros(batch, int)
+        restart = np.zeros(batch, bool)
         for b in range(batch):
-            f = None
-            while f is None:
-                if slots[b] is None:
-                    if used[b] and not refill:
-                        break
-                    nxt = next(pending, None)
-                    if nxt is None:
-                        break
-                    slots[b], restart[b], used[b] = nxt, used[b], True
-                f = slots[b].next_frame()
-                if f is None:
-                    finished.append(slots[b])
-                    slots[b] = None
-            frames.append(silence if f is None else f)
-        yield from finished
-        if all(s is None for s in slots):
+            if slots[b] is None and (refill or not used[b]):
+                slots[b] = next(pending, None)
+                if slots[b] is not None:
+                    restart[b], used[b] = used[b], True
+                    encoders[b] = codec.open_encoder() if own else None
+            if slots[b] is not None:
+                real[b] = slots[b].read_frames(pcm[b])
+        if not real.any():
+            yield from (s for s in slots if s is not None)
             return
         if restart.any():
-            codec.reset_slots(restart)
+            if not own:
+                codec.reset_slots(restart)
             lm.reset_slots(restart)
-        codes = codec.encode_step(np.stack(frames))[:, :k, 0]
-        tokens, probs = lm.step_heads(codes) if heads else (lm.step(codes), None)
-        if tokens is None:
-            continue
+        if own:
+            codes = np.zeros((batch, k, chunk), np.int64)
+            for b in np.flatnonzero(real):
+                codes[b] = encoders[b].encode(pcm[b : b + 1])[0, :k]
+        else:
+            codes = codec.encode_step(pcm)[:, :k]
+        for i in range(chunk):
+            tokens, probs = lm.step_heads(codes[:, :, i]) if heads else (lm.step(codes[:, :, i]), None)
+            if tokens is None:
+                continue
+            for b, s in enumerate(slots):
+                if s is not None and i < real[b]:
+                    s.feed(int(tokens[b, 0]), None if probs is None else float(probs[b, 2]))
         for b, s in enumerate(slots):
-            if s is not None:
-                s.feed(int(tokens[b, 0]), None if probs is None else float(probs[b, 2]))
+            if s is not None and real[b] < chunk:  # its last frame has been read and stepped
+                slots[b], encoders[b] = None, None
+                yield s
 
 
 # ---------------------------------------------------------------- files
@@ -279,6 +301,7 @@ class TranscribeOptions:
     batch_size: int = 1
     overwrite: bool = False
     refine: bool = True
+    chunk: int = 25  # frames the codec encodes per slot at once (2 s)
 
 
 def output_paths(job_output: Path, formats: Sequence[str]) -> list[Path]:
@@ -320,11 +343,11 @@ def transcribe_files(jobs: Sequence, model: SttModel, opts: TranscribeOptions | 
             except MoshikitError as exc:
                 results.append(FileResult(job.source, None, "failed", str(exc)))
                 continue
-            blocks = (b[0] for b in stream_24k(src, "mix"))
+            blocks = (b[0] for b in stream_24k(src, "mix", seconds=2.0))
             yield Stream(model, job.source, blocks, refine=opts.refine, on_word=on_word,
                          on_audio=on_audio, on_text=on_text, key=(job, outs))
 
-    for stream in run_streams(model, streams(), opts.batch_size):
+    for stream in run_streams(model, streams(), opts.batch_size, chunk=opts.chunk):
         while results:
             yield results.popleft()
         job, outs = stream.key
@@ -344,14 +367,14 @@ def transcribe_files(jobs: Sequence, model: SttModel, opts: TranscribeOptions | 
 
 def transcribe_live(model: SttModel, blocks: Iterable[np.ndarray], *, on_text: Callable[[str], None] | None = None,
                     on_turn: Callable[[float], None] | None = None, refine: bool = True,
-                    source: str = "<microphone>") -> Transcript:
+                    source: str = "<microphone>", chunk: int = 1) -> Transcript:
     """Transcribe a live source: ``blocks`` of 24 kHz mono float32 that end when the user stops.
 
     Text pieces reach ``on_text`` as the model emits them, end-of-turn times reach
     ``on_turn``; at the end the model's delay is flushed with silence so the last
-    words come out.
+    words come out. ``chunk`` frames are encoded at once (1: the lowest latency).
     """
     stream = Stream(model, source, blocks, refine=refine, on_text=on_text, on_turn=on_turn)
-    for _ in run_streams(model, [stream], 1):
+    for _ in run_streams(model, [stream], 1, chunk=chunk):
         pass
     return stream.finish()

@@ -93,6 +93,10 @@ class TorchCodec:
         with self._torch.inference_mode():
             self._mimi.reset_streaming(m)
 
+    def open_encoder(self) -> "_OwnStateEncoder":
+        """A streaming encoder for one stream with a state of its own (see ``_OwnStateEncoder``)."""
+        return _OwnStateEncoder(self)
+
     def encode_step(self, pcm: np.ndarray) -> np.ndarray:
         assert self._stream is not None, "call reset_stream() first"
         step = MAX_STEP_FRAMES * self.info.frame_size
@@ -106,6 +110,37 @@ class TorchCodec:
             parts = [self._mimi.decode(self._codes(codes[..., i : i + MAX_STEP_FRAMES]))
                      for i in range(0, codes.shape[-1], MAX_STEP_FRAMES)]
             return self._torch.cat(parts, -1)[:, 0].float().cpu().numpy()
+
+
+class _OwnStateEncoder:
+    """One stream's streaming encoder, its state held apart from the codec's batch state.
+
+    Many of these share one model: each call swaps its state in, encodes, and takes the
+    model out of streaming. Encoding a stream at batch 1 gives the codes it gets alone
+    (batched CPU kernels round differently, which flips near-tie codes), and on a CPU
+    batch 1 is also the faster way to run Mimi.
+    """
+
+    def __init__(self, codec: TorchCodec) -> None:
+        codec._end_stream()
+        self._codec, m = codec, codec._mimi
+        stack = m.streaming(1)
+        _widen_kv_caches(m, 2 * MAX_STEP_FRAMES)
+        self._state = m.get_streaming_state()
+        stack.close()
+
+    def encode(self, pcm: np.ndarray) -> np.ndarray:
+        """``pcm`` [1, n] (whole frames) -> codes [1, K, n / 1920], continuing this stream."""
+        c, m = self._codec, self._codec._mimi
+        c._end_stream()
+        step = MAX_STEP_FRAMES * c.info.frame_size
+        m.set_streaming_state(self._state)
+        try:
+            with c._torch.inference_mode():
+                parts = [m.encode(c._pcm(pcm[:, i : i + step])) for i in range(0, pcm.shape[-1], step)]
+                return c._torch.cat(parts, -1).cpu().numpy()
+        finally:
+            m._stop_streaming()
 
 
 def _widen_kv_caches(model, extra_steps: int) -> None:

@@ -10,15 +10,20 @@ from .output import Out
 
 
 def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
-              work: Callable[[Callable[[float], None]], Iterator], failed_early: list,
-              extra: Callable[[], dict] | None = None, on_file: Callable | None = None) -> dict:
-    """Drive ``work(on_audio)``, print one line per failure, return the summary
-    (``extra()``, when given, adds keys to it, e.g. per-node throughput)."""
+              work: Callable[[Callable[[float], None]], Iterator], failed_early: list, *,
+              progress: bool = True, extra: Callable[[], dict] | None = None,
+              on_file: Callable | None = None) -> dict:
+    """Drive ``work(on_audio)``, print one line per failure, return the summary.
+
+    ``progress=False`` leaves the terminal to the caller (transcribe prints text live);
+    ``extra()`` adds keys to the summary (e.g. per-node throughput); ``on_file(progress)``
+    runs after each file.
+    """
     results = list(failed_early)
     for r in failed_early:
         out.error(r.error)
     try:
-        with out.progress(total, total_seconds, label) as progress:
+        with out.progress(total, total_seconds, label, show=progress) as progress:
             for r in work(progress.add_audio):
                 results.append(r)
                 progress.file_done()

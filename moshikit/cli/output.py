@@ -40,8 +40,9 @@ class Out:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
     @contextmanager
-    def progress(self, total_files: int, total_seconds: float | None, label: str) -> Iterator["Progress"]:
-        p = Progress(self, total_files, total_seconds, label)
+    def progress(self, total_files: int, total_seconds: float | None, label: str,
+                 show: bool = True) -> Iterator["Progress"]:
+        p = Progress(self, total_files, total_seconds, label, show)
         try:
             yield p
         finally:
@@ -51,14 +52,15 @@ class Out:
 class Progress:
     """Files done, audio seconds done and speed in x real time, on stderr when a person watches."""
 
-    def __init__(self, out: Out, total_files: int, total_seconds: float | None, label: str) -> None:
+    def __init__(self, out: Out, total_files: int, total_seconds: float | None, label: str,
+                 show: bool = True) -> None:
         import time
 
         self._time = time.perf_counter
         self.started = self._time()
         self.audio = 0.0
         self._bar = None
-        if out.quiet or out.json_mode or not out.err.is_terminal:
+        if not show or out.quiet or out.json_mode or not out.err.is_terminal:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 

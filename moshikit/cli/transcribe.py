@@ -1,0 +1,204 @@
+"""moshikit transcribe: Kyutai speech-to-text for files in bulk and live from a microphone."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from .options import DeviceOpt, IncludeOpt, JsonOpt, OverwriteOpt, RevisionOpt, device_value
+
+
+class LMBackendName(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    mlx = "mlx"
+
+
+def transcribe(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="Audio files or directories (recursive); none with --mic.", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", show_default=False,
+        help="Output directory (input trees are mirrored inside), a file name for a single input, "
+             "or - to print a single input's transcript. Default: beside each input.")] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", "-f", help="txt, srt, vtt, json (words, segments, end of turn) or tsv; a comma list, or all.")] = "txt",
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", show_default=False,
+        help="stt (kyutai/stt-1b-en_fr, the default), stt-en (kyutai/stt-2.6b-en), a hub repo id, "
+             "a local directory, or 'synthetic' (generated test weights).")] = None,
+    backend: Annotated[LMBackendName, typer.Option(
+        "--backend", "-b", help="Model implementation; auto: mlx on Apple silicon, else torch.")] = LMBackendName.auto,
+    device: DeviceOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=1, show_default=False,
+        help="Files transcribed as parallel streams of one batch (default: 16 on a GPU, 4 on a CPU).")] = None,
+    mic: Annotated[bool, typer.Option("--mic", help="Transcribe the microphone live until Ctrl-C.")] = False,
+    input_device: Annotated[Optional[str], typer.Option(
+        "--input-device", show_default=False, help="Input device for --mic: index or (part of) its name.")] = None,
+    list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
+    duration: Annotated[Optional[float], typer.Option(
+        "--duration", min=0.1, show_default=False, help="With --mic: stop after this many seconds.")] = None,
+    save: Annotated[Optional[str], typer.Option(
+        "--save", show_default=False, help="With --mic: keep the audio (mic.wav) and the transcript in this directory.")] = None,
+    include: IncludeOpt = None,
+    revision: RevisionOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Transcribe speech with Kyutai STT: words with start and end times, subtitles, end of turn.
+
+    Word times are corrected for the model's delay. Many files run as parallel
+    streams of one batch; existing outputs are skipped, so a rerun resumes.
+    """
+    from ..errors import UsageError
+    from ..transcript import formats_of
+    from .output import Out
+
+    out = Out(json_mode=json_out)
+    if list_devices:
+        return _list_devices(out)
+    try:
+        formats = formats_of(fmt)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if mic and inputs:
+        raise UsageError("give audio files or --mic, not both")
+    if not mic and not inputs:
+        raise UsageError("nothing to transcribe: give audio files or directories, or --mic")
+    if not mic and (duration is not None or save is not None or input_device is not None):
+        raise UsageError("--duration, --save and --input-device go with --mic")
+    if mic:
+        return _mic(out, model, backend.value, device_value(device), revision, input_device, duration, save,
+                    formats)
+    _files(out, inputs or [], output, formats, model, backend.value, device_value(device), batch_size, include,
+           revision, overwrite)
+
+
+def _load(out, model, backend, device, revision):
+    from .. import stt
+
+    m = stt.load_stt(model, backend=backend, device=device, revision=revision)
+    info = m.describe()
+    out.message(f"[dim]model: {m.name} ({info['lm_backend']} on {info['device']}, codec {info['codec_backend']}); "
+                f"text delay {m.delay:g} s[/]")
+    return m
+
+
+def _files(out, inputs, output, formats, model, backend, device, batch_size, include, revision, overwrite) -> None:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .. import codec, stt
+    from ..errors import UsageError
+    from .batch import run_batch
+
+    to_stdout = output == "-"
+    if to_stdout and (len(inputs) != 1 or Path(inputs[0]).is_dir() or len(formats) != 1):
+        raise UsageError("-o - prints one transcript: give one input file and one --format")
+    tmp = tempfile.mkdtemp(prefix="moshikit-") if to_stdout else None
+    try:
+        jobs, failed = codec.plan(inputs, tmp or output, f".{formats[0]}", include=include or ())
+        if not jobs:
+            for r in failed:
+                out.error(r.error)
+            raise typer.Exit(1)
+        m = _load(out, model, backend, device, revision)
+        if batch_size is None:
+            batch_size = 16 if m.lm.info.device not in ("cpu", None) else 4
+        opts = stt.TranscribeOptions(formats=formats, batch_size=min(batch_size, len(jobs)),
+                                     overwrite=overwrite or to_stdout)
+        live = len(jobs) == 1 and not out.json_mode and not to_stdout
+        on_text = _printer() if live else None
+
+        def work(tick):
+            for result in stt.transcribe_files(jobs, m, opts, on_audio=tick, on_text=on_text):
+                if live:
+                    sys.stderr.write("\n")
+                yield result
+
+        summary = run_batch(out, "transcribe", len(jobs), None, work, failed, progress=not live)
+        if to_stdout and summary["done"]:
+            sys.stdout.write(Path(summary["files"][-1]["output"]).read_text(encoding="utf-8"))
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+def _printer():
+    """Text pieces to the terminal (stderr) as the model emits them."""
+    def show(piece: str) -> None:
+        sys.stderr.write(piece)
+        sys.stderr.flush()
+
+    return show
+
+
+def _mic(out, model, backend, device, revision, input_device, duration, save, formats) -> None:
+    from pathlib import Path
+
+    from .. import stt
+    from ..mic import Microphone
+
+    mic = Microphone(input_device, seconds=duration)  # fails now, before loading a model, if no device
+    m = _load(out, model, backend, device, revision)
+    out.message(f"[dim]listening on {mic.name!r}: Ctrl-C to stop[/]")
+    recorder = _Recorder(Path(save)) if save else None
+    blocks = recorder.tee(mic) if recorder else mic
+    turns = (lambda t: sys.stderr.write(f"  [end of turn {t:.1f} s]\n")) if not out.json_mode else None
+    transcript = stt.transcribe_live(m, blocks, on_text=None if out.json_mode else _printer(), on_turn=turns)
+    if not out.json_mode:
+        sys.stderr.write("\n")
+    if mic.dropped:
+        out.message(f"[yellow]dropped {mic.dropped} audio block(s): the model fell behind real time[/]")
+    if recorder:
+        outputs = recorder.finish(transcript, formats)
+        out.message(f"saved {', '.join(str(p) for p in outputs)}")
+    if out.json_mode:
+        out.json(transcript.to_json())
+    else:
+        sys.stdout.write(transcript.text + "\n")
+
+
+class _Recorder:
+    """--save: the microphone's audio as it comes (mic.wav, atomic) and the transcript at the end."""
+
+    def __init__(self, directory) -> None:
+        from ..audio import AudioWriter
+
+        self.dir = directory
+        self.wav = directory / "mic.wav"
+        self._writer = AudioWriter(self.wav, 24000, 1, "wav").__enter__()
+
+    def tee(self, blocks):
+        for block in blocks:
+            self._writer.write(block[None])
+            yield block
+
+    def finish(self, transcript, formats) -> list:
+        from ..stt import output_paths, write_transcript
+
+        self._writer.__exit__(None, None, None)
+        transcript.source = str(self.wav)
+        outputs = output_paths(self.dir / "mic.txt", formats)
+        write_transcript(transcript, outputs, formats)
+        return [self.wav, *outputs]
+
+
+def _list_devices(out) -> None:
+    from ..mic import list_devices
+
+    devices = list_devices()
+    if out.json_mode:
+        out.json(devices)
+        return
+    for d in devices:
+        mark = ("*" if d["default_input"] else " ") + ("*" if d["default_output"] else " ")
+        sys.stdout.write(f"{mark} {d['index']:>3} {d['name']}  (in {d['inputs']}, out {d['outputs']}, "
+                         f"{d['default_rate']:g} Hz)\n")

@@ -1,0 +1,143 @@
+"""Live input from a sound card through sounddevice (PortAudio), as 24 kHz mono blocks.
+
+sounddevice is imported here, on first use, so machines without PortAudio can run every
+other command. The PortAudio callback only copies into a bounded queue (it never blocks);
+blocks are resampled to 24 kHz on the consumer's side when the device cannot open 24 kHz.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+
+from .errors import AudioError, MoshikitError
+
+SAMPLE_RATE = 24000
+
+
+def _sounddevice():
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # the wheel is there, libportaudio is not
+        raise MoshikitError(f"cannot use audio devices: {str(exc).splitlines()[0]}",
+                            hint="install PortAudio (Debian/Ubuntu: apt-get install libportaudio2; "
+                                 "macOS: brew install portaudio)") from None
+    return sd
+
+
+def list_devices() -> list[dict]:
+    """Every PortAudio device with its index, name, channel counts and default rate."""
+    sd = _sounddevice()
+    default_in, default_out = (sd.default.device if isinstance(sd.default.device, (list, tuple))
+                               else (sd.default.device, sd.default.device))
+    return [{"index": i, "name": d["name"], "inputs": d["max_input_channels"], "outputs": d["max_output_channels"],
+             "default_rate": d["default_samplerate"], "default_input": i == default_in,
+             "default_output": i == default_out} for i, d in enumerate(sd.query_devices())]
+
+
+def find_input(device: str | int | None) -> tuple[int | None, dict]:
+    """The PortAudio input device for ``device`` (index, exact or partial name, or None: the default)."""
+    sd = _sounddevice()
+    try:
+        devices = sd.query_devices()
+    except Exception as exc:  # noqa: BLE001 - PortAudio reports as it can
+        raise AudioError(f"cannot list audio devices ({str(exc).splitlines()[0]})") from None
+    inputs = [(i, d) for i, d in enumerate(devices) if d["max_input_channels"] > 0]
+    if not inputs:
+        raise AudioError("no audio input device found", hint="connect a microphone, or transcribe files instead")
+    if device is None or device == "":
+        try:
+            info = sd.query_devices(kind="input")
+        except Exception:  # noqa: BLE001
+            raise AudioError("no default audio input device",
+                             hint="choose one with --input-device (see `moshikit transcribe --list-devices`)") from None
+        return None, dict(info)
+    text = str(device)
+    if text.isdigit():
+        for i, d in inputs:
+            if i == int(text):
+                return i, dict(d)
+        raise AudioError(f"input device {text} does not exist or has no input channels",
+                         hint="see `moshikit transcribe --list-devices`")
+    matches = [(i, d) for i, d in inputs if d["name"] == text] or \
+              [(i, d) for i, d in inputs if text.lower() in d["name"].lower()]
+    if not matches:
+        raise AudioError(f"no input device matches {text!r}", hint="see `moshikit transcribe --list-devices`")
+    if len(matches) > 1:
+        names = ", ".join(repr(d["name"]) for _, d in matches[:4])
+        raise AudioError(f"{text!r} matches several input devices ({names})", hint="give the device's index")
+    return matches[0][0], dict(matches[0][1])
+
+
+class Microphone:
+    """An open input stream; iterate for 24 kHz mono float32 blocks until ``stop()``.
+
+    ``seconds`` ends the stream after that much audio; Ctrl-C (KeyboardInterrupt in
+    the consumer) ends it too. ``dropped`` counts blocks the consumer was too slow for.
+    """
+
+    def __init__(self, device: str | int | None = None, *, seconds: float | None = None, block: int = 1920,
+                 max_queue: int = 750) -> None:
+        self.sd = _sounddevice()
+        self.index, self.info = find_input(device)
+        self.name = self.info.get("name", "default")
+        self.seconds = seconds
+        self.block = block
+        self.dropped = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._stopped = threading.Event()
+        self._stream = None
+        self.rate = SAMPLE_RATE
+
+    def _callback(self, indata, frames, time_info, status) -> None:  # PortAudio's thread: never block
+        try:
+            self._queue.put_nowait(indata.mean(axis=1).astype(np.float32, copy=True))
+        except queue.Full:
+            self.dropped += 1
+
+    def _open(self) -> None:
+        errors = []
+        for rate in (SAMPLE_RATE, int(self.info.get("default_samplerate") or 48000)):
+            try:
+                blocksize = max(1, round(self.block * rate / SAMPLE_RATE))
+                self._stream = self.sd.InputStream(device=self.index, channels=1, samplerate=rate, dtype="float32",
+                                                   blocksize=blocksize, callback=self._callback)
+                self.rate = rate
+                break
+            except Exception as exc:  # noqa: BLE001 - PortAudioError and friends
+                errors.append(str(exc).splitlines()[0])
+        if self._stream is None:
+            raise AudioError(f"cannot open input device {self.name!r} ({'; '.join(errors)})")
+        self._stream.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        from .audio import Resampler
+
+        self._open()
+        resample = Resampler(self.rate, 1) if self.rate != SAMPLE_RATE else None
+        wanted = None if self.seconds is None else int(round(self.seconds * SAMPLE_RATE))
+        got = 0
+        try:
+            while not self._stopped.is_set() and (wanted is None or got < wanted):
+                try:
+                    block = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if resample is not None:
+                    block = resample(block[None])[0]
+                if wanted is not None:
+                    block = block[: wanted - got]
+                got += block.size
+                if block.size:
+                    yield block
+        except KeyboardInterrupt:  # Ctrl-C ends the recording; what was heard is still transcribed
+            pass
+        finally:
+            self._stream.stop()
+            self._stream.close()
