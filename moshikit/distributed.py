@@ -264,7 +264,10 @@ def load_model(spec: WorkSpec):
     if spec.kind == "transcribe":
         from .stt import load_stt
 
-        return load_stt(**spec.load)
+        model = load_stt(**spec.load)
+        if not spec.opts.batch_size:  # the local command's default, for the device this worker got
+            spec.opts.batch_size = 16 if model.lm.info.device not in ("cpu", None) else 4
+        return model
     raise ValueError(f"unknown work kind {spec.kind!r}")
 
 

@@ -182,26 +182,23 @@ def test_encode_on_ray_equals_local_fails_corrupt_and_resumes(cluster, tree, tmp
     assert rows["long.wav"]["duration"] == pytest.approx(12.0)
 
 
-def test_transcribe_on_ray_equals_local(cluster, tree, tmp_path, one_thread):
-    """The transcribe work at library level (its CLI lands separately)."""
-    from moshikit.codec import Job
-    from moshikit.stt import TranscribeOptions, load_stt, transcribe_files
-
-    names = ["clip0.wav", "sub/clip1.wav", "clip2.wav", "sub/corrupt.wav"]
-    opts = TranscribeOptions(formats=["txt", "json"], batch_size=2)
-    model = load_stt("synthetic", backend="torch", device="cpu")
-    local = list(transcribe_files([Job(str(tree / n), tmp_path / "local" / Path(n).with_suffix(".txt")) for n in names],
-                                  model, opts))
-    assert sorted(r.status for r in local) == ["done"] * 3 + ["failed"]
-    tasks = [dist.Task(str(tree / n), str(tmp_path / "ray" / Path(n).with_suffix(".txt"))) for n in names]
-    spec = dist.WorkSpec("transcribe", {"model": "synthetic", "backend": "torch", "device": "cpu"}, opts)
+def test_transcribe_on_ray_equals_local(cluster, tree, tmp_path, capsys, one_thread):
+    (tmp_path / "list.csv").write_text("path,text\n" + "".join(
+        f"{tree / n},x\n" for n in ["clip0.wav", "sub/clip1.wav", "clip2.wav", "sub/corrupt.wav"]))
+    common = ["--manifest", str(tmp_path / "list.csv"), "--model", "synthetic", "--backend", "torch",
+              "--device", "cpu", "--batch-size", "2", "-f", "txt,json", "--json"]
+    code, out, err = run(capsys, "transcribe", "-o", str(tmp_path / "local"), *common)
+    assert code == 1 and json.loads(out)["done"] == 3 and "corrupt.wav" in err
     # One worker (the encode test covers two): an STT model load less on this 2-core machine.
-    job = dist.RayJob(tasks, spec, dist.RayOptions(address=cluster.address, workers=1, shard_size=2,
-                                                   manifest=str(tmp_path / "m.parquet")))
-    got = {Path(r.source).name: r for r in job.results()}
-    assert sorted(r.status for r in got.values()) == ["done"] * 3 + ["failed"]
+    code, out, err = run(capsys, "transcribe", "-o", str(tmp_path / "ray"), *common, "--ray-address",
+                         cluster.address, "--ray-workers", "1")
+    summary = json.loads(out)
+    assert code == 1 and (summary["done"], summary["failed"]) == (3, 1), err
     assert files_of(tmp_path / "ray") == files_of(tmp_path / "local")
-    assert sum(n["files"] for n in job.stats.node_rows()) == 3
+    assert sorted(files_of(tmp_path / "ray")) == ["clip0.json", "clip0.txt", "clip2.json", "clip2.txt",
+                                                  "sub/clip1.json", "sub/clip1.txt"]
+    rows = pq.read_table(tmp_path / "ray" / "moshikit-transcribe.parquet").to_pylist()
+    assert sorted(r["status"] for r in rows) == ["done"] * 3 + ["failed"]
 
 
 @pytest.mark.slow
