@@ -201,7 +201,6 @@ def test_transcribe_on_ray_equals_local(cluster, tree, tmp_path, capsys, one_thr
     assert sorted(r["status"] for r in rows) == ["done"] * 3 + ["failed"]
 
 
-@pytest.mark.slow
 def test_a_killed_worker_has_its_files_retried(cluster, tree, tmp_path, mimi_weights):
     tasks, _ = dist.plan_tasks([str(tree)], str(tmp_path / "ray"), ".mimi")
     spec = dist.WorkSpec("encode", {"mimi_weight": str(mimi_weights)}, EncodeOptions(batch_size=1))
