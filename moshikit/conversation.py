@@ -96,6 +96,22 @@ class Conversation:
         self.lm.reset(self.batch_size)
         self.index = 0
 
+    def reset_slots(self, mask: np.ndarray) -> None:
+        """Restart the streams where ``mask`` is true, leaving the others running (batched
+        serving). Needs backends with ``reset_slots`` (the torch codec and LM). A restarted
+        stream gives no audio or text (token -1) while its LM delay fills again."""
+        mask = np.asarray(mask, dtype=bool).reshape(self.batch_size)
+        if mask.all():
+            self.reset()
+            return
+        if not (hasattr(self.codec, "reset_slots") and hasattr(self.lm, "reset_slots")):
+            from .errors import BackendError
+
+            raise BackendError("these backends cannot restart one stream of a batch",
+                               hint="use the torch codec and LM backends, or a batch of 1")
+        self.codec.reset_slots(mask)
+        self.lm.reset_slots(mask)
+
     def step(self, pcm: np.ndarray) -> Frame:
         """One frame: ``pcm`` is float32 ``[B, 1920]`` (or ``[1920]`` for one stream)."""
         pcm = np.asarray(pcm, dtype=np.float32)
@@ -110,8 +126,15 @@ class Conversation:
             audio = np.zeros((self.batch_size, FRAME), np.float32)
             tokens, text = None, [""] * self.batch_size
         else:
-            audio = np.asarray(self.codec.decode_step(out[:, 1:, None]), np.float32).reshape(self.batch_size, -1)
-            tokens = out[:, 0]
+            # Streams restarted with reset_slots hold "not generated yet" ids (< 0) until
+            # their delay fills: decode stand-in codes for them and return silence.
+            waiting = (out < 0).any(axis=1)
+            codes = np.where(waiting[:, None], 0, out[:, 1:]) if waiting.any() else out[:, 1:]
+            audio = np.asarray(self.codec.decode_step(codes[:, :, None]), np.float32).reshape(self.batch_size, -1)
+            tokens = out[:, 0].copy()
+            if waiting.any():
+                audio[waiting] = 0.0
+                tokens[waiting] = -1
             text = [self._piece(int(t)) for t in tokens]
         frame = Frame(audio, tokens, text, self.index, self.clock() - t0)
         self.index += 1

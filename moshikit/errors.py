@@ -47,3 +47,7 @@ class AudioError(MoshikitError):
 
 class TokenFileError(MoshikitError):
     """A token file that is truncated, corrupt, or does not match the codec."""
+
+
+class RemoteError(MoshikitError):
+    """A Moshi server that cannot be reached, refuses the session, or breaks the protocol."""

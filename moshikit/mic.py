@@ -91,18 +91,24 @@ class Microphone:
         self._stopped = threading.Event()
         self._stream = None
         self.rate = SAMPLE_RATE
+        self._captured = 0
+        self._enough: int | None = None
 
     def _callback(self, indata, frames, time_info, status) -> None:  # PortAudio's thread: never block
         try:
             self._queue.put_nowait(indata.mean(axis=1).astype(np.float32, copy=True))
+            self._captured += frames
         except queue.Full:
             self.dropped += 1
+        if self._enough is not None and self._captured >= self._enough:
+            raise self.sd.CallbackStop  # --duration reached: stop capturing, the queue holds the rest
 
     def _open(self) -> None:
         errors = []
         for rate in (SAMPLE_RATE, int(self.info.get("default_samplerate") or 48000)):
             try:
                 blocksize = max(1, round(self.block * rate / SAMPLE_RATE))
+                self._enough = None if self.seconds is None else int(self.seconds * rate) + blocksize
                 self._stream = self.sd.InputStream(device=self.index, channels=1, samplerate=rate, dtype="float32",
                                                    blocksize=blocksize, callback=self._callback)
                 self.rate = rate
@@ -128,6 +134,8 @@ class Microphone:
                 try:
                     block = self._queue.get(timeout=0.1)
                 except queue.Empty:
+                    if not self._stream.active and self._queue.empty():
+                        break  # the device stopped (end of --duration, or it went away)
                     continue
                 if resample is not None:
                     block = resample(block[None])[0]

@@ -183,8 +183,9 @@ class Stream:
         return out.size // FRAME
 
     def feed(self, token: int, pause: float | None) -> None:
-        if self._on_text is not None and token > 3:
-            self._on_text(self.model.tokenizer.id_to_piece(int(token)).replace("▁", " "))
+        if self._on_text is not None and token > 3:  # the live text shows the words' spaces
+            piece = self.model.tokenizer.id_to_piece(int(token)).replace("▁", " ")
+            self._on_text(piece if piece.startswith(" ") or self.words.in_word else " " + piece)
         for w in self.words.feed(self.step, int(token)):
             if self._on_word is not None and w.text:
                 self._on_word(self, w)

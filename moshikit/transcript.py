@@ -152,6 +152,11 @@ class WordBuilder:
     def time(self, step: float) -> float:
         return step / FRAME_RATE - self._offset
 
+    @property
+    def in_word(self) -> bool:
+        """True while a word has pieces and is not closed yet."""
+        return bool(self._ids)
+
     def feed(self, step: int, token: int) -> list[Word]:
         """The words this token completed (usually none or one)."""
         done: list[Word] = []

@@ -145,3 +145,14 @@ def test_a_chat_checkpoint_is_refused(tmp_path, mimi_weights):
     repo = synthetic_lm.write_moshi_repo(tmp_path / "moshiko", seed=0, mimi_path=mimi_weights)
     with pytest.raises(ModelError, match="not a speech-to-text checkpoint"):
         stt.load_stt(str(repo), backend="torch", device="cpu")
+
+
+def test_mlx_gives_the_torch_words(tmp_path, mimi_weights, speech):
+    pytest.importorskip("moshi_mlx")
+    pt = write_stt_repo(tmp_path / "pt", kind="random", mimi_path=mimi_weights)
+    mx = write_stt_repo(tmp_path / "mx", kind="random", mimi_path=mimi_weights, layout="mlx")
+    pcm = speech[: 24000 * 3]
+    a = transcribe(stt.load_stt(str(pt), backend="torch", device="cpu"), pcm)
+    b = transcribe(stt.load_stt(str(mx), backend="mlx", codec_backend="torch"), pcm)
+    assert b.model["lm_backend"] == "mlx"
+    assert [w.to_json() for w in a.words] == [w.to_json() for w in b.words] and a.words

@@ -192,7 +192,14 @@ class TorchLM:
         torch = self._torch
         m = torch.from_numpy(np.asarray(mask, dtype=bool).reshape(self._batch).copy()).to(self._device)
         with torch.inference_mode():
+            state = self._gen._streaming_state
+            before = state.offset_cpu if state is not None else 0
             self._gen.reset_streaming(m)
+            if state is not None and not bool(m.all()):
+                # LMGen's reset zeroes its batch-wide step counter, which makes the next
+                # max(delays) steps return None for every stream; the per-stream offsets
+                # already mark the restarted ones (their rows come back as ids < 0).
+                state.offset_cpu = before
 
     def _input(self, codes: np.ndarray):
         codes = check_codes(codes, self._batch, self.input_codebooks, self.info.card)

@@ -20,6 +20,7 @@ from .decode import decode
 from .download import download, models_app
 from .encode import encode
 from .info import info
+from .serve import serve
 from .transcribe import transcribe
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 app.command(rich_help_panel="Codec")(encode)
 app.command(rich_help_panel="Codec")(decode)
+app.command(rich_help_panel="Moshi")(serve)
 app.command(rich_help_panel="Speech to text")(transcribe)
 app.command(rich_help_panel="Setup")(info)
 app.command(rich_help_panel="Setup")(download)

@@ -1,0 +1,64 @@
+"""`moshikit serve` as a user runs it: a foreground process that prints its URL and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from moshikit import remote
+from moshikit.cli.app import main
+
+
+@pytest.fixture(scope="module")
+def repo(mimi_weights):
+    from moshikit.testing import synthetic_lm
+
+    return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)  # written once per test session
+
+
+def test_help_lists_the_options(capsys):
+    assert main(["serve", "--help"]) == 0
+    text = capsys.readouterr().out
+    for opt in ("--host", "--port", "--model", "--backend", "--device", "--ssl", "--ssl-cert", "--ssl-key", "--batch",
+                "--temp", "--temp-text", "--top-k", "--seed", "--static"):
+        assert opt in text
+    assert "127.0.0.1" in text
+
+
+def test_cert_without_key_is_a_usage_error(capsys):
+    assert main(["serve", "--ssl-cert", "c.pem"]) == 2
+    assert "--ssl-cert and --ssl-key go together" in capsys.readouterr().err
+
+
+def test_batch_needs_torch(capsys, repo):
+    assert main(["serve", "--model", str(repo), "--backend", "mlx", "--batch", "2"]) == 2
+    assert "--batch 2 needs the torch backend" in capsys.readouterr().err
+
+
+def test_serve_process_prints_url_and_talks(repo, speech, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "moshikit", "serve", "--model", str(repo), "--port", "0",
+                             "--backend", "torch", "--device", "cpu", "--temp", "0", "--temp-text", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("ws://localhost:") and url.endswith("/api/chat"), proc.stderr.read()
+        out, transcript = remote.chat_file(url, speech[: 8 * 1920], tail_seconds=0.0, quiet_seconds=1.0)
+        assert np.count_nonzero(out) > 5 * 1920 and transcript
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert "serving Moshi (torch LM on cpu, 1 session)" in err and "session from 127.0.0.1" in err
+    assert "Traceback" not in err

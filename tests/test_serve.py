@@ -1,0 +1,282 @@
+"""moshikit serve: a client written against the protocol (not moshikit.remote) holds a
+conversation; a busy server refuses clearly; --batch 2 serves two at once; malformed,
+oversized, idle and abrupt clients free their slot and never disturb the server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from moshikit import remote, wire
+from moshikit.backends.base import SamplingConfig
+from moshikit.errors import RemoteError
+
+GREEDY = SamplingConfig(temp=0.0, temp_text=0.0)
+F = wire.FRAME
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def repo(mimi_weights):
+    from moshikit.testing import synthetic_lm
+
+    return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)  # written once per test session
+
+
+def _start(repo, batch=1, **cfg):
+    from moshikit import serve
+
+    conv = serve.load_conversation(str(repo), backend="torch", device="cpu", sampling=GREEDY, batch=batch)
+    config = serve.ServeConfig(port=0, **cfg)
+    server = serve.ChatServer(conv, config)
+    return serve.RunningServer(server, ssl_ctx=cfg.pop("ssl_ctx", None)), server
+
+
+@pytest.fixture(scope="module")
+def served(repo):
+    running, server = _start(repo, idle_timeout=1.5, max_message=4096)
+    yield running.url, server
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def served2(repo):
+    running, server = _start(repo, batch=2)
+    yield running.url, server
+    running.stop()
+
+
+def _opus_roundtrip(pcm: np.ndarray) -> np.ndarray:
+    import sphn
+
+    return sphn.OpusStreamReader(24000).append_bytes(wire.OpusEncoder().encode(pcm))
+
+
+async def _protocol_client(url: str, pcm: np.ndarray) -> tuple[bytes, np.ndarray, list[str]]:
+    """A bare client of the wire protocol: handshake, Opus pages out, audio and text back."""
+    import aiohttp
+    import sphn
+
+    writer, reader = sphn.OpusStreamWriter(24000), sphn.OpusStreamReader(24000)
+    audio, texts = [], []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url) as ws:
+            hello = await asyncio.wait_for(ws.receive_bytes(), 10)
+            for i in range(0, pcm.size, F):
+                await ws.send_bytes(b"\x01" + writer.append_pcm(pcm[i:i + F]))
+            expected = pcm.size // F - 1  # every frame is answered but the first (the LM's delay)
+            got = 0
+            while got < expected:
+                msg = await asyncio.wait_for(ws.receive_bytes(), 20)
+                if msg[0] == 1:
+                    chunk = reader.append_bytes(msg[1:])
+                    audio.append(chunk)
+                    got += chunk.size // F
+                elif msg[0] == 2:
+                    texts.append(msg[1:].decode())
+            try:  # the last frame's text piece follows its audio
+                while True:
+                    msg = await asyncio.wait_for(ws.receive_bytes(), 0.5)
+                    if msg[0] == 2:
+                        texts.append(msg[1:].decode())
+            except asyncio.TimeoutError:
+                pass
+    return hello, np.concatenate(audio), texts
+
+
+def test_protocol_client_conversation_matches_offline(served, repo, speech):
+    from moshikit.conversation import run_offline
+
+    url, server = served
+    pcm = speech[: 20 * F]
+    hello, audio, texts = asyncio.run(_protocol_client(url, pcm))
+    assert hello == b"\x00"
+    assert audio.size == 19 * F
+    # The server ran the same greedy model on what it heard (the Opus-decoded input):
+    # the same text, piece for piece, as the offline loop on that audio.
+    # the server's own model, idle now that no session is open
+    ref, transcript = run_offline(server.conv, _opus_roundtrip(pcm), tail_frames=0)
+    assert texts == [e["text"] for e in transcript] and texts
+    # ... and the same audio: the offline audio from the first answered step on, through
+    # the same Opus encoder, is what the client received (Opus at this bitrate does not
+    # keep the waveform of noise-like audio, so the comparison must go through it too).
+    offline = _opus_roundtrip(ref[F:F + audio.size])
+    assert offline.size == audio.size
+    a, b = offline[4000:], audio[4000:]
+    assert float(np.dot(a, b) / np.sqrt(np.dot(a, a) * np.dot(b, b))) > 0.99
+
+
+def test_busy_refusal_then_free_again(served):
+    url, server = served
+    first = remote.connect(url)
+    try:
+        with pytest.raises(RemoteError, match="refused the session: busy"):
+            remote.connect(url, timeout=5)
+    finally:
+        first.close()
+    assert server.stats["refused"] >= 1
+    for _ in range(50):  # the slot is freed as soon as the close arrives
+        if server.slots[0] is None:
+            break
+        time.sleep(0.02)
+    second = remote.connect(url, timeout=5)
+    second.close()
+
+
+async def _expect_close(url: str, *messages, text: str | None = None) -> tuple[int | None, list[bytes]]:
+    import aiohttp
+
+    got = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, max_msg_size=0) as ws:
+            assert await asyncio.wait_for(ws.receive_bytes(), 10) == b"\x00"
+            for m in messages:
+                await ws.send_bytes(m)
+            if text is not None:
+                await ws.send_str(text)
+            while True:
+                msg = await asyncio.wait_for(ws.receive(), 10)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                    return ws.close_code, got
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    got.append(msg.data)
+
+
+def _healthy(url: str, speech) -> None:
+    out, transcript = remote.chat_file(url, speech[: 8 * F], tail_seconds=0.0, quiet_seconds=1.0)
+    assert np.count_nonzero(out) > 5 * F and transcript
+
+
+@pytest.mark.parametrize("case", ["not_ogg", "unknown_kind", "text_frame", "oversized", "packet_bomb"])
+def test_malformed_clients_are_closed_and_server_carries_on(served, speech, case):
+    url, server = served
+    if case == "not_ogg":
+        code, got = asyncio.run(_expect_close(url, b"\x01" + b"garbage" * 10))
+        assert code == 1003 and got[-1].startswith(b"\x05audio must be an Ogg Opus stream")
+    elif case == "unknown_kind":
+        code, got = asyncio.run(_expect_close(url, b"\x42hello"))
+        assert code == 1003 and got[-1] == wire.error_message("unknown message kind 66")
+    elif case == "text_frame":
+        code, _ = asyncio.run(_expect_close(url, text="hello"))
+        assert code == 1003
+    elif case == "oversized":
+        code, _ = asyncio.run(_expect_close(url, b"\x01" + bytes(5000)))  # max_message is 4096 here
+        assert code == 1009
+    else:  # one Ogg page of 200 tiny packets: refused before it is decoded
+        head = wire.OpusEncoder().encode(np.zeros(F, np.float32))
+        lacing = bytes([3] * 200)
+        page = b"OggS" + bytes(22) + bytes([len(lacing)]) + lacing + bytes(600)
+        code, got = asyncio.run(_expect_close(url, b"\x01" + head, b"\x01" + page))
+        assert code == 1009 and got[-1] == wire.error_message("too much audio in one message")
+    assert server.slots[0] is None or server.slots[0].closed
+    _healthy(url, speech)
+
+
+def test_abrupt_and_idle_clients_free_their_slot(served, speech):
+    url, server = served
+    port = int(url.split(":")[2].split("/")[0])
+    # a client that completes the WebSocket upgrade, sends half a page and vanishes
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /api/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert b"101" in s.recv(4096).split(b"\r\n")[0]
+    s.sendall(bytes([0x82, 0x85, 1, 2, 3, 4]) + bytes([1 ^ 1, 79 ^ 2, 103 ^ 3]))  # a cut-off frame
+    s.close()
+    _healthy(url, speech)  # the slot came back
+    # a client that connects and sends nothing is closed after idle_timeout (1.5 s here)
+    t0 = time.monotonic()
+    code, got = asyncio.run(_expect_close(url))
+    assert code == 1000 and got[-1].startswith(b"\x05no audio for 1.5 s"), (code, got, server.stats)
+    assert 1.0 < time.monotonic() - t0 < 6.0
+    _healthy(url, speech)
+
+
+def test_batch_two_concurrent_sessions(served2, speech):
+    url, server = served2
+    results = {}
+
+    def talk(name, pcm):
+        results[name] = remote.chat_file(url, pcm, tail_seconds=0.3, quiet_seconds=0.5)
+
+    a = threading.Thread(target=talk, args=("a", speech[: 20 * F]))
+    b = threading.Thread(target=talk, args=("b", speech[40 * F : 60 * F]))
+    a.start()
+    time.sleep(0.5)
+    b.start()
+    time.sleep(0.3)
+    with pytest.raises(RemoteError, match="busy: all 2 sessions are in use"):
+        remote.connect(url, timeout=5)
+    a.join(30)
+    b.join(30)
+    for name in "ab":
+        out, transcript = results[name]
+        assert np.count_nonzero(out) > 15 * F and transcript
+    assert results["a"][1] != results["b"][1]  # each slot heard its own audio
+    assert server.stats["sessions"] == 2 and server.stats["refused"] == 1
+
+
+def test_self_signed_ssl(served, tmp_path, speech):
+    from moshikit import serve
+
+    cert, key = serve.self_signed_certificate(tmp_path / "tls")
+    assert cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert serve.self_signed_certificate(tmp_path / "tls") == (cert, key)  # made once, then reused
+    server = serve.ChatServer(served[1].conv, serve.ServeConfig(port=0))  # the other server is idle meanwhile
+    with serve.RunningServer(server, ssl_ctx=serve.ssl_context(cert, key)) as running:
+        assert running.url.startswith("wss://localhost:")
+        with pytest.raises(RemoteError, match="certificate is not trusted"):
+            remote.connect(running.url, timeout=5)
+        with remote.connect(running.url, insecure=True) as engine:
+            engine.send(speech[: 4 * F])
+            deadline = time.monotonic() + 10
+            got = []
+            while time.monotonic() < deadline and sum(a.size for a, _ in got) < 3 * F:
+                got += engine.receive()
+                time.sleep(0.05)
+            assert sum(a.size for a, _ in got) >= 3 * F
+
+
+def test_port_in_use_is_one_clear_error(served, repo):
+    from moshikit import serve
+    from moshikit.errors import MoshikitError
+
+    url, server = served
+    port = int(url.split(":")[2].split("/")[0])
+    again = serve.ChatServer(server.conv, serve.ServeConfig(port=port))
+    with pytest.raises(MoshikitError, match=f"cannot listen on 127.0.0.1:{port}"):
+        serve.RunningServer(again)
+
+
+def test_static_web_client_and_info_page(served, tmp_path):
+    import urllib.request
+
+    from moshikit import serve
+    from moshikit.errors import UsageError
+
+    url, _ = served
+    info = urllib.request.urlopen(url.replace("ws://", "http://").replace("/api/chat", "/"), timeout=5).read()
+    assert b"moshikit serve" in info and b"/api/chat" in info
+    site = tmp_path / "dist"
+    (site / "assets").mkdir(parents=True)
+    (site / "index.html").write_text("<html>moshi web client</html>")
+    (site / "assets" / "app.js").write_text("console.log(1)")
+    with serve.RunningServer(serve.ChatServer(served[1].conv, serve.ServeConfig(port=0, static=str(site)))) as running:
+        base = running.url.replace("ws://", "http://").replace("/api/chat", "")
+        assert urllib.request.urlopen(base + "/", timeout=5).read() == b"<html>moshi web client</html>"
+        assert urllib.request.urlopen(base + "/assets/app.js", timeout=5).read() == b"console.log(1)"
+    with pytest.raises(UsageError, match="no index.html"):
+        serve.RunningServer(serve.ChatServer(served[1].conv, serve.ServeConfig(port=0, static=str(tmp_path))))
