@@ -11,10 +11,13 @@ from .output import Out
 
 def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
               work: Callable[[Callable[[float], None]], Iterator], failed_early: list, *,
-              progress: bool = True) -> dict:
+              progress: bool = True, extra: Callable[[], dict] | None = None,
+              on_file: Callable | None = None) -> dict:
     """Drive ``work(on_audio)``, print one line per failure, return the summary.
 
-    ``progress=False`` leaves the terminal to the caller (transcribe prints text live).
+    ``progress=False`` leaves the terminal to the caller (transcribe prints text live);
+    ``extra()`` adds keys to the summary (e.g. per-node throughput); ``on_file(progress)``
+    runs after each file.
     """
     results = list(failed_early)
     for r in failed_early:
@@ -24,6 +27,8 @@ def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
             for r in work(progress.add_audio):
                 results.append(r)
                 progress.file_done()
+                if on_file is not None:
+                    on_file(progress)
                 if r.status == "failed":
                     out.error(r.error)
             elapsed = progress.elapsed
@@ -43,6 +48,8 @@ def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
         "x_real_time": round(audio / elapsed, 2) if elapsed > 0 and audio else None,
         "files": [r.__dict__ for r in results],
     }
+    if extra is not None:
+        summary.update(extra())
     if out.json_mode:
         out.json(summary)
     else:

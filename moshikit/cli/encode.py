@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from .options import (BackendOpt, CodecBackendName, DeviceOpt, IncludeOpt, JsonOpt, MimiWeightOpt, ModelOpt,
-                      OutputOpt, OverwriteOpt, RevisionOpt, device_value)
+from .options import (BackendOpt, CodecBackendName, DeviceOpt, IncludeOpt, InputsArg, JsonOpt, ManifestColumnOpt,
+                      ManifestOpt, MimiWeightOpt, ModelOpt, OutputOpt, OverwriteOpt, RayAddressOpt, RayCpusOpt,
+                      RayGpusOpt, RayManifestOpt, RayOpt, RayWorkersOpt, RevisionOpt, device_value)
 
 
 class TokenFormat(str, Enum):
@@ -22,8 +23,7 @@ class Channels(str, Enum):
 
 
 def encode(
-    inputs: Annotated[list[str], typer.Argument(help="Audio files, directories (recursive) or - for stdin.",
-                                                show_default=False)],
+    inputs: InputsArg = None,
     output: OutputOpt = None,
     fmt: Annotated[TokenFormat, typer.Option("--format", "-f", help="mimi: compact checked container; npy: int16 [K, F] plus a .json.")] = TokenFormat.mimi,
     num_codebooks: Annotated[int, typer.Option("--num-codebooks", "-k", min=1, max=32, help="Codebooks to keep (Moshi uses 8).")] = 8,
@@ -37,11 +37,20 @@ def encode(
     revision: RevisionOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    manifest: ManifestOpt = None,
+    manifest_column: ManifestColumnOpt = None,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    ray_cpus: RayCpusOpt = 1.0,
+    ray_gpus: RayGpusOpt = None,
+    ray_manifest: RayManifestOpt = None,
 ) -> None:
     """Encode audio into Mimi tokens, one token file per input.
 
     Any rate and format libsndfile or symphonia reads; resampled to 24 kHz.
     Existing outputs are skipped, so an interrupted run resumes where it stopped.
+    With --ray the same work runs on a Ray cluster (see the Ray cluster options).
     """
     from .. import codec as ops
     from ..tokens import output_suffix
@@ -49,7 +58,30 @@ def encode(
     from .output import Out
 
     out = Out(json_mode=json_out)
-    jobs, failed = ops.plan(inputs, output, output_suffix(fmt.value), include=include or ())
+    inputs = list(inputs or [])
+    if not inputs and not manifest:
+        out.error("no inputs: give audio files or directories, or --manifest FILE")
+        raise typer.Exit(2)
+    opts = ops.EncodeOptions(fmt=fmt.value, channels=channels.value, batch_size=batch_size, overwrite=overwrite)
+    if ray or ray_address:
+        from .distributed import run_on_ray
+
+        load = {"backend": backend.value, "device": device_value(device), "num_codebooks": num_codebooks,
+                "mimi_weight": _absolute(mimi_weight), "model": _absolute(model), "revision": revision}
+        summary = run_on_ray(out, "encode", inputs, output, output_suffix(fmt.value), include=include,
+                             manifest=manifest, manifest_column=manifest_column, load=load, opts=opts,
+                             address=ray_address, workers=ray_workers, cpus=ray_cpus, gpus=ray_gpus,
+                             job_manifest=ray_manifest)
+        if summary["failed"]:
+            raise typer.Exit(1)
+        return
+    if manifest:
+        from .distributed import local_jobs_from_manifest
+
+        jobs, failed = local_jobs_from_manifest(inputs, output, output_suffix(fmt.value), include, manifest,
+                                                manifest_column)
+    else:
+        jobs, failed = ops.plan(inputs, output, output_suffix(fmt.value), include=include or ())
     if not jobs:
         for r in failed:
             out.error(r.error)
@@ -58,8 +90,14 @@ def encode(
                            revision=revision, num_codebooks=num_codebooks)
     out.message(f"[dim]codec: {codec.info.backend} on {codec.info.device} ({codec.choice.reason}); "
                 f"weights: {codec.weights.path}[/]")
-    opts = ops.EncodeOptions(fmt=fmt.value, channels=channels.value, batch_size=batch_size, overwrite=overwrite)
     summary = run_batch(out, "encode", len(jobs), None,
                         lambda tick: ops.encode_files(jobs, codec, opts, on_audio=tick), failed)
     if summary["failed"]:
         raise typer.Exit(1)
+
+
+def _absolute(path: str | None) -> str | None:
+    """Workers run in another directory: a local path given relatively is made absolute."""
+    import os
+
+    return os.path.abspath(path) if path and os.path.exists(path) else path

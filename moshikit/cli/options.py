@@ -47,3 +47,35 @@ IncludeOpt = Annotated[Optional[list[str]], typer.Option(
 
 def device_value(device: Optional[Device]) -> Optional[str]:
     return None if device is None else device.value
+
+
+InputsArg = Annotated[Optional[list[str]], typer.Argument(
+    help="Audio files, directories (recursive), - for stdin, or (with --ray) fsspec URIs such as s3://bucket/dir.",
+    show_default=False)]
+ManifestOpt = Annotated[Optional[str], typer.Option(
+    "--manifest", show_default=False,
+    help="A file listing inputs: one path or URI a line, or a column of a .csv/.tsv/.parquet file.")]
+ManifestColumnOpt = Annotated[Optional[str], typer.Option(
+    "--manifest-column", show_default=False,
+    help="The manifest's column of paths (default: path, source, uri, file or audio, else the first).")]
+_RAY = "Ray cluster"
+RayOpt = Annotated[bool, typer.Option(
+    "--ray", rich_help_panel=_RAY,
+    help="Run the job on a Ray cluster: workers load the model once, write outputs directly, "
+         "a Parquet manifest records every file (needs the ray extra).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", show_default=False, rich_help_panel=_RAY,
+    help="HOST:PORT of the head, ray://HOST:10001, or local (a one-machine cluster). "
+         "Default: $RAY_ADDRESS, else the cluster this machine belongs to. Implies --ray.")]
+RayWorkersOpt = Annotated[Optional[int], typer.Option(
+    "--ray-workers", min=1, show_default=False, rich_help_panel=_RAY,
+    help="Model workers (actors). Default: as many as the cluster's CPUs/GPUs fit.")]
+RayCpusOpt = Annotated[float, typer.Option(
+    "--ray-cpus", min=0.0, rich_help_panel=_RAY, help="CPUs each worker reserves (decoding runs on them).")]
+RayGpusOpt = Annotated[Optional[float], typer.Option(
+    "--ray-gpus", min=0.0, show_default=False, rich_help_panel=_RAY,
+    help="GPUs each worker reserves. Default: 1 when the cluster has GPUs, else 0.")]
+RayManifestOpt = Annotated[Optional[str], typer.Option(
+    "--ray-manifest", show_default=False, rich_help_panel=_RAY,
+    help="Where the job's Parquet manifest goes (a rerun reads it to skip finished files). "
+         "Default: moshikit-<command>.parquet in the output directory.")]

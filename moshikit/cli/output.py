@@ -67,9 +67,9 @@ class Progress:
         self._bar = RichProgress(
             TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
             TextColumn("{task.fields[audio]}"), TextColumn("{task.fields[speed]}"), TimeElapsedColumn(),
-            console=out.err, transient=False,
+            TextColumn("{task.fields[note]}"), console=out.err, transient=False,
         )
-        self._task = self._bar.add_task(label, total=total_files, audio="", speed="")
+        self._task = self._bar.add_task(label, total=total_files, audio="", speed="", note="")
         self._bar.start()
 
     @property
@@ -90,9 +90,15 @@ class Progress:
             self._bar.advance(self._task)
         self._refresh()
 
+    def note(self, text: str) -> None:
+        """An extra line of state after the bar (e.g. per-node throughput)."""
+        if self._bar is not None:
+            self._bar.update(self._task, note=f"[dim]{text}[/]")
+
     def _refresh(self) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, audio=f"{self.audio:,.1f} s audio", speed=f"{self.speed:,.1f}x real time")
+            audio = f"{self.audio / 3600:,.2f} h audio" if self.audio >= 3600 else f"{self.audio:,.1f} s audio"
+            self._bar.update(self._task, audio=audio, speed=f"{self.speed:,.1f}x real time")
 
     def stop(self) -> None:
         if self._bar is not None:

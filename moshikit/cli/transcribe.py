@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import DeviceOpt, IncludeOpt, JsonOpt, OverwriteOpt, RevisionOpt, device_value
+from .options import (DeviceOpt, IncludeOpt, JsonOpt, ManifestColumnOpt, ManifestOpt, OverwriteOpt, RayAddressOpt,
+                      RayCpusOpt, RayGpusOpt, RayManifestOpt, RayOpt, RayWorkersOpt, RevisionOpt, device_value)
 
 
 class LMBackendName(str, Enum):
@@ -48,11 +49,20 @@ def transcribe(
     revision: RevisionOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    manifest: ManifestOpt = None,
+    manifest_column: ManifestColumnOpt = None,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    ray_cpus: RayCpusOpt = 1.0,
+    ray_gpus: RayGpusOpt = None,
+    ray_manifest: RayManifestOpt = None,
 ) -> None:
     """Transcribe speech with Kyutai STT: words with start and end times, subtitles, end of turn.
 
     Word times are corrected for the model's delay. Many files run as parallel
     streams of one batch; existing outputs are skipped, so a rerun resumes.
+    With --ray the same work runs on a Ray cluster (see the Ray cluster options).
     """
     from ..errors import UsageError
     from ..transcript import formats_of
@@ -65,17 +75,42 @@ def transcribe(
         formats = formats_of(fmt)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if mic and inputs:
+    if mic and (inputs or manifest):
         raise UsageError("give audio files or --mic, not both")
-    if not mic and not inputs:
-        raise UsageError("nothing to transcribe: give audio files or directories, or --mic")
+    if not mic and not inputs and not manifest:
+        raise UsageError("nothing to transcribe: give audio files or directories, --manifest FILE, or --mic")
+    if (ray or ray_address) and (mic or output == "-"):
+        raise UsageError("--ray writes transcript files: it goes with neither --mic nor -o -")
+    if ray or ray_address:
+        return _ray(out, inputs or [], output, formats, model, backend.value, device_value(device), batch_size,
+                    include, revision, overwrite, manifest, manifest_column,
+                    dict(address=ray_address, workers=ray_workers, cpus=ray_cpus, gpus=ray_gpus,
+                         job_manifest=ray_manifest))
     if not mic and (duration is not None or save is not None or input_device is not None):
         raise UsageError("--duration, --save and --input-device go with --mic")
     if mic:
         return _mic(out, model, backend.value, device_value(device), revision, input_device, duration, save,
                     formats)
     _files(out, inputs or [], output, formats, model, backend.value, device_value(device), batch_size, include,
-           revision, overwrite)
+           revision, overwrite, manifest, manifest_column)
+
+
+def _ray(out, inputs, output, formats, model, backend, device, batch_size, include, revision, overwrite, manifest,
+         manifest_column, ray_opts: dict) -> None:
+    import os
+
+    from .. import stt
+    from .distributed import run_on_ray
+
+    # Workers run elsewhere: a local model directory given relatively is made absolute.
+    model = os.path.abspath(model) if model and os.path.exists(model) else model
+    opts = stt.TranscribeOptions(formats=formats, batch_size=batch_size or 0, overwrite=overwrite)  # 0: per device
+    summary = run_on_ray(out, "transcribe", inputs, output, f".{formats[0]}", include=include, manifest=manifest,
+                         manifest_column=manifest_column,
+                         load={"model": model, "backend": backend, "device": device, "revision": revision},
+                         opts=opts, **ray_opts)
+    if summary["failed"]:
+        raise typer.Exit(1)
 
 
 def _load(out, model, backend, device, revision):
@@ -88,7 +123,8 @@ def _load(out, model, backend, device, revision):
     return m
 
 
-def _files(out, inputs, output, formats, model, backend, device, batch_size, include, revision, overwrite) -> None:
+def _files(out, inputs, output, formats, model, backend, device, batch_size, include, revision, overwrite,
+           manifest=None, manifest_column=None) -> None:
     import shutil
     import tempfile
     from pathlib import Path
@@ -102,7 +138,13 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
         raise UsageError("-o - prints one transcript: give one input file and one --format")
     tmp = tempfile.mkdtemp(prefix="moshikit-") if to_stdout else None
     try:
-        jobs, failed = codec.plan(inputs, tmp or output, f".{formats[0]}", include=include or ())
+        if manifest:
+            from .distributed import local_jobs_from_manifest
+
+            jobs, failed = local_jobs_from_manifest(inputs, tmp or output, f".{formats[0]}", include, manifest,
+                                                    manifest_column)
+        else:
+            jobs, failed = codec.plan(inputs, tmp or output, f".{formats[0]}", include=include or ())
         if not jobs:
             for r in failed:
                 out.error(r.error)
