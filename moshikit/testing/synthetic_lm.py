@@ -447,9 +447,15 @@ def write_moshi_repo(dest: str | os.PathLike, *, size: Size = "tiny", seed: int 
         source = _PoolSource(published_shapes(config=config), seed)
     else:
         raise ValueError(f"init must be 'model' or 'pool', not {init!r}")
+    return write_repo_files(dest, config, source, layout, dtype, f"synthetic-lm {size} seed={seed}", mimi_path)
+
+
+def write_repo_files(dest: Path, config: dict, source: _Source, layout: Layout, dtype: str, label: str,
+                     mimi_path: str | os.PathLike | None) -> Path:
+    """The files of a published LM repo: weights (in ``layout``), tokenizer, Mimi, config.json."""
     fmt = "pt" if layout == "pytorch" else "mlx"
     _write_safetensors(dest / config["moshi_name"], _items(source, config, layout, dtype), dtype,
-                       {"format": fmt, "moshikit": f"synthetic-lm {size} seed={seed}"})
+                       {"format": fmt, "moshikit": label})
     write_text_tokenizer(dest / config["tokenizer_name"], config["text_card"])
     if mimi_path is not None:
         _place(Path(mimi_path), dest / config["mimi_name"])

@@ -29,7 +29,6 @@ Random weights: valid for mechanics and speed, never for quality.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Literal, Sequence
@@ -37,8 +36,8 @@ from typing import Literal, Sequence
 import numpy as np
 
 from .synthetic import MIMI_NAME
-from .synthetic_lm import (CONFIG_NAME, MOSHI_NAME, _DictSource, _items, _lm_config_of, _place,
-                           _write_safetensors, lm_kwargs, to_published, write_text_tokenizer)
+from .synthetic_lm import (CONFIG_NAME, MOSHI_NAME, _DictSource, _lm_config_of, lm_kwargs, to_published,
+                           write_repo_files)
 
 #: File names as published in kyutai/stt-1b-en_fr.
 STT_TOKENIZER_NAME = "tokenizer_en_fr_audio_8000.model"
@@ -156,13 +155,7 @@ def write_stt_repo(dest: str | os.PathLike, *, kind: Kind = "random", seed: int 
 
     with torch.no_grad():
         source = _DictSource(to_published(state))
-    _write_safetensors(dest / config["moshi_name"], _items(source, config, layout, dtype), dtype,
-                       {"format": "pt" if layout == "pytorch" else "mlx", "moshikit": f"synthetic-stt {kind}"})
-    write_text_tokenizer(dest / config["tokenizer_name"], config["text_card"])
-    if mimi_path is not None:
-        _place(Path(mimi_path), dest / config["mimi_name"])
-    (dest / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    return dest
+    return write_repo_files(dest, config, source, layout, dtype, f"synthetic-stt {kind}", mimi_path)
 
 
 def ensure_synthetic_stt(seed: int = 0, *, layout: str = "pytorch",
