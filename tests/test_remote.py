@@ -85,8 +85,10 @@ def test_connect_and_busy_official_server(official):
             threading.Event().wait(0.05)
         assert sum(a.size for a, _ in got) >= 1920 * 3
         # moshi's server holds a second client without a handshake until the first leaves
-        with pytest.raises(RemoteError, match="no handshake came within"):
-            remote.connect(official.url, timeout=1.0)
+        # (on a loaded machine its event loop, which also runs the model, may not even
+        # answer the upgrade in time)
+        with pytest.raises(RemoteError, match="no handshake came within|no answer within"):
+            remote.connect(official.url, timeout=2.0)
     finally:
         engine.close()
     engine.receive()  # after our own close: leftovers at most, never an error

@@ -156,6 +156,14 @@ async def _expect_close(url: str, *messages, text: str | None = None) -> tuple[i
                     got.append(msg.data)
 
 
+def _wait_idle(server, seconds: float = 10.0) -> None:
+    """Until every session has left (a client's close reaches the server a moment later)."""
+    deadline = time.monotonic() + seconds
+    while any(s is not None for s in server.slots) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(s is None for s in server.slots)
+
+
 def _healthy(url: str, speech) -> None:
     out, transcript = remote.chat_file(url, speech[: 8 * F], tail_seconds=0.0, quiet_seconds=1.0)
     assert np.count_nonzero(out) > 5 * F and transcript
@@ -284,10 +292,7 @@ def test_static_web_client_and_info_page(served, tmp_path):
 
 def test_batch_a_stalled_client_does_not_hold_back_the_other(served2, speech):
     url, server = served2
-    for _ in range(100):  # the previous test's sessions are gone
-        if all(s is None for s in server.slots):
-            break
-        time.sleep(0.05)
+    _wait_idle(server)  # the previous test's sessions are gone
     before = dict(server.stats)
     stalled = remote.connect(url)  # connects, then never sends a sample
     try:
@@ -311,7 +316,7 @@ def test_slot_restart_gives_a_fresh_stream(served2, speech):
     from moshikit.conversation import Conversation
 
     url, server = served2
-    assert all(s is None for s in server.slots)  # the server's model is idle
+    _wait_idle(server)  # the server's model is idle
     conv = server.conv
     a, b, c = (speech[i * 8 * F:(i + 1) * 8 * F].reshape(8, F) for i in range(3))
     conv.reset()
