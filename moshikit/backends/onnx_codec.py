@@ -24,7 +24,7 @@ import numpy as np
 from .torch_codec import TorchCodec
 
 #: Bumped when what is exported changes, so stale cached graphs are never reused.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 3
 OPSET = 17
 
 
@@ -48,9 +48,13 @@ def _graph_key(module) -> str:
     import torch
 
     h = hashlib.sha256(f"v{EXPORT_VERSION}|opset{OPSET}|torch{torch.__version__}|ort{onnxruntime.__version__}".encode())
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().to("cpu", copy=True).contiguous().numpy().tobytes())
+    parts = module.key_parts() if hasattr(module, "key_parts") else [module]
+    for part in parts:
+        if part is None:
+            continue
+        for name, t in part.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", copy=True).contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
 
 
@@ -71,6 +75,25 @@ def _export(module, example, path: Path) -> None:
         )
 
 
+def _export_dynamo(module, example, path: Path) -> None:
+    """Export through ``torch.export`` (needs onnxscript): the tracing exporter bakes the
+    time length into the transformers' reshapes, torch.export keeps it symbolic."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    from ..audio import atomic_path
+
+    time_dim = torch.export.Dim("time", min=2, max=1 << 16)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(tmp), input_names=["x"], output_names=["y"], dynamo=True,
+                          dynamic_shapes={"x": {2: time_dim}}, opset_version=18)
+
+
 def _session(path: Path):
     import onnxruntime as ort
 
@@ -78,6 +101,10 @@ def _session(path: Path):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = _threads()
     opts.inter_op_num_threads = 1
+    # Idle ORT threads busy-wait by default: on a few cores that steals the CPU from
+    # the PyTorch half of the codec (and from everything else in the process).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -87,12 +114,46 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def graph(module, example, name: str):
+def graph(module, example, name: str, *, dynamo: bool = False):
     """An ONNX Runtime session for ``module``, exported on first use and cached by weights."""
     path = cache_root() / _graph_key(module) / f"{name}.onnx"
     if not path.exists():
-        _export(module, example, path)
+        (_export_dynamo if dynamo else _export)(module, example, path)
     return _session(path)
+
+
+def _tails(m):
+    """The parts between the SEANet stacks and the quantizer, as plain modules."""
+    import torch
+
+    class EncoderTail(torch.nn.Module):  # encoder transformer, then 25 -> 12.5 Hz
+        def __init__(self, mimi):
+            super().__init__()
+            self.mimi = mimi
+
+        def forward(self, x):
+            if self.mimi.encoder_transformer is not None:
+                (x,) = self.mimi.encoder_transformer(x)
+            return self.mimi._to_framerate(x)
+
+        def key_parts(self):  # what the graph holds (not the whole Mimi and its codebooks)
+            return [self.mimi.encoder_transformer, getattr(self.mimi, "downsample", None)]
+
+    class DecoderHead(torch.nn.Module):  # 12.5 -> 25 Hz, then the decoder transformer
+        def __init__(self, mimi):
+            super().__init__()
+            self.mimi = mimi
+
+        def forward(self, x):
+            x = self.mimi._to_encoder_framerate(x)
+            if self.mimi.decoder_transformer is not None:
+                (x,) = self.mimi.decoder_transformer(x)
+            return x
+
+        def key_parts(self):
+            return [getattr(self.mimi, "upsample", None), self.mimi.decoder_transformer]
+
+    return EncoderTail(m).eval(), DecoderHead(m).eval()
 
 
 class OnnxCodec(TorchCodec):
@@ -112,6 +173,20 @@ class OnnxCodec(TorchCodec):
         m = self._mimi
         self._enc = graph(m.encoder, torch.zeros(1, 1, 2 * m.frame_size), "seanet_encoder")
         self._dec = graph(m.decoder, torch.zeros(1, m.decoder.dimension, 4), "seanet_decoder")
+        # The transformers: moshi's non-streaming attention is slow on a CPU (measured
+        # ~8x slower than the same graph in ONNX Runtime). Without onnxscript, or if the
+        # export fails, they stay in PyTorch.
+        self._tail_mod, self._head_mod = _tails(m)
+        self._tail = self._head = None
+        try:
+            dim = m.decoder.dimension
+            self._tail = graph(self._tail_mod, torch.zeros(1, dim, 8), "encoder_transformer", dynamo=True)
+            self._head = graph(self._head_mod, torch.zeros(1, dim, 4), "decoder_transformer", dynamo=True)
+        except Exception as exc:  # noqa: BLE001 - any exporter failure means: keep torch
+            import warnings
+
+            warnings.warn(f"onnx codec: transformers stay in PyTorch ({type(exc).__name__}: {exc})"[:300],
+                          stacklevel=2)
 
     def encode(self, pcm: np.ndarray) -> np.ndarray:
         self._end_stream()
@@ -125,20 +200,28 @@ class OnnxCodec(TorchCodec):
             x = np.pad(x, ((0, 0), (0, pad)))
         emb = self._enc.run(None, {"x": x[:, None, :]})[0]
         with torch.inference_mode():
-            e = torch.from_numpy(emb)
-            if m.encoder_transformer is not None:
-                (e,) = m.encoder_transformer(e)
-            return m.quantizer.encode(m._to_framerate(e)).numpy()
+            if self._tail is not None:
+                e = torch.from_numpy(_rows(self._tail, emb))
+            else:
+                e = self._tail_mod(torch.from_numpy(emb))
+            return m.quantizer.encode(e).numpy()
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         self._end_stream()
         torch, m = self._torch, self._mimi
         with torch.inference_mode():
-            emb = m._to_encoder_framerate(m.decode_latent(self._codes(codes)))
-            if m.decoder_transformer is not None:
-                (emb,) = m.decoder_transformer(emb)
-            emb = np.ascontiguousarray(emb.float().numpy())
+            emb = m.decode_latent(self._codes(codes))
+            if self._head is not None:
+                emb = _rows(self._head, emb.float().numpy())
+            else:
+                emb = np.ascontiguousarray(self._head_mod(emb).float().numpy())
         return self._dec.run(None, {"x": emb})[0][:, 0]
+
+
+def _rows(session, x: np.ndarray) -> np.ndarray:
+    """Run a batch-1 graph (torch.export fixes the transformers' batch) row by row."""
+    return np.concatenate([session.run(None, {"x": np.ascontiguousarray(x[i : i + 1])})[0]
+                           for i in range(x.shape[0])])
 
 
 def load(weights: Path, *, device: str | None = None, num_codebooks: int = 8) -> OnnxCodec:
