@@ -38,6 +38,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "moshi's MimiModel in PyTorch (CUDA, MPS or CPU)"),
     BackendSpec("rustymimi", "codec", "moshikit.backends.rustymimi_codec", "pip install rustymimi",
                 "Kyutai's Rust Mimi (candle) through its Python binding"),
+    BackendSpec("onnx", "codec", "moshikit.backends.onnx_codec", "pip install 'moshikit[onnx]'",
+                "moshi's MimiModel with its SEANet convolutions in ONNX Runtime (CPU)"),
     BackendSpec("mlx", "codec", "moshikit.backends.mlx_codec", "pip install 'moshikit[mlx]'",
                 "moshi_mlx's Mimi on MLX (Apple silicon; CPU elsewhere)"),
     BackendSpec("torch", "lm", "moshikit.backends.torch_lm", "pip install moshikit",

@@ -7,7 +7,7 @@ from moshikit.backends import registry
 from moshikit.backends.base import CodecBackend
 from moshikit.codec import load_codec
 
-FAST = [n for n in ("torch", "rustymimi") if registry.probe("codec", n)[0]]
+FAST = [n for n in ("torch", "rustymimi", "onnx") if registry.probe("codec", n)[0]]
 
 
 @pytest.fixture(scope="module", params=FAST)
@@ -55,7 +55,7 @@ def test_batch_matches_single(backend, speech):
         assert (got == want).mean() >= 0.99
 
 
-@pytest.mark.skipif(FAST != ["torch", "rustymimi"], reason="needs torch and rustymimi")
+@pytest.mark.skipif(FAST[:2] != ["torch", "rustymimi"], reason="needs torch and rustymimi")
 def test_torch_and_rustymimi_agree(mimi_weights, speech):
     t = load_codec("torch", mimi_weight=mimi_weights).backend
     r = load_codec("rustymimi", mimi_weight=mimi_weights).backend
