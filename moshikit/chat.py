@@ -367,11 +367,37 @@ def level(pcm: np.ndarray) -> float:
     return min(1.0, max(0.0, (20 * np.log10(max(rms, 1e-9)) + 60) / 60))
 
 
+class _DeviceClock:
+    """Guards against devices that run faster than real time (ALSA devices backed by
+    files have no clock): samples beyond the wall clock (plus slack) are ignored."""
+
+    def __init__(self, slack: float = 0.5) -> None:
+        self.slack = slack
+        self.t0: float | None = None
+        self.counts = {"in": 0, "out": 0}
+        self.ignored = 0
+        self.out_rate = SAMPLE_RATE
+
+    def start(self, out_rate: int) -> None:
+        self.out_rate = out_rate
+        self.t0 = time.monotonic()
+
+    def ahead(self, side: str, frames: int, rate: int) -> bool:
+        if self.t0 is None:
+            return True
+        if self.counts[side] > (time.monotonic() - self.t0 + self.slack) * rate:
+            self.ignored += 1
+            return True
+        self.counts[side] += frames
+        return False
+
+
 class _Player:
     """The speaker side: the callback pops queued chunks and never waits."""
 
-    def __init__(self, blocksize: int) -> None:
+    def __init__(self, blocksize: int, clock: _DeviceClock | None = None) -> None:
         self.blocksize = blocksize
+        self.clock = clock
         self.chunks: collections.deque[np.ndarray] = collections.deque()
         self.played: collections.deque[np.ndarray] = collections.deque(maxlen=4096)
         self.queued_in = 0  # samples appended (loop)
@@ -391,6 +417,9 @@ class _Player:
         self.started = True
 
     def callback(self, outdata, frames, time_info, status) -> None:
+        if self.clock is not None and self.clock.ahead("out", frames, self.clock.out_rate):
+            outdata.fill(0.0)  # a device without a clock asking faster than real time
+            return
         out = outdata[:, 0]
         skip = self.skip_request
         if skip:
@@ -478,17 +507,21 @@ def run_live(engine: DuplexEngine, config: LiveConfig | None = None, *,
     mic_q: queue.Queue = queue.Queue(maxsize=200)
     mic_drops = [0]
 
+    clock = _DeviceClock()
+
     def on_input(indata, frames, time_info, status) -> None:
+        if clock.ahead("in", frames, in_rate):
+            return  # a device without a clock (e.g. backed by a file) delivering faster than real time
         try:
             mic_q.put_nowait(indata[:, 0].copy())
         except queue.Full:
             mic_drops[0] += 1
 
-    player: _Player | None = None
+    in_rate = SAMPLE_RATE
     in_stream, in_rate, in_info = _open_stream(sd, "input", in_dev, FRAME, on_input)
     out_rate = SAMPLE_RATE
     try:
-        player = _Player(FRAME)
+        player = _Player(FRAME, clock)
         out_stream, out_rate, out_info = _open_stream(sd, "output", out_dev, FRAME, player.callback)
     except BaseException:
         in_stream.close()
@@ -531,6 +564,7 @@ def run_live(engine: DuplexEngine, config: LiveConfig | None = None, *,
     last_ui = 0.0
     text_tail: collections.deque[str] = collections.deque(maxlen=400)
     t0 = time.monotonic()
+    clock.start(out_rate)
     in_stream.start()
     out_stream.start()
     try:

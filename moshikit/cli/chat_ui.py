@@ -117,8 +117,9 @@ class RichUI:
 class PlainUI:
     """Moshi's text on stdout as it comes; a status line on stderr every few seconds."""
 
-    def __init__(self, every: float = 5.0) -> None:
+    def __init__(self, every: float = 5.0, *, show_text: bool = True) -> None:
         self.every = every
+        self.show_text = show_text
         self._last = time.monotonic()
         self._wrote = False
         self._rec = None
@@ -135,6 +136,8 @@ class PlainUI:
         return ""
 
     def text(self, piece: str) -> None:
+        if not self.show_text:
+            return
         sys.stdout.write(piece)
         sys.stdout.flush()
         self._wrote = True
@@ -157,5 +160,5 @@ def ui_for(out, *, plain: bool = False) -> Iterator[object]:
         with RichUI(out.err) as ui:
             yield ui
     else:
-        with PlainUI() as ui:
+        with PlainUI(show_text=not out.json_mode) as ui:
             yield ui
