@@ -188,3 +188,30 @@ def test_terminal_ui_as_seen_in_tmux(home, repo, tmp_path):
         assert "moshikit chat — done" in shown, shown
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+@pytest.mark.slow
+def test_long_chat_keeps_step_time_and_memory_flat(repo):
+    """2500 steps (3.3 min of conversation, 5x the tiny model's 500-step context): the
+    context slides, so late steps cost what early ones do and memory stops growing."""
+    import resource
+
+    import torch
+
+    from moshikit.backends.base import SamplingConfig
+    from moshikit.chat import load_chat
+
+    torch.set_num_threads(1)
+    conv = load_chat(str(repo), backend="torch", device="cpu", sampling=SamplingConfig(seed=1))
+    conv.reset()
+    rng = np.random.default_rng(0)
+    times, rss = [], []
+    for i in range(2500):
+        f = conv.step((rng.standard_normal(FRAME) * 0.05).astype(np.float32))
+        times.append(f.seconds)
+        if i % 250 == 249:
+            with open("/proc/self/statm") as fh:
+                rss.append(int(fh.read().split()[1]) * resource.getpagesize())
+    early, late = np.median(times[200:700]), np.median(times[-500:])
+    assert late < early * 1.3, (early, late)
+    assert rss[-1] - rss[2] < 64 << 20, [r >> 20 for r in rss]  # MB
