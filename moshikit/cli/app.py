@@ -16,6 +16,7 @@ from typer.completion import completion_init
 
 from .. import __version__
 from .bench import bench_app
+from .chat import chat
 from .decode import decode
 from .download import download, models_app
 from .encode import encode
@@ -33,6 +34,7 @@ app = typer.Typer(
 )
 app.command(rich_help_panel="Codec")(encode)
 app.command(rich_help_panel="Codec")(decode)
+app.command(rich_help_panel="Moshi")(chat)
 app.command(rich_help_panel="Moshi")(serve)
 app.command(rich_help_panel="Speech to text")(transcribe)
 app.command(rich_help_panel="Setup")(info)

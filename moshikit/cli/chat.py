@@ -1,0 +1,227 @@
+"""moshikit chat: talk to Moshi live (microphone and speaker), or run a file through it."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import DeviceOpt, JsonOpt, RevisionOpt, device_value
+
+
+class LMBackendName(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    mlx = "mlx"
+
+
+def chat(
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", show_default=False,
+        help="The voice: moshiko (default) or moshika; a hub repo id, a local directory, or 'synthetic' "
+             "(generated test weights).")] = None,
+    input_file: Annotated[Optional[str], typer.Option(
+        "--input", "-i", show_default=False, help="Chat offline: the user's side from this audio file.")] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", show_default=False, help="With --input: write Moshi's reply here (wav, flac...).")] = None,
+    transcript: Annotated[Optional[str], typer.Option(
+        "--transcript", "-t", show_default=False, help="With --input: write Moshi's text with times here (JSON).")] = None,
+    url: Annotated[Optional[str], typer.Option(
+        "--url", show_default=False, help="Talk to a Moshi server (ws://, wss://, http(s):// or host:port) "
+                                          "instead of a local model.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="With --url: accept a self-signed certificate.")] = False,
+    backend: Annotated[LMBackendName, typer.Option(
+        "--backend", "-b", help="Model implementation; auto: mlx on Apple silicon, else torch.")] = LMBackendName.auto,
+    device: DeviceOpt = None,
+    input_device: Annotated[Optional[str], typer.Option(
+        "--input-device", show_default=False, help="Microphone: index or (part of) its name.")] = None,
+    output_device: Annotated[Optional[str], typer.Option(
+        "--output-device", show_default=False, help="Speaker: index or (part of) its name.")] = None,
+    list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
+    aec: Annotated[bool, typer.Option("--aec/--no-aec", help="Cancel Moshi's echo from the microphone "
+                                                             "(--no-aec with headphones).")] = True,
+    record: Annotated[Optional[str], typer.Option(
+        "--record", show_default=False, help="Record the chat into this directory from the start: a stereo wav "
+                                             "(you left, Moshi right) and a transcript JSON. The r key toggles.")] = None,
+    duration: Annotated[Optional[float], typer.Option(
+        "--duration", min=0.1, show_default=False, help="Live: stop after this many seconds.")] = None,
+    temp: Annotated[Optional[float], typer.Option("--temp", min=0.0, show_default=False,
+                                                  help="Audio sampling temperature (0: greedy). "
+                                                       "Default: the model's config.")] = None,
+    temp_text: Annotated[Optional[float], typer.Option("--temp-text", min=0.0, show_default=False,
+                                                       help="Text sampling temperature.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, show_default=False, help="Audio top-k.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", show_default=False,
+                                                help="Seed the sampling: offline runs repeat exactly.")] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="Plain line output, even on a terminal.")] = False,
+    revision: RevisionOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Talk with Moshi: it listens and speaks at the same time.
+
+    Live (default): microphone and speaker, with Moshi's text, level meters, step
+    latency and dropped frames on screen; keys: q quit, m mute, r record. Offline:
+    --input FILE --output FILE runs the same loop over a file as fast as it can.
+    With --url, the model runs on a Moshi server instead.
+    """
+    from ..errors import UsageError
+    from .output import Out
+
+    out = Out(json_mode=json_out)
+    if list_devices:
+        return _list_devices(out)
+    local_only = {"--model": model, "--temp": temp, "--temp-text": temp_text, "--top-k": top_k, "--seed": seed,
+                  "--device": device, "--revision": revision}
+    if url is not None:
+        given = [k for k, v in local_only.items() if v is not None]
+        if backend != LMBackendName.auto:
+            given.append("--backend")
+        if given:
+            raise UsageError(f"{', '.join(given)} choose a local model; with --url the server's model answers")
+    elif insecure:
+        raise UsageError("--insecure goes with --url")
+    if input_file is None:
+        if output is not None or transcript is not None:
+            raise UsageError("--output and --transcript go with --input (live chats record with --record)")
+        return _live(out, url, insecure, model, backend.value, device_value(device), revision,
+                     _sampling(model, temp, temp_text, top_k, seed), input_device, output_device, aec, record,
+                     duration, plain)
+    if output is None:
+        raise UsageError("--input needs --output (where Moshi's reply goes)")
+    given = [k for k, v in {"--input-device": input_device, "--output-device": output_device, "--record": record,
+                            "--duration": duration}.items() if v is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} go with a live chat, not --input")
+    _offline(out, url, insecure, input_file, output, transcript, model, backend.value, device_value(device),
+             revision, _sampling(model, temp, temp_text, top_k, seed))
+
+
+def _sampling(model, temp, temp_text, top_k, seed):
+    from ..backends.base import SamplingConfig
+
+    if all(v is None for v in (temp, temp_text, top_k, seed)):
+        return None
+    base = SamplingConfig()
+    if model is not None and Path(model).expanduser().exists():
+        try:
+            from ..backends.lm_repo import resolve_repo, sampling_from
+
+            base = sampling_from(resolve_repo(model), None)
+        except Exception:  # noqa: BLE001 - unreadable here: LMGen's defaults
+            pass
+    return SamplingConfig(temp=base.temp if temp is None else temp,
+                          temp_text=base.temp_text if temp_text is None else temp_text,
+                          top_k=base.top_k if top_k is None else top_k, top_k_text=base.top_k_text, seed=seed)
+
+
+def _remote():
+    from ..errors import MoshikitError
+
+    try:
+        from .. import remote
+    except ImportError as exc:
+        raise MoshikitError(f"chat --url is not available in this install ({exc})") from None
+    return remote
+
+
+def _list_devices(out) -> None:
+    from ..mic import list_devices
+
+    devices = list_devices()
+    if out.json_mode:
+        return out.json(devices)
+    for d in devices:
+        marks = " ".join(m for m, on in (("default input", d["default_input"]),
+                                         ("default output", d["default_output"])) if on)
+        print(f"{d['index']:>3}  {d['name']}  (in {d['inputs']}, out {d['outputs']}, "
+              f"{int(d['default_rate'])} Hz){'  [' + marks + ']' if marks else ''}")
+
+
+def _offline(out, url, insecure, input_file, output, transcript, model, backend, device, revision, sampling) -> None:
+    import numpy as np
+
+    from .. import chat as lib
+    from ..audio import AudioWriter, audio_format, read_24k
+    from ..conversation import SAMPLE_RATE
+
+    audio_format(Path(output))  # a bad extension fails before any model work
+    pcm = read_24k(input_file)[0]
+    printing = not out.json_mode
+
+    def on_text(piece: str) -> None:
+        if printing:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    if url is not None:
+        audio, pieces = _remote().chat_file(url, pcm, insecure=insecure, on_text=on_text)
+        source = url
+    else:
+        warn = None
+        from ..platform import resolve
+
+        if resolve("lm", backend, device).device == "cpu" and not lib._is_explicit_small(model):
+            warn = "Moshi 7B on a CPU runs far slower than real time: this will take a while"
+        if warn:
+            out.message(f"[yellow]warning:[/] {warn}")
+        out.message("[dim]loading the model...[/]")
+        conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision)
+        total_seconds = pcm.size / SAMPLE_RATE
+        with out.progress(1, total_seconds, "chat") as prog:
+            def on_frame(i: int, n: int) -> None:
+                prog.add_audio(0.08)
+
+            audio, pieces = lib.run_offline_chat(conv, pcm, on_text=on_text, on_frame=on_frame)
+            prog.file_done()
+        repo = getattr(conv.lm, "repo", None)
+        source = str(repo.source if repo is not None else model or "")
+    if printing:
+        sys.stdout.write("\n")
+    with AudioWriter(Path(output), SAMPLE_RATE, 1) as w:
+        w.write(np.asarray(audio, np.float32)[None])
+    duration = audio.size / SAMPLE_RATE
+    doc = lib.transcript_json(pieces, duration=duration, source=source)
+    if transcript is not None:
+        lib.write_json_atomic(Path(transcript), doc)
+    if out.json_mode:
+        out.json({"input": input_file, "output": output, "transcript": transcript, **doc})
+    else:
+        out.message(f"wrote {output} ({duration:.1f} s)" + (f" and {transcript}" if transcript else ""))
+
+
+def _live(out, url, insecure, model, backend, device, revision, sampling, input_device, output_device, aec,
+          record, duration, plain) -> None:
+    from .. import chat as lib
+    from ..mic import _sounddevice
+    from .chat_ui import ui_for
+
+    warn = lib.check_realtime_device(model, backend, device) if url is None else None
+    _sounddevice()  # no PortAudio: say so before loading a model
+    if aec:
+        from ..aec import probe
+
+        probe()
+    if warn:
+        out.message(f"[yellow]warning:[/] {warn}")
+    if url is not None:
+        engine = _remote().connect(url, insecure=insecure)
+    else:
+        out.message("[dim]loading the model...[/]")
+        conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision)
+        engine = lib.LocalEngine(conv)
+    cfg = lib.LiveConfig(input_device=input_device, output_device=output_device, aec=aec, duration=duration,
+                         record_dir=record, record=record is not None)
+    try:
+        with ui_for(out, plain=plain) as ui:
+            state = lib.run_live(engine, cfg, on_update=ui.update, keys=ui.keys, on_text=ui.text)
+    finally:
+        engine.close()
+    summary = {"seconds": round(state.elapsed, 2), "steps": state.steps, "dropped_in": state.dropped_in,
+               "skipped_out": state.skipped_out, "late_out": state.late_out, "text": state.text.strip(),
+               "latency_p50_ms": None if state.latency is None else round(state.latency[0] * 1000, 1),
+               "latency_p99_ms": None if state.latency is None else round(state.latency[1] * 1000, 1)}
+    if out.json_mode:
+        out.json(summary)

@@ -1,0 +1,164 @@
+"""What a live chat shows: a Rich panel on a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+
+def _meter(value: float, width: int = 24) -> str:
+    n = int(round(max(0.0, min(1.0, value)) * width))
+    return "█" * n + "·" * (width - n)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def status_line(state) -> str:
+    """One line of numbers (also what the plain output prints)."""
+    parts = [_clock(state.elapsed)]
+    if state.latency is not None:
+        p50, p99 = state.latency
+        parts.append(f"step p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms")
+        parts.append(f"margin {state.margin * 100:.0f}%")
+    parts.append(f"dropped {state.dropped_in}")
+    parts.append(f"skipped {state.skipped_out}")
+    parts.append(f"late {state.late_out}")
+    return " | ".join(parts)
+
+
+class RichUI:
+    """A live panel on stderr; keys read from the terminal in cbreak mode."""
+
+    def __init__(self, console) -> None:
+        from rich.live import Live
+
+        self.console = console
+        self._live = Live(self._render(None), console=console, refresh_per_second=10, transient=False)
+        self._fd = None
+        self._saved = None
+
+    def __enter__(self) -> "RichUI":
+        if sys.stdin.isatty():
+            import termios
+            import tty
+
+            self._fd = sys.stdin.fileno()
+            self._saved = termios.tcgetattr(self._fd)
+            tty.setcbreak(self._fd)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._live.__exit__(*exc)
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+
+    def keys(self) -> str:
+        if self._fd is None:
+            return ""
+        import select
+
+        got = ""
+        while select.select([self._fd], [], [], 0)[0]:
+            data = os.read(self._fd, 64)
+            if not data:
+                break
+            got += data.decode(errors="ignore")
+        return got
+
+    def text(self, piece: str) -> None:
+        pass
+
+    def update(self, state) -> None:
+        self._live.update(self._render(state))
+
+    def _render(self, state):
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.table import Table
+        from rich.text import Text
+
+        if state is None:
+            return Panel(Text("starting the audio devices..."), title="moshikit chat")
+        width = max(20, (self.console.width or 80) - 6)
+        said = state.text.replace("\n", " ")
+        tail = said[-(width * 4):]
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        mic = _meter(state.input_level) + ("  MUTED" if state.muted else "")
+        grid.add_row("you", mic)
+        grid.add_row("Moshi", _meter(state.output_level))
+        if state.latency is not None:
+            p50, p99 = state.latency
+            grid.add_row("step", f"p50 {p50 * 1000:.1f} ms   p99 {p99 * 1000:.1f} ms   "
+                                 f"real-time margin {state.margin * 100:.0f}%")
+        else:
+            grid.add_row("step", "-")
+        grid.add_row("frames", f"dropped {state.dropped_in}   skipped {state.skipped_out}   late {state.late_out}")
+        grid.add_row("elapsed", _clock(state.elapsed))
+        grid.add_row("echo", f"cancellation {state.aec}")
+        if state.recording:
+            grid.add_row("REC", state.recording)
+        keys = Text("q quit · m mute · r record", style="dim")
+        body = Group(Text(tail or "…", style="cyan"), Text(""), grid, Text(""), keys)
+        title = "moshikit chat" + (" — done" if state.done else "")
+        return Panel(body, title=title, subtitle=f"{state.backend} · {state.devices}")
+
+
+class PlainUI:
+    """Moshi's text on stdout as it comes; a status line on stderr every few seconds."""
+
+    def __init__(self, every: float = 5.0, *, show_text: bool = True) -> None:
+        self.every = every
+        self.show_text = show_text
+        self._last = time.monotonic()
+        self._wrote = False
+        self._rec = None
+
+    def __enter__(self) -> "PlainUI":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._wrote:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+    def keys(self) -> str:
+        return ""
+
+    def text(self, piece: str) -> None:
+        if not self.show_text:
+            return
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        self._wrote = True
+
+    def update(self, state) -> None:
+        now = time.monotonic()
+        if state.recording != self._rec:
+            self._rec = state.recording
+            if state.recording:
+                print(f"recording to {state.recording}", file=sys.stderr, flush=True)
+        if state.done or now - self._last >= self.every:
+            self._last = now
+            print(("done " if state.done else "") + status_line(state), file=sys.stderr, flush=True)
+
+
+@contextmanager
+def ui_for(out, *, plain: bool = False) -> Iterator[object]:
+    """The Rich panel when a person watches stderr, else plain lines."""
+    if not plain and not out.json_mode and out.err.is_terminal:
+        with RichUI(out.err) as ui:
+            yield ui
+    else:
+        with PlainUI(show_text=not out.json_mode) as ui:
+            yield ui
