@@ -240,6 +240,8 @@ def _list_devices(out) -> None:
     if out.json_mode:
         out.json(devices)
         return
+    if not devices:
+        out.message("no audio devices found")
     for d in devices:
         mark = ("*" if d["default_input"] else " ") + ("*" if d["default_output"] else " ")
         sys.stdout.write(f"{mark} {d['index']:>3} {d['name']}  (in {d['inputs']}, out {d['outputs']}, "
