@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from .conversation import FRAME, FRAME_SECONDS, SAMPLE_RATE, Conversation, DuplexEngine
-from .errors import AudioError, ModelError, UsageError
+from .errors import ModelError
 
 __all__ = ["LocalEngine", "LatencyWindow", "LiveConfig", "LiveState", "Recorder", "check_realtime_device",
            "load_chat", "run_live", "run_offline_chat"]
@@ -451,43 +451,6 @@ class _Player:
         self.played.append(out.copy())
 
 
-def _open_stream(sd, kind: str, device, block24: int, callback):
-    """An input or output stream at 24 kHz, else at the device's own rate."""
-    info = sd.query_devices(device, kind=kind)
-    errors = []
-    for rate in dict.fromkeys((SAMPLE_RATE, int(info.get("default_samplerate") or 48000))):
-        cls = sd.InputStream if kind == "input" else sd.OutputStream
-        try:
-            return cls(device=device, channels=1, samplerate=rate, dtype="float32",
-                       blocksize=max(1, round(block24 * rate / SAMPLE_RATE)), callback=callback), rate, info
-        except Exception as exc:  # noqa: BLE001 - PortAudioError and friends
-            errors.append(str(exc).splitlines()[0])
-    raise AudioError(f"cannot open {kind} device {info.get('name', device)!r} ({'; '.join(errors)})")
-
-
-def _find(sd, device, kind: str):
-    if device is None or device == "":
-        return None
-    from .mic import find_input
-
-    if kind == "input":
-        return find_input(device)[0]
-    devices = sd.query_devices()
-    outs = [(i, d) for i, d in enumerate(devices) if d["max_output_channels"] > 0]
-    text = str(device)
-    if text.isdigit():
-        if any(i == int(text) for i, _ in outs):
-            return int(text)
-        raise AudioError(f"output device {text} does not exist or has no output channels",
-                         hint="see `moshikit chat --list-devices`")
-    matches = [i for i, d in outs if d["name"] == text] or [i for i, d in outs if text.lower() in d["name"].lower()]
-    if not matches:
-        raise AudioError(f"no output device matches {text!r}", hint="see `moshikit chat --list-devices`")
-    if len(matches) > 1:
-        raise AudioError(f"{text!r} matches several output devices", hint="give the device's index")
-    return matches[0]
-
-
 def run_live(engine: DuplexEngine, config: LiveConfig | None = None, *,
              on_update: Callable[[LiveState], None] | None = None,
              keys: Callable[[], str] | None = None, on_text: Callable[[str], None] | None = None,
@@ -497,13 +460,14 @@ def run_live(engine: DuplexEngine, config: LiveConfig | None = None, *,
     (``q`` quit, ``m`` mute, ``r`` record on/off). ``on_update`` gets the state ~10 times
     a second; ``on_text`` each of Moshi's text pieces. Returns the final state."""
     from .audio import Resampler
-    from .mic import _sounddevice
+    from .mic import _sounddevice, find_device, open_stream
 
     cfg = config or LiveConfig()
     sd = _sounddevice()
     stop = stop or threading.Event()
     state = LiveState()
-    in_dev, out_dev = _find(sd, cfg.input_device, "input"), _find(sd, cfg.output_device, "output")
+    in_dev = find_device(cfg.input_device, "input")[0] if cfg.input_device not in (None, "") else None
+    out_dev = find_device(cfg.output_device, "output")[0] if cfg.output_device not in (None, "") else None
     mic_q: queue.Queue = queue.Queue(maxsize=200)
     mic_drops = [0]
 
@@ -518,11 +482,11 @@ def run_live(engine: DuplexEngine, config: LiveConfig | None = None, *,
             mic_drops[0] += 1
 
     in_rate = SAMPLE_RATE
-    in_stream, in_rate, in_info = _open_stream(sd, "input", in_dev, FRAME, on_input)
+    in_stream, in_rate, in_info = open_stream(sd, "input", in_dev, FRAME, on_input)
     out_rate = SAMPLE_RATE
     try:
         player = _Player(FRAME, clock)
-        out_stream, out_rate, out_info = _open_stream(sd, "output", out_dev, FRAME, player.callback)
+        out_stream, out_rate, out_info = open_stream(sd, "output", out_dev, FRAME, player.callback)
     except BaseException:
         in_stream.close()
         raise

@@ -38,38 +38,56 @@ def list_devices() -> list[dict]:
              "default_output": i == default_out} for i, d in enumerate(sd.query_devices())]
 
 
-def find_input(device: str | int | None) -> tuple[int | None, dict]:
-    """The PortAudio input device for ``device`` (index, exact or partial name, or None: the default)."""
+def find_device(device: str | int | None, kind: str = "input") -> tuple[int | None, dict]:
+    """The PortAudio ``kind`` ("input" or "output") device for ``device``: an index, an exact
+    or partial name, or None for the default."""
     sd = _sounddevice()
+    channels = "max_input_channels" if kind == "input" else "max_output_channels"
     try:
         devices = sd.query_devices()
     except Exception as exc:  # noqa: BLE001 - PortAudio reports as it can
         raise AudioError(f"cannot list audio devices ({str(exc).splitlines()[0]})") from None
-    inputs = [(i, d) for i, d in enumerate(devices) if d["max_input_channels"] > 0]
-    if not inputs:
-        raise AudioError("no audio input device found", hint="connect a microphone, or transcribe files instead")
+    usable = [(i, d) for i, d in enumerate(devices) if d[channels] > 0]
+    if not usable:
+        raise AudioError(f"no audio {kind} device found",
+                         hint="connect a microphone, or transcribe files instead" if kind == "input" else None)
     if device is None or device == "":
         try:
-            info = sd.query_devices(kind="input")
+            info = sd.query_devices(kind=kind)
         except Exception:  # noqa: BLE001
-            raise AudioError("no default audio input device",
-                             hint="choose one with --input-device (see `moshikit transcribe --list-devices`)") from None
+            raise AudioError(f"no default audio {kind} device",
+                             hint=f"choose one with --{kind}-device (see --list-devices)") from None
         return None, dict(info)
     text = str(device)
     if text.isdigit():
-        for i, d in inputs:
+        for i, d in usable:
             if i == int(text):
                 return i, dict(d)
-        raise AudioError(f"input device {text} does not exist or has no input channels",
-                         hint="see `moshikit transcribe --list-devices`")
-    matches = [(i, d) for i, d in inputs if d["name"] == text] or \
-              [(i, d) for i, d in inputs if text.lower() in d["name"].lower()]
+        raise AudioError(f"{kind} device {text} does not exist or has no {kind} channels",
+                         hint="see --list-devices")
+    matches = [(i, d) for i, d in usable if d["name"] == text] or \
+              [(i, d) for i, d in usable if text.lower() in d["name"].lower()]
     if not matches:
-        raise AudioError(f"no input device matches {text!r}", hint="see `moshikit transcribe --list-devices`")
+        raise AudioError(f"no {kind} device matches {text!r}", hint="see --list-devices")
     if len(matches) > 1:
         names = ", ".join(repr(d["name"]) for _, d in matches[:4])
-        raise AudioError(f"{text!r} matches several input devices ({names})", hint="give the device's index")
+        raise AudioError(f"{text!r} matches several {kind} devices ({names})", hint="give the device's index")
     return matches[0][0], dict(matches[0][1])
+
+
+def open_stream(sd, kind: str, device: int | None, block24: int, callback):
+    """A mono float32 ``kind`` stream at 24 kHz, else at the device's own rate (the caller
+    resamples); blocks of ``block24`` samples' worth of time. Returns (stream, rate, info)."""
+    info = sd.query_devices(device, kind=kind)
+    errors = []
+    for rate in dict.fromkeys((SAMPLE_RATE, int(info.get("default_samplerate") or 48000))):
+        cls = sd.InputStream if kind == "input" else sd.OutputStream
+        try:
+            return cls(device=device, channels=1, samplerate=rate, dtype="float32",
+                       blocksize=max(1, round(block24 * rate / SAMPLE_RATE)), callback=callback), rate, info
+        except Exception as exc:  # noqa: BLE001 - PortAudioError and friends
+            errors.append(str(exc).splitlines()[0])
+    raise AudioError(f"cannot open {kind} device {info.get('name', device)!r} ({'; '.join(errors)})")
 
 
 class Microphone:
@@ -82,7 +100,7 @@ class Microphone:
     def __init__(self, device: str | int | None = None, *, seconds: float | None = None, block: int = 1920,
                  max_queue: int = 750) -> None:
         self.sd = _sounddevice()
-        self.index, self.info = find_input(device)
+        self.index, self.info = find_device(device, "input")
         self.name = self.info.get("name", "default")
         self.seconds = seconds
         self.block = block
@@ -104,19 +122,9 @@ class Microphone:
             raise self.sd.CallbackStop  # --duration reached: stop capturing, the queue holds the rest
 
     def _open(self) -> None:
-        errors = []
-        for rate in (SAMPLE_RATE, int(self.info.get("default_samplerate") or 48000)):
-            try:
-                blocksize = max(1, round(self.block * rate / SAMPLE_RATE))
-                self._enough = None if self.seconds is None else int(self.seconds * rate) + blocksize
-                self._stream = self.sd.InputStream(device=self.index, channels=1, samplerate=rate, dtype="float32",
-                                                   blocksize=blocksize, callback=self._callback)
-                self.rate = rate
-                break
-            except Exception as exc:  # noqa: BLE001 - PortAudioError and friends
-                errors.append(str(exc).splitlines()[0])
-        if self._stream is None:
-            raise AudioError(f"cannot open input device {self.name!r} ({'; '.join(errors)})")
+        self._stream, self.rate, _ = open_stream(self.sd, "input", self.index, self.block, self._callback)
+        if self.seconds is not None:  # read before the first callback: start() comes after
+            self._enough = int(self.seconds * self.rate) + self._stream.blocksize
         self._stream.start()
 
     def stop(self) -> None:

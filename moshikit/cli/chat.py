@@ -68,11 +68,12 @@ def chat(
     With --url, the model runs on a Moshi server instead.
     """
     from ..errors import UsageError
+    from .devices import print_devices
     from .output import Out
 
     out = Out(json_mode=json_out)
     if list_devices:
-        return _list_devices(out)
+        return print_devices(out)
     local_only = {"--model": model, "--temp": temp, "--temp-text": temp_text, "--top-k": top_k, "--seed": seed,
                   "--device": device, "--revision": revision}
     if url is not None:
@@ -125,19 +126,6 @@ def _remote():
     except ImportError as exc:
         raise MoshikitError(f"chat --url is not available in this install ({exc})") from None
     return remote
-
-
-def _list_devices(out) -> None:
-    from ..mic import list_devices
-
-    devices = list_devices()
-    if out.json_mode:
-        return out.json(devices)
-    for d in devices:
-        marks = " ".join(m for m, on in (("default input", d["default_input"]),
-                                         ("default output", d["default_output"])) if on)
-        print(f"{d['index']:>3}  {d['name']}  (in {d['inputs']}, out {d['outputs']}, "
-              f"{int(d['default_rate'])} Hz){'  [' + marks + ']' if marks else ''}")
 
 
 def _offline(out, url, insecure, input_file, output, transcript, model, backend, device, revision, sampling) -> None:

@@ -66,11 +66,12 @@ def transcribe(
     """
     from ..errors import UsageError
     from ..transcript import formats_of
+    from .devices import print_devices
     from .output import Out
 
     out = Out(json_mode=json_out)
     if list_devices:
-        return _list_devices(out)
+        return print_devices(out)
     try:
         formats = formats_of(fmt)
     except ValueError as exc:
@@ -231,18 +232,3 @@ class _Recorder:
         outputs = output_paths(self.dir / "mic.txt", formats)
         write_transcript(transcript, outputs, formats)
         return [self.wav, *outputs]
-
-
-def _list_devices(out) -> None:
-    from ..mic import list_devices
-
-    devices = list_devices()
-    if out.json_mode:
-        out.json(devices)
-        return
-    if not devices:
-        out.message("no audio devices found")
-    for d in devices:
-        mark = ("*" if d["default_input"] else " ") + ("*" if d["default_output"] else " ")
-        sys.stdout.write(f"{mark} {d['index']:>3} {d['name']}  (in {d['inputs']}, out {d['outputs']}, "
-                         f"{d['default_rate']:g} Hz)\n")
