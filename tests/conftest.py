@@ -73,3 +73,16 @@ def _write_wav(path: Path, pcm: np.ndarray, rate: int = 24000) -> Path:
 def write_wav():
     """write_wav(path, pcm [T] or [C, T], rate=24000) -> path (float wav)."""
     return _write_wav
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    they gain nothing from threads, and torch's OpenMP threads slow down tens of times when
+    another process holds one of a small machine's cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

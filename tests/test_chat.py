@@ -174,17 +174,18 @@ def test_terminal_ui_as_seen_in_tmux(home, repo, tmp_path):
         assert "moshikit chat" in shown and "q quit · m mute · r record" in shown, shown
         assert "p50" in shown and "p99" in shown and "real-time margin" in shown, shown
         assert "dropped" in shown and "elapsed" in shown and "cancellation off" in shown, shown
-        subprocess.run(["tmux", "send-keys", "-t", session, "m"], check=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "MUTED" not in shown:
-            time.sleep(0.3)
-            shown = pane()
+
+        def press(key: str, expect: str) -> str:
+            subprocess.run(["tmux", "send-keys", "-t", session, key], check=True)
+            deadline, now = time.monotonic() + 20, pane()
+            while time.monotonic() < deadline and expect not in now:
+                time.sleep(0.3)
+                now = pane()
+            return now
+
+        shown = press("m", "MUTED")
         assert "MUTED" in shown, shown
-        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "done" not in shown:
-            time.sleep(0.3)
-            shown = pane()
+        shown = press("q", "done")
         assert "moshikit chat — done" in shown, shown
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

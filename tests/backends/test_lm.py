@@ -46,16 +46,7 @@ def _run(lm, codes: np.ndarray) -> list:
     return [lm.step(c) for c in codes]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The tiny model gains nothing from threads, and torch's OpenMP threads slow down
-    tens of times when another process holds one of a small machine's cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
