@@ -22,8 +22,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .conversation import piece_decoder
 from .errors import ModelError, MoshikitError
-from .transcript import Energy, Transcript, WordBuilder, formats_of, render, segment
+from .transcript import Energy, Transcript, WordBuilder, render, segment
 
 FRAME = 1920
 SAMPLE_RATE = 24000
@@ -145,6 +146,7 @@ class Stream:
         self.words = WordBuilder(lambda ids: sp.decode(ids), sp.id_to_piece, model.offset, self.energy)
         self._frames = frames_of(self._all_blocks(blocks))
         self._on_word, self._on_audio, self._on_text, self._on_turn = on_word, on_audio, on_text, on_turn
+        self._piece = piece_decoder(sp)
         self.samples = 0
         self.step = 0
         self.end_of_turn: list[float] = []
@@ -184,7 +186,7 @@ class Stream:
 
     def feed(self, token: int, pause: float | None) -> None:
         if self._on_text is not None and token > 3:  # the live text shows the words' spaces
-            piece = self.model.tokenizer.id_to_piece(int(token)).replace("▁", " ")
+            piece = self._piece(int(token))
             self._on_text(piece if piece.startswith(" ") or self.words.in_word else " " + piece)
         for w in self.words.feed(self.step, int(token)):
             if self._on_word is not None and w.text:
