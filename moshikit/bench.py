@@ -227,6 +227,7 @@ class CodecPlan:
     stream_frames: int = 50
     num_codebooks: int = 8
     device: str | None = None
+    files: tuple[int, float] | None = None  # (count, seconds): many short files vs one long one
 
 
 def _reference_subjects(plan: CodecPlan) -> list[tuple[str, object]]:
@@ -304,13 +305,16 @@ class _RustyReference:
         return self.tok.decode_step(codes.astype(np.uint32))
 
 
-def codec_subjects(plan: CodecPlan) -> Iterator[tuple[str, object]]:
+def codec_subjects(plan: CodecPlan, codecs: dict | None = None) -> Iterator[tuple[str, object]]:
+    """The reference rows, then each moshikit backend (its ``Codec`` kept in ``codecs``)."""
     from .codec import load_codec
 
     if plan.reference:
         yield from _reference_subjects(plan)
     for name in plan.backends:
         codec = load_codec(name, plan.device, mimi_weight=plan.weights, num_codebooks=plan.num_codebooks)
+        if codecs is not None:
+            codecs[f"moshikit {name}"] = codec
         yield f"moshikit {name}", codec.backend
 
 
@@ -323,7 +327,8 @@ def bench_codec(plan: CodecPlan, *, clock: Clock = time.perf_counter) -> Iterato
     from .testing.synthetic import speech_sample
 
     speech = speech_sample()
-    subjects = list(codec_subjects(plan))
+    codecs: dict = {}
+    subjects = list(codec_subjects(plan, codecs))
 
     def device(subj) -> str:
         return getattr(getattr(subj, "info", None), "device", None) or getattr(subj, "device", "cpu")
@@ -353,6 +358,8 @@ def bench_codec(plan: CodecPlan, *, clock: Clock = time.perf_counter) -> Iterato
                                          seconds=seconds, device=device(subj))
                     row.memory = mems[name]
                     yield row
+    if plan.files:
+        yield from _bench_files(plan, codecs, speech, clock)
     if not plan.stream_frames:
         return
     frames = np.resize(speech, 1920 * (plan.stream_frames + 5)).astype(np.float32)[None]
@@ -379,6 +386,46 @@ def bench_codec(plan: CodecPlan, *, clock: Clock = time.perf_counter) -> Iterato
         yield latency_row("codec", name, "stream decode (80 ms frame)", dec[name], frames=plan.stream_frames, device=dev)
         both = [a + b for a, b in zip(enc[name], dec[name])]
         yield latency_row("codec", name, "stream encode+decode", both, frames=plan.stream_frames, device=dev)
+
+
+def _bench_files(plan: CodecPlan, codecs: dict, speech: np.ndarray, clock: Clock) -> Iterator[Row]:
+    """``moshikit encode`` on many short files against one file as long as all of them,
+    through the library call behind the command (decoding, resampling, token files)."""
+    import tempfile
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from .codec import EncodeOptions, Job, encode_files
+
+    count, seconds = plan.files
+    with tempfile.TemporaryDirectory(prefix="moshikit-bench-") as tmp:
+        root = Path(tmp)
+        n = int(seconds * 24000)
+        short = []
+        for i in range(count):
+            src = root / f"short{i:04d}.wav"
+            sf.write(src, np.resize(np.roll(speech, 7919 * i), n), 24000, subtype="FLOAT")
+            short.append(Job(str(src), root / "out" / f"short{i:04d}.mimi"))
+        sf.write(root / "long.wav", np.resize(speech, n * count), 24000, subtype="FLOAT")
+        long = [Job(str(root / "long.wav"), root / "out" / "long.mimi")]
+        opts = EncodeOptions(overwrite=True)
+        tasks = {f"encode {count} files of {seconds:g} s": short, f"encode 1 file of {count * seconds:g} s": long}
+        walls: dict = {(name, task): [] for name in codecs for task in tasks}
+        for rep in range(plan.repeats + 1):  # the first round is the warm-up
+            for name, codec in codecs.items():
+                for task, jobs in tasks.items():
+                    t = clock()
+                    results = list(encode_files(jobs, codec, opts))
+                    wall = clock() - t
+                    bad = [r for r in results if r.status != "done"]
+                    if bad:
+                        raise RuntimeError(f"bench files: {bad[0].error}")
+                    if rep:
+                        walls[name, task].append(wall)
+        for (name, task), w in walls.items():
+            yield throughput_row("codec", name, task, count * seconds, w, batch=1, seconds=seconds,
+                                 device=codecs[name].info.device)
 
 
 def _torch_sync() -> None:

@@ -1,15 +1,16 @@
-"""Mimi on a CPU with its convolutions in ONNX Runtime and the rest in moshi's PyTorch.
+"""Mimi on a CPU through ONNX Runtime: the fastest CPU codec measured (issue #7).
 
-Mimi's SEANet encoder and decoder (strided 1-D convolutions at up to 24 kHz) cost
-most of the codec's arithmetic; ONNX Runtime's CPU kernels run them clearly faster
-than PyTorch's on x86. The transformers, the resampling convolutions and the
-quantizer stay moshi's own ``MimiModel`` (under ``inference_mode``), so only the
-convolution stacks differ from the reference, and only by float rounding.
+Both halves of the codec run as streaming graphs (``mimi_graph``): the encoder graph
+takes audio and its state and returns codes (quantizer included), the decoder graph
+takes Mimi's latent and its state and returns audio. Whole-file calls are streams of
+``CHUNK_FRAMES``-frame calls, so one graph serves files, chunked encoding and 80 ms
+live frames, memory stays flat on long files, and chunked equals whole-file.
 
-The two convolution stacks are exported once per weights and library versions
-(about 5 s) and kept under ``<moshikit cache>/onnx/<key>/``; later loads read them
-back in a fraction of a second. Streaming calls (``encode_step``/``decode_step``)
-run moshi's streaming modules exactly as the torch backend does.
+The graphs are exported with PyTorch's tracing exporter from moshi's own modules
+(a few seconds, once per weights, codebook count and library versions) and kept under
+``<moshikit cache>/onnx/<key>/``. moshi's ``MimiModel`` is still loaded: it holds the
+weights, turns codes into the decoder's latent, and is the fallback (with a warning)
+for any model this wiring does not support.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import mimi_graph
 from .torch_codec import TorchCodec
 
 #: Bumped when what is exported changes, so stale cached graphs are never reused.
-EXPORT_VERSION = 3
+EXPORT_VERSION = 4
 OPSET = 17
+#: Frames per graph call for whole-file work (2 s: activations stay in cache; measured
+#: faster than 10 s chunks or whole files, see docs/benchmarks.md).
+CHUNK_FRAMES = 25
 
 
 def probe() -> str:
@@ -43,13 +48,13 @@ def cache_root() -> Path:
 
 
 def _graph_key(module) -> str:
-    """A hash of a module's weights and of the versions that shape its export."""
+    """A hash of the weights a graph holds and of the versions that shape its export."""
     import onnxruntime
     import torch
 
     h = hashlib.sha256(f"v{EXPORT_VERSION}|opset{OPSET}|torch{torch.__version__}|ort{onnxruntime.__version__}".encode())
-    parts = module.key_parts() if hasattr(module, "key_parts") else [module]
-    for part in parts:
+    h.update(Path(mimi_graph.__file__).read_bytes())  # the wiring itself: an edit re-exports
+    for part in module.key_parts():
         if part is None:
             continue
         for name, t in part.state_dict().items():
@@ -59,39 +64,26 @@ def _graph_key(module) -> str:
 
 
 def _export(module, example, path: Path) -> None:
-    """Export ``module`` ([B, C, T] -> [B, C', T']) with free batch and time axes, atomically."""
+    """Export a streaming module (x, offset, *state) -> (y, *state) with free batch and time."""
     import warnings
 
     import torch
 
     from ..audio import atomic_path
 
+    specs = module.specs
+    names_in = ["x", "offset", *(f"s{i}" for i in range(len(specs)))]
+    names_out = ["y", *(f"n{i}" for i in range(len(specs)))]
+    axes = {"x": {0: "batch", 1: "channels", 2: "time"}, "offset": {0: "batch"}, "y": {0: "batch", 2: "time_out"}}
+    for i, spec in enumerate(specs):
+        axes[f"s{i}"] = {0: "batch"}
+        axes[f"n{i}"] = {0: "batch"} if spec.ring_axis is None else {0: "batch", 1 + spec.ring_axis: "steps"}
+    state = [torch.zeros(1, *s.shape) for s in specs]
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python asserts on shapes
-        torch.onnx.export(
-            module, (example,), str(tmp), input_names=["x"], output_names=["y"],
-            dynamic_axes={"x": {0: "batch", 2: "time"}, "y": {0: "batch", 2: "time_out"}},
-            opset_version=OPSET, dynamo=False,
-        )
-
-
-def _export_dynamo(module, example, path: Path) -> None:
-    """Export through ``torch.export`` (needs onnxscript): the tracing exporter bakes the
-    time length into the transformers' reshapes, torch.export keeps it symbolic."""
-    import contextlib
-    import io
-    import warnings
-
-    import torch
-
-    from ..audio import atomic_path
-
-    time_dim = torch.export.Dim("time", min=2, max=1 << 16)
-    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad(), \
-            contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(tmp), input_names=["x"], output_names=["y"], dynamo=True,
-                          dynamic_shapes={"x": {2: time_dim}}, opset_version=18)
+        torch.onnx.export(module, (example, torch.zeros(1, dtype=torch.long), *state), str(tmp),
+                          input_names=names_in, output_names=names_out, dynamic_axes=axes,
+                          opset_version=OPSET, dynamo=False)
 
 
 def _session(path: Path):
@@ -101,8 +93,9 @@ def _session(path: Path):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = _threads()
     opts.inter_op_num_threads = 1
-    # Idle ORT threads busy-wait by default: on a few cores that steals the CPU from
-    # the PyTorch half of the codec (and from everything else in the process).
+    # Idle ORT threads busy-wait by default: measured ~1.8x slower per streaming frame on
+    # 2 cores (they compete with the thread that has work), and they steal the CPU from
+    # the LM in a live loop.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -114,46 +107,31 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def graph(module, example, name: str, *, dynamo: bool = False):
+def graph(module, example, name: str):
     """An ONNX Runtime session for ``module``, exported on first use and cached by weights."""
     path = cache_root() / _graph_key(module) / f"{name}.onnx"
     if not path.exists():
-        (_export_dynamo if dynamo else _export)(module, example, path)
+        _export(module, example, path)
     return _session(path)
 
 
-def _tails(m):
-    """The parts between the SEANet stacks and the quantizer, as plain modules."""
-    import torch
+class _Stream:
+    """One graph and the state of one batch of streams through it."""
 
-    class EncoderTail(torch.nn.Module):  # encoder transformer, then 25 -> 12.5 Hz
-        def __init__(self, mimi):
-            super().__init__()
-            self.mimi = mimi
+    def __init__(self, session, specs, batch: int) -> None:
+        self.session = session
+        self.state = mimi_graph.StreamState(specs, batch, steps_per_frame=2)
 
-        def forward(self, x):
-            if self.mimi.encoder_transformer is not None:
-                (x,) = self.mimi.encoder_transformer(x)
-            return self.mimi._to_framerate(x)
-
-        def key_parts(self):  # what the graph holds (not the whole Mimi and its codebooks)
-            return [self.mimi.encoder_transformer, getattr(self.mimi, "downsample", None)]
-
-    class DecoderHead(torch.nn.Module):  # 12.5 -> 25 Hz, then the decoder transformer
-        def __init__(self, mimi):
-            super().__init__()
-            self.mimi = mimi
-
-        def forward(self, x):
-            x = self.mimi._to_encoder_framerate(x)
-            if self.mimi.decoder_transformer is not None:
-                (x,) = self.mimi.decoder_transformer(x)
-            return x
-
-        def key_parts(self):
-            return [getattr(self.mimi, "upsample", None), self.mimi.decoder_transformer]
-
-    return EncoderTail(m).eval(), DecoderHead(m).eval()
+    def run(self, x: np.ndarray, frames: int, per_frame: int) -> np.ndarray:
+        """``x`` [B, C, frames * per_frame] through the graph, CHUNK_FRAMES frames per call
+        (any chunking gives the same result, up to float rounding)."""
+        outs = []
+        for f in range(0, frames, CHUNK_FRAMES):
+            n = min(CHUNK_FRAMES, frames - f)
+            y, *state = self.session.run(None, {"x": x[..., f * per_frame : (f + n) * per_frame], **self.state.feeds()})
+            self.state.advance(state, n)
+            outs.append(y)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, -1)
 
 
 class OnnxCodec(TorchCodec):
@@ -171,57 +149,91 @@ class OnnxCodec(TorchCodec):
         import torch
 
         m = self._mimi
-        self._enc = graph(m.encoder, torch.zeros(1, 1, 2 * m.frame_size), "seanet_encoder")
-        self._dec = graph(m.decoder, torch.zeros(1, m.decoder.dimension, 4), "seanet_decoder")
-        # The transformers: moshi's non-streaming attention is slow on a CPU (measured
-        # ~8x slower than the same graph in ONNX Runtime). Without onnxscript, or if the
-        # export fails, they stay in PyTorch.
-        self._tail_mod, self._head_mod = _tails(m)
-        self._tail = self._head = None
+        self._enc = self._dec = None
+        self._streams: tuple[_Stream, _Stream] | None = None
         try:
-            dim = m.decoder.dimension
-            self._tail = graph(self._tail_mod, torch.zeros(1, dim, 8), "encoder_transformer", dynamo=True)
-            self._head = graph(self._head_mod, torch.zeros(1, dim, 4), "decoder_transformer", dynamo=True)
-        except Exception as exc:  # noqa: BLE001 - any exporter failure means: keep torch
+            enc, dec = mimi_graph.stream_encoder(m), mimi_graph.stream_decoder(m)
+            self._enc = (graph(enc, torch.zeros(1, 1, 2 * m.frame_size), f"encoder_k{self.info.num_codebooks}"),
+                         enc.specs)
+            self._dec = (graph(dec, torch.zeros(1, self.info.num_codebooks, 2, dtype=torch.long), "decoder"), dec.specs)
+        except Exception as exc:  # noqa: BLE001 - an unsupported model or exporter failure: keep torch
             import warnings
 
-            warnings.warn(f"onnx codec: transformers stay in PyTorch ({type(exc).__name__}: {exc})"[:300],
+            warnings.warn(f"onnx codec: running moshi's PyTorch Mimi instead ({type(exc).__name__}: {exc})"[:300],
                           stacklevel=2)
+            self._enc = self._dec = None
 
-    def encode(self, pcm: np.ndarray) -> np.ndarray:
-        self._end_stream()
-        torch, m = self._torch, self._mimi
+    # -- whole arrays: a fresh stream each call
+
+    def _frames(self, pcm: np.ndarray) -> tuple[np.ndarray, int]:
         frame = self.info.frame_size
         x = np.ascontiguousarray(pcm, dtype=np.float32)
-        if x.shape[-1] == 0:
-            return np.zeros((x.shape[0], self.info.num_codebooks, 0), dtype=np.int64)
         pad = (-x.shape[-1]) % frame
         if pad:
             x = np.pad(x, ((0, 0), (0, pad)))
-        emb = self._enc.run(None, {"x": x[:, None, :]})[0]
-        with torch.inference_mode():
-            if self._tail is not None:
-                e = torch.from_numpy(_rows(self._tail, emb))
-            else:
-                e = self._tail_mod(torch.from_numpy(emb))
-            return m.quantizer.encode(e).numpy()
+        return x[:, None, :], x.shape[-1] // frame
+
+    @staticmethod
+    def _ints(codes: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(codes, dtype=np.int64)
+
+    def encode(self, pcm: np.ndarray) -> np.ndarray:
+        if self._enc is None:
+            return super().encode(pcm)
+        x, frames = self._frames(pcm)
+        if frames == 0:
+            return np.zeros((x.shape[0], self.info.num_codebooks, 0), dtype=np.int64)
+        return _Stream(*self._enc, x.shape[0]).run(x, frames, self.info.frame_size)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        self._end_stream()
-        torch, m = self._torch, self._mimi
-        with torch.inference_mode():
-            emb = m.decode_latent(self._codes(codes))
-            if self._head is not None:
-                emb = _rows(self._head, emb.float().numpy())
-            else:
-                emb = np.ascontiguousarray(self._head_mod(emb).float().numpy())
-        return self._dec.run(None, {"x": emb})[0][:, 0]
+        if self._dec is None:
+            return super().decode(codes)
+        if codes.shape[-1] == 0:
+            return np.zeros((codes.shape[0], 0), dtype=np.float32)
+        return _Stream(*self._dec, codes.shape[0]).run(self._ints(codes), codes.shape[-1], 1)[:, 0]
+
+    # -- streaming: state carried between calls
+
+    def reset_stream(self, batch_size: int = 1) -> None:
+        if self._enc is None:
+            return super().reset_stream(batch_size)
+        self._streams = (_Stream(*self._enc, batch_size), _Stream(*self._dec, batch_size))
+
+    def reset_slots(self, mask: np.ndarray) -> None:
+        if self._enc is None:
+            return super().reset_slots(mask)
+        assert self._streams is not None, "call reset_stream() first"
+        for s in self._streams:
+            s.state.reset(mask)
+
+    def encode_step(self, pcm: np.ndarray) -> np.ndarray:
+        if self._enc is None:
+            return super().encode_step(pcm)
+        assert self._streams is not None, "call reset_stream() first"
+        x, frames = self._frames(pcm)
+        return self._streams[0].run(x, frames, self.info.frame_size)
+
+    def decode_step(self, codes: np.ndarray) -> np.ndarray:
+        if self._dec is None:
+            return super().decode_step(codes)
+        assert self._streams is not None, "call reset_stream() first"
+        return self._streams[1].run(self._ints(codes), codes.shape[-1], 1)[:, 0]
+
+    def open_encoder(self):
+        if self._enc is None:
+            return super().open_encoder()
+        return _OwnEncoder(self)
 
 
-def _rows(session, x: np.ndarray) -> np.ndarray:
-    """Run a batch-1 graph (torch.export fixes the transformers' batch) row by row."""
-    return np.concatenate([session.run(None, {"x": np.ascontiguousarray(x[i : i + 1])})[0]
-                           for i in range(x.shape[0])])
+class _OwnEncoder:
+    """One stream's encoder with a state of its own (what ``TorchCodec.open_encoder`` gives)."""
+
+    def __init__(self, codec: OnnxCodec) -> None:
+        self._codec, self._stream = codec, _Stream(*codec._enc, 1)
+
+    def encode(self, pcm: np.ndarray) -> np.ndarray:
+        x, frames = self._codec._frames(pcm)
+        return self._stream.run(x, frames, self._codec.info.frame_size)
 
 
 def load(weights: Path, *, device: str | None = None, num_codebooks: int = 8) -> OnnxCodec:

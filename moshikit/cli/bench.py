@@ -52,6 +52,9 @@ def codec(
     seconds: Annotated[str, typer.Option("--seconds", help="Comma-separated clip lengths (s).")] = "10",
     frames: Annotated[int, typer.Option("--stream-frames", min=0, help="80 ms frames timed in streaming.")] = 50,
     num_codebooks: Annotated[int, typer.Option("--num-codebooks", "-k", min=1, max=32)] = 8,
+    files: Annotated[Optional[str], typer.Option(
+        "--files", help="COUNTxSECONDS, e.g. 40x2: time `encode` on that many short files against one file "
+                        "as long as all of them.", show_default=False)] = None,
     repeats: RepeatsOpt = 3,
     device: DeviceOpt = None,
     mimi_weight: MimiWeightOpt = None,
@@ -77,9 +80,18 @@ def codec(
         lengths = [float(s) for s in seconds.split(",")]
     except ValueError:
         raise UsageError("--batch-sizes and --seconds take comma-separated numbers") from None
+    file_plan = None
+    if files:
+        count, _, secs = files.lower().partition("x")
+        try:
+            file_plan = (int(count), float(secs))
+        except ValueError:
+            file_plan = None
+        if not file_plan or file_plan[0] < 1 or file_plan[1] <= 0:
+            raise UsageError(f"--files takes COUNTxSECONDS, e.g. 40x2, not {files!r}")
     weights = resolve_mimi(mimi_weight, "synthetic" if synthetic else model)
     plan = bench.CodecPlan(_backends(backend, "codec"), str(weights.path), reference, sizes, lengths, repeats,
-                           frames, num_codebooks, device_value(device))
+                           frames, num_codebooks, device_value(device), files=file_plan)
     result = bench.BenchResult(env=bench.environment({"weights": str(weights.path)}), synthetic=synthetic)
     render(result, lambda: bench.bench_codec(plan), json_file, compare, plot)
 
