@@ -91,9 +91,14 @@ def detect(gpus: bool = True) -> PlatformInfo:
     return info
 
 
+#: CPUs where ONNX Runtime's Mimi was measured faster than PyTorch's (docs/benchmarks.md).
+ONNX_FASTER_ON = ("x86_64", "amd64")
+
+
 def default_codec(plat: PlatformInfo | None = None) -> Choice:
-    """Apple silicon: mlx (Metal), else rustymimi. CUDA: torch on cuda. Otherwise
-    torch on the CPU, measured ~2.6x faster than rustymimi on a 2-core x86 box."""
+    """Apple silicon: mlx (Metal), else rustymimi. CUDA: torch on cuda. An x86 CPU: onnx
+    (ONNX Runtime, measured ~1.8x PyTorch whole-file and ~3.5x per streaming frame on a
+    2-core x86 box). Otherwise torch on the CPU (~2.6x faster than rustymimi there)."""
     apple = is_apple_silicon() if plat is None else plat.apple_silicon
     if apple:
         for name in ("mlx", "rustymimi"):
@@ -102,12 +107,21 @@ def default_codec(plat: PlatformInfo | None = None) -> Choice:
     plat = plat or detect()
     if plat.cuda:
         return Choice("torch", "cuda", f"CUDA GPU found ({plat.cuda[0].name})")
+    if plat.machine.lower() in ONNX_FASTER_ON and registry.probe("codec", "onnx")[0]:
+        return Choice("onnx", "cpu", "no GPU, x86 CPU: ONNX Runtime is the fastest CPU codec measured")
     if registry.probe("codec", "torch")[0]:
-        return Choice("torch", "cpu", "no GPU: PyTorch is the fastest CPU codec measured (vs rustymimi)")
+        return Choice("torch", "cpu", "no GPU: PyTorch is the fastest CPU codec measured here (vs rustymimi)")
     for name in ("rustymimi", "mlx"):
         if registry.probe("codec", name)[0]:
             return Choice(name, "cpu", "no GPU and no PyTorch: next fastest installed codec")
     return Choice("torch", "cpu", "nothing installed: torch is the reference")
+
+
+def codec_beside_lm(lm_backend: str, lm_device: str) -> str:
+    """The codec to run next to an LM: torch on the LM's GPU, else the platform's CPU choice."""
+    if lm_backend == "torch" and lm_device not in ("cpu", None):
+        return "torch"
+    return default_codec().backend
 
 
 def default_lm(plat: PlatformInfo | None = None) -> Choice:

@@ -576,7 +576,7 @@ def load_conversation(model: str | None = None, *, backend: str | None = None, d
     lm = registry.module("lm", choice.backend).load(repo, device=dev, dtype=dtype, sampling=sampling)
     if not Path(repo.mimi_weights).is_file():
         raise ModelError(f"{repo.source}: missing the Mimi codec file {Path(repo.mimi_weights).name}")
-    codec_backend = "torch" if choice.backend == "torch" else platform.default_codec().backend
+    codec_backend = platform.codec_beside_lm(choice.backend, lm.info.device)
     codec = load_codec(codec_backend, dev, mimi_weight=str(repo.mimi_weights),
                        num_codebooks=max(lm.info.input_codebooks, lm.info.dep_q)).backend
     return Conversation(codec, lm, lm.text_tokenizer(), batch_size=batch)

@@ -106,10 +106,8 @@ def load_stt(model: str | None = None, *, backend: str | None = None, codec_back
         raise ModelError(f"{repo.source} is not a speech-to-text checkpoint (it generates audio)")
     if not Path(repo.mimi_weights).is_file():
         raise ModelError(f"{repo.source}: missing the Mimi codec file {Path(repo.mimi_weights).name}")
-    # torch's codec restarts single streams of a batch (what batching needs); the
-    # platform's codec choice applies next to an MLX LM.
     if codec_backend in (None, "auto"):
-        codec_backend = "torch" if lm_name == "torch" else platform.default_codec().backend
+        codec_backend = platform.codec_beside_lm(lm_name, lm.info.device)
     codec = load_codec(codec_backend, device, mimi_weight=str(repo.mimi_weights),
                        num_codebooks=lm.info.input_codebooks).backend
     return SttModel(codec, lm, lm.text_tokenizer(), float(stt_config.get("audio_delay_seconds", 0.5)),

@@ -10,9 +10,20 @@ def plat(**kw):
     return PlatformInfo(**{**base, **kw})
 
 
-def test_cpu_default_is_torch():
+def test_cpu_default_is_onnx_on_x86_else_torch(monkeypatch):
+    monkeypatch.setattr(platform.registry, "probe", lambda kind, name: (True, "v"))
     c = platform.default_codec(plat())
-    assert (c.backend, c.device) == ("torch", "cpu")
+    assert (c.backend, c.device) == ("onnx", "cpu") and "ONNX Runtime" in c.reason
+    assert platform.default_codec(plat(machine="aarch64")).backend == "torch"  # not measured there
+    monkeypatch.setattr(platform.registry, "probe", lambda kind, name: (name != "onnx", "v"))
+    assert platform.default_codec(plat()).backend == "torch"  # onnxruntime missing
+
+
+def test_codec_beside_lm(monkeypatch):
+    monkeypatch.setattr(platform, "default_codec", lambda plat=None: platform.Choice("onnx", "cpu", "test"))
+    assert platform.codec_beside_lm("torch", "cuda") == "torch"
+    assert platform.codec_beside_lm("torch", "cpu") == "onnx"
+    assert platform.codec_beside_lm("mlx", "gpu") == "onnx"
 
 
 def test_cuda_default():
