@@ -188,6 +188,10 @@ def encode_files(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions | None =
     batch_limit = CHUNK_FRAMES * frame
     tick = on_audio or (lambda s: None)
     batch: list[_Pending] = []
+    workers = getattr(codec.backend, "parallel_streams", 1)
+    if workers > 1 and not codec.backend.batch_gain and len(jobs) > 1:
+        yield from _encode_parallel(jobs, codec, opts, tick, workers)
+        return
 
     def flush() -> Iterator[FileResult]:
         items = list(batch)
@@ -229,25 +233,69 @@ def _finish(job: Job, src: AudioSource, codec: Codec, codes: np.ndarray, opts: E
                       seconds=time.perf_counter() - started)
 
 
+def _encode_parallel(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions, tick: Callable[[float], None],
+                     workers: int) -> Iterator[FileResult]:
+    """Whole files on ``workers`` threads, each with its own one-thread stream (the backend's
+    ``open_encoder(single_thread=True)``); results in completion order."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    def one(job: Job) -> FileResult:
+        started = time.perf_counter()
+        try:
+            src = open_audio(job.source)
+        except MoshikitError as exc:
+            return FileResult(job.source, str(job.output), "failed", str(exc))
+        try:
+            n = src.channels if opts.channels == "split" else 1
+            encoder = codec.backend.open_encoder(n, single_thread=True)
+            codes = _encode_stream(src, codec, opts.channels, n, tick, encoder.encode)
+            return _finish(job, src, codec, codes, opts, started)
+        except MoshikitError as exc:
+            return FileResult(job.source, str(job.output), "failed", str(exc))
+        finally:
+            src.close()
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="moshikit-encode")
+    pending: set = set()
+    try:
+        for job in jobs:
+            if not opts.overwrite and job.source != "-" and is_complete(job.output):
+                yield FileResult(job.source, str(job.output), "skipped")
+                continue
+            pending.add(pool.submit(one, job))
+            if len(pending) >= 2 * workers:  # a bounded queue: memory stays flat on huge lists
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from (f.result() for f in done)
+    finally:  # interrupted: finish what runs (outputs are atomic), start nothing more
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _encode_stream(src: AudioSource, codec: Codec, channels: str, n_channels: int,
-                   tick: Callable[[float], None]) -> np.ndarray:
-    """One input, chunk by chunk with the streaming state carried: [C, K, F]."""
+                   tick: Callable[[float], None], encode: Callable[[np.ndarray], np.ndarray] | None = None
+                   ) -> np.ndarray:
+    """One input, chunk by chunk with the streaming state carried: [C, K, F] (through the
+    backend's own stream, or through ``encode``, an encoder with a state of its own)."""
     backend = codec.backend
     frame = codec.info.frame_size
     chunk = CHUNK_FRAMES * frame
-    backend.reset_stream(n_channels)
+    if encode is None:
+        backend.reset_stream(n_channels)
+        encode = backend.encode_step
     parts: list[np.ndarray] = []
     buf = np.zeros((n_channels, 0), np.float32)
     for block in stream_24k(src, channels):
         buf = np.concatenate([buf, block], axis=-1) if buf.shape[-1] else block
         while buf.shape[-1] >= chunk:
-            parts.append(backend.encode_step(buf[:, :chunk]))
+            parts.append(encode(buf[:, :chunk]))
             buf = buf[:, chunk:]
             tick(chunk / codec.info.sample_rate)
     if buf.shape[-1]:
         tick(buf.shape[-1] / codec.info.sample_rate)
         pad = (-buf.shape[-1]) % frame
-        parts.append(backend.encode_step(np.pad(buf, ((0, 0), (0, pad)))))
+        parts.append(encode(np.pad(buf, ((0, 0), (0, pad)))))
     return np.concatenate(parts, axis=-1).astype(np.int64)
 
 

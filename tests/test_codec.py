@@ -186,3 +186,59 @@ def test_an_hour_streams_with_flat_memory(tmp_path):
     assert dres.status == "done", dres.error
     assert sf.info(dres.output).frames == hour
     assert peak < 60e6
+
+
+@pytest.fixture(scope="module")
+def onnx_files_codec(mimi_weights):
+    from moshikit.backends import registry
+
+    if not registry.probe("codec", "onnx")[0]:
+        pytest.skip("onnxruntime not installed")
+    codec = ops.load_codec("onnx", mimi_weight=mimi_weights)
+    if codec.backend.parallel_streams < 2:
+        pytest.skip("one core: files run one at a time")
+    return codec
+
+
+def test_parallel_files_equal_one_at_a_time(tmp_path, onnx_files_codec, speech, write_wav, monkeypatch):
+    """On a multi-core CPU the onnx backend encodes several files at once, one thread
+    each; every token file is byte-identical to encoding the files one by one."""
+    import threading
+
+    for i, seconds in enumerate((0.5, 12.5, 2.0, 3.3, 1.0)):
+        write_wav(tmp_path / f"in/{i}.wav", np.resize(np.roll(speech, 9973 * i), int(24000 * seconds)))
+    (tmp_path / "in" / "bad.wav").write_bytes(b"RIFF not really")
+    backend = onnx_files_codec.backend
+    threads = set()
+    real_open = backend.open_encoder
+    monkeypatch.setattr(backend, "open_encoder", lambda *a, **k: threads.add(threading.current_thread().name)
+                        or real_open(*a, **k))
+    jobs, _ = ops.plan([str(tmp_path / "in")], str(tmp_path / "par"), ".mimi")
+    par = {r.source.rsplit("/", 1)[1]: r for r in ops.encode_files(jobs, onnx_files_codec)}
+    assert len(threads) >= 2 and all(t.startswith("moshikit-encode") for t in threads)
+    assert par["bad.wav"].status == "failed" and sum(r.status == "done" for r in par.values()) == 5
+    monkeypatch.setattr(type(backend), "parallel_streams", property(lambda self: 1))
+    jobs, _ = ops.plan([str(tmp_path / "in")], str(tmp_path / "seq"), ".mimi")
+    seq = list(ops.encode_files(jobs, onnx_files_codec))
+    assert [r.source for r in seq] == sorted(r.source for r in seq)  # one at a time keeps the order
+    for i in range(5):
+        a, b = read_tokens(tmp_path / "par" / f"{i}.mimi"), read_tokens(tmp_path / "seq" / f"{i}.mimi")
+        np.testing.assert_array_equal(a.codes, b.codes)
+        assert a.header.frames == b.header.frames == -(-int(24000 * (0.5, 12.5, 2.0, 3.3, 1.0)[i]) // 1920)
+
+
+def test_parallel_interrupted_then_resumed(tmp_path, onnx_files_codec, speech, write_wav):
+    for i in range(6):
+        write_wav(tmp_path / f"in/{i}.wav", speech[12000 * i : 12000 * i + 36000])
+    jobs, _ = ops.plan([str(tmp_path / "in")], str(tmp_path / "o"), ".mimi")
+    gen = ops.encode_files(jobs, onnx_files_codec)
+    first = [next(gen), next(gen)]
+    gen.close()  # as on Ctrl-C: running files finish, queued ones never start
+    assert all(r.status == "done" for r in first)
+    outs = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert all(not n.startswith(".") for n in outs) and 2 <= len(outs) < 6  # nothing half written
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "o").glob("*.mimi")}
+    again = list(ops.encode_files(jobs, onnx_files_codec))
+    assert sum(r.status == "skipped" for r in again) == len(outs)
+    assert sum(r.status == "done" for r in again) == 6 - len(outs)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes

@@ -153,7 +153,7 @@ def lm(
 def chat(
     synthetic: SyntheticOpt = False,
     lm_size: LMSizeOpt = "tiny",
-    codec_backend: Annotated[str, typer.Option("--codec-backend")] = "torch",
+    codec_backend: Annotated[str, typer.Option("--codec-backend", help="auto: the codec chat uses here.")] = "auto",
     lm_backend: Annotated[str, typer.Option("--lm-backend")] = "torch",
     frames: Annotated[int, typer.Option("--frames", min=1, help="80 ms frames timed.")] = 50,
     device: DeviceOpt = None,
@@ -176,6 +176,10 @@ def chat(
     repo = _lm_repo(synthetic, lm_size, model)
     weights = str(resolve_mimi(mimi_weight, "synthetic" if synthetic else model).path)
     dev = device_value(device)
+    if codec_backend == "auto":
+        from ..platform import codec_beside_lm
+
+        codec_backend = codec_beside_lm(lm_backend, dev or "cpu")
 
     def rows():
         for paced in (False, True):

@@ -54,11 +54,13 @@ class Progress:
 
     def __init__(self, out: Out, total_files: int, total_seconds: float | None, label: str,
                  show: bool = True) -> None:
+        import threading
         import time
 
         self._time = time.perf_counter
         self.started = self._time()
         self.audio = 0.0
+        self._lock = threading.Lock()  # add_audio is called from encoding threads
         self._bar = None
         if not show or out.quiet or out.json_mode or not out.err.is_terminal:
             return
@@ -82,7 +84,8 @@ class Progress:
         return self.audio / wall if wall > 0 else 0.0
 
     def add_audio(self, seconds: float) -> None:
-        self.audio += seconds
+        with self._lock:
+            self.audio += seconds
         self._refresh()
 
     def file_done(self) -> None:

@@ -50,7 +50,7 @@ def test_info_json(capsys):
     data = json.loads(capsys.readouterr().out)
     names = {(b["kind"], b["name"]): b for b in data["backends"]}
     assert names[("codec", "torch")]["available"] is True
-    assert data["defaults"]["encode"]["backend"] in ("torch", "rustymimi", "mlx")
+    assert data["defaults"]["encode"]["backend"] in ("torch", "onnx", "rustymimi", "mlx")
     assert data["platform"]["cores"] >= 1
     for b in data["backends"]:
         assert b["available"] or b["install"].startswith("pip install")
