@@ -18,3 +18,17 @@ def test_bench_codec_json_and_compare(tmp_path, capsys, mimi_weights):
 def test_bench_bad_backend(capsys):
     assert main(["bench", "codec", "--synthetic", "-b", "nope"]) == 2
     assert "unknown codec backend 'nope'" in capsys.readouterr().err
+
+
+def test_bench_codec_files_rows(tmp_path, capsys, mimi_weights):
+    args = ["bench", "codec", "--synthetic", "-b", "torch", "--no-reference", "--seconds", "0.5", "-n", "1",
+            "--stream-frames", "0", "--files", "3x0.5", "--json", str(tmp_path / "f.json")]
+    assert main(args) == 0
+    rows = {r["task"]: r for r in json.loads((tmp_path / "f.json").read_text())["rows"]}
+    assert {"encode 3 files of 0.5 s", "encode 1 file of 1.5 s"} <= set(rows)
+    assert rows["encode 3 files of 0.5 s"]["stats"]["n"] == 1 and rows["encode 3 files of 0.5 s"]["stats"]["p50"] > 0
+
+
+def test_bench_codec_files_bad_spec(capsys):
+    assert main(["bench", "codec", "--synthetic", "--files", "lots"]) == 2
+    assert "--files takes COUNTxSECONDS" in capsys.readouterr().err
