@@ -7,18 +7,21 @@ returned as plain tensors, so it can be exported once to ONNX (one graph for the
 encoder, one for the decoder, free batch and time axes) and run by ONNX Runtime with
 no Python per layer. The weights are moshi's own modules: only the wiring is ours.
 
+The encoder graph ends with the quantizer (codes out), the decoder graph starts with the
+codebook lookup (codes in), so a streaming frame never returns to Python between layers.
+
 Semantics follow moshi's streaming modules:
 
 * a causal convolution keeps the last ``(kernel - 1) * dilation + 1 - stride`` input
   samples (zeros at the start; the resampling convolution, in ``replicate`` mode,
   starts from copies of its first input sample instead);
-* a transposed convolution keeps the ``kernel - stride`` output samples that overlap
-  the next call (without the bias, which the next call adds);
-* each transformer layer keeps the keys and values of the last ``context`` steps, and
-  a query at position ``p`` attends to keys at positions ``p - context < q <= p``.
-  Unlike moshi's ring buffer (exactly ``context`` entries), the cache here always
-  holds the whole window before the new steps, so a chunk of many frames sees what a
-  whole-file pass sees.
+* a transposed convolution with ``kernel == 2 * stride`` (all of Mimi's) keeps the
+  previous input step, the same information as moshi's carried partial outputs;
+* each transformer layer keeps the keys and values of the last ``context`` steps in a
+  ring (slot = position mod context), and a query at position ``p`` attends to keys at
+  positions ``p - context < q <= p``. Unlike moshi's ring (exactly ``context`` entries,
+  overwritten before a multi-step call has read them), the graph reads the whole window
+  before the call's new steps, so a chunk of many frames sees what a whole-file pass sees.
 
 Positions are per batch row (``offset``, in transformer steps at 25 Hz), so one row
 of a batch can restart while the others go on.
@@ -127,7 +130,7 @@ def _convtr(mod, x, cur: _Cursor):
         return torch.cat([y[..., :tail] + partial, y[..., tail:-tail]], -1)
     # Phase j of output channel o: w[:, o, s + j] on step t - 1, w[:, o, j] on step t.
     if c.groups == 1:
-        taps = [w[:, :, s:].permute(1, 2, 0).reshape(-1, w.shape[0]), w[:, :, :s].permute(1, 2, 0).reshape(-1, w.shape[0])]
+        taps = [t.permute(1, 2, 0).reshape(-1, w.shape[0]) for t in (w[:, :, s:], w[:, :, :s])]
     else:  # depthwise
         taps = [w[:, 0, s:].reshape(-1, 1), w[:, 0, :s].reshape(-1, 1)]
     poly = torch.stack(taps, -1)  # [C_out * s, C_in / groups, 2]
@@ -296,7 +299,7 @@ def _quantizer_tables(q):
     for rvq in stages:
         books = []
         for layer in rvq.vq.layers[: rvq.n_q]:
-            if not (isinstance(layer.project_in, torch.nn.Identity) and isinstance(layer.project_out, torch.nn.Identity)):
+            if not all(isinstance(p, torch.nn.Identity) for p in (layer.project_in, layer.project_out)):
                 raise Unsupported("quantizer with codebook projections")
             e = layer._codebook.embedding.detach().clone()
             # |x - e|^2 = [-2x, |x|^2, 1] . [e, 1, |e|^2]: one product per codebook, the way

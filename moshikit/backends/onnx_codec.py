@@ -2,15 +2,15 @@
 
 Both halves of the codec run as streaming graphs (``mimi_graph``): the encoder graph
 takes audio and its state and returns codes (quantizer included), the decoder graph
-takes Mimi's latent and its state and returns audio. Whole-file calls are streams of
-``CHUNK_FRAMES``-frame calls, so one graph serves files, chunked encoding and 80 ms
-live frames, memory stays flat on long files, and chunked equals whole-file.
+takes codes (any number of codebooks) and its state and returns audio. Whole-file calls
+are streams of ``CHUNK_FRAMES``-frame calls, so one graph serves files, chunked encoding
+and 80 ms live frames, memory stays flat on long files, and chunked equals whole-file.
 
 The graphs are exported with PyTorch's tracing exporter from moshi's own modules
-(a few seconds, once per weights, codebook count and library versions) and kept under
-``<moshikit cache>/onnx/<key>/``. moshi's ``MimiModel`` is still loaded: it holds the
-weights, turns codes into the decoder's latent, and is the fallback (with a warning)
-for any model this wiring does not support.
+(a few seconds, once per weights, codebook count, library versions and wiring) and kept
+under ``<moshikit cache>/onnx/<key>/``. moshi's ``MimiModel`` is still loaded: it holds
+the weights and is the fallback (with a warning) for any model this wiring does not
+support.
 """
 
 from __future__ import annotations
@@ -146,9 +146,12 @@ class OnnxCodec(TorchCodec):
         super().__init__(weights, device="cpu", num_codebooks=num_codebooks)
         self.batch_gain = False
         self.info = dataclasses.replace(self.info, backend="onnx")
+        import threading
+
         import torch
 
         m = self._mimi
+        self._lock = threading.Lock()
         self._enc = self._dec = self._enc_one_thread = None
         self._streams: tuple[_Stream, _Stream] | None = None
         try:
@@ -229,8 +232,9 @@ class OnnxCodec(TorchCodec):
             return super().open_encoder()
         session = self._enc[0]
         if single_thread:
-            if self._enc_one_thread is None:
-                self._enc_one_thread = _session(self._enc_path, threads=1)
+            with self._lock:  # encoding threads open their encoders at the same time
+                if self._enc_one_thread is None:
+                    self._enc_one_thread = _session(self._enc_path, threads=1)
             session = self._enc_one_thread
         return _OwnEncoder(self, _Stream(session, self._enc[1], batch))
 
