@@ -97,7 +97,7 @@ ONNX_FASTER_ON = ("x86_64", "amd64")
 
 def default_codec(plat: PlatformInfo | None = None) -> Choice:
     """Apple silicon: mlx (Metal), else rustymimi. CUDA: torch on cuda. An x86 CPU: onnx
-    (ONNX Runtime, measured ~1.8x PyTorch whole-file and ~3.5x per streaming frame on a
+    (ONNX Runtime, measured ~1.8x PyTorch whole-file and ~3.1x per streaming frame on a
     2-core x86 box). Otherwise torch on the CPU (~2.6x faster than rustymimi there)."""
     apple = is_apple_silicon() if plat is None else plat.apple_silicon
     if apple:
