@@ -200,7 +200,7 @@ def encode_files(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions | None =
             yield from _encode_batch(items, codec, opts, tick)
 
     for job in jobs:
-        if not opts.overwrite and job.source != "-" and is_complete(job.output):
+        if _already_done(job, opts):
             yield FileResult(job.source, str(job.output), "skipped")
             continue
         started = time.perf_counter()
@@ -223,6 +223,11 @@ def encode_files(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions | None =
         finally:
             src.close()
     yield from flush()
+
+
+def _already_done(job: Job, opts: EncodeOptions) -> bool:
+    """A finished, valid token file exists (standard input is always encoded)."""
+    return not opts.overwrite and job.source != "-" and is_complete(job.output)
 
 
 def _finish(job: Job, src: AudioSource, codec: Codec, codes: np.ndarray, opts: EncodeOptions,
@@ -259,7 +264,7 @@ def _encode_parallel(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions, tic
     pending: set = set()
     try:
         for job in jobs:
-            if not opts.overwrite and job.source != "-" and is_complete(job.output):
+            if _already_done(job, opts):
                 yield FileResult(job.source, str(job.output), "skipped")
                 continue
             pending.add(pool.submit(one, job))

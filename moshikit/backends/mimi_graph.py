@@ -66,11 +66,15 @@ class _Cursor:
         self.out.append(t)
 
 
+def _conv_tail(c) -> int:
+    """Input samples a causal convolution carries to its next call: (kernel - 1) * dilation + 1 - stride."""
+    return (c.kernel_size[0] - 1) * c.dilation[0] + 1 - c.stride[0]
+
+
 def _specs_conv(mod, name: str, out: list[StateSpec]) -> None:
     c = mod.conv.conv
-    pad = (c.kernel_size[0] - 1) * c.dilation[0] + 1 - c.stride[0]
-    if pad:
-        out.append(StateSpec(name, (c.in_channels, pad)))
+    if _conv_tail(c):
+        out.append(StateSpec(name, (c.in_channels, _conv_tail(c))))
 
 
 def _polyphase(c) -> bool:
@@ -81,13 +85,9 @@ def _polyphase(c) -> bool:
 
 def _specs_convtr(mod, name: str, out: list[StateSpec]) -> None:
     c = mod.convtr.convtr
-    tail = c.kernel_size[0] - c.stride[0]
-    if _polyphase(c):
-        out.append(StateSpec(name, (c.in_channels, 1)))  # the previous input step
-    elif tail > c.stride[0]:
-        raise Unsupported(f"{name}: transposed convolution kernel > 2 x stride")
-    elif tail:
-        out.append(StateSpec(name, (c.out_channels, tail)))  # the overlapping outputs, bias removed
+    if not _polyphase(c):
+        raise Unsupported(f"{name}: transposed convolution other than kernel = 2 x stride")
+    out.append(StateSpec(name, (c.in_channels, 1)))  # the previous input step
 
 
 def _conv(mod, x, cur: _Cursor, first):
@@ -95,7 +95,7 @@ def _conv(mod, x, cur: _Cursor, first):
     import torch.nn.functional as F
 
     c = mod.conv.conv
-    pad = (c.kernel_size[0] - 1) * c.dilation[0] + 1 - c.stride[0]
+    pad = _conv_tail(c)
     if pad:
         prev = cur.take()
         if mod.pad_mode == "replicate":
@@ -106,9 +106,10 @@ def _conv(mod, x, cur: _Cursor, first):
 
 
 def _convtr(mod, x, cur: _Cursor):
-    """A causal transposed convolution.
+    """A causal transposed convolution with ``kernel == 2 * stride`` (all of Mimi's; others
+    are ``Unsupported``, so the codec falls back to moshi's modules).
 
-    With ``kernel == 2 * stride`` (all of Mimi's), output step ``t`` depends on input
+    Output step ``t`` depends on input
     steps ``t`` and ``t - 1`` only: it runs as a plain convolution of kernel 2 over the
     input (``stride`` output phases as channels), then the phases are interleaved. The
     state is the previous input step, the same information as moshi's carried partial
@@ -118,16 +119,8 @@ def _convtr(mod, x, cur: _Cursor):
     import torch.nn.functional as F
 
     c = mod.convtr.convtr
-    k, s = c.kernel_size[0], c.stride[0]
-    w, bias = c.weight, c.bias  # w: [C_in, C_out / groups, K]
-    if not _polyphase(c):
-        y = F.conv_transpose1d(x, w, bias, c.stride, 0, 0, c.groups, c.dilation)
-        tail = k - s
-        if not tail:
-            return y
-        partial, carry = cur.take(), y[..., -tail:]
-        cur.put(carry - bias[:, None] if bias is not None else carry)
-        return torch.cat([y[..., :tail] + partial, y[..., tail:-tail]], -1)
+    s = c.stride[0]
+    w, bias = c.weight, c.bias  # w: [C_in, C_out / groups, 2 s]
     # Phase j of output channel o: w[:, o, s + j] on step t - 1, w[:, o, j] on step t.
     if c.groups == 1:
         taps = [t.permute(1, 2, 0).reshape(-1, w.shape[0]) for t in (w[:, :, s:], w[:, :, :s])]
@@ -141,6 +134,7 @@ def _convtr(mod, x, cur: _Cursor):
 
 
 def _seanet_specs(seq, prefix: str, out: list[StateSpec]) -> None:
+    import torch
     from moshi.modules.conv import StreamingConv1d, StreamingConvTranspose1d
     from moshi.modules.seanet import SEANetResnetBlock
 
@@ -151,7 +145,7 @@ def _seanet_specs(seq, prefix: str, out: list[StateSpec]) -> None:
         elif isinstance(mod, StreamingConvTranspose1d):
             _specs_convtr(mod, name, out)
         elif isinstance(mod, SEANetResnetBlock):
-            if not isinstance(mod.shortcut, _identity()):
+            if not isinstance(mod.shortcut, torch.nn.Identity):
                 raise Unsupported(f"{name}: residual block with a convolution shortcut")
             _seanet_specs(mod.block, name, out)
         elif not _is_activation(mod):
@@ -185,12 +179,6 @@ def _elu(x, alpha: float):
     return torch.relu(x) + (neg if alpha == 1.0 else alpha * neg)
 
 
-def _identity():
-    import torch
-
-    return torch.nn.Identity
-
-
 def _is_activation(mod) -> bool:
     import torch
 
@@ -207,6 +195,7 @@ def _transformer_specs(pt, prefix: str, out: list[StateSpec]) -> None:
     tr = pt.transformer
     if tr.positional_embedding != "rope" or not pt.conv_layout or len(pt.output_projs) != 1:
         raise Unsupported(f"{prefix}: positional embedding {tr.positional_embedding!r}")
+    first = tr.layers[0].self_attn
     for i, layer in enumerate(tr.layers):
         sa = layer.self_attn
         ok = (sa.context is not None and sa.kv_repeat == 1 and not sa.cross_attention and len(sa.in_projs) == 1
@@ -214,7 +203,6 @@ def _transformer_specs(pt, prefix: str, out: list[StateSpec]) -> None:
               and sa.rope is not None and sa.rope.interleave and getattr(layer, "cross_attention", None) is None
               and isinstance(layer.norm1, torch.nn.LayerNorm) and isinstance(layer.norm2, torch.nn.LayerNorm)
               and not getattr(layer, "skip_self_attn", False))
-        first = tr.layers[0].self_attn
         same = (sa.context, sa.num_heads, sa.embed_dim, sa.rope.max_period if sa.rope else None) == (
             first.context, first.num_heads, first.embed_dim, first.rope.max_period if first.rope else None)
         if not (ok and same):
