@@ -92,7 +92,6 @@ def _specs_convtr(mod, name: str, out: list[StateSpec]) -> None:
 
 def _conv(mod, x, cur: _Cursor, first):
     import torch
-    import torch.nn.functional as F
 
     c = mod.conv.conv
     pad = _conv_tail(c)
@@ -102,7 +101,32 @@ def _conv(mod, x, cur: _Cursor, first):
             prev = torch.where(first.view(-1, 1, 1), x[..., :1].expand_as(prev), prev)
         x = torch.cat([prev, x], -1)
         cur.put(x[..., -pad:])
-    return F.conv1d(x, c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
+    return _conv1d(x, c.weight, c.bias, c.stride[0], c.dilation[0], c.groups)
+
+
+#: Convolutions with at least this many weights run as a product (``_conv1d``).
+MATMUL_CONV_WEIGHTS = 1 << 19
+
+
+def _conv1d(x, w, bias, stride: int, dilation: int, groups: int):
+    """A valid 1-d convolution. Large dense ones (Mimi's strided downsampling layers, the
+    layers next to the transformers) are written as windows times a weight matrix: a
+    streaming frame gives them one or two output steps, so they only stream their weights,
+    and ONNX Runtime's MatMul (weights packed once at load) reads them about twice as fast
+    as its Conv (which unfolds and multiplies on every call)."""
+    import torch
+    import torch.nn.functional as F
+
+    if groups != 1 or w.numel() < MATMUL_CONV_WEIGHTS:
+        return F.conv1d(x, w, bias, stride, 0, dilation, groups)
+    k = w.shape[-1]
+    n = (x.shape[-1] - (k - 1) * dilation - 1) // stride + 1
+    span = (n - 1) * stride + 1
+    cols = torch.stack([x[..., i * dilation : i * dilation + span : stride] for i in range(k)], -1)  # [B, C, n, k]
+    y = cols.transpose(1, 2).flatten(2) @ w.permute(1, 2, 0).reshape(-1, w.shape[0])  # [B, n, C_out]
+    if bias is not None:
+        y = y + bias
+    return y.transpose(1, 2)
 
 
 def _convtr(mod, x, cur: _Cursor):
@@ -116,7 +140,6 @@ def _convtr(mod, x, cur: _Cursor):
     outputs. ONNX Runtime's ConvTranspose runs several times slower than this.
     """
     import torch
-    import torch.nn.functional as F
 
     c = mod.convtr.convtr
     s = c.stride[0]
@@ -129,7 +152,7 @@ def _convtr(mod, x, cur: _Cursor):
     poly = torch.stack(taps, -1)  # [C_out * s, C_in / groups, 2]
     x = torch.cat([cur.take(), x], -1)
     cur.put(x[..., -1:])
-    y = F.conv1d(x, poly, bias.repeat_interleave(s) if bias is not None else None, 1, 0, 1, c.groups)
+    y = _conv1d(x, poly, bias.repeat_interleave(s) if bias is not None else None, 1, 1, c.groups)
     return y.unflatten(1, (c.out_channels, s)).transpose(2, 3).reshape(y.shape[0], c.out_channels, -1)
 
 

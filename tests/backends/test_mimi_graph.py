@@ -80,3 +80,25 @@ def test_ring_state_holds_the_last_context_steps():
     st.reset(np.array([True, False]))
     assert st.offset.tolist() == [0, 6] and not st.arrays[0][0].any() and st.arrays[0][1].any()
     assert not st.arrays[1][0].any() and st.arrays[1][1].all()
+
+
+@pytest.mark.parametrize("cin,cout,kernel,stride,dilation,t", [
+    (64, 128, 16, 8, 1, 24),   # Mimi's last downsampling: one frame gives 2 steps
+    (32, 48, 3, 1, 2, 40),     # dilated
+    (16, 24, 7, 1, 1, 7),      # exactly one output step
+    (8, 8, 4, 2, 1, 103),      # a length that leaves a remainder
+])
+def test_convolution_as_a_product_equals_conv1d(cin, cout, kernel, stride, dilation, t, monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    from moshikit.backends import mimi_graph
+
+    monkeypatch.setattr(mimi_graph, "MATMUL_CONV_WEIGHTS", 1)  # every convolution as a product
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=g) for s in ((2, cin, t), (cout, cin, kernel), (cout,)))
+    want = F.conv1d(x, w, b, stride, 0, dilation)
+    got = mimi_graph._conv1d(x, w, b, stride, dilation, 1)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # a wrong window is off by O(1)
+    torch.testing.assert_close(mimi_graph._conv1d(x, w, None, stride, dilation, 1), want - b[:, None], rtol=1e-4, atol=1e-4)
