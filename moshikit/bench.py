@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import __version__
+from .backends.base import prepare_live
 
 SCHEMA = "moshikit.bench/1"
 FRAME_SECONDS = 0.08
@@ -366,6 +367,7 @@ def bench_codec(plan: CodecPlan, *, clock: Clock = time.perf_counter) -> Iterato
     enc: dict[str, list[float]] = {name: [] for name, _ in subjects}
     dec: dict[str, list[float]] = {name: [] for name, _ in subjects}
     for _, subj in subjects:
+        prepare_live(subj)  # what chat and serve do before their first frame
         subj.reset_stream(1)
     for i in range(plan.stream_frames + 5):
         for name, subj in subjects:
@@ -593,6 +595,7 @@ def bench_chat(codec_backend: str, lm_backend: str, weights: str, repo: str, *, 
     lm = registry.module("lm", lm_backend).load(repo, device=device)
     k = lm.input_codebooks
     pcm = np.resize(speech_sample(), 1920 * (frames + 5)).astype(np.float32)[None]
+    prepare_live(codec)
     codec.reset_stream(1)
     lm.reset(1)
     walls: list[float] = []

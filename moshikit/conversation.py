@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .backends.base import CodecBackend, LMBackend
+from .backends.base import CodecBackend, LMBackend, prepare_live
 
 FRAME = 1920
 SAMPLE_RATE = 24000
@@ -89,6 +89,7 @@ class Conversation:
                              "use `moshikit transcribe` with it")
         self._piece = piece_decoder(self.tokenizer)
         self._k = self.lm.info.input_codebooks
+        prepare_live(self.codec)
         self.reset()
 
     def reset(self) -> None:

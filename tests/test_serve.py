@@ -381,3 +381,12 @@ def test_official_moshi_client_talks_to_serve(served, speech, tmp_path):
     assert server.stats["sessions"] - before.get("sessions", 0) == 1
     assert server.stats["frames_in"] - before.get("frames_in", 0) >= 6
     assert server.stats["frames_out"] - before.get("frames_out", 0) >= 5
+
+
+def test_the_server_decodes_live_frames_with_the_int8_graph(served):
+    from moshikit.backends.onnx_codec import OnnxCodec
+
+    codec = served[1].conv.codec
+    if not isinstance(codec, OnnxCodec):
+        pytest.skip("the onnx codec is not this platform's CPU codec")
+    assert codec._live is not None  # Conversation called prepare_live

@@ -46,6 +46,10 @@ class CodecBackend(Protocol):
     multiple of ``frame_size`` samples and ``decode_step`` any number of
     frames. Encoding a file chunk by chunk gives the codes of a whole-file
     encode. A stream's encoder and decoder states are independent.
+
+    Optional: ``prepare_live()``, called once by live loops (chat, serve), lets a
+    backend decode small ``decode_step`` calls faster within a stated tolerance
+    (the onnx backend's int8 live decoder).
     """
 
     info: CodecInfo
@@ -61,6 +65,13 @@ class CodecBackend(Protocol):
     def encode_step(self, pcm: np.ndarray) -> np.ndarray: ...
 
     def decode_step(self, codes: np.ndarray) -> np.ndarray: ...
+
+
+def prepare_live(codec) -> None:
+    """What a live loop does once before its first frame: the codec's optional ``prepare_live``."""
+    live = getattr(codec, "prepare_live", None)
+    if live is not None:
+        live()
 
 
 @dataclass(frozen=True)

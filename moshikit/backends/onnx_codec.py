@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import mimi_graph
+from . import mimi_graph, onnx_int8
 from .torch_codec import TorchCodec
 
 #: Bumped when what is exported changes, so stale cached graphs are never reused.
@@ -31,6 +31,10 @@ OPSET = 17
 #: Frames per graph call for whole-file work (2 s: activations stay in cache; measured
 #: faster than 10 s chunks or whole files, see docs/benchmarks.md).
 CHUNK_FRAMES = 25
+#: ``decode_step`` calls of at most this many frames are live frames (see ``prepare_live``).
+LIVE_FRAMES = 2
+#: The int8 live decoder is refused below this agreement with the fp32 graph (measured ~73 dB).
+LIVE_MIN_SNR_DB = 40.0
 
 
 def probe() -> str:
@@ -53,7 +57,8 @@ def _graph_key(module) -> str:
     import torch
 
     h = hashlib.sha256(f"v{EXPORT_VERSION}|opset{OPSET}|torch{torch.__version__}|ort{onnxruntime.__version__}".encode())
-    h.update(Path(mimi_graph.__file__).read_bytes())  # the wiring itself: an edit re-exports
+    for wiring in (mimi_graph, onnx_int8):  # the wiring itself: an edit re-exports
+        h.update(Path(wiring.__file__).read_bytes())
     for part in module.key_parts():
         if part is None:
             continue
@@ -93,10 +98,13 @@ def _session(path: Path, threads: int | None = None):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or _threads()
     opts.inter_op_num_threads = 1
-    # Idle ORT threads busy-wait by default: measured ~1.8x slower per streaming frame on
-    # 2 cores (they compete with the thread that has work), and they steal the CPU from
-    # the LM in a live loop.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Worker threads spin between the kernels of a call (a graph is hundreds of small
+    # kernels: waking a sleeping thread for each costs more than the kernel, most of all
+    # after the CPU idled between live frames: measured 0.8x the time per streaming frame)
+    # and stop spinning when the call returns. Left spinning after a call (ORT's default)
+    # they steal the CPU from the next graph or the LM: measured 1.8x slower.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
@@ -122,13 +130,15 @@ class _Stream:
         self.session = session
         self.state = mimi_graph.StreamState(specs, batch, steps_per_frame=2)
 
-    def run(self, x: np.ndarray, frames: int, per_frame: int) -> np.ndarray:
-        """``x`` [B, C, frames * per_frame] through the graph, CHUNK_FRAMES frames per call
-        (any chunking gives the same result, up to float rounding)."""
+    def run(self, x: np.ndarray, frames: int, per_frame: int, session=None) -> np.ndarray:
+        """``x`` [B, C, frames * per_frame] through the graph (or ``session``, a graph with
+        the same state), CHUNK_FRAMES frames per call (any chunking gives the same result,
+        up to float rounding)."""
+        session = session or self.session
         outs = []
         for f in range(0, frames, CHUNK_FRAMES):
             n = min(CHUNK_FRAMES, frames - f)
-            y, *state = self.session.run(None, {"x": x[..., f * per_frame : (f + n) * per_frame], **self.state.feeds()})
+            y, *state = session.run(None, {"x": x[..., f * per_frame : (f + n) * per_frame], **self.state.feeds()})
             self.state.advance(state, n)
             outs.append(y)
         return outs[0] if len(outs) == 1 else np.concatenate(outs, -1)
@@ -152,14 +162,14 @@ class OnnxCodec(TorchCodec):
 
         m = self._mimi
         self._lock = threading.Lock()
-        self._enc = self._dec = self._enc_one_thread = None
+        self._enc = self._dec = self._enc_one_thread = self._live = None
         self._streams: tuple[_Stream, _Stream] | None = None
         try:
             enc, dec = mimi_graph.stream_encoder(m), mimi_graph.stream_decoder(m)
             self._enc_path = graph(enc, torch.zeros(1, 1, 2 * m.frame_size), f"encoder_k{self.info.num_codebooks}")
             self._enc = (_session(self._enc_path), enc.specs)
-            dec_path = graph(dec, torch.zeros(1, self.info.num_codebooks, 2, dtype=torch.long), "decoder")
-            self._dec = (_session(dec_path), dec.specs)
+            self._dec_path = graph(dec, torch.zeros(1, self.info.num_codebooks, 2, dtype=torch.long), "decoder")
+            self._dec = (_session(self._dec_path), dec.specs)
         except Exception as exc:  # noqa: BLE001 - an unsupported model or exporter failure: keep torch
             import warnings
 
@@ -221,7 +231,33 @@ class OnnxCodec(TorchCodec):
         if self._dec is None:
             return super().decode_step(codes)
         assert self._streams is not None, "call reset_stream() first"
-        return self._streams[1].run(self._ints(codes), codes.shape[-1], 1)[:, 0]
+        live = self._live if codes.shape[-1] <= LIVE_FRAMES else None
+        return self._streams[1].run(self._ints(codes), codes.shape[-1], 1, live)[:, 0]
+
+    def prepare_live(self) -> None:
+        """Live loops (chat, serve) call this once: from then on ``decode_step`` calls of
+        at most ``LIVE_FRAMES`` frames run the int8 decoder graph (``onnx_int8``: 0.7x the
+        time, output within ~73 dB SNR of the fp32 graph; both share the stream state).
+        Larger calls (``moshikit decode``'s chunks, ``decode``) stay fp32. The graph is
+        written once beside the fp32 one; it is used only if this CPU runs it and it agrees
+        with the fp32 graph on a probe (else a warning, and fp32). ``MOSHIKIT_ONNX_INT8=0``
+        keeps live decoding in fp32."""
+        if self._dec is None or self._live is not None or os.environ.get("MOSHIKIT_ONNX_INT8", "1") == "0":
+            return
+        path = self._dec_path.with_name("decoder_int8.onnx")
+        try:
+            if not path.exists():
+                onnx_int8.write_int8(self._dec_path, path)
+            session = _session(path)
+            snr = _agreement(self._dec, session, self.info)
+            if snr < LIVE_MIN_SNR_DB:
+                raise RuntimeError(f"output {snr:.0f} dB from the fp32 graph's")
+        except Exception as exc:  # noqa: BLE001 - an ORT without 8-bit kernels, a CPU that disagrees
+            import warnings
+
+            warnings.warn(f"onnx codec: live decoding stays fp32 ({type(exc).__name__}: {exc})"[:300], stacklevel=2)
+            return
+        self._live = session
 
     def open_encoder(self, batch: int = 1, *, single_thread: bool = False):
         """An encoder with a stream state of its own. ``single_thread`` encoders share one
@@ -242,6 +278,14 @@ class OnnxCodec(TorchCodec):
     def parallel_streams(self) -> int:
         """How many ``open_encoder(single_thread=True)`` streams pay off at once (one per core)."""
         return 1 if self._enc is None else min(16, _threads())
+
+
+def _agreement(fp32: tuple, session, info) -> float:
+    """SNR (dB) of ``session``'s decoding against the fp32 graph's, on a few random frames."""
+    codes = np.random.default_rng(0).integers(0, info.cardinality, (1, info.num_codebooks, 4), dtype=np.int64)
+    want = _Stream(*fp32, 1).run(codes, 4, 1)
+    got = _Stream(session, fp32[1], 1).run(codes, 4, 1)
+    return float(10 * np.log10(np.sum(want**2) / max(float(np.sum((want - got) ** 2)), 1e-30)))
 
 
 class _OwnEncoder:

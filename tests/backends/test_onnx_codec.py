@@ -149,3 +149,34 @@ def test_unsupported_model_falls_back_to_torch(mimi_weights, speech, monkeypatch
     np.testing.assert_array_equal(codec.encode(clip), torch_codec.encode(clip))
     codec.reset_stream(1)
     assert codec.encode_step(clip[:, : 1920 * 5]).shape == (1, 8, 5)
+
+
+def test_live_decoding_runs_the_int8_graph_for_small_calls(mimi_weights, speech, monkeypatch):
+    """After ``prepare_live`` (chat and serve call it), 1-2 frame ``decode_step`` calls run the
+    int8 decoder (within 60 dB of fp32, measured ~73); file-sized calls stay fp32."""
+    from moshikit.backends import onnx_codec as mod
+
+    codec = mod.load(mimi_weights)  # its own: the module's codec stays fp32 for the other tests
+    codes = codec.encode(speech[None, : 24000 * 4])
+    want = codec.decode(codes)
+
+    def stream(step: int) -> np.ndarray:
+        codec.reset_stream(1)
+        return np.concatenate([codec.decode_step(codes[..., i : i + step]) for i in range(0, 50, step)], -1)
+
+    assert _snr(stream(1), want) > 120  # not prepared: fp32 frame by frame
+    monkeypatch.setenv("MOSHIKIT_ONNX_INT8", "0")
+    codec.prepare_live()
+    assert _snr(stream(1), want) > 120  # opted out
+    monkeypatch.delenv("MOSHIKIT_ONNX_INT8")
+    codec.prepare_live()
+    assert (codec._dec_path.parent / "decoder_int8.onnx").exists()
+    assert 60 < _snr(stream(1), want) < 120
+    assert 60 < _snr(stream(2), want) < 120
+    assert _snr(stream(5), want) > 120  # chunks of files
+    # A CPU whose int8 decoding disagrees with fp32 keeps fp32, with a warning.
+    codec._live = None
+    monkeypatch.setattr(mod, "LIVE_MIN_SNR_DB", 200.0)
+    with pytest.warns(UserWarning, match="live decoding stays fp32"):
+        codec.prepare_live()
+    assert _snr(stream(1), want) > 120
