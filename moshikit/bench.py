@@ -360,7 +360,8 @@ def bench_codec(plan: CodecPlan, *, clock: Clock = time.perf_counter) -> Iterato
                     row.memory = mems[name]
                     yield row
     if plan.files:
-        yield from _bench_files(plan, codecs, speech, clock)
+        refs = {name: subj for name, subj in subjects if isinstance(subj, _MoshiReference)}
+        yield from _bench_files(plan, codecs, refs, speech, clock)
     if not plan.stream_frames:
         return
     frames = np.resize(speech, 1920 * (plan.stream_frames + 5)).astype(np.float32)[None]
@@ -390,9 +391,10 @@ def bench_codec(plan: CodecPlan, *, clock: Clock = time.perf_counter) -> Iterato
         yield latency_row("codec", name, "stream encode+decode", both, frames=plan.stream_frames, device=dev)
 
 
-def _bench_files(plan: CodecPlan, codecs: dict, speech: np.ndarray, clock: Clock) -> Iterator[Row]:
+def _bench_files(plan: CodecPlan, codecs: dict, refs: dict, speech: np.ndarray, clock: Clock) -> Iterator[Row]:
     """``moshikit encode`` on many short files against one file as long as all of them,
-    through the library call behind the command (decoding, resampling, token files)."""
+    through the library call behind the command (decoding, resampling, token files); the
+    reference is the loop a moshi user writes: read each file, ``MimiModel.encode``, save."""
     import tempfile
     from pathlib import Path
 
@@ -412,22 +414,32 @@ def _bench_files(plan: CodecPlan, codecs: dict, speech: np.ndarray, clock: Clock
         sf.write(root / "long.wav", np.resize(speech, n * count), 24000, subtype="FLOAT")
         long = [Job(str(root / "long.wav"), root / "out" / "long.mimi")]
         opts = EncodeOptions(overwrite=True)
+
+        def moshikit(jobs, codec):
+            bad = [r for r in encode_files(jobs, codec, opts) if r.status != "done"]
+            if bad:
+                raise RuntimeError(f"bench files: {bad[0].error}")
+
+        def reference(jobs, ref):
+            (root / "ref").mkdir(exist_ok=True)
+            for job in jobs:
+                pcm, _ = sf.read(job.source, dtype="float32", always_2d=True)
+                np.save(root / "ref" / f"{Path(job.source).stem}.npy", ref.encode(np.ascontiguousarray(pcm.T)))
+
+        runs = {name: (reference, ref, ref.device) for name, ref in refs.items()}
+        runs.update({name: (moshikit, codec, codec.info.device) for name, codec in codecs.items()})
         tasks = {f"encode {count} files of {seconds:g} s": short, f"encode 1 file of {count * seconds:g} s": long}
-        walls: dict = {(name, task): [] for name in codecs for task in tasks}
+        walls: dict = {(name, task): [] for name in runs for task in tasks}
         for rep in range(plan.repeats + 1):  # the first round is the warm-up
-            for name, codec in codecs.items():
+            for name, (run, subject, _) in runs.items():
                 for task, jobs in tasks.items():
                     t = clock()
-                    results = list(encode_files(jobs, codec, opts))
-                    wall = clock() - t
-                    bad = [r for r in results if r.status != "done"]
-                    if bad:
-                        raise RuntimeError(f"bench files: {bad[0].error}")
+                    run(jobs, subject)
                     if rep:
-                        walls[name, task].append(wall)
+                        walls[name, task].append(clock() - t)
         for (name, task), w in walls.items():
             yield throughput_row("codec", name, task, count * seconds, w, batch=1, seconds=seconds,
-                                 device=codecs[name].info.device)
+                                 device=runs[name][2])
 
 
 def _torch_sync() -> None:
