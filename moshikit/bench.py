@@ -319,6 +319,14 @@ def codec_subjects(plan: CodecPlan, codecs: dict | None = None) -> Iterator[tupl
         yield f"moshikit {name}", codec.backend
 
 
+#: Idle time before each timed streaming frame. Live frames arrive every 80 ms, never right
+#: behind another runtime's work; without a gap, the subject timed after a torch one shares
+#: the CPU with OpenMP threads still busy-waiting (measured: onnx 20.4 ms a frame encode after
+#: moshikit torch, 14.1 ms after moshi's reference, 13.7 ms with this gap; the references
+#: gain too).
+STREAM_GAP_S = 0.01
+
+
 def bench_codec(plan: CodecPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]:
     """Batch encode/decode throughput over the sweep, then per-frame streaming latency.
 
@@ -373,6 +381,7 @@ def bench_codec(plan: CodecPlan, *, clock: Clock = time.perf_counter) -> Iterato
     for i in range(plan.stream_frames + 5):
         for name, subj in subjects:
             sync = sync_of(subj)
+            time.sleep(STREAM_GAP_S)
             t = clock()
             c = np.asarray(subj.encode_step(frames[:, i * 1920 : (i + 1) * 1920])).astype(np.int64)
             sync()

@@ -113,17 +113,25 @@ def _conv1d(x, w, bias, stride: int, dilation: int, groups: int):
     layers next to the transformers) are written as windows times a weight matrix: a
     streaming frame gives them one or two output steps, so they only stream their weights,
     and ONNX Runtime's MatMul (weights packed once at load) reads them about twice as fast
-    as its Conv (which unfolds and multiplies on every call)."""
+    as its Conv (which unfolds and multiplies on every call). Windows are cut from the
+    time-major input, where each is a run of rows; with ``kernel == 2 * stride`` (every
+    strided layer of Mimi) and whole strides of input, window ``t`` is simply rows ``t`` and
+    ``t + 1`` of the input folded into blocks of ``stride`` steps."""
     import torch
     import torch.nn.functional as F
 
     if groups != 1 or w.numel() < MATMUL_CONV_WEIGHTS:
         return F.conv1d(x, w, bias, stride, 0, dilation, groups)
-    k = w.shape[-1]
-    n = (x.shape[-1] - (k - 1) * dilation - 1) // stride + 1
-    span = (n - 1) * stride + 1
-    cols = torch.stack([x[..., i * dilation : i * dilation + span : stride] for i in range(k)], -1)  # [B, C, n, k]
-    y = cols.transpose(1, 2).flatten(2) @ w.permute(1, 2, 0).reshape(-1, w.shape[0])  # [B, n, C_out]
+    c_out, c_in, k = w.shape
+    xt = x.transpose(1, 2)  # [B, T, C]
+    if k == 2 * stride and dilation == 1 and x.shape[-1] % stride == 0:
+        rows = xt.reshape(x.shape[0], -1, stride * c_in)  # [B, T / stride, stride * C]
+        cols = torch.cat([rows[:, :-1], rows[:, 1:]], -1)  # [B, n, k * C]
+    else:
+        n = (x.shape[-1] - (k - 1) * dilation - 1) // stride + 1
+        span = (n - 1) * stride + 1
+        cols = torch.cat([xt[:, i * dilation : i * dilation + span : stride] for i in range(k)], -1)
+    y = cols @ w.permute(2, 1, 0).reshape(k * c_in, c_out)  # column i * C + c holds tap i of channel c
     if bias is not None:
         y = y + bias
     return y.transpose(1, 2)

@@ -47,7 +47,11 @@ def test_encoder_matches_moshi_whole_file(mimi, speech, chunks):
         want = mimi.encode(torch.from_numpy(x)).numpy()
     got = _run(stream_encoder(mimi), x, chunks)
     assert got.shape == want.shape == (1, 8, 150) and got.dtype == np.int64
-    assert (got == want).mean() >= 0.995
+    # A few frames of 150 may differ: a float near-tie on a codebook (this synthetic
+    # checkpoint is tie-prone) changes that frame's residual, so its later codebooks too.
+    # Measured 0-3 frames, with plain convolutions as with products, by thread count and
+    # chunking; the reference's own 1- and 2-thread runs differ by as much.
+    assert (got != want).any(1).sum() <= 4
 
 
 def test_decoder_matches_moshi_whole_file(mimi, speech):
@@ -86,7 +90,8 @@ def test_ring_state_holds_the_last_context_steps():
     (64, 128, 16, 8, 1, 24),   # Mimi's last downsampling: one frame gives 2 steps
     (32, 48, 3, 1, 2, 40),     # dilated
     (16, 24, 7, 1, 1, 7),      # exactly one output step
-    (8, 8, 4, 2, 1, 103),      # a length that leaves a remainder
+    (8, 8, 4, 2, 1, 103),      # kernel = 2 x stride, but a length that leaves a remainder
+    (8, 8, 12, 6, 1, 36),      # kernel = 2 x stride on whole strides: windows as folded rows
 ])
 def test_convolution_as_a_product_equals_conv1d(cin, cout, kernel, stride, dilation, t, monkeypatch):
     import torch
