@@ -107,3 +107,13 @@ def test_convolution_as_a_product_equals_conv1d(cin, cout, kernel, stride, dilat
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # a wrong window is off by O(1)
     torch.testing.assert_close(mimi_graph._conv1d(x, w, None, stride, dilation, 1), want - b[:, None], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0])
+def test_elu_passes_equal_torch_elu(alpha):
+    import torch
+
+    from moshikit.backends.mimi_graph import _elu
+
+    x = torch.cat([torch.linspace(-30, 30, 20001), torch.tensor([0.0, -1e-7, 1e-7, -1e-3, 80.0])])
+    torch.testing.assert_close(_elu(x, alpha), torch.nn.functional.elu(x, alpha), rtol=1e-6, atol=1e-7)
