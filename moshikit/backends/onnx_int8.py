@@ -5,7 +5,7 @@ fp32) for two transformer steps of work, so on a CPU its time is mostly memory t
 Here the graph's large matrix products become ONNX Runtime's ``MatMulNBits``: weights
 stored as 8-bit integers with one fp32 scale per block of ``BLOCK`` inputs (symmetric,
 zero point 128), multiplied with int8 kernels. Measured on the synthetic checkpoint:
-decode step 0.70x the time of the fp32 graph, output within ~73 dB SNR of it
+decode step 0.65-0.70x the time of the fp32 graph, output within ~69 dB SNR of it
 (docs/benchmarks.md). Only the decoder: the encoder's codes flip under the same
 rounding (36% equal on the synthetic checkpoint), so it stays fp32.
 """
