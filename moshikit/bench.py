@@ -429,8 +429,9 @@ def _bench_files(plan: CodecPlan, codecs: dict, refs: dict, speech: np.ndarray, 
             if bad:
                 raise RuntimeError(f"bench files: {bad[0].error}")
 
+        (root / "ref").mkdir()
+
         def reference(jobs, ref):
-            (root / "ref").mkdir(exist_ok=True)
             for job in jobs:
                 pcm, _ = sf.read(job.source, dtype="float32", always_2d=True)
                 np.save(root / "ref" / f"{Path(job.source).stem}.npy", ref.encode(np.ascontiguousarray(pcm.T)))
