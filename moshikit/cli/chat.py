@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .options import DeviceOpt, JsonOpt, RevisionOpt, device_value
+from .options import DeviceOpt, JsonOpt, LMBackendName, LMBackendOpt, RevisionOpt, device_value
 
-
-class LMBackendName(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    mlx = "mlx"
 
 
 def chat(
@@ -33,8 +27,7 @@ def chat(
         "--url", show_default=False, help="Talk to a Moshi server (ws://, wss://, http(s):// or host:port) "
                                           "instead of a local model.")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="With --url: accept a self-signed certificate.")] = False,
-    backend: Annotated[LMBackendName, typer.Option(
-        "--backend", "-b", help="Model implementation; auto: mlx on Apple silicon, else torch.")] = LMBackendName.auto,
+    backend: LMBackendOpt = LMBackendName.auto,
     device: DeviceOpt = None,
     input_device: Annotated[Optional[str], typer.Option(
         "--input-device", show_default=False, help="Microphone: index or (part of) its name.")] = None,

@@ -7,12 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..backends import registry
 
-class CodecBackendName(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    rustymimi = "rustymimi"
-    mlx = "mlx"
+
+def _choices(name: str, kind: registry.Kind) -> type[Enum]:
+    """A choice list made from the registry, so a registered backend is accepted everywhere."""
+    return Enum(name, {n: n for n in ("auto", *registry.names(kind))}, type=str)
+
+
+CodecBackendName = _choices("CodecBackendName", "codec")
+LMBackendName = _choices("LMBackendName", "lm")
 
 
 class Device(str, Enum):
@@ -25,6 +29,8 @@ class Device(str, Enum):
 
 BackendOpt = Annotated[CodecBackendName, typer.Option(
     "--backend", "-b", help="Codec implementation; auto picks the fastest for this machine (see `moshikit info`).")]
+LMBackendOpt = Annotated[LMBackendName, typer.Option(
+    "--backend", "-b", help="Model implementation; auto picks this machine's default (see `moshikit info`).")]
 DeviceOpt = Annotated[Optional[Device], typer.Option(
     "--device", help="Where to run it (cuda, cpu, mps; gpu means Metal for mlx).", show_default=False)]
 MimiWeightOpt = Annotated[Optional[str], typer.Option(

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
-from .options import DeviceOpt, ModelOpt, RevisionOpt, device_value
+from .options import DeviceOpt, LMBackendName, LMBackendOpt, ModelOpt, RevisionOpt, device_value
 
-
-class LMBackendName(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    mlx = "mlx"
 
 
 def serve(
@@ -21,8 +15,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 lets other machines in "
                                                      "(browsers then need --ssl for the microphone).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0 picks a free one).")] = 8998,
-    backend: Annotated[LMBackendName, typer.Option("--backend", "-b", help="LM implementation; auto picks this "
-                                                                           "machine's default.")] = LMBackendName.auto,
+    backend: LMBackendOpt = LMBackendName.auto,
     device: DeviceOpt = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Concurrent sessions, one stream each of a batched "
                                                               "model (GPU; torch backend). With 1, a second client "

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
-from .options import (DeviceOpt, IncludeOpt, JsonOpt, ManifestColumnOpt, ManifestOpt, OverwriteOpt, RayAddressOpt,
-                      RayCpusOpt, RayGpusOpt, RayManifestOpt, RayOpt, RayWorkersOpt, RevisionOpt, device_value)
+from .options import (DeviceOpt, IncludeOpt, JsonOpt, LMBackendName, LMBackendOpt, ManifestColumnOpt, ManifestOpt,
+                      OverwriteOpt, RayAddressOpt, RayCpusOpt, RayGpusOpt, RayManifestOpt, RayOpt, RayWorkersOpt,
+                      RevisionOpt, device_value)
 
-
-class LMBackendName(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    mlx = "mlx"
 
 
 def transcribe(
@@ -31,8 +26,7 @@ def transcribe(
         "--model", "-m", show_default=False,
         help="stt (kyutai/stt-1b-en_fr, the default), stt-en (kyutai/stt-2.6b-en), a hub repo id, "
              "a local directory, or 'synthetic' (generated test weights).")] = None,
-    backend: Annotated[LMBackendName, typer.Option(
-        "--backend", "-b", help="Model implementation; auto: mlx on Apple silicon, else torch.")] = LMBackendName.auto,
+    backend: LMBackendOpt = LMBackendName.auto,
     device: DeviceOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", min=1, show_default=False,
