@@ -73,12 +73,19 @@ def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish")]) 
     sys.stdout.write(script(shell))
 
 
+def command():
+    """The Click command Typer builds from ``app``, with every value named in its help."""
+    from .help import name_values
+
+    return name_values(typer.main.get_command(app))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns known errors into one line and an exit code."""
     from ..errors import MoshikitError
 
     try:
-        app(args=argv, prog_name="moshikit")
+        command()(args=argv, prog_name="moshikit")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except MoshikitError as exc:

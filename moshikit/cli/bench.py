@@ -49,12 +49,13 @@ def codec(
     synthetic: SyntheticOpt = False,
     reference: ReferenceOpt = True,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1",
-    seconds: Annotated[str, typer.Option("--seconds", help="Comma-separated clip lengths (s).")] = "10",
+    seconds: Annotated[str, typer.Option("--seconds", metavar="S,S...",
+                                         help="Comma-separated clip lengths (s).")] = "10",
     frames: Annotated[int, typer.Option("--stream-frames", min=0, help="80 ms frames timed in streaming.")] = 50,
     num_codebooks: Annotated[int, typer.Option("--num-codebooks", "-k", min=1, max=32)] = 8,
     files: Annotated[Optional[str], typer.Option(
-        "--files", help="COUNTxSECONDS, e.g. 40x2: time `encode` on that many short files against one file "
-                        "as long as all of them.", show_default=False)] = None,
+        "--files", metavar="COUNTxSECONDS", show_default=False,
+        help="e.g. 40x2: time `encode` on that many short files against one file as long as all of them.")] = None,
     repeats: RepeatsOpt = 3,
     device: DeviceOpt = None,
     mimi_weight: MimiWeightOpt = None,
