@@ -1,5 +1,6 @@
-"""Shared test ground: a fitted synthetic Mimi written once per session, an isolated
-Hugging Face cache with the network off, and plain (uncoloured) terminal output."""
+"""Shared test ground: a fitted synthetic Mimi written once per session, an isolated home
+(HOME, XDG dirs, the Hugging Face cache, moshikit's cache, Ray's files) with the network off,
+and plain (uncoloured) terminal output. Nothing a user keeps in their own home reaches a test."""
 
 from __future__ import annotations
 
@@ -14,7 +15,18 @@ import pytest
 # Set before any test module is imported: huggingface_hub reads its cache location once,
 # at import time, so a fixture would be too late.
 _ROOT = Path(tempfile.mkdtemp(prefix="moshikit-tests-"))
+for _d in ("home", "config", "cache", "data"):
+    (_ROOT / _d).mkdir()
+# Variables of the user's own setup that would change what a test sees (tokens, endpoints, clusters).
+for _var in ("HF_TOKEN", "HF_ENDPOINT", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+             "MOSHIKIT_PLATFORM", "MOSHIKIT_DEBUG", "ALSA_CONFIG_PATH", "XDG_RUNTIME_DIR", "PULSE_SERVER"):
+    os.environ.pop(_var, None)
 os.environ.update({
+    "HOME": str(_ROOT / "home"),  # Ray writes ~/.ray, ALSA reads ~/.asoundrc, Python ~/.local
+    "XDG_CONFIG_HOME": str(_ROOT / "config"),
+    "XDG_CACHE_HOME": str(_ROOT / "cache"),
+    "XDG_DATA_HOME": str(_ROOT / "data"),
+    "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp"),  # short: Ray's socket paths are length-limited
     "NO_COLOR": "1",
     "COLUMNS": "120",
     "NO_TORCH_COMPILE": "1",
@@ -31,6 +43,7 @@ os.environ.update({
 def _isolated_env():
     yield
     shutil.rmtree(_ROOT, ignore_errors=True)
+    shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +99,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def portaudio_missing() -> str | None:
+    """Why PortAudio cannot be used here (None when it can). ``sounddevice`` raises OSError, not
+    ImportError, without the system library, so ``importorskip`` would fail instead of skipping."""
+    try:
+        import sounddevice  # noqa: F401
+    except ImportError:
+        return "sounddevice is not installed"
+    except OSError:
+        return "PortAudio is not installed (Debian: libportaudio2; scripts/test.sh installs it as root)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def portaudio() -> None:
+    """Skip, with the reason in the summary, where the system has no PortAudio."""
+    reason = portaudio_missing()
+    if reason:
+        pytest.skip(reason)

@@ -108,8 +108,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fi
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, speech):
-    pytest.importorskip("sounddevice")
+def home(tmp_path_factory, speech, portaudio):
     home = tmp_path_factory.mktemp("alsa")
     speech[: 24000 * 8].astype("<f4").tofile(home / "in.raw")  # the stream's own format: float32 24 kHz
     (home / ".asoundrc").write_text(ASOUNDRC.format(inp=home / "in.raw"))

@@ -347,7 +347,7 @@ def test_a_client_that_leaves_replies_unread_is_dropped(served):
 
 
 @pytest.mark.slow  # a subprocess with real audio devices (ALSA files standing in for a sound card)
-def test_official_moshi_client_talks_to_serve(served, speech, tmp_path):
+def test_official_moshi_client_talks_to_serve(served, speech, tmp_path, portaudio):
     """`python -m moshi.client` (Kyutai's own client: sounddevice in, Opus over the
     protocol, sounddevice out) holds a session with `moshikit serve`. PortAudio opens
     ALSA devices backed by files, so no sound card is needed."""
@@ -355,10 +355,6 @@ def test_official_moshi_client_talks_to_serve(served, speech, tmp_path):
     import subprocess
     import sys
 
-    try:
-        import sounddevice  # noqa: F401
-    except OSError:
-        pytest.skip("PortAudio is not installed")
     url, server = served
     port = url.split(":")[2].split("/")[0]
     raw_in, raw_out = tmp_path / "in.raw", tmp_path / "out.raw"

@@ -108,8 +108,7 @@ def _moshikit(home, *argv):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file-backed ALSA devices")
-def test_mic_through_a_file_backed_portaudio_device(tmp_path, speech, mimi_weights):
-    pytest.importorskip("sounddevice")
+def test_mic_through_a_file_backed_portaudio_device(tmp_path, speech, mimi_weights, portaudio):
     heard = speech[: 24000 * 3].astype("<f4")
     heard.tofile(tmp_path / "in.raw")  # the capture device reads the stream's own format
     (tmp_path / ".asoundrc").write_text(ASOUNDRC.format(out=tmp_path / "out.raw", inp=tmp_path / "in.raw"))
@@ -135,8 +134,7 @@ def test_mic_through_a_file_backed_portaudio_device(tmp_path, speech, mimi_weigh
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ALSA")
-def test_mic_without_any_input_device(tmp_path, mimi_weights):
-    pytest.importorskip("sounddevice")
+def test_mic_without_any_input_device(tmp_path, mimi_weights, portaudio):
     listed = _moshikit(tmp_path, "transcribe", "--list-devices", "--json")
     if any(d["inputs"] for d in json.loads(listed.stdout or "[]") if d["name"] != "default"):
         pytest.skip("this machine has a capture device")
