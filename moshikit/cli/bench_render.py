@@ -39,8 +39,9 @@ def _fmt(row) -> tuple[str, str, str, str]:
     if row.unit == "streams":  # in full below the table (capacity_text): the cell says only what is proven
         low, missed = int(s.p50), row.params.get("missed")
         exact = missed == low + 1 or "missed" not in row.params  # files from before "missed" was kept
-        return f"{low} streams" if exact else (f"≥{low} streams" if missed is None else f"{low}-{missed - 1} streams"), \
-            "", "", ""
+        if exact:
+            return f"{low} streams", "", "", ""
+        return (f"≥{low} streams" if missed is None else f"{low}-{missed - 1} streams"), "", "", ""
     if row.unit == "ms":
         return f"{s.p50:.1f} ms", f"{s.p90:.1f}", f"{s.p99:.1f}", f"{s.mean:.1f}"
     return f"{s.p50:,.1f}x", f"{s.p90:,.1f}", f"{s.p99:,.1f}", f"{s.mean:,.1f}"
