@@ -571,7 +571,7 @@ def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]
         subj = make()
         k = subj.input_codebooks
         sync = getattr(subj, "sync", None) or _torch_sync
-        realtime = 0
+        kept: dict[int, bool] = {}  # batch -> kept real time (p99 under 80 ms)
         for batch in plan.batch_sizes:
             rng = np.random.default_rng(0)
             subj.reset(batch)
@@ -593,28 +593,75 @@ def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]
             yield row
             if first is not None:
                 yield latency_row("lm", name, "time to first output", [first], batch=batch)
-            if row.stats.p99 < FRAME_SECONDS * 1000:
-                realtime = max(realtime, batch)
-        yield Row("lm", name, "largest real-time batch (p99 < 80 ms)", "streams", Stats.of([realtime]),
-                  {"batches": plan.batch_sizes}, samples=[realtime])
+            kept[batch] = row.stats.p99 < FRAME_SECONDS * 1000
+        yield capacity_row(name, kept)
         del subj
         gc.collect()
 
 
-def bench_chat(codec_backend: str, lm_backend: str, weights: str, repo: str, *, frames: int = 50,
+def realtime_capacity(kept: dict[int, bool]) -> tuple[int, int | None]:
+    """What a batch sweep proves about the largest batch that keeps real time.
+
+    ``kept`` maps each measured batch size to whether it kept real time. Returns
+    ``(low, missed)``: ``low`` the largest batch that kept it (0 if none did), ``missed``
+    the smallest measured batch above ``low`` that did not (None when no larger batch was
+    measured: then ``low`` is only a lower bound). The answer is exact when
+    ``missed == low + 1``."""
+    low = max([b for b, ok in kept.items() if ok] or [0])
+    above = [b for b, ok in kept.items() if not ok and b > low]
+    return low, (min(above) if above else None)
+
+
+def capacity_row(name: str, kept: dict[int, bool]) -> Row:
+    """The "largest real-time batch" row: ``params["exact"]`` says whether the sweep proved
+    it (a batch one larger was measured and missed), ``params["missed"]`` the smallest
+    larger batch measured that missed (None: none was, and the figure is a lower bound)."""
+    low, missed = realtime_capacity(kept)
+    return Row("lm", name, "largest real-time batch (p99 < 80 ms)", "streams", Stats.of([low]),
+               {"batches": sorted(kept), "exact": missed == low + 1, "missed": missed}, samples=[low])
+
+
+def capacity_text(row: Row) -> str:
+    """The capacity row in words, claiming only what was measured."""
+    low, missed = int(row.stats.p50), row.params.get("missed")
+    if missed is None and "missed" in row.params:
+        return f"at least {low} (largest measured)"
+    if missed is not None and missed != low + 1:
+        return f"{low} to {missed - 1} ({missed} missed; between not measured)"
+    return f"{low} streams"
+
+
+def chat_lm(lm_backend: str | None, device: str | None) -> tuple[str, str | None]:
+    """The LM backend and device ``moshikit chat`` runs with these options ("auto" or None:
+    the platform's choice, as ``serve.load_conversation`` makes it)."""
+    from .platform import resolve
+
+    choice = resolve("lm", lm_backend, device)
+    return choice.backend, None if choice.device in (None, "auto") else choice.device
+
+
+def bench_chat(codec_backend: str | None, lm_backend: str | None, weights: str, repo: str, *, frames: int = 50,
                device: str | None = None, paced: bool = False, clock: Clock = time.perf_counter,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[Row]:
     """The whole loop per 80 ms frame: encode, one LM step, decode Moshi's audio.
 
     Unpaced runs as fast as possible; paced feeds a frame every 80 ms as a microphone
     does (what Kyutai's Rust benchmark measures), so idle time between frames counts.
+    A backend given as "auto" (or None) is the one ``moshikit chat`` runs here with the
+    same ``device``.
     """
     from .backends import registry
     from .codec import load_codec
+    from .platform import codec_beside_lm
     from .testing.synthetic import speech_sample
 
-    codec = load_codec(codec_backend, device, mimi_weight=weights).backend
-    lm = registry.module("lm", lm_backend).load(repo, device=device)
+    lm_backend, lm_device = chat_lm(lm_backend, device)
+    lm = registry.module("lm", lm_backend).load(repo, device=lm_device)
+    codec_device = device
+    if codec_backend in (None, "auto"):  # as the chat command: the codec beside the device the LM landed on
+        codec_backend, codec_device = codec_beside_lm(lm_backend, lm.info.device), lm_device
+    codec = load_codec(codec_backend, codec_device, mimi_weight=weights,
+                       num_codebooks=max(lm.info.input_codebooks, lm.info.dep_q)).backend
     k = lm.input_codebooks
     pcm = np.resize(speech_sample(), 1920 * (frames + 5)).astype(np.float32)[None]
     prepare_live(codec)

@@ -111,3 +111,63 @@ def test_chat_paced_feeds_every_80_ms(tiny_repo, mimi_weights):
                               clock=lambda: now["t"], sleep=sleep)
     assert slept == pytest.approx([0.08] * 7)  # 3 timed + 5 warm-up frames, the first without waiting
     assert row.stats.n == 3 and row.params["over_budget"] == 0.0 and row.params["headroom_ms"] == 80.0
+
+
+class _LinearLM:
+    """An LM whose step costs ``ms`` per stream on a fake clock: batch 1 and 2 keep the
+    80 ms budget at 30 ms a stream, batch 3 and above miss it."""
+
+    input_codebooks = 8
+
+    def __init__(self, clock: FakeClock, ms: float = 30.0) -> None:
+        self.clock, self.ms, self.batch = clock, ms, 1
+
+    def reset(self, batch: int = 1) -> None:
+        self.batch = batch
+
+    def step(self, codes):
+        self.clock.now += self.ms * self.batch / 1000
+        return codes
+
+    def sync(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("sizes, low, exact, missed, text", [
+    ([1], 1, False, None, "at least 1 (largest measured)"),  # nothing larger measured: a lower bound only
+    ([1, 2], 2, False, None, "at least 2 (largest measured)"),
+    ([1, 2, 3], 2, True, 3, "2 streams"),  # 3 measured and missed: 2 is proven
+    ([1, 4], 1, False, 4, "1 to 3 (4 missed; between not measured)"),
+    ([3], 0, False, 3, "0 to 2 (3 missed; between not measured)"),
+])
+def test_lm_capacity_claims_only_what_was_measured(monkeypatch, sizes, low, exact, missed, text):
+    clock = FakeClock([])
+    monkeypatch.setattr(bench, "lm_subjects", lambda plan: [("fake", lambda: _LinearLM(clock))])
+    rows = list(bench.bench_lm(bench.LMPlan([], "unused", reference=False, batch_sizes=sizes, steps=3), clock=clock))
+    steps = {r.params["batch"]: r.stats.p99 for r in rows if r.task.startswith("step")}
+    assert steps == pytest.approx({b: 30.0 * b for b in sizes})
+    (cap,) = [r for r in rows if r.unit == "streams"]
+    assert cap.stats.p50 == low and cap.params["exact"] is exact and cap.params["missed"] == missed
+    assert bench.capacity_text(cap) == text
+
+
+def test_bench_lm_prints_a_lower_bound_when_only_batch_1_ran(monkeypatch, capsys, tiny_repo):
+    """The issue's case: only batch 1 measured, and it kept real time."""
+    from moshikit.cli.app import main
+
+    # A step that costs nothing on the real clock: batch 1 keeps real time whatever the machine's load.
+    monkeypatch.setattr(bench, "lm_subjects", lambda plan: [("moshikit fake", lambda: _LinearLM(FakeClock([]), 0))])
+    assert main(["bench", "lm", "--synthetic", "-b", "torch", "--no-reference", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "moshikit fake: largest real-time batch (p99 < 80 ms): at least 1 (largest measured)" in out
+    assert "≥1 streams" in out and " 1 streams" not in out
+
+
+def test_chat_stage_runs_what_chat_runs(tiny_repo, mimi_weights):
+    """bench chat's defaults are the codec and LM that `moshikit chat` loads on this machine."""
+    from moshikit.serve import load_conversation
+
+    conv = load_conversation(tiny_repo)
+    (row,) = bench.bench_chat("auto", "auto", str(mimi_weights), tiny_repo, frames=1)
+    assert row.name == f"moshikit {conv.codec.info.backend}+{conv.lm.info.backend}"
+    # Chosen at will, as before (test_chat_paced_feeds_every_80_ms runs "torch", "torch").

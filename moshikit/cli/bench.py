@@ -155,7 +155,7 @@ def chat(
     synthetic: SyntheticOpt = False,
     lm_size: LMSizeOpt = "tiny",
     codec_backend: Annotated[str, typer.Option("--codec-backend", help="auto: the codec chat uses here.")] = "auto",
-    lm_backend: Annotated[str, typer.Option("--lm-backend")] = "torch",
+    lm_backend: Annotated[str, typer.Option("--lm-backend", help="auto: the LM chat uses here.")] = "auto",
     frames: Annotated[int, typer.Option("--frames", min=1, help="80 ms frames timed.")] = 50,
     device: DeviceOpt = None,
     mimi_weight: MimiWeightOpt = None,
@@ -177,10 +177,6 @@ def chat(
     repo = _lm_repo(synthetic, lm_size, model)
     weights = str(resolve_mimi(mimi_weight, "synthetic" if synthetic else model).path)
     dev = device_value(device)
-    if codec_backend == "auto":
-        from ..platform import codec_beside_lm
-
-        codec_backend = codec_beside_lm(lm_backend, dev or "cpu")
 
     def rows():
         for paced in (False, True):
@@ -243,7 +239,7 @@ def quick(ctx: typer.Context, synthetic: SyntheticOpt = False,
     def rows():
         yield from bench.bench_codec(codec_plan)
         yield from bench.bench_lm(lm_plan)
-        yield from bench.bench_chat("torch", "torch", weights, repo, frames=20)
+        yield from bench.bench_chat("auto", "auto", weights, repo, frames=20)  # what `chat` runs here
 
     result = bench.BenchResult(env=bench.environment({"lm": repo}), synthetic=synthetic)
     render(result, rows, json_file, None, None)

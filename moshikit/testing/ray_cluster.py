@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..distributed import ray_token_available
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -45,6 +47,10 @@ class LocalCluster:
         root = pythonpath or str(Path(__file__).resolve().parents[2])
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
         self.env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if "RAY_AUTH_MODE" not in self.env and ray_token_available(self.env):
+            # `ray start --head` turns token authentication on when it finds a token, `ray start
+            # --address` does not: say it to every node, or the workers cannot join the head.
+            self.env["RAY_AUTH_MODE"] = "token"
         self.tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths are length-limited
         self.address = f"127.0.0.1:{_free_port()}"
         self.procs: list[subprocess.Popen] = []
@@ -97,21 +103,22 @@ class LocalCluster:
             return 0
 
     def wait_nodes(self, n: int, timeout: float = 90) -> None:
-        import ray
-
-        end = time.time() + timeout
-        connected = ray.is_initialized()
-        if not connected:
-            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
-        try:
-            while time.time() < end:
-                if sum(1 for x in ray.nodes() if x["Alive"]) >= n:
-                    return
-                time.sleep(0.5)
-            raise RuntimeError(f"only {sum(1 for x in ray.nodes() if x['Alive'])} of {n} Ray nodes came up")
-        finally:
-            if not connected:
-                ray.shutdown()
+        """Wait until ``n`` nodes are alive, asked by a driver in its own process with the
+        cluster's environment (its home, its authentication), as a user's command connects."""
+        code = ("import sys, time, ray\n"
+                "from moshikit.distributed import connect\n"
+                f"connect({self.address!r})\n"
+                f"end = time.time() + {timeout}\n"
+                "while time.time() < end:\n"
+                "    alive = sum(1 for x in ray.nodes() if x['Alive'])\n"
+                f"    if alive >= {n}:\n"
+                "        sys.exit(0)\n"
+                "    time.sleep(0.5)\n"
+                f"sys.exit(f'only {{alive}} of {n} Ray nodes came up')\n")
+        r = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
+                           timeout=timeout + 60)
+        if r.returncode != 0:
+            raise RuntimeError(f"waiting for {n} Ray nodes: {r.stderr[-2000:]}")
 
     def stop(self) -> None:
         for p in reversed(self.procs):

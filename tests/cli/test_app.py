@@ -45,15 +45,35 @@ def test_version(capsys):
     assert capsys.readouterr().out.startswith("moshikit 0.")
 
 
-def test_info_json(capsys):
+def test_info_json(capsys, monkeypatch):
+    """Every registered backend, its availability as the registry probes it, the install
+    command of each one that is missing, and the defaults the commands use here."""
+    import os
+
+    from moshikit.backends import registry
+    from moshikit.platform import default_codec, default_lm
+
+    real_probe = registry.probe
+    # One backend made unavailable, so that the missing-backend branch is always exercised.
+    monkeypatch.setattr(registry, "probe", lambda kind, name: (False, "No module named 'mlx'")
+                        if (kind, name) == ("codec", "mlx") else real_probe(kind, name))
     assert main(["info", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     names = {(b["kind"], b["name"]): b for b in data["backends"]}
-    assert names[("codec", "torch")]["available"] is True
-    assert data["defaults"]["encode"]["backend"] in ("torch", "onnx", "rustymimi", "mlx")
-    assert data["platform"]["cores"] >= 1
-    for b in data["backends"]:
-        assert b["available"] or b["install"].startswith("pip install")
+    assert set(names) == {(s.kind, s.name) for s in registry.BACKENDS}
+    for spec in registry.BACKENDS:
+        b, (ok, detail) = names[spec.kind, spec.name], registry.probe(spec.kind, spec.name)
+        assert b["available"] is ok
+        if ok:
+            assert b["version"] == detail and "install" not in b
+        else:
+            assert b["reason"] == detail and b["install"] == spec.install
+    assert names["codec", "mlx"] == {"kind": "codec", "name": "mlx", "available": False,
+                                     "reason": "No module named 'mlx'", "install": "pip install 'moshikit[mlx]'",
+                                     "summary": registry.get_spec("codec", "mlx").summary}
+    assert names["codec", "torch"]["available"] is True  # a base dependency
+    assert data["defaults"]["encode"] == vars(default_codec()) and data["defaults"]["chat"] == vars(default_lm())
+    assert data["platform"]["cores"] == os.cpu_count()
 
 
 def test_info_human(capsys):
@@ -63,6 +83,11 @@ def test_info_human(capsys):
 
 
 def test_no_args_shows_help(capsys):
+    """Bare `moshikit`: the help on stdout and exit 2 (a command is missing), as Click does."""
     code = main([])
     out, err = capsys.readouterr()
-    assert code in (0, 2) and "encode" in out + err
+    assert code == 2 and err == ""
+    assert "Usage: moshikit [OPTIONS] COMMAND [ARGS]..." in out
+    for command in ("encode", "decode", "chat", "serve", "transcribe", "download", "models", "bench", "info",
+                    "completion"):
+        assert f" {command} " in out, command

@@ -34,3 +34,28 @@ def test_bench_codec_files_rows(tmp_path, capsys, mimi_weights):
 def test_bench_codec_files_bad_spec(capsys):
     assert main(["bench", "codec", "--synthetic", "--files", "lots"]) == 2
     assert "--files takes COUNTxSECONDS" in capsys.readouterr().err
+
+
+def _chat_default_name() -> str:
+    from moshikit.platform import codec_beside_lm, default_lm
+
+    lm = default_lm()
+    return f"moshikit {codec_beside_lm(lm.backend, lm.device)}+{lm.backend}"
+
+
+def test_bench_chat_defaults_to_what_chat_runs(tmp_path, mimi_weights):
+    assert main(["bench", "chat", "--synthetic", "--frames", "1", "--json", str(tmp_path / "c.json")]) == 0
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert len(rows) == 2 and {r["name"] for r in rows} == {_chat_default_name()}
+
+
+def test_quick_bench_chat_stage_is_what_chat_runs(tmp_path, monkeypatch, mimi_weights):
+    """`moshikit bench --synthetic`: its chat stage runs chat's codec and LM (the codec and
+    LM stages, timed elsewhere, are left out here to keep the test short)."""
+    from moshikit import bench
+
+    monkeypatch.setattr(bench, "bench_codec", lambda plan: iter(()))
+    monkeypatch.setattr(bench, "bench_lm", lambda plan: iter(()))
+    assert main(["bench", "--synthetic", "--json", str(tmp_path / "q.json")]) == 0
+    (row,) = json.loads((tmp_path / "q.json").read_text())["rows"]
+    assert row["stage"] == "chat" and row["name"] == _chat_default_name() and row["stats"]["n"] == 20

@@ -8,9 +8,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("moshikit.cli.chat")
-
-from moshikit.cli.app import main  # noqa: E402
+from moshikit.cli.app import main
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +33,14 @@ def test_chat_url_file_in_file_out(served, speech, tmp_path, write_wav):
     assert rc == 0
     audio, sr = sf.read(out, dtype="float32")
     assert sr == 24000 and audio.size >= 24000 * 2 and np.count_nonzero(audio) > 24000
-    text = tr.read_text()
-    assert text.strip()
-    if tr.suffix == ".json":
-        data = json.loads(text)
-        assert data
+    doc = json.loads(tr.read_text())
+    assert set(doc) == {"duration", "text", "pieces", "model"} and doc["model"] == served
+    assert doc["duration"] == pytest.approx(audio.size / 24000, abs=1e-3)
+    pieces = doc["pieces"]
+    assert pieces and all(set(p) == {"time", "text"} and p["text"] for p in pieces)
+    times = [p["time"] for p in pieces]
+    assert times == sorted(times) and 0 <= times[0] and times[-1] <= doc["duration"]
+    assert doc["text"] == "".join(p["text"] for p in pieces).strip() and doc["text"]
 
 
 def test_chat_url_unreachable_is_one_line(tmp_path, speech, write_wav, capsys):
@@ -48,6 +49,7 @@ def test_chat_url_unreachable_is_one_line(tmp_path, speech, write_wav, capsys):
     src = write_wav(tmp_path / "in.wav", speech[:24000])
     rc = main(["chat", "--url", f"ws://127.0.0.1:{free_port()}/api/chat", "--input", str(src),
                "--output", str(tmp_path / "o.wav")])
-    assert rc != 0
+    assert rc == 1
     err = capsys.readouterr().err
-    assert "cannot reach 127.0.0.1" in err and "Traceback" not in err
+    assert err.startswith("error: cannot reach 127.0.0.1") and "Traceback" not in err
+    assert not (tmp_path / "o.wav").exists()

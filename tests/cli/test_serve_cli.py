@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,7 +42,7 @@ def test_batch_needs_torch(capsys, repo):
     assert "--batch 2 needs the torch backend" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # a real process: model load and a conversation (~8 s); the stubbed test covers the wiring
+@pytest.mark.slow  # a real process: model load and a conversation (~8 s); the --ssl test below runs by default
 def test_serve_process_prints_url_and_talks(repo, speech, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "moshikit", "serve", "--model", str(repo), "--port", "0",
@@ -64,34 +66,39 @@ def test_serve_process_prints_url_and_talks(repo, speech, tmp_path):
     assert "Traceback" not in err
 
 
-def test_ssl_flag_makes_a_certificate_and_a_wss_url(monkeypatch, capsys, tmp_path):
-    """The command's wiring, with the model and the network loop stubbed out."""
+def test_ssl_serves_wss_with_a_made_certificate(repo, speech, tmp_path):
+    """`serve --ssl` with no certificate, as a user runs it: the real loader and server on the
+    tiny model, on loopback. A certificate is made and kept in moshikit's cache, the URL is
+    wss://, the server presents that certificate, a client speaking the protocol over TLS
+    gets Moshi's audio and text, and the options reach the model (--batch 2: two sessions)."""
     import ssl
-    from types import SimpleNamespace
 
-    from moshikit import serve as lib
-
-    seen = {}
-
-    def fake_load(model, **kw):
-        seen["load"] = (model, kw)
-        info = SimpleNamespace(backend="torch", device="cpu")
-        return SimpleNamespace(batch_size=kw["batch"], lm=SimpleNamespace(info=info))
-
-    def fake_forever(server, on_ready, *, ssl_ctx=None):
-        seen["ctx"], seen["cfg"] = ssl_ctx, server.cfg
-        on_ready("wss://localhost:8443/api/chat")
-
-    monkeypatch.setattr(lib, "load_conversation", fake_load)
-    monkeypatch.setattr(lib, "serve_forever", fake_forever)
-    monkeypatch.setenv("MOSHIKIT_CACHE", str(tmp_path))
-    assert main(["serve", "--ssl", "--host", "0.0.0.0", "--port", "8443", "--batch", "2", "--temp", "0.5",
-                 "--seed", "3", "--model", "some/repo"]) == 0
-    out = capsys.readouterr()
-    assert out.out.strip() == "wss://localhost:8443/api/chat"
-    assert isinstance(seen["ctx"], ssl.SSLContext)
-    assert (tmp_path / "serve-tls" / "cert.pem").is_file() and (tmp_path / "serve-tls" / "key.pem").is_file()
-    assert seen["cfg"].host == "0.0.0.0" and seen["cfg"].port == 8443
-    model, kw = seen["load"]
-    assert model == "some/repo" and kw["batch"] == 2
-    assert kw["sampling"].temp == 0.5 and kw["sampling"].seed == 3
+    cache = tmp_path / "cache"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MOSHIKIT_CACHE=str(cache))
+    if (Path(os.environ["MOSHIKIT_CACHE"]) / "onnx").is_dir():  # the session's exported graphs: no second export
+        shutil.copytree(Path(os.environ["MOSHIKIT_CACHE"]) / "onnx", cache / "onnx")
+    proc = subprocess.Popen([sys.executable, "-m", "moshikit", "serve", "--ssl", "--model", str(repo), "--port", "0",
+                             "--batch", "2", "--temp", "0.5", "--seed", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("wss://localhost:") and url.endswith("/api/chat"), proc.stderr.read()
+        cert = cache / "serve-tls" / "cert.pem"
+        assert cert.is_file() and (cache / "serve-tls" / "key.pem").is_file()
+        port = int(url.split(":")[2].split("/")[0])
+        served = ssl.get_server_certificate(("127.0.0.1", port))
+        assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(cert.read_text())
+        out, transcript = remote.chat_file(url, speech[: 8 * 1920], insecure=True, tail_seconds=0.0,
+                                           quiet_seconds=1.0)
+        assert np.count_nonzero(out) > 5 * 1920
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert f"self-signed certificate {cert}" in err and "serving Moshi (torch LM on cpu, 2 sessions)" in err
+    assert "Traceback" not in err
