@@ -546,6 +546,22 @@ def serve_forever(server: ChatServer, on_ready: Callable[[str], None], *, ssl_ct
 # ---------------------------------------------------------------------- loading
 
 
+def check_moshi_config(config: dict | None, source: str) -> None:
+    """A clear error for a checkpoint of another kind (a config.json of a speech-to-text model,
+    or of no Kyutai model at all) before any weights are read."""
+    from .errors import ModelError
+
+    if config is None:  # the original Moshi 7B repos have no config.json
+        return
+    kind = config.get("model_type")
+    if kind == "stt" or "stt_config" in config:
+        raise ModelError(f"{source} is a speech-to-text checkpoint, not a Moshi dialogue model",
+                         hint="use it with `moshikit transcribe --model`; chat with moshika, moshiko or synthetic")
+    if kind not in (None, "moshi") and not {"dim", "n_q", "card"} <= config.keys():
+        raise ModelError(f"{source}: its config.json is not a Moshi model's (model_type {kind!r})",
+                         hint="point --model at a Moshi checkpoint: moshika, moshiko, a local copy or synthetic")
+
+
 def load_conversation(model: str | None = None, *, backend: str | None = None, device: str | None = None,
                       sampling=None, batch: int = 1, dtype: str | None = None,
                       revision: str | None = None) -> Conversation:
@@ -573,7 +589,13 @@ def load_conversation(model: str | None = None, *, backend: str | None = None, d
     resolved = hub.resolve_model(model, kind="moshi", revision=revision, any_platform=choice.backend == "mlx")
     repo = resolve_repo(resolved.path if resolved.path.is_dir() and resolved.config_path else
                         (resolved.config_path or resolved.path))
-    lm = registry.module("lm", choice.backend).load(repo, device=dev, dtype=dtype, sampling=sampling)
+    check_moshi_config(repo.config, str(repo.source))
+    try:
+        lm = registry.module("lm", choice.backend).load(repo, device=dev, dtype=dtype, sampling=sampling)
+    except (AssertionError, KeyError, TypeError, ValueError) as exc:  # moshi's builder on a foreign config
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelError(f"{repo.source}: its config.json does not describe a Moshi model "
+                         f"({type(exc).__name__}: {first})") from None
     if not Path(repo.mimi_weights).is_file():
         raise ModelError(f"{repo.source}: missing the Mimi codec file {Path(repo.mimi_weights).name}")
     codec_backend = platform.codec_beside_lm(choice.backend, lm.info.device)

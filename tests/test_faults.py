@@ -434,3 +434,105 @@ def test_signal_mid_batch_then_again_in_a_subprocess(command, sig, tmp_path, spe
         return proc.returncode, stdout, err
 
     _check_resumed(tmp_path, capsys, command, src, out, pattern, common, n, rerun)
+
+
+# ---------------------------------------------------------------- model folders and the HF cache
+
+
+@pytest.fixture(scope="module")
+def moshi_dir(mimi_weights):
+    from moshikit.testing import synthetic_lm
+
+    return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)
+
+
+@pytest.fixture(scope="module")
+def stt_dir(mimi_weights):
+    from moshikit.testing import synthetic_stt
+
+    return synthetic_stt.ensure_synthetic_stt(mimi_path=mimi_weights)
+
+
+def _copy_of(src: Path, dst: Path, *, without: str | None = None, config: dict | Path | None = None) -> Path:
+    """A model folder of links to ``src``'s files, less ``without``, with another config.json."""
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name != without and not (config is not None and f.name == "config.json"):
+            (dst / f.name).symlink_to(f)
+    if isinstance(config, Path):
+        (dst / "config.json").symlink_to(config)
+    elif config is not None:
+        (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_model_folder_missing_its_tokenizer(tmp_path, clips, moshi_dir, stt_dir, capsys):
+    """chat and transcribe on a model folder without its text tokenizer: one line naming it."""
+    chat_dir = _copy_of(moshi_dir, tmp_path / "moshi", without="tokenizer_spm_32k_3.model")
+    code, _, err = run(capsys, "chat", "-m", chat_dir, "-i", clips[0], "-o", tmp_path / "reply.wav")
+    assert code == 1 and error_lines(err) == [f"error: {chat_dir}: missing text tokenizer tokenizer_spm_32k_3.model"]
+    assert not (tmp_path / "reply.wav").exists()
+    stt = _copy_of(stt_dir, tmp_path / "stt", without="tokenizer_en_fr_audio_8000.model")
+    code, _, err = run(capsys, "transcribe", "-m", stt, clips[0], "-o", tmp_path / "t.txt")
+    assert code == 1 and error_lines(err) == [f"error: {stt}: missing text tokenizer tokenizer_en_fr_audio_8000.model"]
+    assert not (tmp_path / "t.txt").exists()
+
+
+def test_config_json_of_the_wrong_kind(tmp_path, clips, moshi_dir, stt_dir, capsys):
+    """A config.json of another model kind, or of no Kyutai model: one line, before any weights load."""
+    cases = [
+        ("chat", _copy_of(moshi_dir, tmp_path / "a", config=stt_dir / "config.json"),
+         "is a speech-to-text checkpoint, not a Moshi dialogue model"),
+        ("chat", _copy_of(moshi_dir, tmp_path / "b", config={"model_type": "bert", "hidden_size": 768}),
+         "its config.json is not a Moshi model's (model_type 'bert')"),
+        ("chat", _copy_of(moshi_dir, tmp_path / "c", config={"model_type": "moshi", "dim": 7}),
+         "its config.json does not describe a Moshi model (AssertionError"),
+        ("transcribe", _copy_of(stt_dir, tmp_path / "d", config=moshi_dir / "config.json"),
+         "is not a speech-to-text checkpoint (model_type 'moshi'"),
+        ("transcribe", _copy_of(stt_dir, tmp_path / "e", config={"model_type": "bert"}),
+         "is not a speech-to-text checkpoint (model_type 'bert'"),
+    ]
+    for command, folder, message in cases:
+        argv = ["-i", clips[0], "-o", tmp_path / "reply.wav"] if command == "chat" else [clips[0], "-o",
+                                                                                        tmp_path / "t.txt"]
+        code, _, err = run(capsys, command, "-m", folder, *argv)
+        assert_no_traceback(err)
+        lines = error_lines(err)
+        assert code == 1 and len(lines) == 1 and message in lines[0] and str(folder) in lines[0], (command, err)
+    assert not (tmp_path / "reply.wav").exists() and not (tmp_path / "t.txt").exists()
+
+
+def test_dangling_symlink_in_the_hf_cache(tmp_path, clips, capsys, monkeypatch):
+    """A snapshot link whose blob is gone (a cleaned cache, a copy without blobs): offline,
+    encode and models verify say it is not in the cache (one line); online, download fetches
+    the blob and the link works again."""
+    from hubserver import HubServer, go_offline, patch_hub
+    from huggingface_hub.utils import reset_sessions
+    from test_download import tiny_mimi
+
+    from moshikit import catalog
+    from moshikit import download as dl
+
+    server = HubServer().start()
+    try:
+        cache = tmp_path / "hub"
+        patch_hub(monkeypatch, server, cache)
+        commit = server.add("kyutai/moshiko-pytorch-bf16", {catalog.MIMI_FILE: tiny_mimi()})
+        repo = cache / "models--kyutai--moshiko-pytorch-bf16"
+        link = repo / "snapshots" / commit / catalog.MIMI_FILE
+        link.parent.mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+        link.symlink_to("../../blobs/" + "0" * 64)
+        go_offline(monkeypatch)
+        code, _, err = run(capsys, "encode", clips[0], "-o", tmp_path / "tok")
+        assert code == 1 and len(error_lines(err)) == 1 and "is not in the Hugging Face cache" in err, err
+        code, _, err = run(capsys, "models", "verify", "mimi")
+        assert code == 1 and len(error_lines(err)) == 1, err
+        assert_no_traceback(err)
+        patch_hub(monkeypatch, server, cache)
+        dl.download(dl.plan("mimi"))
+        assert link.resolve().is_file() and link.read_bytes() == tiny_mimi()
+    finally:
+        server.stop()
+        reset_sessions()
