@@ -417,7 +417,6 @@ def self_signed_certificate(directory: str | os.PathLike | None = None, *,
     if openssl is None:
         raise MoshikitError("--ssl without --ssl-cert/--ssl-key makes a self-signed certificate with openssl, "
                             "which is not installed", hint="install openssl, or pass --ssl-cert and --ssl-key")
-    d.mkdir(parents=True, exist_ok=True)
     names = ["DNS:localhost", "IP:127.0.0.1", "IP:::1"]
     for h in hosts:
         if h and h not in ("0.0.0.0", "::", "localhost", "127.0.0.1", "::1"):
@@ -426,16 +425,17 @@ def self_signed_certificate(directory: str | os.PathLike | None = None, *,
                 names.append(f"IP:{h}")
             except ValueError:
                 names.append(f"DNS:{h}")
-    tmp_cert, tmp_key = d / ".cert.pem.partial", d / ".key.pem.partial"
-    cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "825",
-           "-keyout", str(tmp_key), "-out", str(tmp_cert), "-subj", "/CN=moshikit serve",
-           "-addext", "subjectAltName=" + ",".join(names)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise MoshikitError(f"openssl could not make a certificate: {(res.stderr or '').strip().splitlines()[-1:]}")
-    os.chmod(tmp_key, 0o600)
-    os.replace(tmp_key, key)
-    os.replace(tmp_cert, cert)
+    from .atomic import atomic_path
+
+    with atomic_path(key) as tmp_key, atomic_path(cert) as tmp_cert:  # both appear whole, or neither
+        cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "825",
+               "-keyout", str(tmp_key), "-out", str(tmp_cert), "-subj", "/CN=moshikit serve",
+               "-addext", "subjectAltName=" + ",".join(names)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise MoshikitError("openssl could not make a certificate: "
+                                f"{(res.stderr or '').strip().splitlines()[-1:]}")
+        os.chmod(tmp_key, 0o600)
     return cert, key
 
 

@@ -105,7 +105,8 @@ def test_decode_into_a_full_disk(kind, tmp_path, tokens, mimi_weights, capsys, m
         assert len(lines) == 1 and "no space left on device" in lines[0], err
         failed = lines[0].split("cannot write ")[1].split(":")[0]
         assert failed.startswith(str(out)) and failed.endswith(".wav")
-        assert "stopped with" in err  # the rest are not started: each would fail the same way
+        # the rest are not started: each would fail the same way
+        assert f"stopped with {len(tokens) - len(list(out.glob('*.wav'))) - 1} not started" in err
         assert partials(out) == []
         written = sorted(out.glob("*.wav"))
         assert 1 <= len(written) < len(tokens) and Path(failed) not in written
@@ -536,3 +537,19 @@ def test_dangling_symlink_in_the_hf_cache(tmp_path, clips, capsys, monkeypatch):
     finally:
         server.stop()
         reset_sessions()
+
+
+def test_serve_certificate_into_a_read_only_folder(tmp_path):
+    """serve --ssl's self-signed certificate where the cache is read-only: one line, nothing left."""
+    import shutil as sh
+
+    if sh.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    from moshikit.serve import self_signed_certificate
+
+    with read_only_dir(tmp_path / "ro") as ro:
+        with pytest.raises(OutputError, match=r"cannot write .*key\.pem: (read-only file system|permission denied)"):
+            self_signed_certificate(ro / "tls")
+    cert, key = self_signed_certificate(tmp_path / "tls")
+    assert sorted(p.name for p in (tmp_path / "tls").iterdir()) == ["cert.pem", "key.pem"]
+    assert key.stat().st_mode & 0o777 == 0o600 and cert.read_text().startswith("-----BEGIN CERTIFICATE-----")

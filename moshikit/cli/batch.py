@@ -61,7 +61,7 @@ def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
     }
     if stopped is not None:
         summary["stopped"] = str(stopped)
-        summary["not_started"] = max(0, total - len(results) - 1)
+        summary["not_started"] = max(0, total - (len(results) - len(failed_early)) - 1)
     if extra is not None:
         summary.update(extra())
     if out.json_mode:
