@@ -12,12 +12,12 @@ import io
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import CheckedFile, atomic_path, clean_stale_partials, output_error, partial_path  # noqa: F401
 from .errors import AudioError
 
 TARGET_RATE = 24000
@@ -169,34 +169,6 @@ def read_24k(path: str | os.PathLike, channels: str = "mix") -> np.ndarray:
         src.close()
 
 
-def partial_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
-
-
-def clean_stale_partials(path: Path) -> None:
-    """Remove what an interrupted earlier run left for ``path``."""
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{path.name}.partial-*"):
-            try:
-                stale.unlink()
-            except OSError:
-                pass
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it becomes ``path`` only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_partials(path)
-    tmp = partial_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def audio_format(path: Path, fmt: str | None = None) -> str:
     ext = (fmt or path.suffix.lstrip(".")).lower()
     if ext not in WRITE_FORMATS:
@@ -205,27 +177,78 @@ def audio_format(path: Path, fmt: str | None = None) -> str:
 
 
 class AudioWriter:
-    """Writes [C, n] float32 blocks to ``path`` atomically (use as a context manager)."""
+    """Writes [C, n] float32 blocks to ``path`` atomically (use as a context manager).
+
+    libsndfile writes through ``CheckedFile`` so that an OS failure (a full disk...) comes
+    out as the OS said it, as an ``OutputError`` naming ``path``, not "System error.".
+    """
 
     def __init__(self, path: Path, sample_rate: int, channels: int, fmt: str | None = None) -> None:
         self.path = Path(path)
         self._fmt = audio_format(self.path, fmt)
         self._rate, self._channels = sample_rate, channels
         self._ctx = atomic_path(self.path)
+        self._raw: CheckedFile | None = None
         self._file = None
 
     def __enter__(self) -> "AudioWriter":
         import soundfile as sf
 
         tmp = self._ctx.__enter__()
-        subtype = "PCM_16" if self._fmt in ("wav", "flac") else None
-        self._file = sf.SoundFile(tmp, "w", samplerate=self._rate, channels=self._channels,
-                                  format=WRITE_FORMATS[self._fmt], subtype=subtype)
+        try:
+            self._raw = CheckedFile(tmp)
+            subtype = "PCM_16" if self._fmt in ("wav", "flac") else None
+            self._file = sf.SoundFile(self._raw, "w", samplerate=self._rate, channels=self._channels,
+                                      format=WRITE_FORMATS[self._fmt], subtype=subtype)
+            self._check()
+        except BaseException:
+            self._close_quietly()
+            if not self._ctx.__exit__(*sys.exc_info()):
+                raise
         return self
 
+    def _check(self, exc: BaseException | None = None) -> None:
+        """Raise the OS error libsndfile met, if any, as one line naming the output."""
+        if self._raw is not None and self._raw.error is not None:
+            err = output_error(self.path, self._raw.error)
+            if err is not None:
+                raise err from None
+            raise self._raw.error
+        if exc is not None:
+            raise exc
+
     def write(self, block: np.ndarray) -> None:
-        self._file.write(np.clip(block.T, -1.0, 1.0))
+        try:
+            self._file.write(np.clip(block.T, -1.0, 1.0))
+        except Exception as exc:  # LibsndfileError "System error.", or a short write
+            self._check(exc)
+        self._check()
+
+    def _close_quietly(self) -> None:
+        for f in (self._file, self._raw):
+            if f is not None:
+                try:
+                    f.close()
+                except Exception:  # noqa: BLE001 - already failing: the first error is the one to show
+                    pass
+        self._file = self._raw = None
 
     def __exit__(self, *exc) -> None:
-        self._file.close()
-        self._ctx.__exit__(*exc)
+        if exc[0] is not None:
+            self._close_quietly()
+            self._ctx.__exit__(*exc)
+            return
+        try:
+            try:
+                self._file.close()  # the header's final sizes are written here
+            except Exception as err:  # noqa: BLE001
+                self._check(err)
+            self._check()
+            self._raw.close()
+        except BaseException:
+            self._close_quietly()
+            if not self._ctx.__exit__(*sys.exc_info()):
+                raise
+            return
+        self._file = self._raw = None
+        self._ctx.__exit__(None, None, None)

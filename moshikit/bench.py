@@ -474,10 +474,9 @@ def histogram(samples: Sequence[float], bins: int = 12, width: int = 40) -> list
 def save(result: BenchResult, path: str) -> None:
     from pathlib import Path
 
-    from .audio import atomic_path
+    from .atomic import write_text
 
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    write_text(Path(path), json.dumps(result.to_json(), indent=2) + "\n")
 
 
 def load(path: str) -> BenchResult:

@@ -22,6 +22,7 @@ import collections
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -235,10 +236,9 @@ def transcript_json(pieces: list[dict], *, duration: float, source: str | None =
 
 
 def write_json_atomic(path: Path, doc: dict) -> None:
-    from .audio import atomic_path
+    from .atomic import write_text
 
-    with atomic_path(Path(path)) as tmp:
-        Path(tmp).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    write_text(Path(path), json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------- recording
@@ -251,8 +251,7 @@ class Recorder:
     def __init__(self, directory: str | os.PathLike, *, stamp: str | None = None) -> None:
         from .audio import AudioWriter
 
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = Path(directory)  # made by AudioWriter (a file in its place: one line)
         stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
         base, n = f"chat-{stamp}", 1
         while (self.directory / f"{base}.wav").exists():
@@ -270,12 +269,23 @@ class Recorder:
     def user(self, pcm: np.ndarray) -> None:
         self._left.append(np.asarray(pcm, np.float32).reshape(-1))
         self._nl += pcm.size
-        self._flush()
+        self._write()
 
     def moshi(self, pcm: np.ndarray) -> None:
         self._right.append(np.asarray(pcm, np.float32).reshape(-1))
         self._nr += pcm.size
-        self._flush()
+        self._write()
+
+    def _write(self, final: bool = False) -> None:
+        """Flush; a failed write (a full disk...) removes the partial recording and is raised."""
+        if self._writer is None:
+            return
+        try:
+            self._flush(final)
+        except BaseException:
+            writer, self._writer = self._writer, None
+            writer.__exit__(*sys.exc_info())
+            raise
 
     def text(self, seconds: float, piece: str) -> None:
         self.pieces.append({"time": round(max(seconds, 0.0), 3), "text": piece})
@@ -309,8 +319,12 @@ class Recorder:
         self.samples += n
 
     def close(self) -> None:
-        self._flush(final=True)
-        self._writer.__exit__(None, None, None)
+        """Finish both files; after a failed write there is nothing left to finish."""
+        if self._writer is None:
+            return
+        self._write(final=True)
+        writer, self._writer = self._writer, None
+        writer.__exit__(None, None, None)
         write_json_atomic(self.json_path, transcript_json(self.pieces, duration=self.samples / SAMPLE_RATE))
 
 

@@ -21,7 +21,7 @@ from . import __version__
 from .audio import AUDIO_EXTENSIONS, AudioSource, AudioWriter, open_audio, stream_24k
 from .backends import registry
 from .backends.base import CodecBackend
-from .errors import MoshikitError, TokenFileError, UsageError
+from .errors import MoshikitError, OutputError, TokenFileError, UsageError
 from .hub import Weights, resolve_mimi
 from .platform import Choice, resolve
 from .tokens import TokenHeader, Tokens, is_complete, read_tokens, write_tokens
@@ -65,6 +65,14 @@ def load_codec(backend: str | None = None, device: str | None = None, *, mimi_we
 
 
 # ---------------------------------------------------------------- planning
+
+
+def job_failed(job: "Job", exc: MoshikitError) -> "FileResult":
+    """The result of a job that failed alone; a full or read-only output location is
+    raised instead, since every next job would fail the same way (the batch stops)."""
+    if isinstance(exc, OutputError) and exc.stops_batch:
+        raise exc
+    return FileResult(job.source, str(job.output), "failed", str(exc))
 
 
 @dataclass
@@ -207,7 +215,7 @@ def encode_files(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions | None =
         try:
             src = open_audio(job.source)
         except MoshikitError as exc:
-            yield FileResult(job.source, str(job.output), "failed", str(exc))
+            yield job_failed(job, exc)
             continue
         channels = src.channels if opts.channels == "split" else 1
         if codec.backend.batch_gain and opts.batch_size > 1 and src.target_frames <= batch_limit:
@@ -219,7 +227,7 @@ def encode_files(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions | None =
             codes = _encode_stream(src, codec, opts.channels, channels, tick)
             yield _finish(job, src, codec, codes, opts, started)
         except MoshikitError as exc:
-            yield FileResult(job.source, str(job.output), "failed", str(exc))
+            yield job_failed(job, exc)
         finally:
             src.close()
     yield from flush()
@@ -249,14 +257,14 @@ def _encode_parallel(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions, tic
         try:
             src = open_audio(job.source)
         except MoshikitError as exc:
-            return FileResult(job.source, str(job.output), "failed", str(exc))
+            return job_failed(job, exc)
         try:
             n = src.channels if opts.channels == "split" else 1
             encoder = codec.backend.open_encoder(n, single_thread=True)
             codes = _encode_stream(src, codec, opts.channels, n, tick, encoder.encode)
             return _finish(job, src, codec, codes, opts, started)
         except MoshikitError as exc:
-            return FileResult(job.source, str(job.output), "failed", str(exc))
+            return job_failed(job, exc)
         finally:
             src.close()
 
@@ -314,7 +322,7 @@ def _encode_batch(items: list[_Pending], codec: Codec, opts: EncodeOptions,
             audio.append(np.concatenate(list(stream_24k(p.src, opts.channels)), axis=-1))
             ready.append(p)
         except MoshikitError as exc:
-            yield FileResult(p.job.source, str(p.job.output), "failed", str(exc))
+            yield job_failed(p.job, exc)
         finally:
             p.src.close()
     if not ready:
@@ -333,7 +341,7 @@ def _encode_batch(items: list[_Pending], codec: Codec, opts: EncodeOptions,
         try:
             yield _finish(p.job, p.src, codec, mine.astype(np.int64), opts, p.started)
         except MoshikitError as exc:
-            yield FileResult(p.job.source, str(p.job.output), "failed", str(exc))
+            yield job_failed(p.job, exc)
 
 
 # ---------------------------------------------------------------- decode
@@ -382,7 +390,7 @@ def decode_files(jobs: Sequence[Job], get_codec: Callable[[int], Codec], opts: D
             check_tokens(tokens, codec, job.source, opts.force)
             seconds = _decode_one(tokens, codec, job.output, opts.fmt, tick)
         except MoshikitError as exc:
-            yield FileResult(job.source, str(job.output), "failed", str(exc))
+            yield job_failed(job, exc)
             continue
         yield FileResult(job.source, str(job.output), "done", audio_seconds=seconds,
                          frames=tokens.header.frames, seconds=time.perf_counter() - started)

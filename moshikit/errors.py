@@ -49,5 +49,25 @@ class TokenFileError(MoshikitError):
     """A token file that is truncated, corrupt, or does not match the codec."""
 
 
+class OutputError(MoshikitError):
+    """An output that cannot be written: a full disk, a read-only or forbidden folder, a
+    directory where the file goes. ``stops_batch``: the whole output location is unusable
+    (full, read-only), so a batch stops instead of failing every next file the same way."""
+
+    def __init__(self, message: str, *, hint: str | None = None, stops_batch: bool = False,
+                 errno: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.stops_batch = stops_batch
+        self.errno = errno
+
+
 class RemoteError(MoshikitError):
     """A Moshi server that cannot be reached, refuses the session, or breaks the protocol."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP), raised like Ctrl-C so that partial outputs are removed on the way out."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.exit_code = 128 + signum

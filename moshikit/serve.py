@@ -417,7 +417,6 @@ def self_signed_certificate(directory: str | os.PathLike | None = None, *,
     if openssl is None:
         raise MoshikitError("--ssl without --ssl-cert/--ssl-key makes a self-signed certificate with openssl, "
                             "which is not installed", hint="install openssl, or pass --ssl-cert and --ssl-key")
-    d.mkdir(parents=True, exist_ok=True)
     names = ["DNS:localhost", "IP:127.0.0.1", "IP:::1"]
     for h in hosts:
         if h and h not in ("0.0.0.0", "::", "localhost", "127.0.0.1", "::1"):
@@ -426,16 +425,17 @@ def self_signed_certificate(directory: str | os.PathLike | None = None, *,
                 names.append(f"IP:{h}")
             except ValueError:
                 names.append(f"DNS:{h}")
-    tmp_cert, tmp_key = d / ".cert.pem.partial", d / ".key.pem.partial"
-    cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "825",
-           "-keyout", str(tmp_key), "-out", str(tmp_cert), "-subj", "/CN=moshikit serve",
-           "-addext", "subjectAltName=" + ",".join(names)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise MoshikitError(f"openssl could not make a certificate: {(res.stderr or '').strip().splitlines()[-1:]}")
-    os.chmod(tmp_key, 0o600)
-    os.replace(tmp_key, key)
-    os.replace(tmp_cert, cert)
+    from .atomic import atomic_path
+
+    with atomic_path(key) as tmp_key, atomic_path(cert) as tmp_cert:  # both appear whole, or neither
+        cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "825",
+               "-keyout", str(tmp_key), "-out", str(tmp_cert), "-subj", "/CN=moshikit serve",
+               "-addext", "subjectAltName=" + ",".join(names)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise MoshikitError("openssl could not make a certificate: "
+                                f"{(res.stderr or '').strip().splitlines()[-1:]}")
+        os.chmod(tmp_key, 0o600)
     return cert, key
 
 
@@ -546,6 +546,22 @@ def serve_forever(server: ChatServer, on_ready: Callable[[str], None], *, ssl_ct
 # ---------------------------------------------------------------------- loading
 
 
+def check_moshi_config(config: dict | None, source: str) -> None:
+    """A clear error for a checkpoint of another kind (a config.json of a speech-to-text model,
+    or of no Kyutai model at all) before any weights are read."""
+    from .errors import ModelError
+
+    if config is None:  # the original Moshi 7B repos have no config.json
+        return
+    kind = config.get("model_type")
+    if kind == "stt" or "stt_config" in config:
+        raise ModelError(f"{source} is a speech-to-text checkpoint, not a Moshi dialogue model",
+                         hint="use it with `moshikit transcribe --model`; chat with moshika, moshiko or synthetic")
+    if kind not in (None, "moshi") and not {"dim", "n_q", "card"} <= config.keys():
+        raise ModelError(f"{source}: its config.json is not a Moshi model's (model_type {kind!r})",
+                         hint="point --model at a Moshi checkpoint: moshika, moshiko, a local copy or synthetic")
+
+
 def load_conversation(model: str | None = None, *, backend: str | None = None, device: str | None = None,
                       sampling=None, batch: int = 1, dtype: str | None = None,
                       revision: str | None = None) -> Conversation:
@@ -573,7 +589,13 @@ def load_conversation(model: str | None = None, *, backend: str | None = None, d
     resolved = hub.resolve_model(model, kind="moshi", revision=revision, any_platform=choice.backend == "mlx")
     repo = resolve_repo(resolved.path if resolved.path.is_dir() and resolved.config_path else
                         (resolved.config_path or resolved.path))
-    lm = registry.module("lm", choice.backend).load(repo, device=dev, dtype=dtype, sampling=sampling)
+    check_moshi_config(repo.config, str(repo.source))
+    try:
+        lm = registry.module("lm", choice.backend).load(repo, device=dev, dtype=dtype, sampling=sampling)
+    except (AssertionError, KeyError, TypeError, ValueError) as exc:  # moshi's builder on a foreign config
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelError(f"{repo.source}: its config.json does not describe a Moshi model "
+                         f"({type(exc).__name__}: {first})") from None
     if not Path(repo.mimi_weights).is_file():
         raise ModelError(f"{repo.source}: missing the Mimi codec file {Path(repo.mimi_weights).name}")
     codec_backend = platform.codec_beside_lm(choice.backend, lm.info.device)

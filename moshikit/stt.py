@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .conversation import piece_decoder
-from .errors import ModelError, MoshikitError
+from .errors import ModelError, MoshikitError, OutputError
 from .transcript import Energy, Transcript, WordBuilder, render, segment
 
 FRAME = 1920
@@ -311,11 +311,10 @@ def output_paths(job_output: Path, formats: Sequence[str]) -> list[Path]:
 
 
 def write_transcript(t: Transcript, outputs: Sequence[Path], formats: Sequence[str]) -> None:
-    from .audio import atomic_path
+    from .atomic import write_text
 
     for path, fmt in zip(outputs, formats):
-        with atomic_path(path) as tmp:
-            tmp.write_text(render(t, fmt), encoding="utf-8")
+        write_text(path, render(t, fmt))
 
 
 def transcribe_files(jobs: Sequence, model: SttModel, opts: TranscribeOptions | None = None,
@@ -328,7 +327,7 @@ def transcribe_files(jobs: Sequence, model: SttModel, opts: TranscribeOptions | 
     fails alone; outputs appear only complete.
     """
     from .audio import open_audio, stream_24k
-    from .codec import FileResult
+    from .codec import FileResult, job_failed
 
     opts = opts or TranscribeOptions()
     results: deque = deque()
@@ -356,7 +355,11 @@ def transcribe_files(jobs: Sequence, model: SttModel, opts: TranscribeOptions | 
             yield FileResult(job.source, None, "failed", stream.error)
             continue
         transcript = stream.finish()
-        write_transcript(transcript, outs, opts.formats)
+        try:
+            write_transcript(transcript, outs, opts.formats)
+        except OutputError as exc:  # this output alone (a full disk stops the batch: job_failed raises)
+            yield job_failed(job, exc)
+            continue
         yield FileResult(job.source, str(outs[0]), "done", audio_seconds=transcript.duration,
                          frames=stream.step, seconds=time.perf_counter() - stream.started)
     while results:

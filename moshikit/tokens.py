@@ -34,13 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import atomic_path
+from .atomic import write_bytes, write_text
 from .errors import TokenFileError
 
 MAGIC = b"\x89MIMI\r\n\x1a"
 VERSION = 1
 _FIXED = struct.Struct("<8sHHI")
 FORMATS = ("mimi", "npy")
+#: Codes are at most 16 bits (Mimi has 2048 entries; .npy files hold int16).
+MAX_CARDINALITY = 1 << 16
 
 
 @dataclass
@@ -72,9 +74,20 @@ class TokenHeader:
         try:
             known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
             head = cls(**known)
-            ints = (head.num_codebooks, head.frames, head.channels, head.cardinality, head.num_samples)
-            if not all(isinstance(v, int) and v >= 0 for v in ints) or head.num_codebooks < 1:
+            ints = (head.num_codebooks, head.frames, head.channels, head.cardinality, head.num_samples,
+                    head.sample_rate, head.frame_size)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
                 raise ValueError("bad sizes")
+            if head.num_codebooks < 1 or head.channels < 1 or head.sample_rate < 1 or head.frame_size < 1:
+                raise ValueError("bad sizes")
+            if not 1 <= head.cardinality <= MAX_CARDINALITY:
+                raise ValueError(f"cardinality {head.cardinality} is not in 1..{MAX_CARDINALITY}")
+            if not isinstance(head.frame_rate, (int, float)) or isinstance(head.frame_rate, bool) \
+                    or not 0 < head.frame_rate < 1e6:
+                raise ValueError("bad frame rate")
+            if not isinstance(head.codec, dict) or not isinstance(head.source, dict) \
+                    or not isinstance(head.backend, str) or not isinstance(head.moshikit_version, str):
+                raise ValueError("bad field types")
         except (KeyError, TypeError, ValueError) as exc:
             raise TokenFileError(f"{where}: header is not a valid token header ({exc})") from None
         return head
@@ -100,8 +113,10 @@ def unpack_codes(data: bytes, shape: tuple[int, int, int], bits: int) -> np.ndar
     c, k, f = shape
     n = c * k * f
     bitarr = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n * bits).reshape(n, bits)
-    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
-    flat = bitarr.astype(np.int64) @ weights
+    flat = np.zeros(n, np.int64)
+    for b in range(bits):  # one bit column at a time: memory stays ~9 bytes a code
+        flat <<= 1
+        flat |= bitarr[:, b]
     return np.ascontiguousarray(flat.reshape(c, f, k).transpose(0, 2, 1))
 
 
@@ -121,7 +136,7 @@ def decode_mimi_bytes(data: bytes, where: str = "<bytes>") -> Tokens:
         raise TokenFileError(f"{where}: truncated token file ({len(data)} bytes)")
     try:
         meta = json.loads(data[_FIXED.size : _FIXED.size + hlen])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
         raise TokenFileError(f"{where}: corrupt token file (header is not valid JSON)") from None
     if not isinstance(meta, dict):
         raise TokenFileError(f"{where}: corrupt token file (header is not an object)")
@@ -153,17 +168,17 @@ def write_tokens(path: str | os.PathLike, codes: np.ndarray, header: TokenHeader
     if codes.shape != (header.channels, header.num_codebooks, header.frames):
         raise ValueError(f"codes shape {codes.shape} does not match the header")
     if fmt == "mimi":
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(encode_mimi_bytes(codes, header))
+        write_bytes(path, encode_mimi_bytes(codes, header))
     elif fmt == "npy":
+        import io
+
         array = codes[0] if header.channels == 1 else codes
         side = path.with_suffix(".json")
         # The array lands last: its presence marks the pair as complete.
-        with atomic_path(side) as tmp:
-            tmp.write_text(json.dumps(header.to_json(), indent=2, sort_keys=True) + "\n")
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, array.astype(np.int16), allow_pickle=False)
+        write_text(side, json.dumps(header.to_json(), indent=2, sort_keys=True) + "\n")
+        buf = io.BytesIO()
+        np.save(buf, array.astype(np.int16), allow_pickle=False)
+        write_bytes(path, buf.getvalue())
     else:
         raise ValueError(f"unknown token format {fmt!r}")
     return path
@@ -177,7 +192,10 @@ def read_tokens(path: str | os.PathLike) -> Tokens:
         raise TokenFileError(f"{where}: no such file")
     if path.is_dir():
         raise TokenFileError(f"{where}: is a directory")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # unreadable, or deleted between the check and the read
+        raise TokenFileError(f"{where}: cannot read it ({(exc.strerror or str(exc)).lower()})") from None
     if data[:8] == MAGIC:
         return decode_mimi_bytes(data, where)
     if data[:6] == b"\x93NUMPY":
@@ -189,10 +207,7 @@ def _read_npy(path: Path, data: bytes) -> Tokens:
     import io
 
     where = str(path)
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:
-        raise TokenFileError(f"{where}: corrupt .npy token file ({str(exc)[:80]})") from None
+    array = _npy_array(data, where)
     side = path.with_suffix(".json")
     if array.ndim == 2:
         array = array[None]
@@ -201,7 +216,9 @@ def _read_npy(path: Path, data: bytes) -> Tokens:
     if side.exists():
         try:
             meta = json.loads(side.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except OSError as exc:
+            raise TokenFileError(f"{side}: cannot read it ({(exc.strerror or str(exc)).lower()})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
             raise TokenFileError(f"{side}: corrupt metadata (not valid JSON)") from None
         header = TokenHeader.from_json(meta, str(side))
         if (header.channels, header.num_codebooks, header.frames) != array.shape:
@@ -213,6 +230,34 @@ def _read_npy(path: Path, data: bytes) -> Tokens:
     if codes.size and (codes.min() < 0 or codes.max() >= header.cardinality):
         raise TokenFileError(f"{where}: codes outside 0..{header.cardinality - 1}")
     return Tokens(codes, header)
+
+
+def _npy_array(data: bytes, where: str) -> np.ndarray:
+    """The array of a .npy file, checked against the file's size before anything is
+    allocated (``np.load`` on bytes allocates what the header claims, however large)."""
+    import io
+
+    from numpy.lib import format as npy
+
+    f = io.BytesIO(data)
+    try:
+        version = npy.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = npy.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"format version {version} is not supported")
+    except Exception as exc:  # noqa: BLE001 - numpy's parser raises several kinds
+        raise TokenFileError(f"{where}: corrupt .npy token file ({str(exc).splitlines()[0][:80]})") from None
+    if dtype.hasobject or not np.issubdtype(dtype, np.integer):
+        raise TokenFileError(f"{where}: expected an integer array [K, F], got {dtype} {shape}")
+    count = math.prod(shape)
+    have = len(data) - f.tell()
+    if count * dtype.itemsize != have:
+        raise TokenFileError(f"{where}: corrupt .npy token file ({have} bytes of data for shape {shape})")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell())
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
 def is_complete(path: Path) -> bool:

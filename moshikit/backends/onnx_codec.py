@@ -119,6 +119,10 @@ def graph(module, example, name: str) -> Path:
     """The ONNX file of ``module``, exported on first use and cached by weights."""
     path = cache_root() / _graph_key(module) / f"{name}.onnx"
     if not path.exists():
+        from ..atomic import check_room
+
+        # the graph holds the weights: a cache that cannot take them fails now, not after the export
+        check_room(path, sum(t.numel() * t.element_size() for t in module.state_dict().values()))
         _export(module, example, path)
     return path
 

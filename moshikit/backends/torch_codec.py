@@ -70,6 +70,9 @@ class TorchCodec:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+        # A Ctrl-C inside moshi's streaming() can leave modules streaming with no stack to
+        # close them: clear every module's state so the codec stays usable after an interrupt.
+        self._mimi._stop_streaming()
 
     def encode(self, pcm: np.ndarray) -> np.ndarray:
         self._end_stream()
@@ -125,9 +128,11 @@ class _OwnStateEncoder:
         codec._end_stream()
         self._codec, m = codec, codec._mimi
         stack = m.streaming(1)
-        _widen_kv_caches(m, 2 * MAX_STEP_FRAMES)
-        self._state = m.get_streaming_state()
-        stack.close()
+        try:
+            _widen_kv_caches(m, 2 * MAX_STEP_FRAMES)
+            self._state = m.get_streaming_state()
+        finally:
+            stack.close()
 
     def encode(self, pcm: np.ndarray) -> np.ndarray:
         """``pcm`` [1, n] (whole frames) -> codes [1, K, n / 1920], continuing this stream."""

@@ -82,7 +82,15 @@ def command():
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns known errors into one line and an exit code."""
-    from ..errors import MoshikitError
+    restore = _terminate_like_ctrl_c()
+    try:
+        return _main(argv)
+    finally:
+        restore()
+
+
+def _main(argv: list[str] | None) -> int:
+    from ..errors import MoshikitError, Terminated
 
     try:
         command()(args=argv, prog_name="moshikit")
@@ -95,10 +103,37 @@ def main(argv: list[str] | None = None) -> int:
 
         Out().error(str(exc), exc.hint)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: finished files are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}: finished files are kept; run the same command again to resume", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, Terminated) else 130
     return 0
+
+
+def _terminate_like_ctrl_c():
+    """SIGTERM and SIGHUP unwind like Ctrl-C (partial files removed, recordings closed) instead
+    of killing the process where it stands; exit status 128 + the signal, as the shell expects."""
+    import signal
+    import threading
+
+    from ..errors import Terminated
+
+    previous = {}
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            previous[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
 
 
 def run() -> None:

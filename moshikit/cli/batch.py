@@ -19,35 +19,49 @@ def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
     ``extra()`` adds keys to the summary (e.g. per-node throughput); ``on_file(progress)``
     runs after each file.
     """
+    from ..errors import OutputError, Terminated
+
     results = list(failed_early)
     for r in failed_early:
         out.error(r.error)
+    stopped: OutputError | None = None
     try:
         with out.progress(total, total_seconds, label, show=progress) as progress:
-            for r in work(progress.add_audio):
-                results.append(r)
-                progress.file_done()
-                if on_file is not None:
-                    on_file(progress)
-                if r.status == "failed":
-                    out.error(r.error)
+            try:
+                for r in work(progress.add_audio):
+                    results.append(r)
+                    progress.file_done()
+                    if on_file is not None:
+                        on_file(progress)
+                    if r.status == "failed":
+                        out.error(r.error)
+            except OutputError as exc:  # the output location is full or read-only: stop here
+                if not exc.stops_batch:
+                    raise
+                stopped = exc
             elapsed = progress.elapsed
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         done = sum(r.status == "done" for r in results)
-        out.err.print(f"interrupted after {done} new file(s): finished files are kept and partial ones "
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        out.err.print(f"{what} after {done} new file(s): finished files are kept and partial ones "
                       "removed; run the same command again to resume")
-        raise typer.Exit(130) from None
+        raise typer.Exit(exc.exit_code if isinstance(exc, Terminated) else 130) from None
+    if stopped is not None:
+        out.error(str(stopped), stopped.hint)
     done = [r for r in results if r.status == "done"]
     audio = sum(r.audio_seconds for r in done)
     summary = {
         "done": len(done),
         "skipped": sum(r.status == "skipped" for r in results),
-        "failed": sum(r.status == "failed" for r in results),
+        "failed": sum(r.status == "failed" for r in results) + (stopped is not None),
         "audio_seconds": round(audio, 3),
         "wall_seconds": round(elapsed, 3),
         "x_real_time": round(audio / elapsed, 2) if elapsed > 0 and audio else None,
         "files": [r.__dict__ for r in results],
     }
+    if stopped is not None:
+        summary["stopped"] = str(stopped)
+        summary["not_started"] = max(0, total - (len(results) - len(failed_early)) - 1)
     if extra is not None:
         summary.update(extra())
     if out.json_mode:
@@ -55,5 +69,6 @@ def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
     else:
         speed_txt = f" at {audio / elapsed:,.1f}x real time" if done and elapsed > 0 else ""
         out.message(f"{label}: {summary['done']} done, {summary['skipped']} skipped (already there), "
-                    f"{summary['failed']} failed; {audio:,.1f} s of audio{speed_txt}")
+                    f"{summary['failed']} failed; {audio:,.1f} s of audio{speed_txt}"
+                    + (f"; stopped with {summary['not_started']} not started" if stopped is not None else ""))
     return summary

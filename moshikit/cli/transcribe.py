@@ -214,9 +214,13 @@ class _Recorder:
         self._writer = AudioWriter(self.wav, 24000, 1, "wav").__enter__()
 
     def tee(self, blocks):
-        for block in blocks:
-            self._writer.write(block[None])
-            yield block
+        try:
+            for block in blocks:
+                self._writer.write(block[None])
+                yield block
+        except (Exception, KeyboardInterrupt):  # a failed write (a full disk...): no partial mic.wav is left
+            self._writer.__exit__(*sys.exc_info())
+            raise
 
     def finish(self, transcript, formats) -> list:
         from ..stt import output_paths, write_transcript
