@@ -17,8 +17,6 @@ _ROOT = Path(tempfile.mkdtemp(prefix="moshikit-tests-"))
 os.environ.update({
     "NO_COLOR": "1",
     "COLUMNS": "120",
-    "NO_TORCH_COMPILE": "1",
-    "NO_CUDA_GRAPH": "1",
     "HF_HUB_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HOME": str(_ROOT / "hf"),

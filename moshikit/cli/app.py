@@ -75,8 +75,11 @@ def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish")]) 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns known errors into one line and an exit code."""
+    from ..backends.torch_env import quiet_library_logs
     from ..errors import MoshikitError
 
+    args = sys.argv[1:] if argv is None else argv
+    quiet_library_logs(debug=_debug["on"] or "--debug" in args)
     try:
         app(args=argv, prog_name="moshikit")
     except SystemExit as exc:
