@@ -435,7 +435,13 @@ def _from_cache(repo: str, entry, revision: str | None, files: list[str] | None,
     cache = cache_dir()
 
     def cached(name: str) -> Path | None:
-        found = try_to_load_from_cache(repo, name, cache_dir=cache, revision=revision)
+        if name.startswith("hf://"):  # a file of another repo (the -q8 configs), at its main
+            from .backends.lm_repo import split_ref
+
+            other, file = split_ref(name)
+            found = try_to_load_from_cache(other, file, cache_dir=cache)
+        else:
+            found = try_to_load_from_cache(repo, name, cache_dir=cache, revision=revision)
         return Path(found) if isinstance(found, str) else None
 
     config_path = cached("config.json")
@@ -462,7 +468,8 @@ def _from_cache(repo: str, entry, revision: str | None, files: list[str] | None,
         path = cached(name)
         if path is not None:
             found[name] = path
-    first_name, first = next(iter(found.items()))
+    own = [(n, f) for n, f in found.items() if not n.startswith("hf://")]
+    first_name, first = own[0] if own else next(iter(found.items()))
     snapshot = first
     for _ in first_name.split("/"):
         snapshot = snapshot.parent

@@ -123,3 +123,41 @@ def test_a_missing_referenced_file_is_one_line(hub, float_repo, tmp_path):
     assert lm_repo.split_ref("hf://a/b/c/d.model") == ("a/b", "c/d.model")
     with pytest.raises(ModelError):
         lm_repo.split_ref("hf://a/b")
+
+
+def test_download_and_resolve_follow_hf_references(hub, monkeypatch):
+    """`moshikit download moshiko` on a 16 GB GPU picks the q8 repo: the Mimi and tokenizer its
+    config.json names in the bf16 repo are fetched from there, and commands find them."""
+    from moshikit import catalog
+    from moshikit import download as dl
+    from moshikit.hub import resolve_model
+
+    cuda16 = catalog.platform_from_spec("cuda:16")
+    mimi_name, tok_name = catalog.MIMI_FILE, catalog.MOSHI_TOKENIZER
+    mimi_bytes, tok_bytes, weights = b"mimi" * 1000, b"spm" * 300, b"q8" * 5000
+    hub.add(BF16_REPO, {mimi_name: mimi_bytes, tok_name: tok_bytes, "model.safetensors": b"bf16" * 100})
+    config = {"moshi_name": "model.q8.safetensors", "quantize": True,
+              "mimi_name": f"hf://{BF16_REPO}/{mimi_name}", "tokenizer_name": f"hf://{BF16_REPO}/{tok_name}"}
+    hub.add("kyutai/moshiko-pytorch-q8", {"config.json": json.dumps(config).encode(),
+                                          "model.q8.safetensors": weights, "README.md": b"# card\n"})
+    p = dl.plan("moshiko", platform=cuda16)
+    assert p.repo == "kyutai/moshiko-pytorch-q8"
+    by_name = {f.name: f for f in p.files}
+    assert by_name[config["tokenizer_name"]].size == len(tok_bytes)
+    assert by_name[config["mimi_name"]].other_repo == BF16_REPO
+    d = dl.download(p)
+    got = {r.name: r.path for r in d.files}
+    assert got[config["tokenizer_name"]].read_bytes() == tok_bytes
+    assert got[config["mimi_name"]].read_bytes() == mimi_bytes
+    assert got["model.q8.safetensors"].read_bytes() == weights
+    assert d.path == got["model.q8.safetensors"].parent  # the q8 repo's snapshot
+    assert not any(q["path"].endswith("model.safetensors") and "bf16" in q["path"] for q in hub.requests
+                   if q["method"] == "GET")  # only the two referenced files of the bf16 repo
+
+    go_offline(monkeypatch)
+    r = resolve_model("moshiko", platform=cuda16, kind="moshi")
+    assert r.source == "cache"
+    assert r.tokenizer.read_bytes() == tok_bytes and r.mimi_weights.read_bytes() == mimi_bytes
+    assert r.moshi_weights.read_bytes() == weights
+    again = dl.plan("moshiko", platform=cuda16)  # offline: from the cache
+    assert again.complete
