@@ -546,8 +546,10 @@ class _LMGenReference:
 
         self.torch = torch
         self.device = pick_device(device)
-        dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
-            dtype or "", torch.bfloat16 if is_cuda(self.device) else torch.float32)
+        from .platform import auto_dtype
+
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+            dtype if dtype in ("bf16", "fp16", "fp32") else auto_dtype(self.device)]  # what the commands pick
         lm = checkpoint_info(resolve_repo(repo)).get_moshi(device=self.device, dtype=dt)
         self.gen = LMGen(lm, temp=0.8, temp_text=0.7)
         self.input_codebooks = lm.n_q - lm.dep_q  # the user's codebooks the model listens to

@@ -83,8 +83,11 @@ def load_moshi_model(checkpoint, device: str, dtype):
 
 def _torch_dtype(torch, dtype, device: str):
     if dtype is None or dtype == "auto":
-        # bf16 is what the weights are published in; CPUs run fp32 much faster.
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        # bf16 is what the weights are published in, on GPUs that have it (fp16 on older
+        # CUDA GPUs); CPUs run fp32 much faster.
+        from ..platform import auto_dtype
+
+        dtype = auto_dtype(device)
     if isinstance(dtype, str):
         try:
             return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,

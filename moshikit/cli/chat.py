@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import DeviceOpt, JsonOpt, RevisionOpt, device_value
+from .options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, RevisionOpt, device_value
 
 
 class LMBackendName(str, Enum):
@@ -36,6 +36,7 @@ def chat(
     backend: Annotated[LMBackendName, typer.Option(
         "--backend", "-b", help="Model implementation; auto: mlx on Apple silicon, else torch.")] = LMBackendName.auto,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = Dtype.auto,
     input_device: Annotated[Optional[str], typer.Option(
         "--input-device", show_default=False, help="Microphone: index or (part of) its name.")] = None,
     output_device: Annotated[Optional[str], typer.Option(
@@ -75,7 +76,8 @@ def chat(
     if list_devices:
         return print_devices(out)
     local_only = {"--model": model, "--temp": temp, "--temp-text": temp_text, "--top-k": top_k, "--seed": seed,
-                  "--device": device, "--revision": revision}
+                  "--device": device, "--revision": revision,
+                  "--dtype": None if dtype == Dtype.auto else dtype}
     if url is not None:
         given = [k for k, v in local_only.items() if v is not None]
         if backend != LMBackendName.auto:
@@ -87,7 +89,7 @@ def chat(
     if input_file is None:
         if output is not None or transcript is not None:
             raise UsageError("--output and --transcript go with --input (live chats record with --record)")
-        return _live(out, url, insecure, model, backend.value, device_value(device), revision,
+        return _live(out, url, insecure, model, backend.value, (device_value(device), dtype.value), revision,
                      _sampling(model, temp, temp_text, top_k, seed), input_device, output_device, aec, record,
                      duration, plain)
     if output is None:
@@ -96,7 +98,8 @@ def chat(
                             "--duration": duration}.items() if v is not None]
     if given:
         raise UsageError(f"{', '.join(given)} go with a live chat, not --input")
-    _offline(out, url, insecure, input_file, output, transcript, model, backend.value, device_value(device),
+    _offline(out, url, insecure, input_file, output, transcript, model, backend.value,
+             (device_value(device), dtype.value),
              revision, _sampling(model, temp, temp_text, top_k, seed))
 
 
@@ -128,7 +131,9 @@ def _remote():
     return remote
 
 
-def _offline(out, url, insecure, input_file, output, transcript, model, backend, device, revision, sampling) -> None:
+def _offline(out, url, insecure, input_file, output, transcript, model, backend, device_dtype, revision,
+             sampling) -> None:
+    device, dtype = device_dtype
     import numpy as np
 
     from .. import chat as lib
@@ -156,7 +161,8 @@ def _offline(out, url, insecure, input_file, output, transcript, model, backend,
         if warn:
             out.message(f"[yellow]warning:[/] {warn}")
         out.message("[dim]loading the model...[/]")
-        conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision)
+        conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision,
+                             dtype=dtype)
         total_seconds = pcm.size / SAMPLE_RATE
         with out.progress(1, total_seconds, "chat") as prog:
             def on_frame(i: int, n: int) -> None:
@@ -180,8 +186,9 @@ def _offline(out, url, insecure, input_file, output, transcript, model, backend,
         out.message(f"wrote {output} ({duration:.1f} s)" + (f" and {transcript}" if transcript else ""))
 
 
-def _live(out, url, insecure, model, backend, device, revision, sampling, input_device, output_device, aec,
+def _live(out, url, insecure, model, backend, device_dtype, revision, sampling, input_device, output_device, aec,
           record, duration, plain) -> None:
+    device, dtype = device_dtype
     from .. import chat as lib
     from ..mic import _sounddevice
     from .chat_ui import ui_for
@@ -198,7 +205,8 @@ def _live(out, url, insecure, model, backend, device, revision, sampling, input_
         engine = _remote().connect(url, insecure=insecure)
     else:
         out.message("[dim]loading the model...[/]")
-        conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision)
+        conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision,
+                             dtype=dtype)
         engine = lib.LocalEngine(conv)
     cfg = lib.LiveConfig(input_device=input_device, output_device=output_device, aec=aec, duration=duration,
                          record_dir=record, record=record is not None)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import DeviceOpt, ModelOpt, RevisionOpt, device_value
+from .options import DeviceOpt, Dtype, DtypeOpt, ModelOpt, RevisionOpt, device_value
 
 
 class LMBackendName(str, Enum):
@@ -24,6 +24,7 @@ def serve(
     backend: Annotated[LMBackendName, typer.Option("--backend", "-b", help="LM implementation; auto picks this "
                                                                            "machine's default.")] = LMBackendName.auto,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = Dtype.auto,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Concurrent sessions, one stream each of a batched "
                                                               "model (GPU; torch backend). With 1, a second client "
                                                               "is refused while one talks.")] = 1,
@@ -86,7 +87,7 @@ def serve(
         ctx = lib.ssl_context(cert, key)
     out.message("[dim]loading the model...[/]")
     conv = lib.load_conversation(model, backend=backend.value, device=device_value(device), sampling=sampling,
-                                 batch=batch, revision=revision)
+                                 batch=batch, revision=revision, dtype=dtype.value)
     cfg = lib.ServeConfig(host=host, port=port, static=static, idle_timeout=idle_timeout)
     server = lib.ChatServer(conv, cfg, log=lambda m: out.message(f"[dim]{m}[/]"))
 
