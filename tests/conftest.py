@@ -84,3 +84,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run only where PyTorch sees a CUDA GPU (or, for a dry run of
+    their code, with MOSHIKIT_TEST_CUDA_DEVICE=cpu); elsewhere they are skipped. torch is
+    imported only when such tests were collected; ``is_available`` asks the driver for a
+    device count and creates no CUDA context."""
+    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not marked or os.environ.get("MOSHIKIT_TEST_CUDA_DEVICE") == "cpu":  # the GPU proof's CPU dry run
+        return
+    try:
+        import torch
+
+        available = torch.cuda.is_available()
+    except ImportError:
+        available = False
+    if available:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false)")
+    for item in marked:
+        item.add_marker(skip)
