@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Before any moshikit module can import moshi: moshi reads its switches at import time.
+from .backends import torch_env as _torch_env  # noqa: E402
+
+_torch_env.prepare()
+
 _API = {
     "load_codec": "moshikit.api", "load_stt": "moshikit.api", "load_moshi": "moshikit.api",
     "MimiCodec": "moshikit.api", "SpeechToText": "moshikit.api",

@@ -76,6 +76,7 @@ class BenchResult:
     synthetic: bool
     rows: list[Row] = field(default_factory=list)
     interrupted: bool = False
+    notes: list[str] = field(default_factory=list)  # what was not measured, and why
     schema: str = SCHEMA
     convention: str = CONVENTION
 
@@ -87,7 +88,8 @@ class BenchResult:
         if data.get("schema") != SCHEMA:
             raise ValueError(f"not a moshikit benchmark file (schema {data.get('schema')!r})")
         rows = [Row(**{**r, "stats": Stats(**r["stats"])}) for r in data["rows"]]
-        return cls(env=data["env"], synthetic=data["synthetic"], rows=rows, interrupted=data.get("interrupted", False))
+        return cls(env=data["env"], synthetic=data["synthetic"], rows=rows, interrupted=data.get("interrupted", False),
+                   notes=list(data.get("notes") or []))
 
 
 def compare(new: BenchResult, old: BenchResult) -> list[tuple[Row, Row, float]]:
@@ -229,6 +231,7 @@ class CodecPlan:
     num_codebooks: int = 8
     device: str | None = None
     files: tuple[int, float] | None = None  # (count, seconds): many short files vs one long one
+    notes: list[str] = field(default_factory=list)  # subjects skipped, and why (filled while running)
 
 
 def _reference_subjects(plan: CodecPlan) -> list[tuple[str, object]]:
@@ -277,8 +280,13 @@ class _MoshiReference:
     decode_step = decode
 
     def sync(self):
-        if self.device == "cuda":
+        if is_cuda(self.device):
             self.torch.cuda.synchronize()
+
+
+def is_cuda(device) -> bool:
+    """``cuda``, ``cuda:0``, a ``torch.device`` of type cuda."""
+    return str(device).split(":")[0] == "cuda"
 
 
 class _RustyReference:
@@ -312,8 +320,18 @@ def codec_subjects(plan: CodecPlan, codecs: dict | None = None) -> Iterator[tupl
 
     if plan.reference:
         yield from _reference_subjects(plan)
-    for name in plan.backends:
-        codec = load_codec(name, plan.device, mimi_weight=plan.weights, num_codebooks=plan.num_codebooks)
+    from .errors import MoshikitError
+
+    loaded = 0
+    for i, name in enumerate(plan.backends):
+        try:
+            codec = load_codec(name, plan.device, mimi_weight=plan.weights, num_codebooks=plan.num_codebooks)
+        except MoshikitError as exc:  # e.g. a CPU-only backend with --device cuda: the others still run
+            if loaded == 0 and i == len(plan.backends) - 1 and not plan.reference:
+                raise
+            plan.notes.append(f"moshikit {name}: skipped ({exc})")
+            continue
+        loaded += 1
         if codecs is not None:
             codecs[f"moshikit {name}"] = codec
         yield f"moshikit {name}", codec.backend
@@ -527,8 +545,10 @@ class _LMGenReference:
 
         self.torch = torch
         self.device = pick_device(device)
-        dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
-            dtype or "", torch.bfloat16 if self.device == "cuda" else torch.float32)
+        from .platform import auto_dtype
+
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+            dtype if dtype in ("bf16", "fp16", "fp32") else auto_dtype(self.device)]  # what the commands pick
         lm = checkpoint_info(resolve_repo(repo)).get_moshi(device=self.device, dtype=dt)
         self.gen = LMGen(lm, temp=0.8, temp_text=0.7)
         self.input_codebooks = lm.n_q - lm.dep_q  # the user's codebooks the model listens to
@@ -545,7 +565,7 @@ class _LMGenReference:
         return None if out is None else out[:, :, 0].cpu().numpy()
 
     def sync(self) -> None:
-        if self.device == "cuda":
+        if is_cuda(self.device):
             self.torch.cuda.synchronize()
 
 
@@ -715,6 +735,7 @@ class _SttReference:
 
         self.torch, self.model = torch, model
         self.mimi = model.codec._mimi
+        self.device = next(self.mimi.parameters()).device  # the codec's (cuda on a GPU)
         self.gen = LMGen(model.lm.model, temp=0, temp_text=0)
 
     def __call__(self, pcm: np.ndarray) -> None:
@@ -726,8 +747,8 @@ class _SttReference:
         m.lm.close()
         with torch.no_grad(), self.mimi.streaming(1), self.gen.streaming(1):
             for i in range(0, x.size, 1920):
-                codes = self.mimi.encode(torch.from_numpy(x[None, None, i : i + 1920]))
-                self.gen.step(codes)
+                codes = self.mimi.encode(torch.from_numpy(x[None, None, i : i + 1920]).to(self.device))
+                self.gen.step(codes.to(self.gen.lm_model.device))
         _torch_sync()
 
 

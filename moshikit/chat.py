@@ -192,11 +192,12 @@ def check_realtime_device(model: str | None, backend: str | None, device: str | 
 
 
 def load_chat(model: str | None = None, *, backend: str | None = None, device: str | None = None,
-              sampling=None, revision: str | None = None) -> Conversation:
+              sampling=None, revision: str | None = None, dtype: str | None = None) -> Conversation:
     """The model for a chat (one stream): see ``serve.load_conversation``."""
     from .serve import load_conversation
 
-    return load_conversation(model, backend=backend, device=device, sampling=sampling, revision=revision)
+    return load_conversation(model, backend=backend, device=device, sampling=sampling, revision=revision,
+                             dtype=dtype)
 
 
 # --------------------------------------------------------------------------- offline

@@ -89,6 +89,16 @@ class PlannedFile:
     blob_id: str | None = None  # git object id (of the LFS pointer for LFS files)
     cached: bool = False
     partial: int = 0  # bytes already in a .incomplete file
+    #: For an ``hf://org/repo/file`` reference (``name``): the repo and file it names (fetched
+    #: at that repo's main). None: a file of the plan's own repo.
+    other_repo: str | None = None
+    other_name: str | None = None
+
+    def where(self, plan: "Plan") -> tuple[str, str, str | None]:
+        """(repo, file name, revision) to fetch this file from."""
+        if self.other_repo:
+            return self.other_repo, self.other_name or self.name, "main"
+        return plan.repo, self.name, plan.revision
 
     @property
     def etag(self) -> str | None:
@@ -228,6 +238,8 @@ def plan(model: str, *, variant: str | None = None, revision: str | None = None,
         required, optional = wanted_files(choice.entry, None)
         if any(n not in siblings for n in required) and "config.json" in siblings:
             required, optional = wanted_files(choice.entry, _read_json(_fetch(repo, "config.json", revision)))
+    refs = [n for n in required if is_other_repo_ref(n)]
+    required = [n for n in required if n not in refs]
     missing = [n for n in required if n not in siblings]
     if missing:
         raise ModelError(f"{repo}@{revision} has no file {missing[0]}"
@@ -243,7 +255,34 @@ def plan(model: str, *, variant: str | None = None, revision: str | None = None,
             partial = blobs / (f.etag + ".incomplete")
             f.partial = partial.stat().st_size if partial.is_file() and not f.cached else 0
         p.files.append(f)
+    for ref in refs:  # files config.json names in another repo (the -q8 repos' Mimi and tokenizer)
+        other, name = split_ref(ref)
+        s = {x.rfilename: x for x in _model_info(other, "main").siblings or []}.get(name)
+        if s is None:
+            raise ModelError(f"{other} has no file {name} (named by {repo}'s config.json as {ref})")
+        f = PlannedFile(ref, s.size, s.lfs.sha256 if s.lfs else None, s.blob_id, other_repo=other, other_name=name)
+        if f.etag:
+            blob = repo_dir(other) / "blobs" / f.etag
+            f.cached = blob.is_file() and (f.size is None or blob.stat().st_size == f.size)
+        p.files.append(f)
     return p
+
+
+def is_other_repo_ref(name: str) -> bool:
+    from .backends.lm_repo import is_other_repo_ref as check
+
+    return check(name)
+
+
+def split_ref(name: str) -> tuple[str, str]:
+    from .backends.lm_repo import split_ref as split
+
+    return split(name)
+
+
+def _ref_file(name: str, **kw) -> "PlannedFile":
+    other, path = split_ref(name)
+    return PlannedFile(name, other_repo=other, other_name=path, **kw)
 
 
 def _plan_from_cache(p: Plan, files: Sequence[str] | None) -> Plan:
@@ -265,14 +304,16 @@ def _plan_from_cache(p: Plan, files: Sequence[str] | None) -> Plan:
     else:
         names = _cached_names(p.repo, p.commit)
     for name in names:
-        path = try_to_load_from_cache(p.repo, name, cache_dir=cache, revision=p.revision)
+        f = _ref_file(name, size=None) if is_other_repo_ref(name) else PlannedFile(name, None)
+        repo, file, revision = f.where(p)
+        path = try_to_load_from_cache(repo, file, cache_dir=cache, revision=revision)
         if isinstance(path, str):
             real = Path(os.path.realpath(path))
             blob = real.name
-            p.files.append(PlannedFile(name, real.stat().st_size, blob if _SHA256.fullmatch(blob) else None,
-                                       blob if _SHA1.fullmatch(blob) else None, cached=True))
-        else:
-            p.files.append(PlannedFile(name, None))
+            f.size, f.cached = real.stat().st_size, True
+            f.sha256 = blob if _SHA256.fullmatch(blob) else None
+            f.blob_id = blob if _SHA1.fullmatch(blob) else None
+        p.files.append(f)
     return p
 
 
@@ -495,16 +536,17 @@ def download(p: Plan, *, on_progress: ProgressFn | None = None, verify: bool = T
     cache = cache_dir()
     check_writable(cache)
     check_space(cache, p.missing_size if not force else p.total_size)
-    blobs = repo_dir(p.repo, cache) / "blobs"
     total = p.total_size
     done_before = sum(f.size or 0 for f in p.files if f.cached and not force)
     results: list[FileResult] = []
     with _quiet_hf_bars(on_progress is not None):
         for i, f in enumerate(p.files):
             size = f.size or 0
+            repo, name, revision = f.where(p)
             if f.cached and not force:
-                results.append(FileResult(f.name, _fetch(p.repo, f.name, p.revision), size, False))
+                results.append(FileResult(f.name, _fetch(repo, name, revision), size, False))
                 continue
+            blobs = repo_dir(repo, cache) / "blobs"
             incomplete = blobs / f"{f.etag}.incomplete" if f.etag else None
             resumed = 0 if force else (incomplete.stat().st_size if incomplete and incomplete.is_file() else 0)
 
@@ -514,12 +556,17 @@ def download(p: Plan, *, on_progress: ProgressFn | None = None, verify: bool = T
 
             report(resumed, "start")
             with _Watcher(report, incomplete) if on_progress is not None else _nullcontext():
-                path = _fetch(p.repo, f.name, p.revision, force_download=force)
+                path = _fetch(repo, name, revision, force_download=force)
             check = _verify_download(path, f, p) if verify else "size"
             report(size, "done")
             done_before += size
             results.append(FileResult(f.name, path, size, True, resumed, check))
-    return Download(p, _snapshot_of(results[0]) if results else repo_dir(p.repo, cache), results)
+    return Download(p, _snapshot_dir(p, results, cache), results)
+
+
+def _snapshot_dir(p: Plan, results: list["FileResult"], cache: Path) -> Path:
+    own = [r for r, f in zip(results, p.files) if not f.other_repo]
+    return _snapshot_of(own[0]) if own else repo_dir(p.repo, cache)
 
 
 class _nullcontext:
@@ -568,11 +615,13 @@ def _from_cache(p: Plan) -> Download:
     cache = cache_dir()
     results = []
     for f in p.files:
-        path = try_to_load_from_cache(p.repo, f.name, cache_dir=cache, revision=p.commit or p.revision)
+        repo, name, revision = f.where(p)
+        path = try_to_load_from_cache(repo, name, cache_dir=cache,
+                                      revision=revision if f.other_repo else p.commit or p.revision)
         if not isinstance(path, str):
-            path = str(_fetch(p.repo, f.name, p.revision))
+            path = str(_fetch(repo, name, revision))
         results.append(FileResult(f.name, Path(path), f.size or Path(path).stat().st_size, False))
-    return Download(p, _snapshot_of(results[0]) if results else repo_dir(p.repo, cache), results)
+    return Download(p, _snapshot_dir(p, results, cache), results)
 
 
 def _verify_download(path: Path, f: PlannedFile, p: Plan) -> str:

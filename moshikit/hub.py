@@ -86,7 +86,13 @@ def _mimi_in_dir(directory: Path) -> Path:
             name = json.loads(config.read_text()).get("mimi_name")
         except (json.JSONDecodeError, UnicodeDecodeError):
             name = None
-        if name and (directory / name).exists():
+        if name and name.startswith("hf://"):  # a file of another repo (the -q8 configs)
+            from .backends.lm_repo import mimi_path
+
+            found = mimi_path(name, directory)
+            if found.is_file():
+                return found
+        elif name and (directory / name).exists():
             return directory / name
     for pattern in _MIMI_PATTERNS:
         found = sorted(directory.glob(pattern))
@@ -136,7 +142,11 @@ def resolve_mimi(mimi_weight: str | os.PathLike | None = None, model: str | None
             raise ModelError(f"{_label(asked, repo)} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
                              f"run `{fix}`", hint="or pass a local Mimi file with --mimi-weight")
         name = _hub_mimi_name(repo, revision, guess)
-        path = _hub_file(repo, name, revision, fix=_mimi_download_command(asked, repo, name, revision))
+        if name.startswith("hf://"):  # a file of another repo (the -q8 configs), at its main
+            from .backends.lm_repo import split_ref
+
+            (repo, name), revision = split_ref(name), None
+        path = _hub_file(repo, name, revision, fix=_mimi_download_command(repo, repo, name, revision))
     check_mimi(path)
     return Weights(path, repo=repo, revision=revision or "main")
 
@@ -192,6 +202,10 @@ def _cached_mimi(repo: str, guess: str, revision: str | None) -> Path | None:
             name = json.loads(Path(config).read_text()).get("mimi_name") or guess
         except (OSError, ValueError):
             pass
+    if name.startswith("hf://"):  # a file of another repo (the -q8 configs), at its main
+        from .backends.lm_repo import split_ref
+
+        (repo, name), revision = split_ref(name), None
     found = try_to_load_from_cache(repo, name, cache_dir=cache, revision=revision)
     return Path(found) if isinstance(found, str) else None
 
@@ -421,7 +435,13 @@ def _from_cache(repo: str, entry, revision: str | None, files: list[str] | None,
     cache = cache_dir()
 
     def cached(name: str) -> Path | None:
-        found = try_to_load_from_cache(repo, name, cache_dir=cache, revision=revision)
+        if name.startswith("hf://"):  # a file of another repo (the -q8 configs), at its main
+            from .backends.lm_repo import split_ref
+
+            other, file = split_ref(name)
+            found = try_to_load_from_cache(other, file, cache_dir=cache)
+        else:
+            found = try_to_load_from_cache(repo, name, cache_dir=cache, revision=revision)
         return Path(found) if isinstance(found, str) else None
 
     config_path = cached("config.json")
@@ -448,7 +468,8 @@ def _from_cache(repo: str, entry, revision: str | None, files: list[str] | None,
         path = cached(name)
         if path is not None:
             found[name] = path
-    first_name, first = next(iter(found.items()))
+    own = [(n, f) for n, f in found.items() if not n.startswith("hf://")]
+    first_name, first = own[0] if own else next(iter(found.items()))
     snapshot = first
     for _ in first_name.split("/"):
         snapshot = snapshot.parent

@@ -20,7 +20,8 @@ class GPU:
     index: int
     name: str
     total_gb: float
-    free_gb: float | None = None
+    free_gb: float | None = None  # from NVML when nvidia-ml-py is installed (no CUDA context)
+    capability: str | None = None  # compute capability, e.g. "8.0" (bf16 from 8.0 on)
 
 
 @dataclass
@@ -78,17 +79,68 @@ def detect(gpus: bool = True) -> PlatformInfo:
         import torch
 
         if torch.cuda.is_available():
+            # Properties come from the driver without a CUDA context; torch.cuda.mem_get_info
+            # would open one on every GPU (~0.3-0.5 GB each) just to pick a default.
+            free = _nvml_free_bytes()
             for i in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(i)
-                try:
-                    free, _ = torch.cuda.mem_get_info(i)
-                    free_gb = free / 1e9
-                except RuntimeError:
-                    free_gb = None
-                info.cuda.append(GPU(i, props.name, props.total_memory / 1e9, free_gb))
+                free_gb = free[i] / 1e9 if i < len(free) and free[i] is not None else None
+                info.cuda.append(GPU(i, props.name, props.total_memory / 1e9, free_gb,
+                                     f"{props.major}.{props.minor}"))
         mps = getattr(torch.backends, "mps", None)
         info.mps = bool(mps and mps.is_available())
     return info
+
+
+def _nvml_free_bytes() -> list[int | None]:
+    """Free memory per GPU from NVML (``pip install nvidia-ml-py``), which opens no CUDA
+    context; [] when NVML is not there. NVML numbers GPUs as the driver does: with
+    ``CUDA_VISIBLE_DEVICES`` set the indices may differ, so then nothing is reported."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return []
+    try:
+        import pynvml  # type: ignore
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+        try:
+            return [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free)
+                    for i in range(pynvml.nvmlDeviceGetCount())]
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no driver, no permission: the number is optional
+        return []
+
+
+def auto_dtype(device: str | None, plat: PlatformInfo | None = None) -> str:
+    """The LM dtype ``--dtype auto`` means on ``device``: bf16 on CUDA GPUs that have it
+    (compute capability 8.0 and later: Ampere, Ada, Hopper...), fp16 on older ones, fp32
+    elsewhere (CPUs run fp32 much faster; MPS as moshi does)."""
+    if not device or str(device).split(":")[0] != "cuda":
+        return "fp32"
+    index = int(str(device).split(":")[1]) if ":" in str(device) else 0
+    plat = plat or detect()
+    gpu = next((g for g in plat.cuda if g.index == index), None)
+    if gpu is None or gpu.capability is None:
+        return "bf16"
+    return "bf16" if int(gpu.capability.split(".")[0]) >= 8 else "fp16"
+
+
+def real_device(backend: str, device: str | None, plat: PlatformInfo | None = None) -> str | None:
+    """``--device gpu`` names MLX's GPU; for the PyTorch backends it means the GPU this
+    machine has (CUDA, else MPS), and is refused where there is none."""
+    if device != "gpu" or backend == "mlx":
+        return device
+    plat = plat or detect()
+    if plat.cuda:
+        return "cuda"
+    if plat.mps:
+        return "mps"
+    from .errors import UsageError
+
+    raise UsageError("--device gpu: no GPU that PyTorch can use here (no CUDA device, no Apple MPS)",
+                     hint="use --device cpu, or --device auto")
 
 
 #: CPUs where ONNX Runtime's Mimi was measured faster than PyTorch's (docs/benchmarks.md).
@@ -142,7 +194,7 @@ def resolve(kind: str, backend: str | None, device: str | None) -> Choice:
     if backend in (None, "auto"):
         choice = default_codec() if kind == "codec" else default_lm()
         if device not in (None, "auto"):
-            choice = Choice(choice.backend, device, f"{choice.reason}; device from --device")
+            choice = Choice(choice.backend, real_device(choice.backend, device), f"{choice.reason}; device from --device")
         return choice
     registry.get_spec(kind, backend)  # unknown names fail here
-    return Choice(backend, device or "auto", "chosen with --backend")
+    return Choice(backend, real_device(backend, device) or "auto", "chosen with --backend")

@@ -259,14 +259,23 @@ def _run(model: SttModel, pending: Iterator[Stream], batch: int, chunk: int, *, 
         pcm = np.zeros((batch, chunk * FRAME), np.float32)
         real = np.zeros(batch, int)
         restart = np.zeros(batch, bool)
+        ended: list[Stream] = []
         for b in range(batch):
-            if slots[b] is None and (refill or not used[b]):
-                slots[b] = next(pending, None)
+            while True:
+                if slots[b] is None and (refill or not used[b]):
+                    slots[b] = next(pending, None)
+                    if slots[b] is not None:
+                        restart[b], used[b] = used[b], True
+                        encoders[b] = codec.open_encoder() if own else None
                 if slots[b] is not None:
-                    restart[b], used[b] = used[b], True
-                    encoders[b] = codec.open_encoder() if own else None
-            if slots[b] is not None:
-                real[b] = slots[b].read_frames(pcm[b])
+                    real[b] = slots[b].read_frames(pcm[b])
+                # A stream that ended exactly on a chunk boundary reads nothing now: it is
+                # done, and with refill its slot takes the next stream in this same round.
+                if real[b] or slots[b] is None or not refill:
+                    break
+                ended.append(slots[b])
+                slots[b], encoders[b] = None, None
+        yield from ended
         if not real.any():
             yield from (s for s in slots if s is not None)
             return

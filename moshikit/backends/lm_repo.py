@@ -74,12 +74,45 @@ def resolve_repo(repo_dir_or_config, *, moshi_weights: str | os.PathLike | None 
     if config is None:
         config_path = None
     names = config or {}
+
+    def local(key: str, default: str) -> Path:
+        name = names.get(key, default)
+        return other_repo_file(name) if is_other_repo_ref(name) else root / name
+
     return LMRepo(
-        moshi_weights=weights_override or root / names.get("moshi_name", MOSHI_NAME),
-        tokenizer=root / names.get("tokenizer_name", TOKENIZER_NAME),
-        mimi_weights=root / names.get("mimi_name", MIMI_NAME),
+        moshi_weights=weights_override or local("moshi_name", MOSHI_NAME),
+        tokenizer=local("tokenizer_name", TOKENIZER_NAME),
+        mimi_weights=mimi_path(names.get("mimi_name", MIMI_NAME), root),
         config_path=config_path, config=config, source=str(path),
     )
+
+
+def is_other_repo_ref(name: str) -> bool:
+    """``hf://<org>/<repo>/<path>``: a file of another hub repo, as moshi's export script
+    writes for the Mimi and tokenizer of the ``-q8`` repos (they live in the bf16 repo)."""
+    return isinstance(name, str) and name.startswith("hf://")
+
+
+def split_ref(name: str) -> tuple[str, str]:
+    """``hf://org/repo/path/file`` -> (``org/repo``, ``path/file``)."""
+    parts = name.removeprefix("hf://").split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ModelError(f"{name}: not a file reference of the form hf://<org>/<repo>/<file>")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def other_repo_file(name: str) -> Path:
+    """The local path of an ``hf://`` reference, through huggingface_hub (its cache, and
+    the network unless ``HF_HUB_OFFLINE``); the other repo's main revision."""
+    from huggingface_hub import hf_hub_download
+
+    repo, file = split_ref(name)
+    try:
+        return Path(hf_hub_download(repo, file))
+    except Exception as exc:  # offline and not cached, no such repo or file, no access
+        raise ModelError(f"cannot get {file} from {repo} (named by config.json as {name}): "
+                         f"{str(exc).splitlines()[0]}",
+                         hint=f"moshikit download {repo}") from None
 
 
 def _looks_like_repo_id(raw: str) -> bool:
@@ -97,6 +130,18 @@ def _read_config(path: Path) -> dict:
     return config
 
 
+def mimi_path(name: str, root: Path) -> Path:
+    """Where the Mimi named by config.json is: ``root / name``, or the file an ``hf://``
+    reference resolves to. The LM runs without it, so an unresolvable reference gives a
+    path that does not exist (whoever needs the codec reports it) rather than an error."""
+    if not is_other_repo_ref(name):
+        return root / name
+    try:
+        return other_repo_file(name)
+    except ModelError:
+        return root / split_ref(name)[1]
+
+
 def _resolve_hub(repo: str, revision: str | None, weights_override: Path | None) -> LMRepo:
     from huggingface_hub import hf_hub_download
 
@@ -106,6 +151,8 @@ def _resolve_hub(repo: str, revision: str | None, weights_override: Path | None)
         from huggingface_hub.utils import EntryNotFoundError  # type: ignore
 
     def get(name: str) -> Path:
+        if is_other_repo_ref(name):
+            return other_repo_file(name)
         try:
             return Path(hf_hub_download(repo, name, revision=revision))
         except EntryNotFoundError:
@@ -124,9 +171,9 @@ def _resolve_hub(repo: str, revision: str | None, weights_override: Path | None)
         tokenizer = get(names.get("tokenizer_name", TOKENIZER_NAME))
     except EntryNotFoundError as exc:
         raise ModelError(f"{repo}: {str(exc).splitlines()[0]}") from None
-    root = tokenizer.parent
+    root = config_path.parent if config_path is not None else tokenizer.parent
     return LMRepo(moshi_weights=weights, tokenizer=tokenizer,
-                  mimi_weights=root / names.get("mimi_name", MIMI_NAME),
+                  mimi_weights=mimi_path(names.get("mimi_name", MIMI_NAME), root),
                   config_path=config_path, config=config, source=repo)
 
 

@@ -88,6 +88,8 @@ class TorchCodec:
         self._end_stream()
         self._stream = self._mimi.streaming(batch_size)
         _widen_kv_caches(self._mimi, 2 * MAX_STEP_FRAMES)
+        graphed = cuda_graphed(self._mimi)
+        self._enc_steps, self._dec_steps = StepShapes(graphed), StepShapes(graphed)
 
     def reset_slots(self, mask: np.ndarray) -> None:
         """Restart the streams of the current batch where ``mask`` is true (encoder and decoder)."""
@@ -102,17 +104,83 @@ class TorchCodec:
 
     def encode_step(self, pcm: np.ndarray) -> np.ndarray:
         assert self._stream is not None, "call reset_stream() first"
-        step = MAX_STEP_FRAMES * self.info.frame_size
-        with self._torch.inference_mode():
-            parts = [self._mimi.encode(self._pcm(pcm[:, i : i + step])) for i in range(0, pcm.shape[-1], step)]
-            return self._torch.cat(parts, -1).cpu().numpy()
+        return _encode_in_steps(self, self._enc_steps, pcm)
 
     def decode_step(self, codes: np.ndarray) -> np.ndarray:
         assert self._stream is not None, "call reset_stream() first"
+        frame = self.info.frame_size
         with self._torch.inference_mode():
-            parts = [self._mimi.decode(self._codes(codes[..., i : i + MAX_STEP_FRAMES]))
-                     for i in range(0, codes.shape[-1], MAX_STEP_FRAMES)]
+            parts = []
+            for start, stop, pad in self._dec_steps.plan(codes.shape[-1]):
+                piece = codes[..., start:stop]
+                if pad:
+                    piece = np.pad(piece, ((0, 0), (0, 0), (0, pad)))
+                out = self._mimi.decode(self._codes(piece))
+                parts.append(out[..., : (stop - start) * frame] if pad else out)
             return self._torch.cat(parts, -1)[:, 0].float().cpu().numpy()
+
+
+class StepShapes:
+    """The frame counts of one stream's Mimi calls, kept to what moshi's CUDA graphs allow.
+
+    On CUDA, moshi's streaming Mimi runs its encoder, decoder and transformers through
+    ``CUDAGraphed``: the first call runs plainly, the second is captured, and every later
+    call must have the captured call's shape (else ``ValueError: Argument #0 had shape
+    ...``). A graphed stream therefore runs every call at one size, the first call's
+    (at most ``MAX_STEP_FRAMES``): longer calls are split into calls of that size, and a
+    shorter last call is zero-padded to it and its output trimmed. Mimi is causal, so the
+    padding changes nothing before it (codes and audio are bit-identical on a CPU), but
+    it ends the stream: a call after a padded one raises. Ungraphed streams (CPU, MPS,
+    ``NO_CUDA_GRAPH=1``) split as before: calls of ``MAX_STEP_FRAMES`` and a short tail.
+    """
+
+    def __init__(self, graphed: bool) -> None:
+        self.graphed = graphed
+        self.frames: int | None = None  # the one call size of a graphed stream
+        self.ended = False
+
+    def plan(self, n: int) -> list[tuple[int, int, int]]:
+        """(start, stop, pad) of each Mimi call for ``n`` more frames."""
+        if not self.graphed:
+            return [(i, min(i + MAX_STEP_FRAMES, n), 0) for i in range(0, n, MAX_STEP_FRAMES)]
+        if n and self.ended:
+            raise RuntimeError("this CUDA-graphed Mimi stream ended with a padded call; call reset_stream() first")
+        if self.frames is None and n:
+            self.frames = min(n, MAX_STEP_FRAMES)
+        size = self.frames or MAX_STEP_FRAMES
+        calls = []
+        for i in range(0, n, size):
+            stop = min(i + size, n)
+            calls.append((i, stop, size - (stop - i)))
+        if calls and calls[-1][2]:
+            self.ended = True
+        return calls
+
+
+def cuda_graphed(mimi) -> bool:
+    """Whether moshi will CUDA-graph this streaming Mimi (read from its streaming state)."""
+    import os
+
+    state = mimi.get_streaming_state().get("")
+    graph = getattr(state, "graphed_encoder", None)
+    if graph is None or getattr(graph, "disable", True):
+        return False
+    return os.environ.get("NO_CUDA_GRAPH", "").lower() in {"0", "no", "n", ""}
+
+
+def _encode_in_steps(codec: "TorchCodec", steps: StepShapes, pcm: np.ndarray) -> np.ndarray:
+    frame = codec.info.frame_size
+    if pcm.shape[-1] % frame:
+        raise ValueError(f"encode_step takes whole frames of {frame} samples, not {pcm.shape[-1]}")
+    with codec._torch.inference_mode():
+        parts = []
+        for start, stop, pad in steps.plan(pcm.shape[-1] // frame):
+            piece = pcm[:, start * frame : stop * frame]
+            if pad:
+                piece = np.pad(piece, ((0, 0), (0, pad * frame)))
+            out = codec._mimi.encode(codec._pcm(piece))
+            parts.append(out[..., : stop - start] if pad else out)
+        return codec._torch.cat(parts, -1).cpu().numpy()
 
 
 class _OwnStateEncoder:
@@ -131,6 +199,7 @@ class _OwnStateEncoder:
         try:
             _widen_kv_caches(m, 2 * MAX_STEP_FRAMES)
             self._state = m.get_streaming_state()
+            self._steps = StepShapes(cuda_graphed(m))
         finally:
             stack.close()
 
@@ -138,12 +207,9 @@ class _OwnStateEncoder:
         """``pcm`` [1, n] (whole frames) -> codes [1, K, n / 1920], continuing this stream."""
         c, m = self._codec, self._codec._mimi
         c._end_stream()
-        step = MAX_STEP_FRAMES * c.info.frame_size
         m.set_streaming_state(self._state)
         try:
-            with c._torch.inference_mode():
-                parts = [m.encode(c._pcm(pcm[:, i : i + step])) for i in range(0, pcm.shape[-1], step)]
-                return c._torch.cat(parts, -1).cpu().numpy()
+            return _encode_in_steps(c, self._steps, pcm)
         finally:
             m._stop_streaming()
 

@@ -52,10 +52,42 @@ def checkpoint_info(repo: LMRepo):
     )
 
 
+def load_moshi_model(checkpoint, device: str, dtype):
+    """The LMModel of ``checkpoint`` on ``device`` in ``dtype``.
+
+    moshi's loader (0.2.13) casts every floating tensor of the file to the model's dtype,
+    the int8 scales of a quantized (``"quantize": true``, the ``-q8`` repos) checkpoint
+    included: ``QLinear.forward`` then refuses to run ("Expected `weight_scb` to have type
+    float, but got bfloat16"; moshi issue #271). A quantized checkpoint is therefore loaded
+    here the way moshi does it, but with every ``*_scb`` tensor kept in float32: the model
+    is built on the ``meta`` device and the file's tensors are assigned in place.
+    """
+    if not (checkpoint.lm_config or {}).get("quantize"):
+        return checkpoint.get_moshi(device=device, dtype=dtype)
+    import torch
+    from moshi.models import loaders
+    from safetensors.torch import load_file
+
+    weights = str(checkpoint.moshi_weights)
+    if not weights.endswith((".safetensors", ".sft", ".sfts")):
+        raise ModelError(f"{weights}: a quantized checkpoint must be a safetensors file")
+    model = loaders.get_moshi_lm(None, lm_kwargs=checkpoint.lm_config, device="meta", dtype=dtype)
+    state = load_file(weights, device=str(torch.device(device)))
+    for key, value in state.items():
+        if value.dtype.is_floating_point:
+            keep_fp32 = key.endswith("_scb") or key.startswith(("condition_provider.", "fuser."))
+            state[key] = value.float() if keep_fp32 else value.to(dtype)
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
 def _torch_dtype(torch, dtype, device: str):
     if dtype is None or dtype == "auto":
-        # bf16 is what the weights are published in; CPUs run fp32 much faster.
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        # bf16 is what the weights are published in, on GPUs that have it (fp16 on older
+        # CUDA GPUs); CPUs run fp32 much faster.
+        from ..platform import auto_dtype
+
+        dtype = auto_dtype(device)
     if isinstance(dtype, str):
         try:
             return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
@@ -134,7 +166,7 @@ class TorchLM:
         self.checkpoint = checkpoint_info(repo)
         self.dtype = _torch_dtype(torch, dtype, dev)
         try:
-            self.model = self.checkpoint.get_moshi(device=dev, dtype=self.dtype)
+            self.model = load_moshi_model(self.checkpoint, dev, self.dtype)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise ModelError(f"{repo.moshi_weights}: cannot load as a Moshi LM: {str(exc).splitlines()[0]}") from None
         cp = self.model.condition_provider

@@ -90,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    from ..backends.torch_env import quiet_library_logs
     from ..errors import MoshikitError, Terminated
 
+    args = sys.argv[1:] if argv is None else argv
+    quiet_library_logs(debug=_debug["on"] or "--debug" in args)
     try:
         command()(args=argv, prog_name="moshikit")
     except SystemExit as exc:

@@ -93,7 +93,8 @@ def codec(
     weights = resolve_mimi(mimi_weight, "synthetic" if synthetic else model)
     plan = bench.CodecPlan(_backends(backend, "codec"), str(weights.path), reference, sizes, lengths, repeats,
                            frames, num_codebooks, device_value(device), files=file_plan)
-    result = bench.BenchResult(env=bench.environment({"weights": str(weights.path)}), synthetic=synthetic)
+    result = bench.BenchResult(env=bench.environment({"weights": str(weights.path)}), synthetic=synthetic,
+                               notes=plan.notes)  # the same list: subjects skipped while running
     render(result, lambda: bench.bench_codec(plan), json_file, compare, plot)
 
 

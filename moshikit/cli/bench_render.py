@@ -24,6 +24,8 @@ def render(result, rows: Callable[[], Iterator], json_file: str | None, compare:
         result.interrupted = True
         err.print("[yellow]interrupted: reporting what was measured so far[/]")
     _table(con, result)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
     _histograms(con, result)
     if old is not None:
         _comparison(con, bench.compare(result, old))

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import DeviceOpt, JsonOpt, LMBackendName, LMBackendOpt, RevisionOpt, device_value
+from .options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, LMBackendName, LMBackendOpt, RevisionOpt, device_value
 
 
 
@@ -29,6 +29,7 @@ def chat(
     insecure: Annotated[bool, typer.Option("--insecure", help="With --url: accept a self-signed certificate.")] = False,
     backend: LMBackendOpt = LMBackendName.auto,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = Dtype.auto,
     input_device: Annotated[Optional[str], typer.Option(
         "--input-device", show_default=False, help="Microphone: index or (part of) its name.")] = None,
     output_device: Annotated[Optional[str], typer.Option(
@@ -68,7 +69,8 @@ def chat(
     if list_devices:
         return print_devices(out)
     local_only = {"--model": model, "--temp": temp, "--temp-text": temp_text, "--top-k": top_k, "--seed": seed,
-                  "--device": device, "--revision": revision}
+                  "--device": device, "--revision": revision,
+                  "--dtype": None if dtype == Dtype.auto else dtype}
     if url is not None:
         given = [k for k, v in local_only.items() if v is not None]
         if backend != LMBackendName.auto:
@@ -80,7 +82,7 @@ def chat(
     if input_file is None:
         if output is not None or transcript is not None:
             raise UsageError("--output and --transcript go with --input (live chats record with --record)")
-        return _live(out, url, insecure, model, backend.value, device_value(device), revision,
+        return _live(out, url, insecure, model, backend.value, (device_value(device), dtype.value), revision,
                      _sampling(model, temp, temp_text, top_k, seed), input_device, output_device, aec, record,
                      duration, plain)
     if output is None:
@@ -89,7 +91,8 @@ def chat(
                             "--duration": duration}.items() if v is not None]
     if given:
         raise UsageError(f"{', '.join(given)} go with a live chat, not --input")
-    _offline(out, url, insecure, input_file, output, transcript, model, backend.value, device_value(device),
+    _offline(out, url, insecure, input_file, output, transcript, model, backend.value,
+             (device_value(device), dtype.value),
              revision, _sampling(model, temp, temp_text, top_k, seed))
 
 
@@ -121,7 +124,9 @@ def _remote():
     return remote
 
 
-def _offline(out, url, insecure, input_file, output, transcript, model, backend, device, revision, sampling) -> None:
+def _offline(out, url, insecure, input_file, output, transcript, model, backend, device_dtype, revision,
+             sampling) -> None:
+    device, dtype = device_dtype
     import numpy as np
 
     from .. import chat as lib
@@ -149,7 +154,8 @@ def _offline(out, url, insecure, input_file, output, transcript, model, backend,
         if warn:
             out.message(f"[yellow]warning:[/] {warn}")
         out.message("[dim]loading the model...[/]")
-        conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision)
+        conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision,
+                             dtype=dtype)
         total_seconds = pcm.size / SAMPLE_RATE
         with out.progress(1, total_seconds, "chat") as prog:
             def on_frame(i: int, n: int) -> None:
@@ -173,8 +179,9 @@ def _offline(out, url, insecure, input_file, output, transcript, model, backend,
         out.message(f"wrote {output} ({duration:.1f} s)" + (f" and {transcript}" if transcript else ""))
 
 
-def _live(out, url, insecure, model, backend, device, revision, sampling, input_device, output_device, aec,
+def _live(out, url, insecure, model, backend, device_dtype, revision, sampling, input_device, output_device, aec,
           record, duration, plain) -> None:
+    device, dtype = device_dtype
     from .. import chat as lib
     from ..mic import _sounddevice
     from .chat_ui import ui_for
@@ -191,7 +198,8 @@ def _live(out, url, insecure, model, backend, device, revision, sampling, input_
         engine = _remote().connect(url, insecure=insecure)
     else:
         out.message("[dim]loading the model...[/]")
-        conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision)
+        conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision,
+                             dtype=dtype)
         engine = lib.LocalEngine(conv)
     cfg = lib.LiveConfig(input_device=input_device, output_device=output_device, aec=aec, duration=duration,
                          record_dir=record, record=record is not None)

@@ -85,3 +85,15 @@ RayManifestOpt = Annotated[Optional[str], typer.Option(
     "--ray-manifest", show_default=False, rich_help_panel=_RAY,
     help="Where the job's Parquet manifest goes (a rerun reads it to skip finished files). "
          "Default: moshikit-<command>.parquet in the output directory.")]
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+DtypeOpt = Annotated[Dtype, typer.Option(
+    "--dtype", help="The LM's precision (PyTorch): auto is bf16 on GPUs of compute capability 8.0 and later, "
+                    "fp16 on older GPUs, fp32 on CPUs.")]

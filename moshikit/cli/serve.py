@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import DeviceOpt, LMBackendName, LMBackendOpt, ModelOpt, RevisionOpt, device_value
+from .options import DeviceOpt, Dtype, DtypeOpt, LMBackendName, LMBackendOpt, ModelOpt, RevisionOpt, device_value
 
 
 
@@ -17,6 +17,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0 picks a free one).")] = 8998,
     backend: LMBackendOpt = LMBackendName.auto,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = Dtype.auto,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Concurrent sessions, one stream each of a batched "
                                                               "model (GPU; torch backend). With 1, a second client "
                                                               "is refused while one talks.")] = 1,
@@ -79,7 +80,7 @@ def serve(
         ctx = lib.ssl_context(cert, key)
     out.message("[dim]loading the model...[/]")
     conv = lib.load_conversation(model, backend=backend.value, device=device_value(device), sampling=sampling,
-                                 batch=batch, revision=revision)
+                                 batch=batch, revision=revision, dtype=dtype.value)
     cfg = lib.ServeConfig(host=host, port=port, static=static, idle_timeout=idle_timeout)
     server = lib.ChatServer(conv, cfg, log=lambda m: out.message(f"[dim]{m}[/]"))
 

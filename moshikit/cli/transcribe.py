@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (DeviceOpt, IncludeOpt, JsonOpt, LMBackendName, LMBackendOpt, ManifestColumnOpt, ManifestOpt,
-                      OverwriteOpt, RayAddressOpt, RayCpusOpt, RayGpusOpt, RayManifestOpt, RayOpt, RayWorkersOpt,
-                      RevisionOpt, device_value)
+from .options import (DeviceOpt, Dtype, DtypeOpt, IncludeOpt, JsonOpt, LMBackendName, LMBackendOpt,
+                      ManifestColumnOpt, ManifestOpt, OverwriteOpt, RayAddressOpt, RayCpusOpt, RayGpusOpt, RayManifestOpt,
+                      RayOpt, RayWorkersOpt, RevisionOpt, device_value)
 
 
 
@@ -28,6 +28,7 @@ def transcribe(
              "a local directory, or 'synthetic' (generated test weights).")] = None,
     backend: LMBackendOpt = LMBackendName.auto,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = Dtype.auto,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", min=1, show_default=False,
         help="Files transcribed as parallel streams of one batch (default: 16 on a GPU, 4 on a CPU).")] = None,
@@ -76,17 +77,18 @@ def transcribe(
         raise UsageError("nothing to transcribe: give audio files or directories, --manifest FILE, or --mic")
     if (ray or ray_address) and (mic or output == "-"):
         raise UsageError("--ray writes transcript files: it goes with neither --mic nor -o -")
+    device = (device_value(device), dtype.value)
     if ray or ray_address:
-        return _ray(out, inputs or [], output, formats, model, backend.value, device_value(device), batch_size,
+        return _ray(out, inputs or [], output, formats, model, backend.value, device, batch_size,
                     include, revision, overwrite, manifest, manifest_column,
                     dict(address=ray_address, workers=ray_workers, cpus=ray_cpus, gpus=ray_gpus,
                          job_manifest=ray_manifest))
     if not mic and (duration is not None or save is not None or input_device is not None):
         raise UsageError("--duration, --save and --input-device go with --mic")
     if mic:
-        return _mic(out, model, backend.value, device_value(device), revision, input_device, duration, save,
+        return _mic(out, model, backend.value, device, revision, input_device, duration, save,
                     formats)
-    _files(out, inputs or [], output, formats, model, backend.value, device_value(device), batch_size, include,
+    _files(out, inputs or [], output, formats, model, backend.value, device, batch_size, include,
            revision, overwrite, manifest, manifest_column)
 
 
@@ -102,16 +104,18 @@ def _ray(out, inputs, output, formats, model, backend, device, batch_size, inclu
     opts = stt.TranscribeOptions(formats=formats, batch_size=batch_size or 0, overwrite=overwrite)  # 0: per device
     summary = run_on_ray(out, "transcribe", inputs, output, f".{formats[0]}", include=include, manifest=manifest,
                          manifest_column=manifest_column,
-                         load={"model": model, "backend": backend, "device": device, "revision": revision},
+                         load={"model": model, "backend": backend, "device": device[0], "dtype": device[1],
+                               "revision": revision},
                          opts=opts, **ray_opts)
     if summary["failed"]:
         raise typer.Exit(1)
 
 
-def _load(out, model, backend, device, revision):
+def _load(out, model, backend, device_dtype, revision):
     from .. import stt
 
-    m = stt.load_stt(model, backend=backend, device=device, revision=revision)
+    device, dtype = device_dtype
+    m = stt.load_stt(model, backend=backend, device=device, dtype=dtype, revision=revision)
     info = m.describe()
     out.message(f"[dim]model: {m.name} ({info['lm_backend']} on {info['device']}, codec {info['codec_backend']}); "
                 f"text delay {m.delay:g} s[/]")

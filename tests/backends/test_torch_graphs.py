@@ -1,0 +1,115 @@
+"""Streaming Mimi under moshi's CUDA-graph rules (every call after the captured one has its
+shape), enforced on a CPU: long files encode and decode, with the codes and audio of an
+ungraphed run."""
+
+import numpy as np
+import pytest
+
+from moshikit import codec as ops
+from moshikit.backends.torch_codec import MAX_STEP_FRAMES, StepShapes, cuda_graphed
+from moshikit.testing import cuda_graph_rules
+from moshikit.tokens import read_tokens
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FRAMES = 2 * MAX_STEP_FRAMES + 40  # 23.2 s: two whole chunks and a short one (the crash of issue 16)
+
+
+@pytest.fixture(params=[pytest.param(10, id="10-frame-chunks"),
+                        pytest.param(MAX_STEP_FRAMES, id="real-chunks", marks=pytest.mark.slow)])
+def chunk_frames(request, monkeypatch, speech):
+    """The commands' chunk size (slow: 23 s of audio), or the same code with 10-frame chunks
+    (a 2.7 s file is then "long": two whole chunks and a short one)."""
+    from moshikit.backends import torch_codec as tc
+
+    n = request.param
+    monkeypatch.setattr(ops, "CHUNK_FRAMES", n)
+    monkeypatch.setattr(tc, "MAX_STEP_FRAMES", n)
+    frames = 2 * n + 7 if n != MAX_STEP_FRAMES else FRAMES
+    return n, frames, np.resize(speech, frames * 1920 - 700).astype(np.float32)
+
+
+def _encode(tmp_path, codec, pcm, name):
+    from conftest import _write_wav
+
+    src = _write_wav(tmp_path / f"{name}.wav", pcm)
+    jobs, _ = ops.plan([str(src)], str(tmp_path / name), ".mimi")
+    (res,) = list(ops.encode_files(jobs, codec))
+    assert res.status == "done", res.error
+    return res.output
+
+
+def test_the_harness_raises_what_cuda_raises(torch_codec, monkeypatch):
+    cuda_graph_rules.enforce(monkeypatch)
+    codec = torch_codec.backend
+    codec.reset_stream(1)
+    mimi = codec._mimi
+    import torch
+
+    with torch.inference_mode():
+        for frames in (3, 3, 3):
+            mimi.encode(torch.zeros(1, 1, frames * 1920))
+        with pytest.raises(ValueError, match="had shape"):
+            mimi.encode(torch.zeros(1, 1, 2 * 1920))
+    assert cuda_graphed(mimi)
+
+
+def test_long_file_encode_and_decode_keep_graph_shapes(tmp_path, torch_codec, chunk_frames, monkeypatch):
+    _, frames, long_clip = chunk_frames
+    # Ungraphed first: today's codes and audio.
+    plain_tokens = _encode(tmp_path, torch_codec, long_clip, "plain")
+    plain = read_tokens(plain_tokens).codes
+    (res,) = list(ops.decode_files([ops.Job(str(plain_tokens), tmp_path / "plain-decoded.wav")],
+                                   lambda k: torch_codec))
+    assert res.status == "done", res.error
+    import soundfile as sf
+
+    plain_audio, _ = sf.read(tmp_path / "plain-decoded.wav", dtype="float32")
+
+    # Now moshi's Mimi streams are built by the strict wrapper (it replaces CUDAGraphed when
+    # a stream starts), as on CUDA.
+    graphed = cuda_graph_rules.enforce(monkeypatch)
+    graphed_tokens = _encode(tmp_path, torch_codec, long_clip, "graphed")
+    assert graphed.instances and all(not g.disable for g in graphed.instances)
+    enc = [g for g in graphed.instances if g.calls > 2]
+    assert enc, "the encoder ran more than two calls through the wrapper"
+    codes = read_tokens(graphed_tokens).codes
+    assert codes.shape == plain.shape == (1, 8, frames)
+    np.testing.assert_array_equal(codes, plain)
+
+    (res,) = list(ops.decode_files([ops.Job(str(graphed_tokens), tmp_path / "graphed-decoded.wav")],
+                                   lambda k: torch_codec, ops.DecodeOptions(overwrite=True)))
+    assert res.status == "done", res.error
+    audio, _ = sf.read(tmp_path / "graphed-decoded.wav", dtype="float32")
+    assert audio.shape == plain_audio.shape == (long_clip.size,)
+    np.testing.assert_array_equal(audio, plain_audio)
+
+
+def test_own_state_encoder_keeps_graph_shapes(torch_codec, chunk_frames, monkeypatch):
+    n, frames, long_clip = chunk_frames
+    pcm = np.pad(long_clip, (0, (-long_clip.size) % 1920))[None]
+    plain = torch_codec.backend.open_encoder().encode(pcm)
+    cuda_graph_rules.enforce(monkeypatch)
+    enc = torch_codec.backend.open_encoder()
+    chunk = n * 1920
+    parts = [enc.encode(pcm[:, i : i + chunk]) for i in range(0, pcm.shape[-1], chunk)]
+    codes = np.concatenate(parts, -1)
+    assert codes.shape == (1, 8, frames)
+    np.testing.assert_array_equal(codes, plain)
+    with pytest.raises(RuntimeError, match="reset_stream"):
+        enc.encode(pcm[:, :1920])  # the padded last call ended this stream
+
+
+def test_step_plans():
+    plain = StepShapes(False)
+    assert plain.plan(290) == [(0, 125, 0), (125, 250, 0), (250, 290, 0)]
+    assert plain.plan(1) == [(0, 1, 0)]
+    live = StepShapes(True)  # chat: one frame a call, forever
+    assert [live.plan(1) for _ in range(3)] == [[(0, 1, 0)]] * 3
+    assert live.plan(3) == [(0, 1, 0), (1, 2, 0), (2, 3, 0)]
+    files = StepShapes(True)
+    assert files.plan(125) == [(0, 125, 0)]
+    assert files.plan(165) == [(0, 125, 0), (125, 165, 85)]
+    with pytest.raises(RuntimeError):
+        files.plan(125)
+    assert files.plan(0) == []

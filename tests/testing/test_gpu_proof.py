@@ -1,0 +1,55 @@
+"""The one-call GPU proof: what it runs on CUDA, and its CPU dry run."""
+
+import json
+import sys
+
+import pytest
+
+from moshikit.testing import gpu_proof
+
+
+def test_the_cuda_plan_runs_the_cuda_tests_and_every_bench(tmp_path):
+    steps = {s.name: s.argv for s in gpu_proof.plan_steps("cuda", tmp_path)}
+    assert list(steps) == ["tests (cuda)", "bench codec", "bench chat", "bench stt", "bench lm"]
+    tests = steps["tests (cuda)"]
+    assert tests[:3] == [sys.executable, "-m", "pytest"] and tests[tests.index("-m", 3) + 1] == "cuda"
+    assert "--collect-only" not in tests and tests[3].endswith("tests/test_cuda.py")
+    lm = steps["bench lm"]
+    assert lm[lm.index("--lm-size") + 1] == "full" and lm[lm.index("--batch-sizes") + 1] == "1,8"
+    for name in ("codec", "chat", "stt", "lm"):
+        argv = steps[f"bench {name}"]
+        assert argv[1:5] == ["-m", "moshikit", "bench", name]
+        assert "--synthetic" in argv and argv[argv.index("--device") + 1] == "cuda"
+    assert "--collect-only" in gpu_proof.plan_steps("cpu", tmp_path)[0].argv  # the dry run only collects
+
+
+def test_cpu_dry_run_writes_one_json_and_a_summary(tmp_path, mimi_weights, capsys):
+    # The tests step (collection) and one benchmark: the whole dry run is in the slow test below.
+    code = gpu_proof.main(["--device", "cpu", "--out", str(tmp_path), "--only", "tests,lm"])
+    report = json.loads((tmp_path / "gpu-proof.json").read_text())
+    assert code == 0, (tmp_path / "gpu-proof.md").read_text()
+    assert report["ok"] and report["device"] == "cpu" and report["schema"] == "moshikit-gpu-proof/1"
+    assert [s["name"] for s in report["steps"]] == ["tests (collected only)", "bench lm"]
+    lm = report["steps"][1]
+    assert lm["status"] == "passed" and {r["params"].get("batch") for r in lm["rows"]} >= {1, 2}
+    md = (tmp_path / "gpu-proof.md").read_text()
+    assert md.startswith("# GPU proof: cpu (passed)") and "| bench lm | passed |" in md
+    assert capsys.readouterr().out == md
+
+
+def test_a_failing_step_fails_the_proof(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_proof, "plan_steps", lambda device, out, run_tests=None: [
+        gpu_proof.Step("bench lm", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"])])
+    report = gpu_proof.run("cpu", tmp_path)
+    assert not report["ok"] and report["steps"][0]["status"] == "failed" and report["steps"][0]["rc"] == 3
+    assert "boom" in (tmp_path / "gpu-proof.md").read_text()
+    with pytest.raises(SystemExit):
+        gpu_proof.main(["--only", "nope"])
+
+
+@pytest.mark.slow  # every step on a CPU: minutes on 2 cores
+def test_full_cpu_dry_run(tmp_path, mimi_weights):
+    assert gpu_proof.main(["--device", "cpu", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu-proof.json").read_text())
+    assert [s["status"] for s in report["steps"]] == ["passed"] * 5
+    assert all(s["rows"] for s in report["steps"][1:])
