@@ -460,14 +460,13 @@ def run_live(engine: DuplexEngine, config: LiveConfig | None = None, *,
     (``q`` quit, ``m`` mute, ``r`` record on/off). ``on_update`` gets the state ~10 times
     a second; ``on_text`` each of Moshi's text pieces. Returns the final state."""
     from .audio import Resampler
-    from .mic import _sounddevice, find_device, open_stream
+    from .mic import find_devices, load_sounddevice, open_stream
 
     cfg = config or LiveConfig()
-    sd = _sounddevice()
+    sd = load_sounddevice()
     stop = stop or threading.Event()
     state = LiveState()
-    in_dev = find_device(cfg.input_device, "input")[0] if cfg.input_device not in (None, "") else None
-    out_dev = find_device(cfg.output_device, "output")[0] if cfg.output_device not in (None, "") else None
+    (in_dev, _), (out_dev, _) = find_devices(cfg.input_device, cfg.output_device)
     mic_q: queue.Queue = queue.Queue(maxsize=200)
     mic_drops = [0]
 

@@ -11,6 +11,10 @@ import typer
 from .options import DeviceOpt, JsonOpt, LMBackendName, LMBackendOpt, RevisionOpt, device_value
 
 
+#: What works without a sound card, said when there is none.
+NO_DEVICE_INSTEAD = "chat over files with -i FILE -o FILE, talk to a server with --url, or see --list-devices"
+NO_DEVICE_INSTEAD_URL = "chat over files with --url URL -i FILE -o FILE, or see --list-devices"
+
 
 def chat(
     model: Annotated[Optional[str], typer.Option(
@@ -176,11 +180,12 @@ def _offline(out, url, insecure, input_file, output, transcript, model, backend,
 def _live(out, url, insecure, model, backend, device, revision, sampling, input_device, output_device, aec,
           record, duration, plain) -> None:
     from .. import chat as lib
-    from ..mic import _sounddevice
+    from ..mic import find_devices
     from .chat_ui import ui_for
 
     warn = lib.check_realtime_device(model, backend, device) if url is None else None
-    _sounddevice()  # no PortAudio: say so before loading a model
+    # No PortAudio, no microphone or no speaker: say so (and what works instead) before any model work.
+    find_devices(input_device, output_device, instead=NO_DEVICE_INSTEAD if url is None else NO_DEVICE_INSTEAD_URL)
     if aec:
         from ..aec import probe
 
