@@ -38,6 +38,9 @@ LIVE_MIN_SNR_DB = 40.0
 
 
 def probe() -> str:
+    from .torch_env import prepare
+
+    prepare()  # before moshi's first import: it reads NO_TORCH_COMPILE then, once
     import moshi  # noqa: F401
     import onnxruntime
     import torch  # noqa: F401

@@ -14,6 +14,9 @@ MAX_STEP_FRAMES = 125
 
 
 def probe() -> str:
+    from .torch_env import prepare
+
+    prepare()  # before moshi's first import: it reads NO_TORCH_COMPILE then, once
     import moshi
     import torch
 

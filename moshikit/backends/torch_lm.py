@@ -30,6 +30,9 @@ from .lm_repo import LMRepo, check_codes, resolve_repo, sampling_from  # noqa: F
 
 
 def probe() -> str:
+    from .torch_env import prepare
+
+    prepare()  # before moshi's first import: it reads NO_TORCH_COMPILE then, once
     import moshi
     import torch
 
