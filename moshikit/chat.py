@@ -34,7 +34,7 @@ from .conversation import FRAME, FRAME_SECONDS, SAMPLE_RATE, Conversation, Duple
 from .errors import ModelError
 
 __all__ = ["LocalEngine", "LatencyWindow", "LiveConfig", "LiveState", "Recorder", "check_realtime_device",
-           "load_chat", "run_live", "run_offline_chat"]
+           "load_chat", "run_live", "run_offline_chat", "warm_up"]
 
 
 # --------------------------------------------------------------------------- statistics
@@ -196,6 +196,25 @@ def load_chat(model: str | None = None, *, backend: str | None = None, device: s
     from .serve import load_conversation
 
     return load_conversation(model, backend=backend, device=device, sampling=sampling, revision=revision)
+
+
+def warm_up(conv: Conversation, *, frames: int | None = None, budget: float = 60.0) -> list[float]:
+    """Step ``conv`` over a little quiet noise, then reset it: first calls allocate, pick
+    kernels and fill caches (the first step has taken seconds), and a live loop must not pay
+    that with the user's first words. Runs the LM's delay plus 4 frames by default (stops
+    early past ``budget`` seconds). Returns the step times."""
+    n = max(conv.lm.info.delays) + 4 if frames is None else frames
+    rng = np.random.default_rng(0)
+    times: list[float] = []
+    t0 = time.monotonic()
+    conv.reset()
+    for _ in range(n):
+        pcm = (rng.standard_normal((conv.batch_size, FRAME)) * 1e-3).astype(np.float32)
+        times.append(conv.step(pcm).seconds)
+        if time.monotonic() - t0 > budget:
+            break
+    conv.reset()
+    return times
 
 
 # --------------------------------------------------------------------------- offline

@@ -197,6 +197,10 @@ def _live(out, url, insecure, model, backend, device, revision, sampling, input_
     else:
         out.message("[dim]loading the model...[/]")
         conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision)
+        # Everything slow happens before the devices open: a first step can take seconds.
+        out.message("[dim]warming up...[/]")
+        times = lib.warm_up(conv)
+        out.message(f"[dim]ready: a step takes {times[-1] * 1000:.0f} ms (a frame lasts 80 ms)[/]")
         engine = lib.LocalEngine(conv)
     cfg = lib.LiveConfig(input_device=input_device, output_device=output_device, aec=aec, duration=duration,
                          record_dir=record, record=record is not None)
