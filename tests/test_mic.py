@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.abc
 import sys
 
+import numpy as np
 import pytest
 
 from moshikit import mic
@@ -124,3 +125,42 @@ def test_commands_say_there_is_no_device_before_loading_a_model(no_devices, no_m
     assert err.strip().splitlines() == [
         "error: no audio input device found on this machine; "
         + (instead or "chat over files with -i FILE -o FILE, talk to a server with --url, or see --list-devices")]
+
+
+def test_live_chat_warms_the_model_up_before_opening_the_devices(monkeypatch, capsys):
+    """load, first steps, reset; only then the sound devices open."""
+    from types import SimpleNamespace
+
+    from moshikit import chat
+    from moshikit.conversation import FRAME, Frame
+
+    events = []
+
+    class Conv:
+        batch_size = 1
+        lm = SimpleNamespace(info=SimpleNamespace(delays=(0, 2, 1)))
+
+        def reset(self):
+            events.append("reset")
+
+        def step(self, pcm):
+            events.append("step")
+            return Frame(np.zeros((1, FRAME), np.float32), None, [""], 0, 0.01)
+
+    def load_chat(*a, **k):
+        events.append("load")
+        return Conv()
+
+    def open_stream(sd, kind, *a, **k):
+        events.append(f"open {kind}")
+        raise MoshikitError("stop here")
+
+    fake = FakeSoundDevice([{"name": "card", "max_input_channels": 1, "max_output_channels": 2}], (0, 0))
+    monkeypatch.setattr(mic, "load_sounddevice", lambda: fake)
+    monkeypatch.setattr(mic, "open_stream", open_stream)
+    monkeypatch.setattr(chat, "load_chat", load_chat)
+    code = main(["chat", "-m", "synthetic", "--no-aec", "--plain"])
+    err = capsys.readouterr().err
+    assert code == 1 and "error: stop here" in err, err
+    assert events[:events.index("open input")] == ["load", "reset", *["step"] * 6, "reset", "reset"]
+    assert "warming up..." in err and "ready: a step takes 10 ms" in err
