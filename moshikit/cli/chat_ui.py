@@ -33,17 +33,79 @@ def status_line(state) -> str:
 
 
 class RichUI:
-    """A live panel on stderr; keys read from the terminal in cbreak mode."""
+    """A live panel on stderr; keys read from the terminal in cbreak mode.
+
+    While the panel is up, whatever else reaches stderr (a C library's message such as ALSA's
+    "underrun occurred", a logging handler bound to the old stream, a warning) is printed
+    above the panel: the panel draws to a copy of the terminal's descriptor and descriptor 2
+    becomes a pipe read line by line. Written straight to the terminal, such a line moved the
+    cursor under the panel and the next refresh drew a second panel below the first.
+    """
 
     def __init__(self, console) -> None:
-        from rich.live import Live
-
         self.console = console
-        self._live = Live(self._render(None), console=console, refresh_per_second=10, transient=False)
         self._fd = None
         self._saved = None
+        self._pipe: int | None = None
+        self._saved_err: int | None = None
+        self._pump = None
+        self._live = None
+
+    def _take_stderr(self):
+        """A console on a copy of the terminal's stderr, and fd 2 turned into a pipe (None when
+        stderr has no descriptor to take)."""
+        import threading
+
+        from rich.console import Console
+
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            return None
+        term = os.fdopen(saved, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                         errors="replace", closefd=True)
+        console = Console(file=term, highlight=False, soft_wrap=True, force_terminal=True,
+                          no_color=self.console.no_color, color_system=self.console.color_system)
+        r, w = os.pipe()
+        os.dup2(w, 2)
+        os.close(w)
+        self._pipe, self._saved_err = r, saved
+        self._pump = threading.Thread(target=self._forward, args=(r,), name="moshikit-stderr", daemon=True)
+        return console
+
+    def _forward(self, r: int) -> None:
+        from rich.text import Text
+
+        rest = b""
+        while True:
+            try:
+                data = os.read(r, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            *lines, rest = (rest + data).split(b"\n")
+            for line in lines:
+                self._live.console.print(Text(line.decode(errors="replace")))
+        if rest:
+            self._live.console.print(Text(rest.decode(errors="replace")))
+
+    def _give_back_stderr(self) -> None:
+        if self._saved_err is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self._saved_err, 2)  # closes the pipe's write end: the forwarder reads to the end
+        self._pump.join(timeout=2.0)
+        os.close(self._pipe)
+        self._saved_err = self._pipe = None
 
     def __enter__(self) -> "RichUI":
+        from rich.live import Live
+
         if sys.stdin.isatty():
             import termios
             import tty
@@ -51,15 +113,25 @@ class RichUI:
             self._fd = sys.stdin.fileno()
             self._saved = termios.tcgetattr(self._fd)
             tty.setcbreak(self._fd)
+        console = self._take_stderr() or self.console
+        self.console = console
+        self._live = Live(self._render(None), console=console, refresh_per_second=10, transient=False)
         self._live.__enter__()
+        if self._pump is not None:
+            self._pump.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._live.__exit__(*exc)
-        if self._saved is not None:
-            import termios
+        try:
+            self._give_back_stderr()
+        finally:
+            self._live.__exit__(*exc)
+            if self.console.file is not sys.stderr and self._pump is not None:
+                self.console.file.close()
+            if self._saved is not None:
+                import termios
 
-            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+                termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
 
     def keys(self) -> str:
         if self._fd is None:
