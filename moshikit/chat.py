@@ -356,8 +356,11 @@ class LiveState:
     text: str = ""  # Moshi's text so far (the UI keeps its tail)
     input_level: float = 0.0  # RMS in dBFS-ish 0..1 (see level())
     output_level: float = 0.0
-    latency: tuple[float, float] | None = None  # p50, p99 seconds
+    latency: tuple[float, float] | None = None  # p50, p99 seconds of a local model's step
     steps: int = 0
+    frames_sent: int | None = None  # with a server: 80 ms frames of the user's audio sent
+    frames_received: int | None = None  # and of Moshi's audio received
+    reply_delay: tuple[float, float] | None = None  # p50, p99 seconds from sending to hearing back
     dropped_in: int = 0  # microphone frames dropped (model behind, or callback queue full)
     skipped_out: int = 0  # speaker frames skipped (too much queued)
     late_out: int = 0  # speaker callbacks that found nothing ready
@@ -618,6 +621,11 @@ def run_live(engine: DuplexEngine, config: LiveConfig | None = None, *,
             if lat is not None:
                 state.latency = lat.percentiles()
                 state.steps = lat.count
+            if getattr(engine, "reply_delay", None) is not None:  # a server: what the client sees of it
+                state.frames_sent = engine.samples_sent // FRAME
+                state.frames_received = engine.samples_received // FRAME
+                state.steps = state.frames_received
+                state.reply_delay = engine.reply_delay.percentiles()
             if on_update is not None and now - last_ui >= 0.1:
                 state.text = "".join(text_tail)
                 on_update(state)

@@ -209,9 +209,15 @@ def _live(out, url, insecure, model, backend, device, revision, sampling, input_
             state = lib.run_live(engine, cfg, on_update=ui.update, keys=ui.keys, on_text=ui.text)
     finally:
         engine.close()
+    def ms(pair, i):
+        return None if pair is None else round(pair[i] * 1000, 1)
+
     summary = {"seconds": round(state.elapsed, 2), "steps": state.steps, "dropped_in": state.dropped_in,
-               "skipped_out": state.skipped_out, "late_out": state.late_out, "text": state.text.strip(),
-               "latency_p50_ms": None if state.latency is None else round(state.latency[0] * 1000, 1),
-               "latency_p99_ms": None if state.latency is None else round(state.latency[1] * 1000, 1)}
+               "skipped_out": state.skipped_out, "late_out": state.late_out, "text": state.text.strip()}
+    if url is None:  # a local model: its step times
+        summary.update(latency_p50_ms=ms(state.latency, 0), latency_p99_ms=ms(state.latency, 1))
+    else:  # a server: what the client measures (its step times stay on the server)
+        summary.update(frames_sent=state.frames_sent, frames_received=state.frames_received,
+                       reply_delay_p50_ms=ms(state.reply_delay, 0), reply_delay_p99_ms=ms(state.reply_delay, 1))
     if out.json_mode:
         out.json(summary)

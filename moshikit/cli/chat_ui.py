@@ -26,6 +26,10 @@ def status_line(state) -> str:
         p50, p99 = state.latency
         parts.append(f"step p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms")
         parts.append(f"margin {state.margin * 100:.0f}%")
+    if state.reply_delay is not None:
+        parts.append(f"reply delay p50 {state.reply_delay[0] * 1000:.0f} ms p99 {state.reply_delay[1] * 1000:.0f} ms")
+    if state.frames_sent is not None:
+        parts.append(f"frames sent {state.frames_sent} received {state.frames_received}")
     parts.append(f"dropped {state.dropped_in}")
     parts.append(f"skipped {state.skipped_out}")
     parts.append(f"late {state.late_out}")
@@ -173,6 +177,10 @@ class RichUI:
             p50, p99 = state.latency
             grid.add_row("step", f"p50 {p50 * 1000:.1f} ms   p99 {p99 * 1000:.1f} ms   "
                                  f"real-time margin {state.margin * 100:.0f}%")
+        elif state.frames_sent is not None:  # a server: its step time is not seen from here
+            delay = "-" if state.reply_delay is None else (
+                f"reply delay p50 {state.reply_delay[0] * 1000:.0f} ms   p99 {state.reply_delay[1] * 1000:.0f} ms   ")
+            grid.add_row("server", f"{delay}frames sent {state.frames_sent}   received {state.frames_received}")
         else:
             grid.add_row("step", "-")
         grid.add_row("frames", f"dropped {state.dropped_in}   skipped {state.skipped_out}   late {state.late_out}")
