@@ -28,15 +28,11 @@ def _missing() -> str | None:
     if not glob.glob("/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so") and \
             not glob.glob("/usr/lib/alsa-lib/libasound_module_pcm_pulse.so"):
         return "ALSA's pulse plugin not installed (apt-get install libasound2-plugins)"
-    try:
-        import sounddevice  # noqa: F401
-    except OSError:
-        return "PortAudio not installed (apt-get install libportaudio2)"
     return None
 
 
 @pytest.fixture(scope="module")
-def pulse(tmp_path_factory, speech, write_wav):
+def pulse(tmp_path_factory, speech, write_wav, portaudio):
     """A private PulseAudio server with a null-sink speaker and microphone; yields the
     environment that reaches it and a function that starts playing speech into the microphone."""
     if not sys.platform.startswith("linux"):

@@ -98,10 +98,9 @@ def test_missing_input_file_is_one_line(repo, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ALSA")
-def test_live_chat_without_a_sound_card_is_one_line_before_any_model(tmp_path):
+def test_live_chat_without_a_sound_card_is_one_line_before_any_model(tmp_path, portaudio):
     """Real PortAudio over an ALSA that has no devices (an empty ~/.asoundrc, no sound card,
     no PulseAudio server reachable): exit 2, one line, and no checkpoint was even built."""
-    pytest.importorskip("sounddevice", exc_type=OSError)  # no PortAudio: see tests/test_mic.py
     (tmp_path / ".asoundrc").write_text("")
     (tmp_path / "run").mkdir()
     env = dict(os.environ, HOME=str(tmp_path), MOSHIKIT_CACHE=str(tmp_path / "cache"),
