@@ -35,7 +35,7 @@ from .conversation import FRAME, FRAME_SECONDS, SAMPLE_RATE, Conversation, Duple
 from .errors import ModelError
 
 __all__ = ["LocalEngine", "LatencyWindow", "LiveConfig", "LiveState", "Recorder", "check_realtime_device",
-           "load_chat", "run_live", "run_offline_chat"]
+           "load_chat", "run_live", "run_offline_chat", "warm_up"]
 
 
 # --------------------------------------------------------------------------- statistics
@@ -200,6 +200,25 @@ def load_chat(model: str | None = None, *, backend: str | None = None, device: s
                              dtype=dtype)
 
 
+def warm_up(conv: Conversation, *, frames: int | None = None, budget: float = 60.0) -> list[float]:
+    """Step ``conv`` over a little quiet noise, then reset it: first calls allocate, pick
+    kernels and fill caches (the first step has taken seconds), and a live loop must not pay
+    that with the user's first words. Runs the LM's delay plus 4 frames by default (stops
+    early past ``budget`` seconds). Returns the step times."""
+    n = max(conv.lm.info.delays) + 4 if frames is None else frames
+    rng = np.random.default_rng(0)
+    times: list[float] = []
+    t0 = time.monotonic()
+    conv.reset()
+    for _ in range(n):
+        pcm = (rng.standard_normal((conv.batch_size, FRAME)) * 1e-3).astype(np.float32)
+        times.append(conv.step(pcm).seconds)
+        if time.monotonic() - t0 > budget:
+            break
+    conv.reset()
+    return times
+
+
 # --------------------------------------------------------------------------- offline
 
 
@@ -352,8 +371,11 @@ class LiveState:
     text: str = ""  # Moshi's text so far (the UI keeps its tail)
     input_level: float = 0.0  # RMS in dBFS-ish 0..1 (see level())
     output_level: float = 0.0
-    latency: tuple[float, float] | None = None  # p50, p99 seconds
+    latency: tuple[float, float] | None = None  # p50, p99 seconds of a local model's step
     steps: int = 0
+    frames_sent: int | None = None  # with a server: 80 ms frames of the user's audio sent
+    frames_received: int | None = None  # and of Moshi's audio received
+    reply_delay: tuple[float, float] | None = None  # p50, p99 seconds from sending to hearing back
     dropped_in: int = 0  # microphone frames dropped (model behind, or callback queue full)
     skipped_out: int = 0  # speaker frames skipped (too much queued)
     late_out: int = 0  # speaker callbacks that found nothing ready
@@ -475,14 +497,13 @@ def run_live(engine: DuplexEngine, config: LiveConfig | None = None, *,
     (``q`` quit, ``m`` mute, ``r`` record on/off). ``on_update`` gets the state ~10 times
     a second; ``on_text`` each of Moshi's text pieces. Returns the final state."""
     from .audio import Resampler
-    from .mic import _sounddevice, find_device, open_stream
+    from .mic import find_devices, load_sounddevice, open_stream
 
     cfg = config or LiveConfig()
-    sd = _sounddevice()
+    sd = load_sounddevice()
     stop = stop or threading.Event()
     state = LiveState()
-    in_dev = find_device(cfg.input_device, "input")[0] if cfg.input_device not in (None, "") else None
-    out_dev = find_device(cfg.output_device, "output")[0] if cfg.output_device not in (None, "") else None
+    (in_dev, _), (out_dev, _) = find_devices(cfg.input_device, cfg.output_device)
     mic_q: queue.Queue = queue.Queue(maxsize=200)
     mic_drops = [0]
 
@@ -615,6 +636,11 @@ def run_live(engine: DuplexEngine, config: LiveConfig | None = None, *,
             if lat is not None:
                 state.latency = lat.percentiles()
                 state.steps = lat.count
+            if getattr(engine, "reply_delay", None) is not None:  # a server: what the client sees of it
+                state.frames_sent = engine.samples_sent // FRAME
+                state.frames_received = engine.samples_received // FRAME
+                state.steps = state.frames_received
+                state.reply_delay = engine.reply_delay.percentiles()
             if on_update is not None and now - last_ui >= 0.1:
                 state.text = "".join(text_tail)
                 on_update(state)

@@ -56,15 +56,23 @@ class DuplexEngine(Protocol):
 
 
 def piece_decoder(tokenizer) -> Callable[[int], str]:
-    """Text token -> text piece, as Moshi's clients print it (spaces for ``▁``)."""
+    """Text token -> text piece, as Moshi's clients print it (spaces for ``▁``).
+
+    Shows what moshi's server shows: nothing for the padding ids 0 and 3, and nothing for
+    SentencePiece's other control and unknown pieces (``<s>``, ``</s>``, ``<unk>``: in
+    Kyutai's tokenizers these are ids 0-3, which a trained Moshi never says but a model with
+    random weights does)."""
     size = tokenizer.get_piece_size() if tokenizer is not None else 0
+    is_control = getattr(tokenizer, "is_control", lambda i: False)
+    is_unknown = getattr(tokenizer, "is_unknown", lambda i: False)
     cache: dict[int, str] = {}
 
     def piece(token: int) -> str:
         if token in SILENT_TEXT or not 0 <= token < size:
             return ""
         if token not in cache:
-            cache[token] = tokenizer.id_to_piece(int(token)).replace("▁", " ")
+            t = int(token)
+            cache[t] = "" if is_control(t) or is_unknown(t) else tokenizer.id_to_piece(t).replace("▁", " ")
         return cache[token]
 
     return piece

@@ -45,6 +45,13 @@ class AudioError(MoshikitError):
     """An input that is not readable audio, or is empty."""
 
 
+class NoDeviceError(MoshikitError):
+    """No sound device of the kind a command needs (none at all, no default, or none matching
+    the name given): the user must choose another way in (a file, a server, another device)."""
+
+    exit_code = 2
+
+
 class TokenFileError(MoshikitError):
     """A token file that is truncated, corrupt, or does not match the codec."""
 

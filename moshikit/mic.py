@@ -13,24 +13,30 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import AudioError, MoshikitError
+from .errors import AudioError, MoshikitError, NoDeviceError
 
 SAMPLE_RATE = 24000
 
 
-def _sounddevice():
+def load_sounddevice():
+    """The sounddevice module, or one line saying why audio devices cannot be used here."""
     try:
         import sounddevice as sd
     except OSError as exc:  # the wheel is there, libportaudio is not
         raise MoshikitError(f"cannot use audio devices: {str(exc).splitlines()[0]}",
                             hint="install PortAudio (Debian/Ubuntu: apt-get install libportaudio2; "
                                  "macOS: brew install portaudio)") from None
+    except ImportError as exc:  # the wheel itself is missing
+        raise MoshikitError(f"cannot use audio devices: {exc}", hint="pip install sounddevice") from None
     return sd
+
+
+_sounddevice = load_sounddevice  # the old name
 
 
 def list_devices() -> list[dict]:
     """Every PortAudio device with its index, name, channel counts and default rate."""
-    sd = _sounddevice()
+    sd = load_sounddevice()
     default_in, default_out = (sd.default.device if isinstance(sd.default.device, (list, tuple))
                                else (sd.default.device, sd.default.device))
     return [{"index": i, "name": d["name"], "inputs": d["max_input_channels"], "outputs": d["max_output_channels"],
@@ -38,41 +44,51 @@ def list_devices() -> list[dict]:
              "default_output": i == default_out} for i, d in enumerate(sd.query_devices())]
 
 
-def find_device(device: str | int | None, kind: str = "input") -> tuple[int | None, dict]:
+def find_device(device: str | int | None, kind: str = "input", *, instead: str | None = None) -> tuple[int | None, dict]:
     """The PortAudio ``kind`` ("input" or "output") device for ``device``: an index, an exact
-    or partial name, or None for the default."""
-    sd = _sounddevice()
+    or partial name, or None for the default.
+
+    Raises ``NoDeviceError`` (exit 2) when there is none; ``instead`` (e.g. "chat with a file:
+    -i FILE -o FILE") is appended to that one line, to say what works without a device."""
+    sd = load_sounddevice()
     channels = "max_input_channels" if kind == "input" else "max_output_channels"
     try:
         devices = sd.query_devices()
     except Exception as exc:  # noqa: BLE001 - PortAudio reports as it can
         raise AudioError(f"cannot list audio devices ({str(exc).splitlines()[0]})") from None
     usable = [(i, d) for i, d in enumerate(devices) if d[channels] > 0]
+    alternatives = f"; {instead}" if instead else ""
     if not usable:
-        raise AudioError(f"no audio {kind} device found",
-                         hint="connect a microphone, or transcribe files instead" if kind == "input" else None)
+        raise NoDeviceError(f"no audio {kind} device found on this machine{alternatives}")
     if device is None or device == "":
         try:
             info = sd.query_devices(kind=kind)
-        except Exception:  # noqa: BLE001
-            raise AudioError(f"no default audio {kind} device",
-                             hint=f"choose one with --{kind}-device (see --list-devices)") from None
+        except Exception:  # noqa: BLE001 - PortAudioError('Error querying device -1')
+            raise NoDeviceError(f"no default audio {kind} device; choose one with --{kind}-device "
+                                f"(see --list-devices){alternatives}") from None
         return None, dict(info)
     text = str(device)
     if text.isdigit():
         for i, d in usable:
             if i == int(text):
                 return i, dict(d)
-        raise AudioError(f"{kind} device {text} does not exist or has no {kind} channels",
-                         hint="see --list-devices")
+        raise NoDeviceError(f"{kind} device {text} does not exist or has no {kind} channels",
+                            hint="see --list-devices")
     matches = [(i, d) for i, d in usable if d["name"] == text] or \
               [(i, d) for i, d in usable if text.lower() in d["name"].lower()]
     if not matches:
-        raise AudioError(f"no {kind} device matches {text!r}", hint="see --list-devices")
+        raise NoDeviceError(f"no {kind} device matches {text!r}", hint="see --list-devices")
     if len(matches) > 1:
         names = ", ".join(repr(d["name"]) for _, d in matches[:4])
-        raise AudioError(f"{text!r} matches several {kind} devices ({names})", hint="give the device's index")
+        raise NoDeviceError(f"{text!r} matches several {kind} devices ({names})", hint="give the device's index")
     return matches[0][0], dict(matches[0][1])
+
+
+def find_devices(input_device: str | int | None, output_device: str | int | None, *,
+                 instead: str | None = None) -> tuple[tuple[int | None, dict], tuple[int | None, dict]]:
+    """Both ends of a duplex chat, checked before anything slow happens (see ``find_device``)."""
+    return (find_device(input_device, "input", instead=instead),
+            find_device(output_device, "output", instead=instead))
 
 
 def open_stream(sd, kind: str, device: int | None, block24: int, callback):
@@ -98,9 +114,9 @@ class Microphone:
     """
 
     def __init__(self, device: str | int | None = None, *, seconds: float | None = None, block: int = 1920,
-                 max_queue: int = 750) -> None:
-        self.sd = _sounddevice()
-        self.index, self.info = find_device(device, "input")
+                 max_queue: int = 750, instead: str | None = None) -> None:
+        self.sd = load_sounddevice()
+        self.index, self.info = find_device(device, "input", instead=instead)
         self.name = self.info.get("name", "default")
         self.seconds = seconds
         self.block = block

@@ -73,6 +73,13 @@ class RemoteEngine:
         self.samples_sent = 0
         self.samples_received = 0
         self.dropped_samples = 0  # audio dropped because the link fell behind
+        #: Reply delay: from sending the user's audio at a point of the conversation to receiving
+        #: Moshi's audio for that same point (the network both ways, the server's queue and step,
+        #: Opus buffering): what the client can measure of the server's speed.
+        from .chat import LatencyWindow
+
+        self.reply_delay = LatencyWindow(10.0)
+        self._sent_marks: collections.deque[tuple[int, float]] = collections.deque(maxlen=8192)
         self.error: RemoteError | None = None
         self._lock = threading.Lock()
         self._in: collections.deque[np.ndarray] = collections.deque()
@@ -298,6 +305,7 @@ class RemoteEngine:
                     with self._lock:
                         self._out.append((np.asarray(pcm, np.float32), ""))
                         self.samples_received += pcm.size
+                    self._mark_reply(self.samples_received)
             elif kind == wire.TEXT:
                 text = payload.decode("utf-8", "replace")
                 if text:
@@ -329,6 +337,16 @@ class RemoteEngine:
             if data:
                 await ws.send_bytes(wire.message(wire.AUDIO, data))
             self.samples_sent += pcm.size
+            self._sent_marks.append((self.samples_sent, time.monotonic()))
+
+    def _mark_reply(self, received: int) -> None:
+        """The reply delay of the audio received up to sample ``received``: the server answers
+        each 80 ms frame with one frame, so it is Moshi's audio for the user's sample ``received``."""
+        marks = self._sent_marks
+        while marks and marks[0][0] < received:
+            marks.popleft()
+        if marks:
+            self.reply_delay.add(time.monotonic() - marks[0][1])
 
 
 def connect(url: str, *, insecure: bool = False, timeout: float = 10.0) -> RemoteEngine:

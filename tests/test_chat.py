@@ -220,3 +220,24 @@ def test_long_chat_keeps_step_time_and_memory_flat(repo):
     early, late = np.median(times[100:400]), np.median(times[-300:])
     assert late < early * 1.3, (early, late)
     assert rss[-1] - rss[5] < 64 << 20, [r >> 20 for r in rss]  # MB
+
+
+@linux_only
+def test_live_chat_with_a_server_reports_what_the_client_measures(home, repo):
+    """`chat --url --json` live: frames sent and received and the reply delay (the server's
+    own step time cannot be seen from the client), not `steps: 0` and null latencies."""
+    from moshikit import serve
+    from moshikit.backends.base import SamplingConfig
+
+    conv = serve.load_conversation(str(repo), backend="torch", device="cpu", sampling=SamplingConfig(seed=1))
+    with serve.RunningServer(serve.ChatServer(conv, serve.ServeConfig(port=0))) as running:
+        r = subprocess.run([sys.executable, "-m", "moshikit", "chat", "--url", running.url, "--input-device",
+                            "filein", "--output-device", "fileout", "--duration", "5", "--no-aec", "--json"],
+                           env=_env(home), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert "latency_p50_ms" not in summary
+    assert 50 <= summary["frames_sent"] <= 70  # 5 s of the microphone is 62.5 frames
+    assert 1 <= summary["frames_received"] <= summary["frames_sent"]  # as many as a busy machine's server made
+    assert summary["steps"] == summary["frames_received"]
+    assert 0 < summary["reply_delay_p50_ms"] <= summary["reply_delay_p99_ms"] < 10000, summary

@@ -119,10 +119,14 @@ def graph(module, example, name: str) -> Path:
     """The ONNX file of ``module``, exported on first use and cached by weights."""
     path = cache_root() / _graph_key(module) / f"{name}.onnx"
     if not path.exists():
+        import sys
+
         from ..atomic import check_room
 
         # the graph holds the weights: a cache that cannot take them fails now, not after the export
         check_room(path, sum(t.numel() * t.element_size() for t in module.state_dict().values()))
+        print(f"moshikit: exporting the onnx codec's {name} graph to {path.parent} (first use of these weights)",
+              file=sys.stderr, flush=True)
         _export(module, example, path)
     return path
 
@@ -251,6 +255,10 @@ class OnnxCodec(TorchCodec):
         path = self._dec_path.with_name("decoder_int8.onnx")
         try:
             if not path.exists():
+                import sys
+
+                print("moshikit: writing the onnx codec's int8 live decoder (first use of these weights)",
+                      file=sys.stderr, flush=True)
                 onnx_int8.write_int8(self._dec_path, path)
             session = _session(path)
             snr = _agreement(self._dec, session, self.info)

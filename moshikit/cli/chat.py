@@ -11,6 +11,10 @@ import typer
 from .options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, LMBackendName, LMBackendOpt, RevisionOpt, device_value
 
 
+#: What works without a sound card, said when there is none.
+NO_DEVICE_INSTEAD = "chat over files with -i FILE -o FILE, talk to a server with --url, or see --list-devices"
+NO_DEVICE_INSTEAD_URL = "chat over files with --url URL -i FILE -o FILE, or see --list-devices"
+
 
 def chat(
     model: Annotated[Optional[str], typer.Option(
@@ -183,11 +187,12 @@ def _live(out, url, insecure, model, backend, device_dtype, revision, sampling, 
           record, duration, plain) -> None:
     device, dtype = device_dtype
     from .. import chat as lib
-    from ..mic import _sounddevice
+    from ..mic import find_devices
     from .chat_ui import ui_for
 
     warn = lib.check_realtime_device(model, backend, device) if url is None else None
-    _sounddevice()  # no PortAudio: say so before loading a model
+    # No PortAudio, no microphone or no speaker: say so (and what works instead) before any model work.
+    find_devices(input_device, output_device, instead=NO_DEVICE_INSTEAD if url is None else NO_DEVICE_INSTEAD_URL)
     if aec:
         from ..aec import probe
 
@@ -200,6 +205,10 @@ def _live(out, url, insecure, model, backend, device_dtype, revision, sampling, 
         out.message("[dim]loading the model...[/]")
         conv = lib.load_chat(model, backend=backend, device=device, sampling=sampling, revision=revision,
                              dtype=dtype)
+        # Everything slow happens before the devices open: a first step can take seconds.
+        out.message("[dim]warming up...[/]")
+        times = lib.warm_up(conv)
+        out.message(f"[dim]ready: a step takes {times[-1] * 1000:.0f} ms (a frame lasts 80 ms)[/]")
         engine = lib.LocalEngine(conv)
     cfg = lib.LiveConfig(input_device=input_device, output_device=output_device, aec=aec, duration=duration,
                          record_dir=record, record=record is not None)
@@ -208,9 +217,15 @@ def _live(out, url, insecure, model, backend, device_dtype, revision, sampling, 
             state = lib.run_live(engine, cfg, on_update=ui.update, keys=ui.keys, on_text=ui.text)
     finally:
         engine.close()
+    def ms(pair, i):
+        return None if pair is None else round(pair[i] * 1000, 1)
+
     summary = {"seconds": round(state.elapsed, 2), "steps": state.steps, "dropped_in": state.dropped_in,
-               "skipped_out": state.skipped_out, "late_out": state.late_out, "text": state.text.strip(),
-               "latency_p50_ms": None if state.latency is None else round(state.latency[0] * 1000, 1),
-               "latency_p99_ms": None if state.latency is None else round(state.latency[1] * 1000, 1)}
+               "skipped_out": state.skipped_out, "late_out": state.late_out, "text": state.text.strip()}
+    if url is None:  # a local model: its step times
+        summary.update(latency_p50_ms=ms(state.latency, 0), latency_p99_ms=ms(state.latency, 1))
+    else:  # a server: what the client measures (its step times stay on the server)
+        summary.update(frames_sent=state.frames_sent, frames_received=state.frames_received,
+                       reply_delay_p50_ms=ms(state.reply_delay, 0), reply_delay_p99_ms=ms(state.reply_delay, 1))
     if out.json_mode:
         out.json(summary)

@@ -26,6 +26,10 @@ def status_line(state) -> str:
         p50, p99 = state.latency
         parts.append(f"step p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms")
         parts.append(f"margin {state.margin * 100:.0f}%")
+    if state.reply_delay is not None:
+        parts.append(f"reply delay p50 {state.reply_delay[0] * 1000:.0f} ms p99 {state.reply_delay[1] * 1000:.0f} ms")
+    if state.frames_sent is not None:
+        parts.append(f"frames sent {state.frames_sent} received {state.frames_received}")
     parts.append(f"dropped {state.dropped_in}")
     parts.append(f"skipped {state.skipped_out}")
     parts.append(f"late {state.late_out}")
@@ -33,17 +37,79 @@ def status_line(state) -> str:
 
 
 class RichUI:
-    """A live panel on stderr; keys read from the terminal in cbreak mode."""
+    """A live panel on stderr; keys read from the terminal in cbreak mode.
+
+    While the panel is up, whatever else reaches stderr (a C library's message such as ALSA's
+    "underrun occurred", a logging handler bound to the old stream, a warning) is printed
+    above the panel: the panel draws to a copy of the terminal's descriptor and descriptor 2
+    becomes a pipe read line by line. Written straight to the terminal, such a line moved the
+    cursor under the panel and the next refresh drew a second panel below the first.
+    """
 
     def __init__(self, console) -> None:
-        from rich.live import Live
-
         self.console = console
-        self._live = Live(self._render(None), console=console, refresh_per_second=10, transient=False)
         self._fd = None
         self._saved = None
+        self._pipe: int | None = None
+        self._saved_err: int | None = None
+        self._pump = None
+        self._live = None
+
+    def _take_stderr(self):
+        """A console on a copy of the terminal's stderr, and fd 2 turned into a pipe (None when
+        stderr has no descriptor to take)."""
+        import threading
+
+        from rich.console import Console
+
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            return None
+        term = os.fdopen(saved, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                         errors="replace", closefd=True)
+        console = Console(file=term, highlight=False, soft_wrap=True, force_terminal=True,
+                          no_color=self.console.no_color, color_system=self.console.color_system)
+        r, w = os.pipe()
+        os.dup2(w, 2)
+        os.close(w)
+        self._pipe, self._saved_err = r, saved
+        self._pump = threading.Thread(target=self._forward, args=(r,), name="moshikit-stderr", daemon=True)
+        return console
+
+    def _forward(self, r: int) -> None:
+        from rich.text import Text
+
+        rest = b""
+        while True:
+            try:
+                data = os.read(r, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            *lines, rest = (rest + data).split(b"\n")
+            for line in lines:
+                self._live.console.print(Text(line.decode(errors="replace")))
+        if rest:
+            self._live.console.print(Text(rest.decode(errors="replace")))
+
+    def _give_back_stderr(self) -> None:
+        if self._saved_err is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self._saved_err, 2)  # closes the pipe's write end: the forwarder reads to the end
+        self._pump.join(timeout=2.0)
+        os.close(self._pipe)
+        self._saved_err = self._pipe = None
 
     def __enter__(self) -> "RichUI":
+        from rich.live import Live
+
         if sys.stdin.isatty():
             import termios
             import tty
@@ -51,15 +117,25 @@ class RichUI:
             self._fd = sys.stdin.fileno()
             self._saved = termios.tcgetattr(self._fd)
             tty.setcbreak(self._fd)
+        console = self._take_stderr() or self.console
+        self.console = console
+        self._live = Live(self._render(None), console=console, refresh_per_second=10, transient=False)
         self._live.__enter__()
+        if self._pump is not None:
+            self._pump.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._live.__exit__(*exc)
-        if self._saved is not None:
-            import termios
+        try:
+            self._give_back_stderr()
+        finally:
+            self._live.__exit__(*exc)
+            if self.console.file is not sys.stderr and self._pump is not None:
+                self.console.file.close()
+            if self._saved is not None:
+                import termios
 
-            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+                termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
 
     def keys(self) -> str:
         if self._fd is None:
@@ -101,6 +177,10 @@ class RichUI:
             p50, p99 = state.latency
             grid.add_row("step", f"p50 {p50 * 1000:.1f} ms   p99 {p99 * 1000:.1f} ms   "
                                  f"real-time margin {state.margin * 100:.0f}%")
+        elif state.frames_sent is not None:  # a server: its step time is not seen from here
+            delay = "-" if state.reply_delay is None else (
+                f"reply delay p50 {state.reply_delay[0] * 1000:.0f} ms   p99 {state.reply_delay[1] * 1000:.0f} ms   ")
+            grid.add_row("server", f"{delay}frames sent {state.frames_sent}   received {state.frames_received}")
         else:
             grid.add_row("step", "-")
         grid.add_row("frames", f"dropped {state.dropped_in}   skipped {state.skipped_out}   late {state.late_out}")

@@ -187,7 +187,8 @@ def _mic(out, model, backend, device, revision, input_device, duration, save, fo
     from .. import stt
     from ..mic import Microphone
 
-    mic = Microphone(input_device, seconds=duration)  # fails now, before loading a model, if no device
+    # No PortAudio or no microphone: say so, and what works instead, before loading a model.
+    mic = Microphone(input_device, seconds=duration, instead="transcribe audio files instead, or see --list-devices")
     m = _load(out, model, backend, device, revision)
     out.message(f"[dim]listening on {mic.name!r}: Ctrl-C to stop[/]")
     recorder = _Recorder(Path(save)) if save else None

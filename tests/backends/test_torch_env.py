@@ -102,3 +102,21 @@ def test_encode_stderr_has_only_moshikit_lines(mimi_weights, speech, write_wav, 
     assert res.returncode == 0, res.stderr
     assert not TORCH_LOG_LINE.search(res.stderr), res.stderr
     assert "torch/" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("kind, name", [("codec", "torch"), ("codec", "onnx"), ("lm", "torch")])
+def test_probing_a_backend_imports_moshi_with_compile_off(kind, name):
+    """A probe (platform detection runs one before any model loads) is often the first import of
+    moshi, which reads NO_TORCH_COMPILE once, then: compiling on a CPU took the live chat's
+    first step 38 s, and every frame of a 15 s chat was dropped."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_TORCH_COMPILE", "MOSHIKIT_TORCH_COMPILE")}
+    code = (f"from moshikit.backends import registry; ok, why = registry.probe({kind!r}, {name!r}); "
+            "from moshi.utils.compile import torch_compile_lazy; "
+            "print(ok, torch_compile_lazy(len) is len)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if r.stdout.startswith("False"):
+        pytest.skip(f"{name} {kind} backend not installed")
+    assert r.stdout.split() == ["True", "True"], r.stdout + r.stderr

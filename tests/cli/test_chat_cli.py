@@ -4,6 +4,9 @@ and the refusal to run Moshi 7B live on a CPU."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,3 +95,25 @@ def test_missing_input_file_is_one_line(repo, tmp_path, capsys):
     code, _, err = _run(capsys, "chat", "-m", str(repo), "-i", str(tmp_path / "nope.wav"), "-o",
                         str(tmp_path / "o.wav"))
     assert code == 1 and "no such file" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ALSA")
+def test_live_chat_without_a_sound_card_is_one_line_before_any_model(tmp_path, portaudio):
+    """Real PortAudio over an ALSA that has no devices (an empty ~/.asoundrc, no sound card,
+    no PulseAudio server reachable): exit 2, one line, and no checkpoint was even built."""
+    (tmp_path / ".asoundrc").write_text("")
+    (tmp_path / "run").mkdir()
+    env = dict(os.environ, HOME=str(tmp_path), MOSHIKIT_CACHE=str(tmp_path / "cache"),
+               XDG_RUNTIME_DIR=str(tmp_path / "run"), PULSE_SERVER="unix:/nonexistent")
+    listed = subprocess.run([sys.executable, "-m", "moshikit", "chat", "--list-devices", "--json"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    if json.loads(listed.stdout):
+        pytest.skip("this machine has sound devices even with an empty ALSA configuration")
+    r = subprocess.run([sys.executable, "-m", "moshikit", "chat", "-m", "synthetic"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: no audio input device found on this machine; chat over files with -i FILE -o FILE, "
+        "talk to a server with --url, or see --list-devices"]
+    assert not (tmp_path / "cache").exists()  # the synthetic checkpoint was not built: no model work at all
