@@ -92,7 +92,7 @@ class FileResult:
     seconds: float = 0.0  # wall time spent on this file
 
 
-def _walk(root: Path, include: Sequence[str], extensions: Sequence[str]) -> list[Path]:
+def walk_tree(root: Path, include: Sequence[str], extensions: Sequence[str]) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -138,7 +138,7 @@ def plan(inputs: Iterable[str], out: str | None, suffix: str, *, include: Sequen
             continue
         path = Path(item)
         if path.is_dir():
-            files = _walk(path, include, extensions)
+            files = walk_tree(path, include, extensions)
             if not files:
                 failed.append(FileResult(item, None, "failed", f"{item}: no matching files in this directory"))
             for f in files:

@@ -35,8 +35,8 @@ from .platform import PlatformInfo
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
-_DEFAULT_NAMES = {"moshi_name": "model.safetensors", "mimi_name": catalog.MIMI_FILE,
-                  "tokenizer_name": catalog.MOSHI_TOKENIZER}
+DEFAULT_NAMES = {"moshi_name": "model.safetensors", "mimi_name": catalog.MIMI_FILE,
+                 "tokenizer_name": catalog.MOSHI_TOKENIZER}
 
 
 # ---------------------------------------------------------------- cache locations
@@ -166,8 +166,8 @@ def _platform(plat: PlatformInfo | None) -> PlatformInfo:
     return plat if plat is not None else catalog.current_platform()
 
 
-def _target(model: str, variant: str | None, plat: PlatformInfo | None, any_platform: bool
-            ) -> tuple[str, Choice | None]:
+def resolve_target(model: str, variant: str | None, plat: PlatformInfo | None, any_platform: bool
+                   ) -> tuple[str, Choice | None]:
     """(repo id, catalog choice or None) for a name; local paths are refused here."""
     if Path(model).expanduser().exists() and not catalog.family_of(model):
         raise UsageError(f"{model} is a local path: there is nothing to download",
@@ -188,7 +188,7 @@ def wanted_files(entry: Entry | None, config: dict | None) -> tuple[list[str], l
     if entry is None:
         if config is None:
             return [], []
-        names = [config.get(k) or v for k, v in _DEFAULT_NAMES.items()]
+        names = [config.get(k) or v for k, v in DEFAULT_NAMES.items()]
         return ["config.json", *names], []
     required = list(entry.files)
     if config is not None and entry.kind != "codec":
@@ -197,14 +197,14 @@ def wanted_files(entry: Entry | None, config: dict | None) -> tuple[list[str], l
             name = config.get(key)
             if not name or name in required:
                 continue
-            old = _slot(required, key)
+            old = slot_of(required, key)
             if old is not None:
                 required[required.index(old)] = name
     optional = [f for f in entry.optional if f not in required]
     return required, optional
 
 
-def _slot(names: list[str], key: str) -> str | None:
+def slot_of(names: list[str], key: str) -> str | None:
     """Which of the catalog's names plays the role of config key ``key``."""
     for n in names:
         if key == "tokenizer_name" and n.endswith(".model"):
@@ -220,7 +220,7 @@ def plan(model: str, *, variant: str | None = None, revision: str | None = None,
          files: Sequence[str] | None = None, platform: PlatformInfo | None = None,
          any_platform: bool = False) -> Plan:
     """What downloading ``model`` means here: asks the hub for sizes, or (offline) the cache and catalog."""
-    repo, choice = _target(model, variant, platform, any_platform)
+    repo, choice = resolve_target(model, variant, platform, any_platform)
     revision = revision or "main"
     p = Plan(model, repo, revision, None, [], choice, variant=variant, only_files=tuple(files or ()))
     if choice is not None:
