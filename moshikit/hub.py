@@ -119,9 +119,9 @@ def resolve_mimi(mimi_weight: str | os.PathLike | None = None, model: str | None
         return Weights(path)
     model = model or DEFAULT_MIMI_REPO
     if model == SYNTHETIC:
-        from .testing.synthetic import SYNTHETIC_REPO, ensure_synthetic_mimi
+        from .testing.synthetic import SYNTHETIC_REPO
 
-        return Weights(ensure_synthetic_mimi(), repo=SYNTHETIC_REPO, revision="seed0")
+        return Weights(synthetic_checkpoint("codec"), repo=SYNTHETIC_REPO, revision="seed0")
     local = Path(model).expanduser()
     if local.is_dir():
         path = _mimi_in_dir(local)
@@ -323,6 +323,23 @@ def _looks_like_path(model: str) -> bool:
         or model.endswith((".safetensors", ".json", ".gguf", ".model"))
 
 
+def synthetic_checkpoint(kind: str | None) -> Path:
+    """``--model synthetic``, one source among the others: generated weights of ``kind`` in the
+    published layout (Mimi for ``codec``/None, a Moshi or STT folder), built on first use.
+    Valid for speed and mechanics, never for quality."""
+    from .testing import synthetic
+
+    if kind == "stt":
+        from .testing.synthetic_stt import ensure_synthetic_stt
+
+        return ensure_synthetic_stt()
+    if kind == "moshi":
+        from .testing.synthetic_lm import ensure_synthetic_moshi
+
+        return ensure_synthetic_moshi(mimi_path=synthetic.ensure_synthetic_mimi())
+    return synthetic.ensure_synthetic_mimi()
+
+
 def resolve_model(model: str | os.PathLike | None = None, *, kind: str | None = None,
                   variant: str | None = None, revision: str | None = None,
                   files: list[str] | None = None, platform=None, any_platform: bool = False,
@@ -347,7 +364,7 @@ def resolve_model(model: str | os.PathLike | None = None, *, kind: str | None = 
             raise ModelError("no model given", hint="pass --model (a catalog name, repo id or local path)")
         model = DEFAULT_MODEL[kind]
     raw = os.fspath(model)
-    local = Path(raw).expanduser()
+    local = synthetic_checkpoint(kind) if raw == SYNTHETIC else Path(raw).expanduser()
     if local.exists():
         return _resolve_local(local, files)
     if _looks_like_path(raw) or (catalog.family_of(raw) is None and not catalog.is_repo_id(raw)):

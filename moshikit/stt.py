@@ -85,33 +85,16 @@ class SttModel:
 def load_stt(model: str | None = None, *, backend: str | None = None, codec_backend: str | None = None,
              device: str | None = None, dtype: str | None = None, revision: str | None = None) -> SttModel:
     """Resolve (``--model``: path, catalog name such as ``stt``/``stt-en``, or repo id) and load."""
-    from . import hub, platform
-    from .backends import registry
-    from .backends.lm_repo import resolve_repo
-    from .codec import load_codec
+    from .loading import load_lm_and_codec
 
-    if model == "synthetic":  # generated test weights: mechanics and speed only
-        from .testing.synthetic_stt import ensure_synthetic_stt
-
-        model = str(ensure_synthetic_stt())
-    choice = platform.resolve("lm", backend, device)
-    lm_name = choice.backend
-    device = None if choice.device in (None, "auto") else choice.device
-    resolved = hub.resolve_model(model, kind="stt", revision=revision, any_platform=lm_name == "mlx")
-    repo = resolve_repo(resolved.path if resolved.path.is_dir() and resolved.config_path else
-                        (resolved.config_path or resolved.path))
-    stt_config = check_stt_config(repo.config, str(model or repo.source))
-    lm = registry.module("lm", lm_name).load(repo, device=device, dtype=dtype)
+    loaded = load_lm_and_codec(model, kind="stt", check_config=check_stt_config, backend=backend, device=device,
+                               dtype=dtype, codec_backend=codec_backend, revision=revision)
+    lm, repo, stt_config = loaded.lm, loaded.repo, loaded.config_check
     if lm.info.dep_q != 0:
         raise ModelError(f"{repo.source} is not a speech-to-text checkpoint (it generates audio)")
-    if not Path(repo.mimi_weights).is_file():
-        raise ModelError(f"{repo.source}: missing the Mimi codec file {Path(repo.mimi_weights).name}")
-    if codec_backend in (None, "auto"):
-        codec_backend = platform.codec_beside_lm(lm_name, lm.info.device)
-    codec = load_codec(codec_backend, device, mimi_weight=str(repo.mimi_weights),
-                       num_codebooks=lm.info.input_codebooks).backend
-    return SttModel(codec, lm, lm.text_tokenizer(), float(stt_config.get("audio_delay_seconds", 0.5)),
-                    float(stt_config.get("audio_silence_prefix_seconds", 0.0)), str(model or repo.source),
+    return SttModel(loaded.codec, lm, loaded.tokenizer, float(stt_config.get("audio_delay_seconds", 0.5)),
+                    float(stt_config.get("audio_silence_prefix_seconds", 0.0)),
+                    str(repo.source if model in (None, "synthetic") else model),
                     str(repo.mimi_weights))
 
 
