@@ -34,3 +34,24 @@ def test_the_check_sees_a_crossing(tmp_path):
     bad = tmp_path / "m.py"
     bad.write_text("from .download import _slot, plan\nfrom . import chat as lib\nlib._small(lib.ok, self._x)\n")
     assert _private_crossings(bad, tmp_path) == ["m.py:1: imports _slot", "m.py:3: uses lib._small"]
+
+
+def test_the_cli_exits_with_named_statuses():
+    """Exit statuses come from ``ExitStatus`` (or an error's ``exit_code``), never a bare number."""
+    found = []
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Exit" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                found.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant) and node.value.value in (1, 2, 130):
+                found.append(f"{path.name}:{node.lineno}: return {node.value.value}")
+    assert found == []
+
+
+def test_interrupted_statuses():
+    from moshikit.errors import ExitStatus, Terminated, interrupted_status
+
+    assert interrupted_status(KeyboardInterrupt()) == ("interrupted", 130) == ("interrupted", ExitStatus.INTERRUPTED)
+    assert interrupted_status(Terminated(15)) == ("terminated", 143)
+    assert interrupted_status(Terminated(1)) == ("terminated", 129)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import ExitStatus
 from .options import JsonOpt, RevisionOpt
 
 VariantOpt = Annotated[Optional[str], typer.Option(
@@ -309,7 +310,7 @@ def remove(
         answer = sys.stdin.readline().strip().lower()
         if answer not in ("y", "yes"):
             out.err.print("nothing removed")
-            raise typer.Exit(1)
+            raise typer.Exit(ExitStatus.FAILED)
     freed = dl.remove(r)
     if json_out:
         out.json({**r.to_json(), "removed": True, "freed_bytes": freed})
@@ -370,4 +371,4 @@ def verify(
         repos = sorted({c.repo for c in bad})
         out.error(f"{len(bad)} corrupt file(s) in {', '.join(repos)}",
                   hint="; ".join(f"moshikit download {r} --force" for r in repos) + " fetches them again")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILED)
