@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .audio import AUDIO_EXTENSIONS, AudioSource, AudioWriter, open_audio, stream_24k
 from .backends import registry
-from .backends.base import CodecBackend
+from .backends.base import CodecBackend, ParallelStreams
 from .errors import MoshikitError, OutputError, TokenFileError, UsageError
 from .hub import Weights, resolve_mimi
 from .platform import Choice, resolve
@@ -196,7 +196,7 @@ def encode_files(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions | None =
     batch_limit = CHUNK_FRAMES * frame
     tick = on_audio or (lambda s: None)
     batch: list[_Pending] = []
-    workers = getattr(codec.backend, "parallel_streams", 1)
+    workers = codec.backend.parallel_streams if isinstance(codec.backend, ParallelStreams) else 1
     if workers > 1 and not codec.backend.batch_gain and len(jobs) > 1:
         yield from _encode_parallel(jobs, codec, opts, tick, workers)
         return

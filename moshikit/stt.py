@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .backends.base import OwnStateEncoders, SlotResetCodec, StreamsLMBackend
 from .conversation import piece_decoder
 from .errors import ModelError, MoshikitError, OutputError
 from .transcript import Energy, Transcript, WordBuilder, render, segment
@@ -74,7 +75,7 @@ class SttModel:
 
     @property
     def slot_reset(self) -> bool:
-        return hasattr(self.lm, "reset_slots") and hasattr(self.codec, "reset_slots")
+        return isinstance(self.lm, StreamsLMBackend) and isinstance(self.codec, SlotResetCodec)
 
     def describe(self) -> dict:
         return {"name": self.name, "lm_backend": self.lm.info.backend, "codec_backend": self.codec.info.backend,
@@ -228,10 +229,10 @@ def run_streams(model: SttModel, streams: Iterable[Stream], batch_size: int = 1,
 def _run(model: SttModel, pending: Iterator[Stream], batch: int, chunk: int, *, refill: bool) -> Iterator[Stream]:
     codec, lm = model.codec, model.lm
     k = lm.info.input_codebooks
-    heads = hasattr(lm, "step_heads") and lm.info.extra_heads > 2
+    heads = isinstance(lm, StreamsLMBackend) and lm.info.extra_heads > 2
     # On a CPU each stream is encoded at batch 1 with a codec state of its own: the
     # faster way there, and a stream's codes then do not depend on its batch mates.
-    own = chunk > 1 and hasattr(codec, "open_encoder") and not getattr(codec, "batch_gain", False)
+    own = chunk > 1 and isinstance(codec, OwnStateEncoders) and not codec.batch_gain
     slots: list[Stream | None] = [None] * batch
     encoders: list = [None] * batch
     used = [False] * batch

@@ -244,10 +244,11 @@ def _list(out, json_out: bool) -> None:
 
     from .. import catalog
     from .. import download as dl
+    from .. import hubcache
 
     plat = catalog.current_platform()
     _, _, words = catalog.accelerator(plat)
-    rows = dl.list_models(plat)
+    rows = hubcache.list_models(plat)
     if json_out:
         out.json({"cache": str(dl.cache_dir()), "platform": words, "aliases": catalog.ALIASES,
                   "models": [r.to_json() for r in rows]})
@@ -286,11 +287,12 @@ def remove(
     from rich.markup import escape
 
     from .. import download as dl
+    from .. import hubcache
     from ..errors import UsageError
     from .output import Out
 
     out = Out(json_mode=json_out)
-    r = dl.plan_removal(models, variant)
+    r = hubcache.plan_removal(models, variant)
     if not json_out:
         for t in r.targets:
             what = "the whole repository" if t.files is None else ", ".join(t.files)
@@ -311,7 +313,7 @@ def remove(
         if answer not in ("y", "yes"):
             out.err.print("nothing removed")
             raise typer.Exit(ExitStatus.FAILED)
-    freed = dl.remove(r)
+    freed = hubcache.remove(r)
     if json_out:
         out.json({**r.to_json(), "removed": True, "freed_bytes": freed})
     else:
@@ -329,6 +331,7 @@ def verify(
     from rich.markup import escape
 
     from .. import download as dl
+    from .. import hubcache
     from .output import Out
 
     out = Out(json_mode=json_out)
@@ -353,7 +356,7 @@ def verify(
             bar.advance(task, n)
 
     try:
-        checks = dl.verify_cached(models, variant, on_file=on_file, on_bytes=on_bytes)
+        checks = hubcache.verify_cached(models, variant, on_file=on_file, on_bytes=on_bytes)
     finally:
         if bar is not None:
             bar.stop()
