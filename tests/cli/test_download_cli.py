@@ -143,7 +143,12 @@ def test_models_list_remove_verify(hub, capsys, monkeypatch):
     assert code == 1 and "nothing of moshika is in the Hugging Face cache" in err
 
 
-def test_encode_with_a_missing_model_names_the_download(capsys, tmp_path, speech, write_wav):
+def test_encode_with_a_missing_model_names_the_download(capsys, tmp_path, speech, write_wav, monkeypatch):
+    from huggingface_hub import constants
+
+    # an empty cache of its own: other tests may place stt-en in the session's cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     wav = write_wav(tmp_path / "a.wav", speech[:24000])
     code, _, err = run(capsys, "encode", str(wav), "-o", str(tmp_path / "t"), "--model", "stt-en")
     assert code == 1 and "Traceback" not in err
