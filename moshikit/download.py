@@ -165,7 +165,7 @@ class Plan:
 
 def platform_or_here(plat: PlatformInfo | None) -> PlatformInfo:
     """``plat``, else this machine (``MOSHIKIT_PLATFORM`` if set)."""
-    return plat if plat is not None else catalog.currentplatform_or_here()
+    return plat if plat is not None else catalog.current_platform()
 
 
 def resolve_target(model: str, variant: str | None, plat: PlatformInfo | None, any_platform: bool
