@@ -734,7 +734,7 @@ class _SttReference:
         from moshi.models import LMGen
 
         self.torch, self.model = torch, model
-        self.mimi = model.codec._mimi
+        self.mimi = model.codec.mimi_model
         self.device = next(self.mimi.parameters()).device  # the codec's (cuda on a GPU)
         self.gen = LMGen(model.lm.model, temp=0, temp_text=0)
 
@@ -763,7 +763,9 @@ def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter) -> Iterator[Ro
              for i in range(plan.streams)]
     total = plan.seconds * plan.streams
     subjects: list[tuple[str, int, Callable[[], object]]] = []
-    if plan.reference and model.lm.info.backend == "torch" and hasattr(model.codec, "_mimi"):
+    from .backends.torch_codec import TorchCodec
+
+    if plan.reference and model.lm.info.backend == "torch" and isinstance(model.codec, TorchCodec):
         ref = _SttReference(model)
         subjects.append(("moshi MimiModel + LMGen, frame by frame (reference)", 1,
                          lambda: [ref(a) for a in audio]))

@@ -154,7 +154,7 @@ class LocalEngine:
 _LARGE_DIM = 2048
 
 
-def _is_explicit_small(model: str | None) -> bool:
+def is_explicit_small(model: str | None) -> bool:
     if model is None:
         return False
     if model == "synthetic":
@@ -173,7 +173,7 @@ def check_realtime_device(model: str | None, backend: str | None, device: str | 
         dev = platform.default_lm().device if choice.backend == "torch" else "gpu"
     if dev != "cpu":
         return None
-    if not _is_explicit_small(model):
+    if not is_explicit_small(model):
         raise ModelError(
             "Moshi 7B cannot run in real time on a CPU (one step takes seconds, a frame lasts 80 ms): "
             "live chat needs a CUDA GPU or Apple silicon",

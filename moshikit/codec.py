@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .audio import AUDIO_EXTENSIONS, AudioSource, AudioWriter, open_audio, stream_24k
 from .backends import registry
-from .backends.base import CodecBackend
+from .backends.base import CodecBackend, ParallelStreams
 from .errors import MoshikitError, OutputError, TokenFileError, UsageError
 from .hub import Weights, resolve_mimi
 from .platform import Choice, resolve
@@ -92,7 +92,7 @@ class FileResult:
     seconds: float = 0.0  # wall time spent on this file
 
 
-def _walk(root: Path, include: Sequence[str], extensions: Sequence[str]) -> list[Path]:
+def walk_tree(root: Path, include: Sequence[str], extensions: Sequence[str]) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -138,7 +138,7 @@ def plan(inputs: Iterable[str], out: str | None, suffix: str, *, include: Sequen
             continue
         path = Path(item)
         if path.is_dir():
-            files = _walk(path, include, extensions)
+            files = walk_tree(path, include, extensions)
             if not files:
                 failed.append(FileResult(item, None, "failed", f"{item}: no matching files in this directory"))
             for f in files:
@@ -196,7 +196,7 @@ def encode_files(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions | None =
     batch_limit = CHUNK_FRAMES * frame
     tick = on_audio or (lambda s: None)
     batch: list[_Pending] = []
-    workers = getattr(codec.backend, "parallel_streams", 1)
+    workers = codec.backend.parallel_streams if isinstance(codec.backend, ParallelStreams) else 1
     if workers > 1 and not codec.backend.batch_gain and len(jobs) > 1:
         yield from _encode_parallel(jobs, codec, opts, tick, workers)
         return

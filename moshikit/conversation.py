@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .backends.base import CodecBackend, LMBackend, prepare_live
+from .backends.base import CodecBackend, LMBackend, SlotResetCodec, StreamsLMBackend, prepare_live
 
 FRAME = 1920
 SAMPLE_RATE = 24000
@@ -113,7 +113,7 @@ class Conversation:
         if mask.all():
             self.reset()
             return
-        if not (hasattr(self.codec, "reset_slots") and hasattr(self.lm, "reset_slots")):
+        if not (isinstance(self.codec, SlotResetCodec) and isinstance(self.lm, StreamsLMBackend)):
             from .errors import BackendError
 
             raise BackendError("these backends cannot restart one stream of a batch",

@@ -148,7 +148,7 @@ def plan_tasks(inputs: Sequence[str], out: str | None, suffix: str, *, manifest:
                ) -> tuple[list[Task], list[FileResult]]:
     """Map inputs to outputs like the local commands; manifest entries mirror their common
     directory under ``out``; URI directories are walked (fsspec) and mirrored too."""
-    from .codec import _walk, plan
+    from .codec import plan, walk_tree
 
     tasks: list[Task] = []
     failed: list[FileResult] = []

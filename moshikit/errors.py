@@ -6,11 +6,22 @@ non-zero exit; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Every exit status the CLI uses (a signal adds 128 to its number, as the shell expects)."""
+
+    OK = 0
+    FAILED = 1  # an error, or some files of a batch failed
+    USAGE = 2  # bad usage, an unusable backend, no device to use
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
 
 class MoshikitError(Exception):
     """Base class. ``hint`` tells the user how to fix it, when we know."""
 
-    exit_code = 1
+    exit_code: int = ExitStatus.FAILED
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -24,13 +35,13 @@ class MoshikitError(Exception):
 class UsageError(MoshikitError):
     """A bad option or combination of options."""
 
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
 
 class BackendError(MoshikitError):
     """Unknown backend name, or a backend that cannot serve the request."""
 
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
 
 class BackendUnavailable(BackendError):
@@ -49,7 +60,7 @@ class NoDeviceError(MoshikitError):
     """No sound device of the kind a command needs (none at all, no default, or none matching
     the name given): the user must choose another way in (a file, a server, another device)."""
 
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
 
 class TokenFileError(MoshikitError):
@@ -78,3 +89,10 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int = 15) -> None:
         super().__init__(signum)
         self.exit_code = 128 + signum
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What a stop by Ctrl-C or a signal is called, and the exit status it ends with."""
+    if isinstance(exc, Terminated):
+        return "terminated", exc.exit_code
+    return "interrupted", ExitStatus.INTERRUPTED

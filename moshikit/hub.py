@@ -119,9 +119,9 @@ def resolve_mimi(mimi_weight: str | os.PathLike | None = None, model: str | None
         return Weights(path)
     model = model or DEFAULT_MIMI_REPO
     if model == SYNTHETIC:
-        from .testing.synthetic import SYNTHETIC_REPO, ensure_synthetic_mimi
+        from .testing.synthetic import SYNTHETIC_REPO
 
-        return Weights(ensure_synthetic_mimi(), repo=SYNTHETIC_REPO, revision="seed0")
+        return Weights(synthetic_checkpoint("codec"), repo=SYNTHETIC_REPO, revision="seed0")
     local = Path(model).expanduser()
     if local.is_dir():
         path = _mimi_in_dir(local)
@@ -280,15 +280,15 @@ class ResolvedModel:
 
     def role(self, key: str) -> Path | None:
         """The file for a config.json key: ``moshi_name``, ``mimi_name`` or ``tokenizer_name``."""
-        from .download import _DEFAULT_NAMES, _slot
+        from .download import DEFAULT_NAMES, slot_of
 
         name = (self.config or {}).get(key)
         if name and name in self.files:
             return self.files[name]
-        slot = _slot(list(self.files), key)
+        slot = slot_of(list(self.files), key)
         if slot is not None:
             return self.files[slot]
-        default = _DEFAULT_NAMES.get(key)
+        default = DEFAULT_NAMES.get(key)
         return self.files.get(default) if default else None
 
     @property
@@ -323,6 +323,23 @@ def _looks_like_path(model: str) -> bool:
         or model.endswith((".safetensors", ".json", ".gguf", ".model"))
 
 
+def synthetic_checkpoint(kind: str | None) -> Path:
+    """``--model synthetic``, one source among the others: generated weights of ``kind`` in the
+    published layout (Mimi for ``codec``/None, a Moshi or STT folder), built on first use.
+    Valid for speed and mechanics, never for quality."""
+    from .testing import synthetic
+
+    if kind == "stt":
+        from .testing.synthetic_stt import ensure_synthetic_stt
+
+        return ensure_synthetic_stt()
+    if kind == "moshi":
+        from .testing.synthetic_lm import ensure_synthetic_moshi
+
+        return ensure_synthetic_moshi(mimi_path=synthetic.ensure_synthetic_mimi())
+    return synthetic.ensure_synthetic_mimi()
+
+
 def resolve_model(model: str | os.PathLike | None = None, *, kind: str | None = None,
                   variant: str | None = None, revision: str | None = None,
                   files: list[str] | None = None, platform=None, any_platform: bool = False,
@@ -347,14 +364,14 @@ def resolve_model(model: str | os.PathLike | None = None, *, kind: str | None = 
             raise ModelError("no model given", hint="pass --model (a catalog name, repo id or local path)")
         model = DEFAULT_MODEL[kind]
     raw = os.fspath(model)
-    local = Path(raw).expanduser()
+    local = synthetic_checkpoint(kind) if raw == SYNTHETIC else Path(raw).expanduser()
     if local.exists():
         return _resolve_local(local, files)
     if _looks_like_path(raw) or (catalog.family_of(raw) is None and not catalog.is_repo_id(raw)):
         if _looks_like_path(raw):
             raise ModelError(f"{raw}: no such file or directory")
         raise catalog.unknown(raw)
-    repo, choice = dl._target(raw, variant, platform, any_platform)
+    repo, choice = dl.resolve_target(raw, variant, platform, any_platform)
     entry = choice.entry if choice else None
     if entry is not None and kind is not None:
         if kind != "codec" and entry.kind != kind:
@@ -397,11 +414,11 @@ def _default_files(entry, kind: str | None) -> list[str] | None:
     """For a repo the catalog does not know and whose config.json is not cached: moshi's default names."""
     if entry is not None:
         return None
-    from .download import _DEFAULT_NAMES
+    from .download import DEFAULT_NAMES
 
     if kind == "codec":
         return [MIMI_FILE]
-    return None if kind == "stt" else list(_DEFAULT_NAMES.values())
+    return None if kind == "stt" else list(DEFAULT_NAMES.values())
 
 
 def _adhoc_files(repo: str, revision: str | None, kind: str | None) -> list[str]:
@@ -409,14 +426,14 @@ def _adhoc_files(repo: str, revision: str | None, kind: str | None) -> list[str]
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    from .download import _DEFAULT_NAMES, cache_dir, hub_error, wanted_files
+    from .download import DEFAULT_NAMES, cache_dir, hub_error, wanted_files
 
     try:
         config = _read_config(Path(hf_hub_download(repo, "config.json", revision=revision, cache_dir=cache_dir())))
     except LocalEntryNotFoundError as exc:
         raise hub_error(exc, repo, revision, "config.json") from None
     except EntryNotFoundError:
-        return [MIMI_FILE] if kind == "codec" else list(_DEFAULT_NAMES.values())
+        return [MIMI_FILE] if kind == "codec" else list(DEFAULT_NAMES.values())
     except Exception as exc:  # noqa: BLE001
         if isinstance(exc, (KeyboardInterrupt, MemoryError)):
             raise

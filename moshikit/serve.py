@@ -568,37 +568,16 @@ def load_conversation(model: str | None = None, *, backend: str | None = None, d
     """Resolve a Moshi model (path, catalog name or repo id), load LM and codec, and wrap them
     in a ``Conversation`` of ``batch`` streams. Batches above 1 need the torch backends
     (they restart one stream of a batch)."""
-    from . import hub, platform
-    from .backends import registry
-    from .backends.lm_repo import resolve_repo
-    from .codec import load_codec
-    from .errors import BackendError, ModelError
+    from . import platform
+    from .errors import BackendError
+    from .loading import load_lm_and_codec
 
     if batch < 1:
         raise UsageError("--batch must be at least 1")
-    if model == "synthetic":  # generated test weights: mechanics and speed only
-        from .testing.synthetic import ensure_synthetic_mimi
-        from .testing.synthetic_lm import ensure_synthetic_moshi
-
-        model = str(ensure_synthetic_moshi(mimi_path=ensure_synthetic_mimi()))
     choice = platform.resolve("lm", backend, device)
     if batch > 1 and choice.backend != "torch":
         raise BackendError(f"--batch {batch} needs the torch backend (the {choice.backend} backend cannot "
                            "restart one session of a batch)", hint="use --backend torch, or --batch 1")
-    dev = None if choice.device in (None, "auto") else choice.device
-    resolved = hub.resolve_model(model, kind="moshi", revision=revision, any_platform=choice.backend == "mlx")
-    repo = resolve_repo(resolved.path if resolved.path.is_dir() and resolved.config_path else
-                        (resolved.config_path or resolved.path))
-    check_moshi_config(repo.config, str(repo.source))
-    try:
-        lm = registry.module("lm", choice.backend).load(repo, device=dev, dtype=dtype, sampling=sampling)
-    except (AssertionError, KeyError, TypeError, ValueError) as exc:  # moshi's builder on a foreign config
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ModelError(f"{repo.source}: its config.json does not describe a Moshi model "
-                         f"({type(exc).__name__}: {first})") from None
-    if not Path(repo.mimi_weights).is_file():
-        raise ModelError(f"{repo.source}: missing the Mimi codec file {Path(repo.mimi_weights).name}")
-    codec_backend = platform.codec_beside_lm(choice.backend, lm.info.device)
-    codec = load_codec(codec_backend, dev, mimi_weight=str(repo.mimi_weights),
-                       num_codebooks=max(lm.info.input_codebooks, lm.info.dep_q)).backend
-    return Conversation(codec, lm, lm.text_tokenizer(), batch_size=batch)
+    loaded = load_lm_and_codec(model, kind="moshi", check_config=check_moshi_config, backend=backend,
+                               device=device, dtype=dtype, sampling=sampling, revision=revision)
+    return Conversation(loaded.codec, loaded.lm, loaded.tokenizer, batch_size=batch)

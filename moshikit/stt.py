@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .backends.base import OwnStateEncoders, SlotResetCodec, StreamsLMBackend
 from .conversation import piece_decoder
 from .errors import ModelError, MoshikitError, OutputError
 from .transcript import Energy, Transcript, WordBuilder, render, segment
@@ -74,7 +75,7 @@ class SttModel:
 
     @property
     def slot_reset(self) -> bool:
-        return hasattr(self.lm, "reset_slots") and hasattr(self.codec, "reset_slots")
+        return isinstance(self.lm, StreamsLMBackend) and isinstance(self.codec, SlotResetCodec)
 
     def describe(self) -> dict:
         return {"name": self.name, "lm_backend": self.lm.info.backend, "codec_backend": self.codec.info.backend,
@@ -85,33 +86,16 @@ class SttModel:
 def load_stt(model: str | None = None, *, backend: str | None = None, codec_backend: str | None = None,
              device: str | None = None, dtype: str | None = None, revision: str | None = None) -> SttModel:
     """Resolve (``--model``: path, catalog name such as ``stt``/``stt-en``, or repo id) and load."""
-    from . import hub, platform
-    from .backends import registry
-    from .backends.lm_repo import resolve_repo
-    from .codec import load_codec
+    from .loading import load_lm_and_codec
 
-    if model == "synthetic":  # generated test weights: mechanics and speed only
-        from .testing.synthetic_stt import ensure_synthetic_stt
-
-        model = str(ensure_synthetic_stt())
-    choice = platform.resolve("lm", backend, device)
-    lm_name = choice.backend
-    device = None if choice.device in (None, "auto") else choice.device
-    resolved = hub.resolve_model(model, kind="stt", revision=revision, any_platform=lm_name == "mlx")
-    repo = resolve_repo(resolved.path if resolved.path.is_dir() and resolved.config_path else
-                        (resolved.config_path or resolved.path))
-    stt_config = check_stt_config(repo.config, str(model or repo.source))
-    lm = registry.module("lm", lm_name).load(repo, device=device, dtype=dtype)
+    loaded = load_lm_and_codec(model, kind="stt", check_config=check_stt_config, backend=backend, device=device,
+                               dtype=dtype, codec_backend=codec_backend, revision=revision)
+    lm, repo, stt_config = loaded.lm, loaded.repo, loaded.config_check
     if lm.info.dep_q != 0:
         raise ModelError(f"{repo.source} is not a speech-to-text checkpoint (it generates audio)")
-    if not Path(repo.mimi_weights).is_file():
-        raise ModelError(f"{repo.source}: missing the Mimi codec file {Path(repo.mimi_weights).name}")
-    if codec_backend in (None, "auto"):
-        codec_backend = platform.codec_beside_lm(lm_name, lm.info.device)
-    codec = load_codec(codec_backend, device, mimi_weight=str(repo.mimi_weights),
-                       num_codebooks=lm.info.input_codebooks).backend
-    return SttModel(codec, lm, lm.text_tokenizer(), float(stt_config.get("audio_delay_seconds", 0.5)),
-                    float(stt_config.get("audio_silence_prefix_seconds", 0.0)), str(model or repo.source),
+    return SttModel(loaded.codec, lm, loaded.tokenizer, float(stt_config.get("audio_delay_seconds", 0.5)),
+                    float(stt_config.get("audio_silence_prefix_seconds", 0.0)),
+                    str(repo.source if model in (None, "synthetic") else model),
                     str(repo.mimi_weights))
 
 
@@ -245,10 +229,10 @@ def run_streams(model: SttModel, streams: Iterable[Stream], batch_size: int = 1,
 def _run(model: SttModel, pending: Iterator[Stream], batch: int, chunk: int, *, refill: bool) -> Iterator[Stream]:
     codec, lm = model.codec, model.lm
     k = lm.info.input_codebooks
-    heads = hasattr(lm, "step_heads") and lm.info.extra_heads > 2
+    heads = isinstance(lm, StreamsLMBackend) and lm.info.extra_heads > 2
     # On a CPU each stream is encoded at batch 1 with a codec state of its own: the
     # faster way there, and a stream's codes then do not depend on its batch mates.
-    own = chunk > 1 and hasattr(codec, "open_encoder") and not getattr(codec, "batch_gain", False)
+    own = chunk > 1 and isinstance(codec, OwnStateEncoders) and not codec.batch_gain
     slots: list[Stream | None] = [None] * batch
     encoders: list = [None] * batch
     used = [False] * batch

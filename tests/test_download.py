@@ -12,6 +12,7 @@ from hubserver import HubServer, go_offline, patch_hub
 
 from moshikit import catalog
 from moshikit import download as dl
+from moshikit import hubcache
 from moshikit.errors import ModelError, UsageError
 from moshikit.hub import resolve_mimi, resolve_model
 
@@ -233,41 +234,41 @@ def test_listing_removal_and_shared_mimi(hub, tmp_path):
     # Every model uses this Mimi: a command given `--model stt` finds it when nothing of stt is cached.
     w = resolve_mimi(model="stt")
     assert w.path == mimi.result_path and w.repo == "kyutai/moshiko-pytorch-bf16"
-    rows = {r.entry.id: r for r in dl.list_models(CUDA_16)}
+    rows = {r.entry.id: r for r in hubcache.list_models(CUDA_16)}
     assert rows["mimi:fp32"].state == "cached" and rows["mimi:fp32"].size_on_disk == len(bf16[MIMI])
     assert rows["moshiko:pytorch-bf16"].state == "partial"
     assert rows["moshika:pytorch-q8"].state == "absent" and rows["moshika:pytorch-q8"].picked
     assert rows["mimi:fp32"].picked and not rows["moshika:pytorch-bf16"].picked
     dl.download(dl.plan("moshika", platform=CUDA_16))
     dl.download(dl.plan("moshiko", variant="bf16", platform=CUDA_16))
-    rows = {r.entry.id: r for r in dl.list_models(CUDA_16)}
+    rows = {r.entry.id: r for r in hubcache.list_models(CUDA_16)}
     assert rows["moshiko:pytorch-bf16"].state == "cached"
     assert rows["moshika:pytorch-q8"].size_on_disk == sum(len(v) for k, v in moshi_repo().items() if k != "README.md")
     # Mimi alone: only its file goes; Moshiko keeps the rest.
-    r = dl.plan_removal(["mimi"])
+    r = hubcache.plan_removal(["mimi"])
     assert r.freed == len(bf16[MIMI]) and r.targets[0].files == (MIMI,)
-    assert dl.remove(r) == r.freed
-    rows = {r.entry.id: r for r in dl.list_models(CUDA_16)}
+    assert hubcache.remove(r) == r.freed
+    rows = {r.entry.id: r for r in hubcache.list_models(CUDA_16)}
     assert rows["mimi:fp32"].state == "absent" and rows["moshiko:pytorch-bf16"].state == "partial"
     # A whole voice: every cached variant, with its partial files.
-    r = dl.plan_removal(["moshiko"])
+    r = hubcache.plan_removal(["moshiko"])
     assert [t.repo for t in r.targets] == ["kyutai/moshiko-pytorch-bf16"] and r.targets[0].files is None
     blobs = len(bf16["model.safetensors"]) + len(bf16["tokenizer_spm_32k_3.model"])
     assert blobs <= r.freed < blobs + 1000  # the blobs, plus refs/main
-    dl.remove(r)
+    hubcache.remove(r)
     assert not (tmp_path / "hub" / "models--kyutai--moshiko-pytorch-bf16").exists()
     assert (tmp_path / "hub" / "models--kyutai--moshika-pytorch-q8").exists()
     with pytest.raises(ModelError, match="nothing of moshiko is in the Hugging Face cache"):
-        dl.plan_removal(["moshiko"])
+        hubcache.plan_removal(["moshiko"])
     with pytest.raises(UsageError, match="local path"):
-        dl.plan_removal([str(tmp_path)])
+        hubcache.plan_removal([str(tmp_path)])
 
 
 def test_verify_catches_a_corrupted_cached_file(hub, tmp_path):
     files = moshi_repo()
     hub.add("kyutai/moshika-pytorch-q8", files)
     got = dl.download(dl.plan("moshika", platform=CUDA_16))
-    checks = dl.verify_cached()
+    checks = hubcache.verify_cached()
     assert len(checks) == 4 and all(c.ok for c in checks)
     assert {c.algorithm for c in checks} == {"sha256", "git-sha1"}
     blob = Path(os.path.realpath(got.files[0].path))
@@ -276,14 +277,14 @@ def test_verify_catches_a_corrupted_cached_file(hub, tmp_path):
         fh.seek(10)
         fh.write(b"\0\0\0\0")
     seen = io.StringIO()
-    checks = dl.verify_cached(["moshika"], on_file=lambda name, size: seen.write(name + "\n"))
+    checks = hubcache.verify_cached(["moshika"], on_file=lambda name, size: seen.write(name + "\n"))
     bad = [c for c in checks if not c.ok]
     assert [c.file for c in bad] == ["model.q8.safetensors"] and "corrupt" in bad[0].problem
     assert "model.q8.safetensors" in seen.getvalue()
     # --force fetches it again.
     fixed = dl.download(dl.plan("moshika", platform=CUDA_16), force=True)
     assert fixed.files[0].path.read_bytes() == files["model.q8.safetensors"]
-    assert all(c.ok for c in dl.verify_cached(["kyutai/moshika-pytorch-q8"]))
+    assert all(c.ok for c in hubcache.verify_cached(["kyutai/moshika-pytorch-q8"]))
 
 
 def test_local_paths_win(tmp_path):

@@ -47,9 +47,9 @@ class CodecBackend(Protocol):
     frames. Encoding a file chunk by chunk gives the codes of a whole-file
     encode. A stream's encoder and decoder states are independent.
 
-    Optional: ``prepare_live()``, called once by live loops (chat, serve), lets a
-    backend decode small ``decode_step`` calls faster within a stated tolerance
-    (the onnx backend's int8 live decoder).
+    Optional capabilities are Protocols of their own (below): ``LiveCodec``,
+    ``SlotResetCodec``, ``OwnStateEncoders``, ``ParallelStreams``. Callers test them with
+    ``isinstance``, and the conformance suite checks each backend's signatures against them.
     """
 
     info: CodecInfo
@@ -67,11 +67,51 @@ class CodecBackend(Protocol):
     def decode_step(self, codes: np.ndarray) -> np.ndarray: ...
 
 
+@runtime_checkable
+class LiveCodec(Protocol):
+    """``prepare_live()``, called once by live loops (chat, serve), lets a backend decode small
+    ``decode_step`` calls faster within a stated tolerance (the onnx backend's int8 live decoder)."""
+
+    def prepare_live(self) -> None: ...
+
+
+@runtime_checkable
+class SlotResetCodec(Protocol):
+    """Restarts the streams of the current batch where ``mask`` (bool ``[B]``) is true, encoder and
+    decoder, leaving the others running (batched serving, transcription with slot refill)."""
+
+    def reset_slots(self, mask: np.ndarray) -> None: ...
+
+
+@runtime_checkable
+class StreamEncoder(Protocol):
+    """One encoder stream with a state of its own: ``encode`` takes ``[B, n]`` (whole frames) and
+    returns ``[B, K, n / frame_size]``, continuing its stream."""
+
+    def encode(self, pcm: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class OwnStateEncoders(Protocol):
+    """Opens encoders whose stream states are kept apart from the codec's batch state (a stream
+    then gets the codes it gets alone). ``single_thread`` asks for an encoder that can run at the
+    same time as others from several threads, where the backend can (see ``ParallelStreams``)."""
+
+    def open_encoder(self, batch: int = 1, *, single_thread: bool = False) -> StreamEncoder: ...
+
+
+@runtime_checkable
+class ParallelStreams(OwnStateEncoders, Protocol):
+    """``parallel_streams``: how many ``open_encoder(single_thread=True)`` encoders pay off at once."""
+
+    @property
+    def parallel_streams(self) -> int: ...
+
+
 def prepare_live(codec) -> None:
     """What a live loop does once before its first frame: the codec's optional ``prepare_live``."""
-    live = getattr(codec, "prepare_live", None)
-    if live is not None:
-        live()
+    if isinstance(codec, LiveCodec):
+        codec.prepare_live()
 
 
 @dataclass(frozen=True)
@@ -116,6 +156,10 @@ class LMBackend(Protocol):
     def reset(self, batch_size: int = 1) -> None: ...
 
     def step(self, codes: np.ndarray) -> np.ndarray | None: ...
+
+    def text_tokenizer(self):
+        """The checkpoint's SentencePiece model (``sentencepiece.SentencePieceProcessor``)."""
+        ...
 
 
 @runtime_checkable

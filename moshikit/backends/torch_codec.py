@@ -59,6 +59,11 @@ class TorchCodec:
             total_codebooks=int(m.total_codebooks),
         )
 
+    @property
+    def mimi_model(self):
+        """moshi's ``MimiModel`` this codec runs (for references that drive moshi directly: bench)."""
+        return self._mimi
+
     def _pcm(self, pcm: np.ndarray):
         x = np.ascontiguousarray(pcm, dtype=np.float32)
         return self._torch.from_numpy(x).to(self._device)[:, None, :]
@@ -98,8 +103,12 @@ class TorchCodec:
         with self._torch.inference_mode():
             self._mimi.reset_streaming(m)
 
-    def open_encoder(self) -> "_OwnStateEncoder":
-        """A streaming encoder for one stream with a state of its own (see ``_OwnStateEncoder``)."""
+    def open_encoder(self, batch: int = 1, *, single_thread: bool = False) -> "_OwnStateEncoder":
+        """A streaming encoder for one stream with a state of its own (see ``_OwnStateEncoder``).
+        Its state is swapped into the one shared model, so encoders take turns (``single_thread``
+        changes nothing here: this backend has no ``parallel_streams``)."""
+        if batch != 1:
+            raise ValueError("the torch codec's own-state encoders hold one stream each")
         return _OwnStateEncoder(self)
 
     def encode_step(self, pcm: np.ndarray) -> np.ndarray:

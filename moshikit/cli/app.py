@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     from ..backends.torch_env import quiet_library_logs
-    from ..errors import MoshikitError, Terminated
+    from ..errors import ExitStatus, MoshikitError, interrupted_status
 
     args = sys.argv[1:] if argv is None else argv
     quiet_library_logs(debug=_debug["on"] or "--debug" in args)
@@ -107,10 +107,10 @@ def _main(argv: list[str] | None) -> int:
         Out().error(str(exc), exc.hint)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        what, status = interrupted_status(exc)
         print(f"{what}: finished files are kept; run the same command again to resume", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, Terminated) else 130
-    return 0
+        return status
+    return ExitStatus.OK
 
 
 def _terminate_like_ctrl_c():

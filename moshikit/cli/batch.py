@@ -19,7 +19,7 @@ def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
     ``extra()`` adds keys to the summary (e.g. per-node throughput); ``on_file(progress)``
     runs after each file.
     """
-    from ..errors import OutputError, Terminated
+    from ..errors import OutputError, interrupted_status
 
     results = list(failed_early)
     for r in failed_early:
@@ -42,10 +42,10 @@ def run_batch(out: Out, label: str, total: int, total_seconds: float | None,
             elapsed = progress.elapsed
     except KeyboardInterrupt as exc:
         done = sum(r.status == "done" for r in results)
-        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        what, status = interrupted_status(exc)
         out.err.print(f"{what} after {done} new file(s): finished files are kept and partial ones "
                       "removed; run the same command again to resume")
-        raise typer.Exit(exc.exit_code if isinstance(exc, Terminated) else 130) from None
+        raise typer.Exit(status) from None
     if stopped is not None:
         out.error(str(stopped), stopped.hint)
     done = [r for r in results if r.status == "done"]

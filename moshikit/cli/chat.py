@@ -153,7 +153,7 @@ def _offline(out, url, insecure, input_file, output, transcript, model, backend,
         warn = None
         from ..platform import resolve
 
-        if resolve("lm", backend, device).device == "cpu" and not lib._is_explicit_small(model):
+        if resolve("lm", backend, device).device == "cpu" and not lib.is_explicit_small(model):
             warn = "Moshi 7B on a CPU runs far slower than real time: this will take a while"
         if warn:
             out.message(f"[yellow]warning:[/] {warn}")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import ExitStatus
 from .options import (BackendOpt, CodecBackendName, DeviceOpt, IncludeOpt, JsonOpt, MimiWeightOpt, ModelOpt,
                       OutputOpt, OverwriteOpt, RevisionOpt, device_value)
 
@@ -43,7 +44,7 @@ def decode(
     if not jobs:
         for r in failed:
             out.error(r.error)
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILED)
     weights = resolve_mimi(mimi_weight, model, revision)
     codecs: dict[int, ops.Codec] = {}
 
@@ -60,4 +61,4 @@ def decode(
     summary = run_batch(out, "decode", len(jobs), None,
                         lambda tick: ops.decode_files(jobs, get_codec, opts, on_audio=tick), failed)
     if summary["failed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILED)

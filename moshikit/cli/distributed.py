@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from ..errors import ExitStatus
 from .batch import run_batch
 from .output import Out
 
@@ -19,7 +20,7 @@ def run_on_ray(out: Out, kind: str, inputs: list[str], output: str | None, suffi
     if not tasks:
         for r in failed:
             out.error(r.error)
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILED)
     job = dist.RayJob(tasks, dist.WorkSpec(kind, load, opts), dist.RayOptions(
         address=address, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
         manifest=job_manifest or dist.default_manifest(kind, output)))

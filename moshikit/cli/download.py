@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import ExitStatus
 from .options import JsonOpt, RevisionOpt
 
 VariantOpt = Annotated[Optional[str], typer.Option(
@@ -243,10 +244,11 @@ def _list(out, json_out: bool) -> None:
 
     from .. import catalog
     from .. import download as dl
+    from .. import hubcache
 
     plat = catalog.current_platform()
     _, _, words = catalog.accelerator(plat)
-    rows = dl.list_models(plat)
+    rows = hubcache.list_models(plat)
     if json_out:
         out.json({"cache": str(dl.cache_dir()), "platform": words, "aliases": catalog.ALIASES,
                   "models": [r.to_json() for r in rows]})
@@ -285,11 +287,12 @@ def remove(
     from rich.markup import escape
 
     from .. import download as dl
+    from .. import hubcache
     from ..errors import UsageError
     from .output import Out
 
     out = Out(json_mode=json_out)
-    r = dl.plan_removal(models, variant)
+    r = hubcache.plan_removal(models, variant)
     if not json_out:
         for t in r.targets:
             what = "the whole repository" if t.files is None else ", ".join(t.files)
@@ -309,8 +312,8 @@ def remove(
         answer = sys.stdin.readline().strip().lower()
         if answer not in ("y", "yes"):
             out.err.print("nothing removed")
-            raise typer.Exit(1)
-    freed = dl.remove(r)
+            raise typer.Exit(ExitStatus.FAILED)
+    freed = hubcache.remove(r)
     if json_out:
         out.json({**r.to_json(), "removed": True, "freed_bytes": freed})
     else:
@@ -328,6 +331,7 @@ def verify(
     from rich.markup import escape
 
     from .. import download as dl
+    from .. import hubcache
     from .output import Out
 
     out = Out(json_mode=json_out)
@@ -352,7 +356,7 @@ def verify(
             bar.advance(task, n)
 
     try:
-        checks = dl.verify_cached(models, variant, on_file=on_file, on_bytes=on_bytes)
+        checks = hubcache.verify_cached(models, variant, on_file=on_file, on_bytes=on_bytes)
     finally:
         if bar is not None:
             bar.stop()
@@ -370,4 +374,4 @@ def verify(
         repos = sorted({c.repo for c in bad})
         out.error(f"{len(bad)} corrupt file(s) in {', '.join(repos)}",
                   hint="; ".join(f"moshikit download {r} --force" for r in repos) + " fetches them again")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILED)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import ExitStatus, UsageError
 from .options import (BackendOpt, CodecBackendName, DeviceOpt, IncludeOpt, InputsArg, JsonOpt, ManifestColumnOpt,
                       ManifestOpt, MimiWeightOpt, ModelOpt, OutputOpt, OverwriteOpt, RayAddressOpt, RayCpusOpt,
                       RayGpusOpt, RayManifestOpt, RayOpt, RayWorkersOpt, RevisionOpt, device_value)
@@ -60,8 +61,7 @@ def encode(
     out = Out(json_mode=json_out)
     inputs = list(inputs or [])
     if not inputs and not manifest:
-        out.error("no inputs: give audio files or directories, or --manifest FILE")
-        raise typer.Exit(2)
+        raise UsageError("no inputs: give audio files or directories, or --manifest FILE")
     opts = ops.EncodeOptions(fmt=fmt.value, channels=channels.value, batch_size=batch_size, overwrite=overwrite)
     if ray or ray_address:
         from .distributed import run_on_ray
@@ -73,7 +73,7 @@ def encode(
                              address=ray_address, workers=ray_workers, cpus=ray_cpus, gpus=ray_gpus,
                              job_manifest=ray_manifest)
         if summary["failed"]:
-            raise typer.Exit(1)
+            raise typer.Exit(ExitStatus.FAILED)
         return
     if manifest:
         from .distributed import local_jobs_from_manifest
@@ -85,7 +85,7 @@ def encode(
     if not jobs:
         for r in failed:
             out.error(r.error)
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILED)
     codec = ops.load_codec(backend.value, device_value(device), mimi_weight=mimi_weight, model=model,
                            revision=revision, num_codebooks=num_codebooks)
     out.message(f"[dim]codec: {codec.info.backend} on {codec.info.device} ({codec.choice.reason}); "
@@ -93,7 +93,7 @@ def encode(
     summary = run_batch(out, "encode", len(jobs), None,
                         lambda tick: ops.encode_files(jobs, codec, opts, on_audio=tick), failed)
     if summary["failed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILED)
 
 
 def _absolute(path: str | None) -> str | None:

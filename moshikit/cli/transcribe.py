@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import ExitStatus
 from .options import (DeviceOpt, Dtype, DtypeOpt, IncludeOpt, JsonOpt, LMBackendName, LMBackendOpt,
                       ManifestColumnOpt, ManifestOpt, OverwriteOpt, RayAddressOpt, RayCpusOpt, RayGpusOpt, RayManifestOpt,
                       RayOpt, RayWorkersOpt, RevisionOpt, device_value)
@@ -108,7 +109,7 @@ def _ray(out, inputs, output, formats, model, backend, device, batch_size, inclu
                                "revision": revision},
                          opts=opts, **ray_opts)
     if summary["failed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILED)
 
 
 def _load(out, model, backend, device_dtype, revision):
@@ -147,7 +148,7 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
         if not jobs:
             for r in failed:
                 out.error(r.error)
-            raise typer.Exit(1)
+            raise typer.Exit(ExitStatus.FAILED)
         m = _load(out, model, backend, device, revision)
         if batch_size is None:
             batch_size = 16 if m.lm.info.device not in ("cpu", None) else 4
@@ -169,7 +170,7 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     if summary["failed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitStatus.FAILED)
 
 
 def _printer():

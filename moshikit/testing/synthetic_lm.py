@@ -103,7 +103,7 @@ def config_json(size: Size = "tiny", *, lm_gen_config: dict | None = None) -> di
     }
 
 
-def _lm_config_of(config: dict) -> dict:
+def lm_config_of(config: dict) -> dict:
     """The LM kwargs of a config.json (what CheckpointInfo keeps after popping the rest)."""
     drop = {"moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
             "lm_gen_config", "tts_config", "stt_config", "model_id"}
@@ -148,7 +148,7 @@ def published_shapes(size: Size = "tiny", config: dict | None = None) -> dict[st
     import torch
     from moshi.models import loaders
 
-    cfg = _lm_config_of(config) if config is not None else lm_kwargs(size)
+    cfg = lm_config_of(config) if config is not None else lm_kwargs(size)
     model = loaders.get_moshi_lm(None, lm_kwargs=cfg, device="meta", dtype=torch.bfloat16)
     shapes: dict[str, list[int]] = {}
     for key, value in model.state_dict().items():
@@ -178,7 +178,7 @@ def mlx_layout(shapes: dict[str, tuple[int, ...]], config: dict) -> list[_MlxEnt
 
     Mirrors Kyutai's ``scripts/import_mlx.py`` and ``moshi_mlx.models.Lm.load_pytorch_weights``.
     """
-    lm = _lm_config_of(config)
+    lm = lm_config_of(config)
     n_q, dep_q = lm["n_q"], lm["dep_q"]
     schedule = lm.get("depformer_weights_per_step_schedule")
     chunks = (max(schedule) + 1) if schedule else dep_q
@@ -249,7 +249,7 @@ class _Source(Protocol):
     def read(self, name: str, start: int, count: int, dtype) -> "object": ...
 
 
-class _DictSource(_Source):
+class DictSource(_Source):
     def __init__(self, tensors: dict) -> None:
         self._t = {k: v.reshape(-1) for k, v in tensors.items()}
         self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}
@@ -391,9 +391,9 @@ def _tiny_source(config: dict, seed: int) -> _Source:
     from moshi.models import loaders
 
     torch.manual_seed(seed)
-    model = loaders.get_moshi_lm(None, lm_kwargs=_lm_config_of(config), device="cpu", dtype=torch.float32)
+    model = loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
     with torch.no_grad():
-        return _DictSource(to_published(model.state_dict()))
+        return DictSource(to_published(model.state_dict()))
 
 
 def _items(source: _Source, config: dict, layout: Layout, dtype: str) -> list[_Item]:

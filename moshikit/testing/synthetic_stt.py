@@ -36,7 +36,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from .synthetic import MIMI_NAME
-from .synthetic_lm import (CONFIG_NAME, MOSHI_NAME, _DictSource, _lm_config_of, lm_kwargs, to_published,
+from .synthetic_lm import (CONFIG_NAME, MOSHI_NAME, DictSource, lm_config_of, lm_kwargs, to_published,
                            write_repo_files)
 
 #: File names as published in kyutai/stt-1b-en_fr.
@@ -70,7 +70,7 @@ def _random_state(config: dict, seed: int) -> dict:
     from moshi.models import loaders
 
     torch.manual_seed(seed)
-    model = loaders.get_moshi_lm(None, lm_kwargs=_lm_config_of(config), device="cpu", dtype=torch.float32)
+    model = loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -154,7 +154,7 @@ def write_stt_repo(dest: str | os.PathLike, *, kind: Kind = "random", seed: int 
     import torch
 
     with torch.no_grad():
-        source = _DictSource(to_published(state))
+        source = DictSource(to_published(state))
     return write_repo_files(dest, config, source, layout, dtype, f"synthetic-stt {kind}", mimi_path)
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from moshikit.backends import registry
-from moshikit.backends.base import CodecBackend
+from moshikit.backends.base import (CodecBackend, LiveCodec, OwnStateEncoders, ParallelStreams, SlotResetCodec,
+                                    StreamEncoder)
 from moshikit.codec import load_codec
 
 FAST = [n for n in ("torch", "rustymimi", "onnx") if registry.probe("codec", n)[0]]
@@ -26,6 +27,34 @@ def test_conforms(backend, speech):
     audio = backend.decode(codes)
     assert audio.shape == (1, 26 * 1920) and audio.dtype == np.float32
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+
+
+CAPABILITIES = (LiveCodec, SlotResetCodec, OwnStateEncoders, ParallelStreams)
+#: What each backend offers beyond the codec Protocol (a change here is a change of what callers get).
+EXPECTED = {"torch": {SlotResetCodec, OwnStateEncoders}, "onnx": set(CAPABILITIES), "rustymimi": set()}
+
+
+def _signature(func) -> list[tuple]:
+    import inspect
+
+    return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values() if p.name != "self"]
+
+
+def test_capabilities_are_protocols_with_one_signature(backend, speech):
+    """Each optional capability is a Protocol: a backend that has the method has the Protocol's signature."""
+    offered = {cap for cap in CAPABILITIES if isinstance(backend, cap)}
+    assert offered == EXPECTED[backend.info.backend]
+    for cap in offered:
+        for name in ("prepare_live", "reset_slots", "open_encoder"):
+            if hasattr(cap, name):
+                assert _signature(getattr(type(backend), name)) == _signature(getattr(cap, name)), (cap, name)
+    if OwnStateEncoders in offered:
+        encoder = backend.open_encoder()
+        assert isinstance(encoder, StreamEncoder)
+        clip = speech[None, : 1920 * 10]
+        np.testing.assert_array_equal(encoder.encode(clip)[:, 0], backend.encode(clip)[:, 0])
+    if ParallelStreams in offered:
+        assert backend.parallel_streams >= 1
 
 
 def test_streaming_equals_whole(backend, speech):
