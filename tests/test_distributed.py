@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from moshikit import distributed as dist
+from moshikit.errors import UsageError
 from moshikit.cli.app import main
 from moshikit.codec import EncodeOptions
 
@@ -56,9 +57,9 @@ def test_read_manifest_text_csv_parquet(tmp_path):
     assert dist.read_manifest(str(tmp_path / "m.csv"), "text") == ["hi", "yo"]
     pq.write_table(pa.table({"n": [1, 2], "path": ["c.wav", "d.wav"]}), tmp_path / "m.parquet")
     assert dist.read_manifest(str(tmp_path / "m.parquet")) == ["c.wav", "d.wav"]
-    with pytest.raises(dist.UsageError, match="no column 'nope' \\(columns: n, path\\)"):
+    with pytest.raises(UsageError, match="no column 'nope' \\(columns: n, path\\)"):
         dist.read_manifest(str(tmp_path / "m.parquet"), "nope")
-    with pytest.raises(dist.UsageError, match="no such manifest"):
+    with pytest.raises(UsageError, match="no such manifest"):
         dist.read_manifest(str(tmp_path / "missing.txt"))
 
 
