@@ -76,7 +76,7 @@ class RemoteEngine:
         #: Reply delay: from sending the user's audio at a point of the conversation to receiving
         #: Moshi's audio for that same point (the network both ways, the server's queue and step,
         #: Opus buffering): what the client can measure of the server's speed.
-        from .chat import LatencyWindow
+        from .live import LatencyWindow
 
         self.reply_delay = LatencyWindow(10.0)
         self._sent_marks: collections.deque[tuple[int, float]] = collections.deque(maxlen=8192)
