@@ -204,7 +204,7 @@ def test_hf_token_is_sent(hub, monkeypatch):
 def test_no_network_disk_full_read_only_cache(hub, monkeypatch, tmp_path):
     hub.add("kyutai/moshika-pytorch-q8", moshi_repo())
     p = dl.plan("moshika", platform=CUDA_16)
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
+    monkeypatch.setattr("shutil.disk_usage", lambda path: type("U", (), {"free": 1000})())
     with pytest.raises(ModelError, match="not enough disk space .* 1.0 kB free"):
         dl.download(p)
     monkeypatch.undo()

@@ -206,7 +206,7 @@ def test_download_into_a_full_cache(tmp_path, monkeypatch):
                 dl.download(plan)  # checked before anything is fetched
             assert not list((tmp_path / "hub").rglob("snapshots/*/*"))
             # the disk fills while the file streams in (another program took the space)
-            monkeypatch.setattr(dl, "check_space", lambda *a, **k: None)
+            monkeypatch.setattr("moshikit.download.fetch.check_space", lambda *a, **k: None)
             with pytest.raises(ModelError, match=r"disk full while writing model\.q8\.safetensors") as e:
                 dl.download(plan)
             assert "resumes" in e.value.hint

@@ -141,6 +141,26 @@ class SamplingConfig:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class SamplingOverrides:
+    """Sampling settings a user gave; None keeps the model's own (its ``lm_gen_config``)."""
+
+    temp: float | None = None
+    temp_text: float | None = None
+    top_k: int | None = None
+    top_k_text: int | None = None
+    seed: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in vars(self).values())
+
+    def over(self, base: SamplingConfig) -> SamplingConfig:
+        """``base`` with what was given here put on top."""
+        from dataclasses import replace
+
+        return replace(base, **{k: v for k, v in vars(self).items() if v is not None})
+
+
 @runtime_checkable
 class LMBackend(Protocol):
     """One Moshi-style LM run step by step over ``B`` parallel streams.

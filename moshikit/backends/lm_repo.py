@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from .base import SamplingConfig
+from .base import SamplingConfig, SamplingOverrides
 
 #: moshi's defaults for a repo without config.json (the original Moshi 7B repos).
 MOSHI_NAME = "model.safetensors"
@@ -177,12 +177,14 @@ def _resolve_hub(repo: str, revision: str | None, weights_override: Path | None)
                   config_path=config_path, config=config, source=repo)
 
 
-def sampling_from(repo: LMRepo, sampling: SamplingConfig | None) -> SamplingConfig:
-    """``sampling`` if given, else the repo's ``lm_gen_config`` over LMGen's defaults."""
-    if sampling is not None:
+def sampling_from(repo: LMRepo, sampling: SamplingConfig | SamplingOverrides | None) -> SamplingConfig:
+    """``sampling`` if a whole config; else the repo's ``lm_gen_config`` over LMGen's defaults,
+    with the overrides (``SamplingOverrides``: what a user gave) on top."""
+    if isinstance(sampling, SamplingConfig):
         return sampling
     keys = ("temp", "temp_text", "top_k", "top_k_text")
-    return SamplingConfig(**{k: v for k, v in repo.lm_gen_config.items() if k in keys})
+    base = SamplingConfig(**{k: v for k, v in repo.lm_gen_config.items() if k in keys})
+    return sampling.over(base) if sampling else base
 
 
 def check_codes(codes: np.ndarray, batch: int, k_in: int, card: int) -> np.ndarray:

@@ -57,8 +57,9 @@ def _graph_key(module) -> str:
     import torch
 
     h = hashlib.sha256(f"v{EXPORT_VERSION}|opset{OPSET}|torch{torch.__version__}|ort{onnxruntime.__version__}".encode())
-    for wiring in (mimi_graph, onnx_int8):  # the wiring itself: an edit re-exports
-        h.update(Path(wiring.__file__).read_bytes())
+    wiring = sorted(Path(mimi_graph.__file__).parent.glob("*.py")) + [Path(onnx_int8.__file__)]
+    for source in wiring:  # the wiring itself (every file of the graph package): an edit re-exports
+        h.update(source.read_bytes())
     for part in module.key_parts():
         if part is None:
             continue

@@ -7,7 +7,6 @@ completion never load torch, mlx or sounddevice.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated, Optional
 
@@ -21,6 +20,7 @@ from .decode import decode
 from .download import download, models_app
 from .encode import encode
 from .info import info
+from .output import Env, Out, current_env, using_env
 from .serve import serve
 from .transcribe import transcribe
 
@@ -46,12 +46,9 @@ app.add_typer(bench_app, name="bench", rich_help_panel="Measure")
 # (add_completion=False only hides the --install-completion options).
 completion_init()
 
-_debug = {"on": bool(os.environ.get("MOSHIKIT_DEBUG"))}
-
-
 def _version(value: bool) -> None:
     if value:
-        print(f"moshikit {__version__}")
+        Out().result(f"moshikit {__version__}")
         raise typer.Exit()
 
 
@@ -62,7 +59,7 @@ def _root(
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     if debug:
-        _debug["on"] = True
+        current_env().debug = True
 
 
 @app.command(rich_help_panel="Setup")
@@ -70,7 +67,7 @@ def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish")]) 
     """Print the shell completion script (see completions/ and the README)."""
     from .completion import script
 
-    sys.stdout.write(script(shell))
+    Out().write(script(shell))
 
 
 def command():
@@ -80,35 +77,36 @@ def command():
     return name_values(typer.main.get_command(app))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the app and turns known errors into one line and an exit code."""
+def main(argv: list[str] | None = None, env: Env | None = None) -> int:
+    """Entry point: runs the app and turns known errors into one line and an exit code.
+
+    ``env`` (streams, environment, debug) defaults to the process's own; tests pass theirs
+    and read what the run wrote from it."""
     restore = _terminate_like_ctrl_c()
     try:
-        return _main(argv)
+        with using_env(env or Env()) as run_env:
+            return _main(argv, run_env)
     finally:
         restore()
 
 
-def _main(argv: list[str] | None) -> int:
+def _main(argv: list[str] | None, env: Env) -> int:
     from ..backends.torch_env import quiet_library_logs
     from ..errors import ExitStatus, MoshikitError, interrupted_status
-
     args = sys.argv[1:] if argv is None else argv
-    quiet_library_logs(debug=_debug["on"] or "--debug" in args)
+    quiet_library_logs(debug=env.debug or "--debug" in args)
     try:
         command()(args=argv, prog_name="moshikit")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except MoshikitError as exc:
-        if _debug["on"]:
+        if env.debug:
             raise
-        from .output import Out
-
-        Out().error(str(exc), exc.hint)
+        Out(env=env).error(str(exc), exc.hint)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         what, status = interrupted_status(exc)
-        print(f"{what}: finished files are kept; run the same command again to resume", file=sys.stderr)
+        Out(env=env).status(f"{what}: finished files are kept; run the same command again to resume")
         return status
     return ExitStatus.OK
 

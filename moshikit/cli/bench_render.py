@@ -8,12 +8,11 @@ from collections.abc import Callable, Iterator
 def render(result, rows: Callable[[], Iterator], json_file: str | None, compare: str | None,
            plot: str | None) -> None:
     """Run ``rows()``, showing progress; Ctrl-C stops and still reports what was measured."""
-    from rich.console import Console
-
     from .. import bench
+    from .output import Out
 
-    con = Console()
-    err = Console(stderr=True)
+    out = Out()
+    con, err = out.console, out.err
     old = bench.load(compare) if compare else None
     try:
         with err.status("measuring (warm-up excluded)...") as status:

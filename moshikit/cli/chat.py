@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, LMBackendName, LMBackendOpt, RevisionOpt, device_value
+from .options import (DeviceOpt, Dtype, DtypeOpt, JsonOpt, LMBackendName, LMBackendOpt, RevisionOpt, device_value,
+                      with_sampling_options)
 
 
 #: What works without a sound card, said when there is none.
@@ -16,6 +16,7 @@ NO_DEVICE_INSTEAD = "chat over files with -i FILE -o FILE, talk to a server with
 NO_DEVICE_INSTEAD_URL = "chat over files with --url URL -i FILE -o FILE, or see --list-devices"
 
 
+@with_sampling_options
 def chat(
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", show_default=False,
@@ -46,17 +47,10 @@ def chat(
                                              "(you left, Moshi right) and a transcript JSON. The r key toggles.")] = None,
     duration: Annotated[Optional[float], typer.Option(
         "--duration", min=0.1, show_default=False, help="Live: stop after this many seconds.")] = None,
-    temp: Annotated[Optional[float], typer.Option("--temp", min=0.0, show_default=False,
-                                                  help="Audio sampling temperature (0: greedy). "
-                                                       "Default: the model's config.")] = None,
-    temp_text: Annotated[Optional[float], typer.Option("--temp-text", min=0.0, show_default=False,
-                                                       help="Text sampling temperature.")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, show_default=False, help="Audio top-k.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", show_default=False,
-                                                help="Seed the sampling: offline runs repeat exactly.")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="Plain line output, even on a terminal.")] = False,
     revision: RevisionOpt = None,
     json_out: JsonOpt = False,
+    sampling=None,  # SamplingOverrides, from with_sampling_options
 ) -> None:
     """Talk with Moshi: it listens and speaks at the same time.
 
@@ -72,7 +66,8 @@ def chat(
     out = Out(json_mode=json_out)
     if list_devices:
         return print_devices(out)
-    local_only = {"--model": model, "--temp": temp, "--temp-text": temp_text, "--top-k": top_k, "--seed": seed,
+    s = sampling
+    local_only = {"--model": model, "--temp": s.temp, "--temp-text": s.temp_text, "--top-k": s.top_k, "--seed": s.seed,
                   "--device": device, "--revision": revision,
                   "--dtype": None if dtype == Dtype.auto else dtype}
     if url is not None:
@@ -87,7 +82,7 @@ def chat(
         if output is not None or transcript is not None:
             raise UsageError("--output and --transcript go with --input (live chats record with --record)")
         return _live(out, url, insecure, model, backend.value, (device_value(device), dtype.value), revision,
-                     _sampling(model, temp, temp_text, top_k, seed), input_device, output_device, aec, record,
+                     sampling or None, input_device, output_device, aec, record,
                      duration, plain)
     if output is None:
         raise UsageError("--input needs --output (where Moshi's reply goes)")
@@ -97,25 +92,7 @@ def chat(
         raise UsageError(f"{', '.join(given)} go with a live chat, not --input")
     _offline(out, url, insecure, input_file, output, transcript, model, backend.value,
              (device_value(device), dtype.value),
-             revision, _sampling(model, temp, temp_text, top_k, seed))
-
-
-def _sampling(model, temp, temp_text, top_k, seed):
-    from ..backends.base import SamplingConfig
-
-    if all(v is None for v in (temp, temp_text, top_k, seed)):
-        return None
-    base = SamplingConfig()
-    if model is not None and Path(model).expanduser().exists():
-        try:
-            from ..backends.lm_repo import resolve_repo, sampling_from
-
-            base = sampling_from(resolve_repo(model), None)
-        except Exception:  # noqa: BLE001 - unreadable here: LMGen's defaults
-            pass
-    return SamplingConfig(temp=base.temp if temp is None else temp,
-                          temp_text=base.temp_text if temp_text is None else temp_text,
-                          top_k=base.top_k if top_k is None else top_k, top_k_text=base.top_k_text, seed=seed)
+             revision, sampling or None)
 
 
 def _remote():
@@ -143,8 +120,7 @@ def _offline(out, url, insecure, input_file, output, transcript, model, backend,
 
     def on_text(piece: str) -> None:
         if printing:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+            out.write(piece)
 
     if url is not None:
         audio, pieces = _remote().chat_file(url, pcm, insecure=insecure, on_text=on_text)
@@ -170,7 +146,7 @@ def _offline(out, url, insecure, input_file, output, transcript, model, backend,
         repo = getattr(conv.lm, "repo", None)
         source = str(repo.source if repo is not None else model or "")
     if printing:
-        sys.stdout.write("\n")
+        out.write("\n")
     with AudioWriter(Path(output), SAMPLE_RATE, 1) as w:
         w.write(np.asarray(audio, np.float32)[None])
     duration = audio.size / SAMPLE_RATE

@@ -197,7 +197,8 @@ class RichUI:
 class PlainUI:
     """Moshi's text on stdout as it comes; a status line on stderr every few seconds."""
 
-    def __init__(self, every: float = 5.0, *, show_text: bool = True) -> None:
+    def __init__(self, out, every: float = 5.0, *, show_text: bool = True) -> None:
+        self.out = out
         self.every = every
         self.show_text = show_text
         self._last = time.monotonic()
@@ -209,8 +210,8 @@ class PlainUI:
 
     def __exit__(self, *exc) -> None:
         if self._wrote:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+            self.out.env.stdout.write("\n")
+            self.out.env.stdout.flush()
 
     def keys(self) -> str:
         return ""
@@ -218,8 +219,8 @@ class PlainUI:
     def text(self, piece: str) -> None:
         if not self.show_text:
             return
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+        self.out.env.stdout.write(piece)
+        self.out.env.stdout.flush()
         self._wrote = True
 
     def update(self, state) -> None:
@@ -227,10 +228,10 @@ class PlainUI:
         if state.recording != self._rec:
             self._rec = state.recording
             if state.recording:
-                print(f"recording to {state.recording}", file=sys.stderr, flush=True)
+                self.out.status(f"recording to {state.recording}")
         if state.done or now - self._last >= self.every:
             self._last = now
-            print(("done " if state.done else "") + status_line(state), file=sys.stderr, flush=True)
+            self.out.status(("done " if state.done else "") + status_line(state))
 
 
 @contextmanager
@@ -240,5 +241,5 @@ def ui_for(out, *, plain: bool = False) -> Iterator[object]:
         with RichUI(out.err) as ui:
             yield ui
     else:
-        with PlainUI(show_text=not out.json_mode) as ui:
+        with PlainUI(out, show_text=not out.json_mode) as ui:
             yield ui

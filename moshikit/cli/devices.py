@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 
 def print_devices(out) -> None:
@@ -18,5 +17,5 @@ def print_devices(out) -> None:
     for d in devices:
         marks = " ".join(m for m, on in (("default input", d["default_input"]),
                                          ("default output", d["default_output"])) if on)
-        sys.stdout.write(f"{d['index']:>3}  {d['name']}  (in {d['inputs']}, out {d['outputs']}, "
-                         f"{int(d['default_rate'])} Hz){'  [' + marks + ']' if marks else ''}\n")
+        out.result(f"{d['index']:>3}  {d['name']}  (in {d['inputs']}, out {d['outputs']}, "
+                   f"{int(d['default_rate'])} Hz){'  [' + marks + ']' if marks else ''}")

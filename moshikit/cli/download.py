@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
@@ -81,7 +80,7 @@ def download(
         out.json({"models": [r.to_json() for r in results]})
         return
     for r in results:
-        print(r.result_path)
+        out.result(r.result_path)
 
 
 def _warn(out, text: str) -> None:
@@ -109,14 +108,14 @@ def _explain(out, models: list[str], variant, any_platform: bool, json_out: bool
         return
     if out.quiet:
         for c in choices:
-            print(c.entry.repo)
+            out.result(c.entry.repo)
         return
     for c in choices:
-        print(f"{c.asked} on this machine ({words}):")
+        out.result(f"{c.asked} on this machine ({words}):")
         for line in c.reasons:
-            print(f"  {line}")
+            out.result(f"  {line}")
         for w in c.warnings:
-            print(f"  warning: {w}")
+            out.result(f"  warning: {w}")
 
 
 def _announce(out, p) -> None:
@@ -142,12 +141,11 @@ def _show_plans(out, plans, json_out: bool, quiet: bool) -> None:
         return
     if quiet:
         for p in plans:
-            print(p.repo)
+            out.result(p.repo)
         return
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console(highlight=False)
+    con = out.console
     for p in plans:
         title = f"{p.asked} -> {p.repo}@{p.revision}" if p.asked != p.repo else f"{p.repo}@{p.revision}"
         if p.entry is not None:
@@ -253,10 +251,9 @@ def _list(out, json_out: bool) -> None:
         out.json({"cache": str(dl.cache_dir()), "platform": words, "aliases": catalog.ALIASES,
                   "models": [r.to_json() for r in rows]})
         return
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console(highlight=False)
+    con = out.console
     table = Table(title=f"models (cache: {escape(str(dl.cache_dir()))})", title_justify="left")
     for col, kw in (("model", {}), ("variant", {}), ("repository", {}), ("size", {"justify": "right"}),
                     ("memory", {"justify": "right"}), ("cached", {}), ("on disk", {"justify": "right"}),
@@ -307,9 +304,9 @@ def remove(
     if not yes:
         if json_out:
             raise UsageError("--json needs -y (no question is asked in JSON mode)")
-        sys.stderr.write("remove? [y/N] ")
-        sys.stderr.flush()
-        answer = sys.stdin.readline().strip().lower()
+        out.env.stderr.write("remove? [y/N] ")
+        out.env.stderr.flush()
+        answer = out.env.stdin.readline().strip().lower()
         if answer not in ("y", "yes"):
             out.err.print("nothing removed")
             raise typer.Exit(ExitStatus.FAILED)

@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 
 from ..errors import ExitStatus, UsageError
-from .options import (BackendOpt, CodecBackendName, DeviceOpt, IncludeOpt, InputsArg, JsonOpt, ManifestColumnOpt,
-                      ManifestOpt, MimiWeightOpt, ModelOpt, OutputOpt, OverwriteOpt, RayAddressOpt, RayCpusOpt,
-                      RayGpusOpt, RayManifestOpt, RayOpt, RayWorkersOpt, RevisionOpt, device_value)
+from .options import (BackendOpt, CodecBackendName, DeviceOpt, IncludeOpt, InputsArg, JobSource, JsonOpt,
+                      MimiWeightOpt, ModelOpt, OutputOpt, OverwriteOpt, RevisionOpt, device_value, with_job_options)
 
 
 class TokenFormat(str, Enum):
@@ -23,6 +22,7 @@ class Channels(str, Enum):
     split = "split"
 
 
+@with_job_options
 def encode(
     inputs: InputsArg = None,
     output: OutputOpt = None,
@@ -38,14 +38,7 @@ def encode(
     revision: RevisionOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
-    manifest: ManifestOpt = None,
-    manifest_column: ManifestColumnOpt = None,
-    ray: RayOpt = False,
-    ray_address: RayAddressOpt = None,
-    ray_workers: RayWorkersOpt = None,
-    ray_cpus: RayCpusOpt = 1.0,
-    ray_gpus: RayGpusOpt = None,
-    ray_manifest: RayManifestOpt = None,
+    job: JobSource | None = None,
 ) -> None:
     """Encode audio into Mimi tokens, one token file per input.
 
@@ -60,26 +53,26 @@ def encode(
 
     out = Out(json_mode=json_out)
     inputs = list(inputs or [])
-    if not inputs and not manifest:
+    job = job or JobSource()
+    if not inputs and not job.manifest:
         raise UsageError("no inputs: give audio files or directories, or --manifest FILE")
     opts = ops.EncodeOptions(fmt=fmt.value, channels=channels.value, batch_size=batch_size, overwrite=overwrite)
-    if ray or ray_address:
+    if job.on_ray:
         from .distributed import run_on_ray
 
         load = {"backend": backend.value, "device": device_value(device), "num_codebooks": num_codebooks,
                 "mimi_weight": _absolute(mimi_weight), "model": _absolute(model), "revision": revision}
         summary = run_on_ray(out, "encode", inputs, output, output_suffix(fmt.value), include=include,
-                             manifest=manifest, manifest_column=manifest_column, load=load, opts=opts,
-                             address=ray_address, workers=ray_workers, cpus=ray_cpus, gpus=ray_gpus,
-                             job_manifest=ray_manifest)
+                             manifest=job.manifest, manifest_column=job.manifest_column, load=load, opts=opts,
+                             **job.ray_options())
         if summary["failed"]:
             raise typer.Exit(ExitStatus.FAILED)
         return
-    if manifest:
+    if job.manifest:
         from .distributed import local_jobs_from_manifest
 
-        jobs, failed = local_jobs_from_manifest(inputs, output, output_suffix(fmt.value), include, manifest,
-                                                manifest_column)
+        jobs, failed = local_jobs_from_manifest(inputs, output, output_suffix(fmt.value), include, job.manifest,
+                                                job.manifest_column)
     else:
         jobs, failed = ops.plan(inputs, output, output_suffix(fmt.value), include=include or ())
     if not jobs:

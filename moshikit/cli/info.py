@@ -30,10 +30,9 @@ def info(json_out: JsonOpt = False,
     if json_out:
         out.json(data)
         return
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = out.console
     ram = f"{plat.ram_gb:.1f} GB RAM" if plat.ram_gb else "RAM unknown"
     con.print(f"[bold]moshikit {__version__}[/] on {plat.system} {plat.machine}, Python {plat.python}")
     con.print(f"CPU: {plat.cpu} ({plat.cores} cores), {ram}")

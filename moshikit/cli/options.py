@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Optional
 
@@ -86,6 +87,81 @@ RayManifestOpt = Annotated[Optional[str], typer.Option(
     help="Where the job's Parquet manifest goes (a rerun reads it to skip finished files). "
          "Default: moshikit-<command>.parquet in the output directory.")]
 
+
+
+@dataclass
+class JobSource:
+    """Where a batch command's inputs come from beyond its arguments, and where it runs: the
+    manifest and Ray options, shared by every batch command through ``with_job_options``."""
+
+    manifest: Optional[str] = None
+    manifest_column: Optional[str] = None
+    ray: bool = False
+    ray_address: Optional[str] = None
+    ray_workers: Optional[int] = None
+    ray_cpus: float = 1.0
+    ray_gpus: Optional[float] = None
+    ray_manifest: Optional[str] = None
+
+    @property
+    def on_ray(self) -> bool:
+        return self.ray or bool(self.ray_address)
+
+    def ray_options(self) -> dict:
+        return dict(address=self.ray_address, workers=self.ray_workers, cpus=self.ray_cpus, gpus=self.ray_gpus,
+                    job_manifest=self.ray_manifest)
+
+
+def option_group(name: str, options: dict, make):
+    """A decorator giving a command a group of options declared once; the command receives them
+    as one value, ``name=make(**given)``.
+
+    Typer reads a command's options from its signature: the wrapper's signature is the
+    command's (less ``name``) plus ``options`` (``{parameter: (annotation, default)}``)."""
+    import functools
+    import inspect
+
+    def decorate(command):
+        sig = inspect.signature(command, eval_str=True)
+        params = [p for p in sig.parameters.values() if p.name != name]
+        params += [inspect.Parameter(opt, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ann, default=default)
+                   for opt, (ann, default) in options.items()]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            given = {opt: kwargs.pop(opt) for opt in options if opt in kwargs}
+            return command(*args, **{name: make(**given)}, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)
+        return wrapper
+
+    return decorate
+
+
+#: --manifest and the Ray options; the command gets ``job: JobSource``.
+with_job_options = option_group("job", {
+    "manifest": (ManifestOpt, None), "manifest_column": (ManifestColumnOpt, None), "ray": (RayOpt, False),
+    "ray_address": (RayAddressOpt, None), "ray_workers": (RayWorkersOpt, None), "ray_cpus": (RayCpusOpt, 1.0),
+    "ray_gpus": (RayGpusOpt, None), "ray_manifest": (RayManifestOpt, None)}, JobSource)
+
+
+def _sampling_overrides(**given):
+    from ..backends.base import SamplingOverrides
+
+    return SamplingOverrides(**given)
+
+
+#: --temp, --temp-text, --top-k, --seed; the command gets ``sampling: SamplingOverrides`` (unset: the model's own).
+with_sampling_options = option_group("sampling", {
+    "temp": (Annotated[Optional[float], typer.Option(
+        "--temp", min=0.0, show_default=False,
+        help="Audio sampling temperature (0: greedy). Default: the model's config.")], None),
+    "temp_text": (Annotated[Optional[float], typer.Option(
+        "--temp-text", min=0.0, show_default=False, help="Text sampling temperature.")], None),
+    "top_k": (Annotated[Optional[int], typer.Option("--top-k", min=1, show_default=False, help="Audio top-k.")], None),
+    "seed": (Annotated[Optional[int], typer.Option(
+        "--seed", show_default=False, help="Seed the sampling: runs over the same input repeat exactly.")], None),
+}, _sampling_overrides)
 
 class Dtype(str, Enum):
     auto = "auto"

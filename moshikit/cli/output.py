@@ -3,27 +3,93 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+
+@dataclass
+class Env:
+    """What one run of the CLI writes to and reads: its streams, its environment variables and
+    whether ``--debug`` is on. ``main(argv, env)`` takes one, so a test runs the CLI in-process
+    with its own streams and nothing global to reset; by default the process's own."""
+
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    debug: bool | None = None  # None: from $MOSHIKIT_DEBUG
+
+    def __post_init__(self) -> None:
+        if self.debug is None:
+            self.debug = bool(self.environ.get("MOSHIKIT_DEBUG"))
+
+
+_CURRENT: ContextVar[Env | None] = ContextVar("moshikit_cli_env", default=None)
+
+
+def current_env() -> Env:
+    """The ``Env`` of the run in progress (the process's own outside ``main``)."""
+    env = _CURRENT.get()
+    return env if env is not None else Env()
+
+
+@contextmanager
+def using_env(env: Env) -> Iterator[Env]:
+    token = _CURRENT.set(env)
+    try:
+        yield env
+    finally:
+        _CURRENT.reset(token)
 
 
 class Out:
-    """Human, JSON or quiet rendering. Rich is imported only when something is drawn."""
+    """Human, JSON or quiet rendering: results to the run's stdout, messages and progress to its
+    stderr. Rich is imported only when something is drawn."""
 
-    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+    def __init__(self, json_mode: bool = False, quiet: bool = False, env: Env | None = None) -> None:
         self.json_mode = json_mode
         self.quiet = quiet
+        self.env = env or current_env()
         self._err = None
+        self._con = None
 
     @property
     def err(self):
+        """A Rich console on stderr (messages, progress, live panels)."""
         if self._err is None:
             from rich.console import Console
 
-            self._err = Console(stderr=True, highlight=False, soft_wrap=True)
+            self._err = Console(file=self.env.stderr, highlight=False, soft_wrap=True)
         return self._err
+
+    @property
+    def console(self):
+        """A Rich console on stdout (tables and reports that are the command's result)."""
+        if self._con is None:
+            from rich.console import Console
+
+            self._con = Console(file=self.env.stdout, highlight=False)
+        return self._con
+
+    def result(self, text: object) -> None:
+        """One plain line of the command's result on stdout (kept for pipes: no markup)."""
+        self.env.stdout.write(f"{text}\n")
+
+    def write(self, text: str, *, err: bool = False) -> None:
+        """Raw text as it comes (pieces of a live transcript), flushed at once."""
+        f = self.env.stderr if err else self.env.stdout
+        f.write(text)
+        f.flush()
+
+    def status(self, text: str) -> None:
+        """One plain line of state on stderr, shown even in JSON mode (flushed at once)."""
+        self.env.stderr.write(text + "\n")
+        self.env.stderr.flush()
 
     def message(self, text: str) -> None:
         if not self.quiet and not self.json_mode:
@@ -37,7 +103,7 @@ class Out:
             self.err.print(f"[dim]hint: {escape(hint)}[/]")
 
     def json(self, data: Any) -> None:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        self.env.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
     @contextmanager
     def progress(self, total_files: int, total_seconds: float | None, label: str,

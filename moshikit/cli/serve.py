@@ -6,10 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import DeviceOpt, Dtype, DtypeOpt, LMBackendName, LMBackendOpt, ModelOpt, RevisionOpt, device_value
+from .options import (DeviceOpt, Dtype, DtypeOpt, LMBackendName, LMBackendOpt, ModelOpt, RevisionOpt, device_value,
+                      with_sampling_options)
 
 
 
+@with_sampling_options
 def serve(
     model: ModelOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 lets other machines in "
@@ -30,17 +32,10 @@ def serve(
     static: Annotated[Optional[str], typer.Option("--static", help="Directory of a built web client (e.g. "
                                                                    "Kyutai's moshi client dist/) served at /.",
                                                   show_default=False)] = None,
-    temp: Annotated[Optional[float], typer.Option(
-        "--temp", min=0.0, help="Audio sampling temperature (0: greedy). Default: the model's config.",
-        show_default=False)] = None,
-    temp_text: Annotated[Optional[float], typer.Option("--temp-text", min=0.0, help="Text sampling temperature.",
-                                                       show_default=False)] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Audio top-k.", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed the sampling (runs repeat exactly).",
-                                                show_default=False)] = None,
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", min=0.1, help="Close a session that sends no "
                                                                                 "audio for this many seconds.")] = 30.0,
     revision: RevisionOpt = None,
+    sampling=None,  # SamplingOverrides, from with_sampling_options
 ) -> None:
     """Serve Moshi over the protocol of moshi's own server (WebSocket /api/chat, Opus audio).
 
@@ -48,28 +43,13 @@ def serve(
     against it. Runs in the foreground until Ctrl-C.
     """
     from .. import serve as lib
-    from ..backends.base import SamplingConfig
-    from ..backends.lm_repo import resolve_repo
     from ..errors import UsageError
     from .output import Out
 
     out = Out()
     if (ssl_cert is None) != (ssl_key is None):
         raise UsageError("--ssl-cert and --ssl-key go together")
-    sampling = None
-    if any(v is not None for v in (temp, temp_text, top_k, seed)):
-        base = SamplingConfig()
-        if model is not None:
-            try:
-                from ..backends.lm_repo import sampling_from
-
-                base = sampling_from(resolve_repo(model), None)
-            except Exception:  # noqa: BLE001 (a hub id not yet resolved: LMGen's defaults)
-                pass
-        sampling = SamplingConfig(temp=base.temp if temp is None else temp,
-                                  temp_text=base.temp_text if temp_text is None else temp_text,
-                                  top_k=base.top_k if top_k is None else top_k, top_k_text=base.top_k_text,
-                                  seed=seed)
+    sampling = sampling or None  # nothing given: the model's own settings
     ctx = None
     if ssl or ssl_cert:
         if ssl_cert is None:
@@ -90,7 +70,7 @@ def serve(
         out.message(f"serving Moshi ({info}); Ctrl-C stops")
         if static:
             out.message(f"web client: {page}")
-        print(url, flush=True)
+        out.write(url + "\n")
 
     lib.serve_forever(server, ready, ssl_ctx=ctx)
     out.message("stopped")

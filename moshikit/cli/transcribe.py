@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import ExitStatus
-from .options import (DeviceOpt, Dtype, DtypeOpt, IncludeOpt, JsonOpt, LMBackendName, LMBackendOpt,
-                      ManifestColumnOpt, ManifestOpt, OverwriteOpt, RayAddressOpt, RayCpusOpt, RayGpusOpt, RayManifestOpt,
-                      RayOpt, RayWorkersOpt, RevisionOpt, device_value)
+from .options import (DeviceOpt, Dtype, DtypeOpt, IncludeOpt, JobSource, JsonOpt, LMBackendName, LMBackendOpt,
+                      OverwriteOpt, RevisionOpt, device_value, with_job_options)
 
 
 
+@with_job_options
 def transcribe(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         help="Audio files or directories (recursive); none with --mic.", show_default=False)] = None,
@@ -45,14 +45,7 @@ def transcribe(
     revision: RevisionOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
-    manifest: ManifestOpt = None,
-    manifest_column: ManifestColumnOpt = None,
-    ray: RayOpt = False,
-    ray_address: RayAddressOpt = None,
-    ray_workers: RayWorkersOpt = None,
-    ray_cpus: RayCpusOpt = 1.0,
-    ray_gpus: RayGpusOpt = None,
-    ray_manifest: RayManifestOpt = None,
+    job: JobSource | None = None,
 ) -> None:
     """Transcribe speech with Kyutai STT: words with start and end times, subtitles, end of turn.
 
@@ -72,25 +65,25 @@ def transcribe(
         formats = formats_of(fmt)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    job = job or JobSource()
+    manifest = job.manifest
     if mic and (inputs or manifest):
         raise UsageError("give audio files or --mic, not both")
     if not mic and not inputs and not manifest:
         raise UsageError("nothing to transcribe: give audio files or directories, --manifest FILE, or --mic")
-    if (ray or ray_address) and (mic or output == "-"):
+    if job.on_ray and (mic or output == "-"):
         raise UsageError("--ray writes transcript files: it goes with neither --mic nor -o -")
     device = (device_value(device), dtype.value)
-    if ray or ray_address:
+    if job.on_ray:
         return _ray(out, inputs or [], output, formats, model, backend.value, device, batch_size,
-                    include, revision, overwrite, manifest, manifest_column,
-                    dict(address=ray_address, workers=ray_workers, cpus=ray_cpus, gpus=ray_gpus,
-                         job_manifest=ray_manifest))
+                    include, revision, overwrite, manifest, job.manifest_column, job.ray_options())
     if not mic and (duration is not None or save is not None or input_device is not None):
         raise UsageError("--duration, --save and --input-device go with --mic")
     if mic:
         return _mic(out, model, backend.value, device, revision, input_device, duration, save,
                     formats)
     _files(out, inputs or [], output, formats, model, backend.value, device, batch_size, include,
-           revision, overwrite, manifest, manifest_column)
+           revision, overwrite, manifest, job.manifest_column)
 
 
 def _ray(out, inputs, output, formats, model, backend, device, batch_size, include, revision, overwrite, manifest,
@@ -155,17 +148,17 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
         opts = stt.TranscribeOptions(formats=formats, batch_size=min(batch_size, len(jobs)),
                                      overwrite=overwrite or to_stdout)
         live = len(jobs) == 1 and not out.json_mode and not to_stdout
-        on_text = _printer() if live else None
+        on_text = _printer(out) if live else None
 
         def work(tick):
             for result in stt.transcribe_files(jobs, m, opts, on_audio=tick, on_text=on_text):
                 if live:
-                    sys.stderr.write("\n")
+                    out.write("\n", err=True)
                 yield result
 
         summary = run_batch(out, "transcribe", len(jobs), None, work, failed, progress=not live)
         if to_stdout and summary["done"]:
-            sys.stdout.write(Path(summary["files"][-1]["output"]).read_text(encoding="utf-8"))
+            out.write(Path(summary["files"][-1]["output"]).read_text(encoding="utf-8"))
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -173,11 +166,10 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
         raise typer.Exit(ExitStatus.FAILED)
 
 
-def _printer():
+def _printer(out):
     """Text pieces to the terminal (stderr) as the model emits them."""
     def show(piece: str) -> None:
-        sys.stderr.write(piece)
-        sys.stderr.flush()
+        out.write(piece, err=True)
 
     return show
 
@@ -194,10 +186,10 @@ def _mic(out, model, backend, device, revision, input_device, duration, save, fo
     out.message(f"[dim]listening on {mic.name!r}: Ctrl-C to stop[/]")
     recorder = _Recorder(Path(save)) if save else None
     blocks = recorder.tee(mic) if recorder else mic
-    turns = (lambda t: sys.stderr.write(f"  [end of turn {t:.1f} s]\n")) if not out.json_mode else None
-    transcript = stt.transcribe_live(m, blocks, on_text=None if out.json_mode else _printer(), on_turn=turns)
+    turns = (lambda t: out.write(f"  [end of turn {t:.1f} s]\n", err=True)) if not out.json_mode else None
+    transcript = stt.transcribe_live(m, blocks, on_text=None if out.json_mode else _printer(out), on_turn=turns)
     if not out.json_mode:
-        sys.stderr.write("\n")
+        out.write("\n", err=True)
     if mic.dropped:
         out.message(f"[yellow]dropped {mic.dropped} audio block(s): the model fell behind real time[/]")
     if recorder:
@@ -206,7 +198,7 @@ def _mic(out, model, backend, device, revision, input_device, duration, save, fo
     if out.json_mode:
         out.json(transcript.to_json())
     else:
-        sys.stdout.write(transcript.text + "\n")
+        out.result(transcript.text)
 
 
 class _Recorder:

@@ -362,3 +362,17 @@ def test_native_lmgen_reads_user_frame_one_call_later(torch_greedy, mlx_greedy):
         native.append(np.array(gen.gen_sequence[:, :9, gen.step_idx - 2]))
     previous = np.concatenate([codes[:1], codes[:-1]])
     np.testing.assert_array_equal(np.stack(native[1:]), np.stack(_run(torch_greedy, previous)[1:]))
+
+
+def test_sampling_overrides_go_over_the_checkpoints_own_config():
+    from types import SimpleNamespace
+
+    from moshikit.backends.base import SamplingConfig, SamplingOverrides
+    from moshikit.backends.lm_repo import sampling_from
+
+    repo = SimpleNamespace(lm_gen_config={"temp": 0.6, "temp_text": 0.5, "top_k": 100, "top_k_text": 10, "other": 1})
+    assert sampling_from(repo, None) == SamplingConfig(temp=0.6, temp_text=0.5, top_k=100, top_k_text=10)
+    assert not SamplingOverrides() and SamplingOverrides(seed=0)
+    assert sampling_from(repo, SamplingOverrides(temp=0.0, seed=3)) == SamplingConfig(0.0, 0.5, 100, 10, 3)
+    whole = SamplingConfig(temp=1.0)
+    assert sampling_from(repo, whole) is whole  # a whole config is taken as it is

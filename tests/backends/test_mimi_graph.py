@@ -99,21 +99,21 @@ def test_convolution_as_a_product_equals_conv1d(cin, cout, kernel, stride, dilat
 
     from moshikit.backends import mimi_graph
 
-    monkeypatch.setattr(mimi_graph, "MATMUL_CONV_WEIGHTS", 1)  # every convolution as a product
+    monkeypatch.setattr(mimi_graph.layers, "MATMUL_CONV_WEIGHTS", 1)  # every convolution as a product
     g = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*s, generator=g) for s in ((2, cin, t), (cout, cin, kernel), (cout,)))
     want = F.conv1d(x, w, b, stride, 0, dilation)
-    got = mimi_graph._conv1d(x, w, b, stride, dilation, 1)
+    got = mimi_graph.conv1d(x, w, b, stride, dilation, 1)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # a wrong window is off by O(1)
-    torch.testing.assert_close(mimi_graph._conv1d(x, w, None, stride, dilation, 1), want - b[:, None], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mimi_graph.conv1d(x, w, None, stride, dilation, 1), want - b[:, None], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0])
 def test_elu_passes_equal_torch_elu(alpha):
     import torch
 
-    from moshikit.backends.mimi_graph import _elu
+    from moshikit.backends.mimi_graph import elu
 
     x = torch.cat([torch.linspace(-30, 30, 20001), torch.tensor([0.0, -1e-7, 1e-7, -1e-3, 80.0])])
-    torch.testing.assert_close(_elu(x, alpha), torch.nn.functional.elu(x, alpha), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(elu(x, alpha), torch.nn.functional.elu(x, alpha), rtol=1e-6, atol=1e-7)

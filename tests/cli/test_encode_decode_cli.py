@@ -140,11 +140,35 @@ def test_uninstalled_backend_says_how_to_install(tree, capsys, mimi_weights, mon
 def test_debug_shows_traceback(tree, capsys):
     from moshikit.errors import ModelError
 
+    bad = ["encode", str(tree / "in/a.wav"), "--mimi-weight", str(tree / "nope")]
     with pytest.raises(ModelError):
-        main(["--debug", "encode", str(tree / "in/a.wav"), "--mimi-weight", str(tree / "nope")])
-    from moshikit.cli import app
+        main(["--debug", *bad])
+    assert main(bad) == 1  # --debug lasted one run: nothing global to reset
+    assert capsys.readouterr().err.count("error:") == 1
 
-    app._debug["on"] = False
+
+def test_main_writes_to_the_env_it_is_given(tree, capsys, mimi_weights):
+    """An in-process run with its own streams and variables (as httpie's tests do)."""
+    import io
+
+    from moshikit.cli.output import Env
+    from moshikit.errors import ModelError
+
+    env = Env(stdout=io.StringIO(), stderr=io.StringIO(), environ={})
+    assert main(["--version"], env) == 0
+    assert env.stdout.getvalue().startswith("moshikit ")
+    bad = ["encode", str(tree / "in/a.wav"), "--mimi-weight", str(tree / "nope")]
+    assert main(bad, env) == 1
+    assert "error:" in env.stderr.getvalue() and "nope" in env.stderr.getvalue()
+    with pytest.raises(ModelError):  # MOSHIKIT_DEBUG as the run's environment says, not the process's
+        main(bad, Env(stdout=io.StringIO(), stderr=io.StringIO(), environ={"MOSHIKIT_DEBUG": "1"}))
+    env = Env(stdout=io.StringIO(), stderr=io.StringIO(), environ={})
+    out = tree / "one.mimi"
+    assert main(["encode", str(tree / "in/a.wav"), "-o", str(out), "--mimi-weight", str(mimi_weights),
+                 "--json"], env) == 0
+    assert json.loads(env.stdout.getvalue())["done"] == 1 and out.is_file()
+    captured = capsys.readouterr()
+    assert captured.out == "" and "error:" not in captured.err  # nothing went to the process's streams
 
 
 def test_model_synthetic_and_hf_cache(tree, capsys, mimi_weights):

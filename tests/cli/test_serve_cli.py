@@ -102,3 +102,32 @@ def test_ssl_serves_wss_with_a_made_certificate(repo, speech, tmp_path):
     assert rc == 0, err
     assert f"self-signed certificate {cert}" in err and "serving Moshi (torch LM on cpu, 2 sessions)" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_sampling_options_reach_the_model(command, repo, capsys, monkeypatch, tmp_path, write_wav):
+    """--temp/--top-k/--seed go over the checkpoint's own lm_gen_config (what was not given stays
+    the model's), and the LM the command loads samples with exactly that."""
+    import json
+
+    from moshikit import loading
+    from moshikit.backends.base import SamplingConfig
+    from moshikit.errors import MoshikitError
+
+    own = json.loads((Path(repo) / "config.json").read_text())["lm_gen_config"]
+    loaded = []
+    real = loading.load_lm_and_codec
+
+    def load_and_stop(*args, **kwargs):
+        loaded.append(real(*args, **kwargs).lm)
+        raise MoshikitError("stopped after loading")
+
+    monkeypatch.setattr(loading, "load_lm_and_codec", load_and_stop)
+    argv = [command, "-m", str(repo), "--temp", "0", "--top-k", "7", "--seed", "5"]
+    if command == "chat":
+        wav = write_wav(tmp_path / "in.wav", np.zeros(2400, np.float32))
+        argv += ["--input", str(wav), "--output", str(tmp_path / "out.wav")]
+    assert main(argv) == 1
+    assert "stopped after loading" in capsys.readouterr().err
+    assert loaded[0].sampling == SamplingConfig(temp=0.0, temp_text=own["temp_text"], top_k=7,
+                                                top_k_text=own["top_k_text"], seed=5)
