@@ -6,14 +6,24 @@ import { OggReader, OggWriter } from "./ogg.js";
 const RATE = 24000; // the protocol's sample rate
 const FRAME = 1920; // one 80 ms step; the server answers frame i with frame i (none for frame 0)
 const CHUNK_MS = 20;
+// The server answers every frame it receives; when its answers fall this far behind what was
+// sent (a server slower than real time), the microphone is dropped until it catches up, so the
+// delay stays bounded instead of growing in the socket's buffers.
+const MAX_BEHIND_SECONDS = 2.0;
 const SAMPLING = ["text_temperature", "text_topk", "audio_temperature", "audio_topk"];
 const query = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 
 let call = null; // the current connection, see connect()
+// The worklets' code, fetched once: a later call (say, after the server went away) needs no fetch.
+const workletCode = fetch(new URL("worklet.js", import.meta.url)).then((r) => {
+  if (!r.ok) throw new Error(`worklet.js: HTTP ${r.status}`);
+  return r.text();
+});
+workletCode.catch(() => {});
 const record = { user: [], moshi: [], userLen: 0, moshiLen: 0, text: [] }; // for the downloads
 // What tests and curious users can read: window.moshi.stats.
-const stats = { sent: 0, received: 0, texts: 0, played: 0, underruns: 0, dropped: 0, buffered: 0, delays: [] };
+const stats = { sent: 0, received: 0, texts: 0, played: 0, underruns: 0, dropped: 0, buffered: 0, delays: [], peakOut: 0, micDropped: 0 };
 window.moshi = { stats, record };
 
 function setState(state, status, message) {
@@ -92,7 +102,7 @@ async function connect() {
               headerSent: false, packetsIn: 0, decodeTs: 0, encodeTs: 0 };
   call = c;
   Object.assign(record, { user: [], moshi: [], userLen: 0, moshiLen: 0, text: [] });
-  Object.assign(stats, { sent: 0, received: 0, texts: 0, played: 0, underruns: 0, dropped: 0, buffered: 0, delays: [] });
+  Object.assign(stats, { sent: 0, received: 0, texts: 0, played: 0, underruns: 0, dropped: 0, buffered: 0, delays: [], peakOut: 0, micDropped: 0 });
   $("transcript").textContent = "";
   $("mute").textContent = "Mute";
   $("mute").setAttribute("aria-pressed", "false");
@@ -113,7 +123,9 @@ async function connect() {
   try {
     try { c.ctx = new AudioContext({ sampleRate: RATE, latencyHint: "interactive" }); }
     catch (e) { c.ctx = new AudioContext({ latencyHint: "interactive" }); }
-    await c.ctx.audioWorklet.addModule(new URL("worklet.js", import.meta.url));
+    const code = URL.createObjectURL(new Blob([await workletCode], { type: "text/javascript" }));
+    await c.ctx.audioWorklet.addModule(code);
+    URL.revokeObjectURL(code);
   } catch (e) {
     return fail(c, "Audio failed.", `Cannot start audio in this browser (${e.name || e}).`);
   }
@@ -164,6 +176,7 @@ function startLive(c) {
   c.player.connect(ctx.destination);
   c.player.port.onmessage = (e) => {
     Object.assign(stats, { played: e.data.played, underruns: e.data.underruns, dropped: e.data.dropped, buffered: e.data.buffered });
+    stats.peakOut = Math.max(stats.peakOut, e.data.rms); // what the speaker played, not just what arrived
     meter("meter-out", e.data.rms);
   };
   c.encoder = new AudioEncoder({
@@ -179,6 +192,10 @@ function startLive(c) {
 function onMic(c, chunk) {
   if (!c.live || c.ended || c.ws.readyState !== WebSocket.OPEN) return;
   let x = resample(chunk, c.ctx.sampleRate, RATE);
+  if ((stats.sent - stats.received - FRAME) / RATE > MAX_BEHIND_SECONDS) {
+    stats.micDropped += x.length / RATE;
+    return;
+  }
   if (c.muted) x = new Float32Array(x.length);
   meter("meter-in", rmsOf(x));
   record.user.push(x);
@@ -261,7 +278,8 @@ function onText(c, piece) {
 function showStats() {
   const d = stats.delays.slice().sort((a, b) => a - b);
   $("latency").textContent = d.length ? `${Math.round(d[Math.floor(d.length / 2)])} ms` : "–";
-  $("buffer").textContent = `${Math.round(stats.buffered * 1000)} ms · ${stats.underruns} underrun${stats.underruns === 1 ? "" : "s"}`;
+  $("buffer").textContent = `${Math.round(stats.buffered * 1000)} ms · ${stats.underruns} underrun${stats.underruns === 1 ? "" : "s"}`
+    + (stats.micDropped > 0 ? ` · server behind: ${stats.micDropped.toFixed(1)} s of microphone skipped` : "");
   $("save-audio").disabled = record.userLen + record.moshiLen === 0;
   $("save-text").disabled = record.text.length === 0;
 }
