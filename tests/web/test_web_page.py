@@ -301,3 +301,58 @@ def test_page_talks_to_official_moshi_server(browser, repo, tmp_path):
         page.context.close()
     finally:
         official.stop()
+
+
+def ogg_crc(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+            crc &= 0xFFFFFFFF
+    return crc
+
+
+def test_the_pages_ogg_framing(browser, local):
+    """ogg.js: the reader takes a server's stream (sphn's) cut anywhere; the writer's pages carry
+    valid checksums, Opus headers and granule positions (a real stream's decoding by the server is
+    the live call's test)."""
+    import sphn
+
+    base, _, _ = local
+    page = open_page(browser, base + "/", mic=False)
+    writer = sphn.OpusStreamWriter(24000)
+    t = np.arange(10 * F)
+    data = writer.append_pcm((0.3 * np.sin(t * 0.05)).astype(np.float32))
+    expected = wire.OggGuard().packets(data)
+    assert expected >= 3
+    for cut in (1, 7, 4096):
+        got = page.evaluate("""async ([bytes, cut]) => {
+            const { OggReader } = await import('./ogg.js');
+            const r = new OggReader(), data = new Uint8Array(bytes);
+            const sizes = [];
+            for (let i = 0; i < data.length; i += cut) for (const p of r.push(data.subarray(i, i + cut))) sizes.push(p.length);
+            return sizes; }""", [list(data), cut])
+        assert len(got) == expected and got[0] == 19  # the first packet is OpusHead
+    out = bytes(page.evaluate("""async () => {
+        const { OggWriter } = await import('./ogg.js');
+        const w = new OggWriter(7), a = w.headers(24000), b = w.audio(new Uint8Array(300).fill(9), 960);
+        return [...a, ...b]; }"""))
+    pages, pos = [], 0
+    while pos < len(out):
+        assert out[pos:pos + 4] == b"OggS"
+        nseg = out[pos + 26]
+        lacing = list(out[pos + 27 : pos + 27 + nseg])
+        size = 27 + nseg + sum(lacing)
+        raw = bytearray(out[pos : pos + size])
+        crc = int.from_bytes(raw[22:26], "little")
+        raw[22:26] = bytes(4)
+        assert crc == ogg_crc(bytes(raw))
+        pages.append((raw[5], int.from_bytes(raw[6:14], "little"), int.from_bytes(raw[18:22], "little"), lacing,
+                      bytes(raw[27 + nseg :])))
+        pos += size
+    (f0, g0, s0, _, head), (_, _, s1, _, tags), (_, g2, s2, lacing2, _) = pages
+    assert f0 == 2 and head[:8] == b"OpusHead" and head[9] == 1 and int.from_bytes(head[12:16], "little") == 24000
+    assert tags[:8] == b"OpusTags" and (s0, s1, s2) == (0, 1, 2) and g0 == 0
+    assert g2 == 960 and lacing2 == [255, 45]
+    page.context.close()
