@@ -34,7 +34,7 @@ def serve(
     open_page: Annotated[bool, typer.Option("--open", help="Open the page in this machine's browser.")] = False,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve a non-loopback --host without a token "
                                                             "(anyone who reaches the port can use the model).")] = False,
-    token: Annotated[Optional[str], typer.Option("--token", envvar="MOSHIKIT_SERVE_TOKEN",
+    token: Annotated[Optional[str], typer.Option("--token", envvar="MOSHIKIT_SERVE_TOKEN", metavar="TOKEN",
                                                  help="The access token to require (default: a new one when "
                                                       "--host is not loopback).", show_default=False)] = None,
     temp: Annotated[Optional[float], typer.Option(
