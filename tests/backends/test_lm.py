@@ -362,3 +362,26 @@ def test_native_lmgen_reads_user_frame_one_call_later(torch_greedy, mlx_greedy):
         native.append(np.array(gen.gen_sequence[:, :9, gen.step_idx - 2]))
     previous = np.concatenate([codes[:1], codes[:-1]])
     np.testing.assert_array_equal(np.stack(native[1:]), np.stack(_run(torch_greedy, previous)[1:]))
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("mlx", marks=needs_mlx)])
+def test_set_sampling_applies_from_the_next_stream(backend, repo):
+    """``SamplingControl``, what serve's per-session sampling uses: after ``set_sampling`` a fresh
+    stream samples as a model loaded with that setting, and back again."""
+    import importlib
+
+    from moshikit.backends.base import SamplingControl
+
+    mod = importlib.import_module(f"moshikit.backends.{backend}_lm")
+    hot = SamplingConfig(temp=1.0, temp_text=1.0, seed=7)
+    lm = mod.load(repo, device="cpu", sampling=hot)
+    assert isinstance(lm, SamplingControl)
+    codes = _codes(15, 1)
+    sampled = np.stack(_run(lm, codes)[1:])
+    greedy = np.stack(_run(mod.load(repo, device="cpu", sampling=GREEDY), codes)[1:])
+    assert not np.array_equal(sampled, greedy)
+    lm.set_sampling(GREEDY)
+    assert lm.sampling == GREEDY
+    np.testing.assert_array_equal(np.stack(_run(lm, codes)[1:]), greedy)
+    lm.set_sampling(hot)
+    np.testing.assert_array_equal(np.stack(_run(lm, codes)[1:]), sampled)
