@@ -186,7 +186,9 @@ function startLive(c) {
   c.encoder.configure({ codec: "opus", sampleRate: RATE, numberOfChannels: 1, bitrate: 32000, opus: { frameDuration: CHUNK_MS * 1000 } });
   capture.port.onmessage = (e) => onMic(c, e.data);
   c.timer = setInterval(showStats, 250);
-  setState("live", "Live: talk to Moshi.");
+  // Autoplay rules: without a tap (say, ?autoconnect=1) the browser may hold the audio back.
+  setState("live", ctx.state === "suspended" ? "Live: tap anywhere to hear Moshi." : "Live: talk to Moshi.");
+  ctx.onstatechange = () => { if (c.live && !c.ended && ctx.state === "running") $("status").textContent = "Live: talk to Moshi."; };
 }
 
 function onMic(c, chunk) {
