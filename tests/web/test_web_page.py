@@ -203,8 +203,15 @@ def test_busy_no_microphone_no_webcodecs_say_so(browser, local):
     base, server, _ = local
     wait_idle(server)
     before = dict(server.stats)
-    first = open_page(browser, base + "/?autoconnect=1")
+    # sampling settings in the page's address fill its panel and reach the model, as the official client's do
+    first = open_page(browser, base + "/?autoconnect=1&text_temperature=0.5&audio_topk=50")
     wait_state(first, "live")
+    assert first.input_value("#text_temperature") == "0.5" and first.input_value("#audio_topk") == "50"
+    deadline = time.monotonic() + 20
+    while server.conv.lm.sampling == server.base_sampling and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = server.conv.lm.sampling
+    assert (got.temp_text, got.top_k, got.temp, got.top_k_text) == (0.5, 50, 0.0, server.base_sampling.top_k_text)
     second = open_page(browser, base + "/?autoconnect=1")
     wait_state(second, "error")
     assert "The server is busy (another session is running, try again later)" in message(second)
