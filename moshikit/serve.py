@@ -123,7 +123,8 @@ class ChatServer:
         self._executor: ThreadPoolExecutor | None = None
         self._wake: asyncio.Event | None = None
         self._engine: asyncio.Task | None = None
-        self.base_sampling = getattr(conv.lm, "sampling", None)  # the server's own setting
+        # the server's own sampling; None: this LM's cannot change per session
+        self.base_sampling = conv.lm.sampling if isinstance(conv.lm, SamplingControl) else None
 
     # ------------------------------------------------------------------ the application
 
@@ -392,7 +393,7 @@ class ChatServer:
     def _step(self, frames: np.ndarray, fresh: np.ndarray, sampling=None):
         if fresh.any():
             if self.batch == 1:
-                if self.base_sampling is not None and isinstance(self.conv.lm, SamplingControl):
+                if self.base_sampling is not None:
                     self.conv.lm.set_sampling(sampling or self.base_sampling)  # this session's, else the server's
                 self.conv.reset()
             else:
