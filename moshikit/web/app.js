@@ -166,6 +166,8 @@ function startLive(c) {
   c.live = true;
   const ctx = c.ctx;
   ctx.resume();
+  const track = c.mic.getAudioTracks()[0];
+  stats.echoCancellation = Boolean(track && track.getSettings().echoCancellation);
   const src = ctx.createMediaStreamSource(c.mic);
   const capture = new AudioWorkletNode(ctx, "capture", {
     processorOptions: { chunk: Math.round(ctx.sampleRate * CHUNK_MS / 1000) }, numberOfOutputs: 1, outputChannelCount: [1] });

@@ -146,6 +146,7 @@ def test_live_call_hears_the_microphone_plays_moshi_and_saves_it(browser, local,
     page.wait_for_function("window.moshi.stats.texts >= 3 && window.moshi.stats.played > 1.5", timeout=60_000)
     stats = page.evaluate("window.moshi.stats")
     assert stats["peakOut"] > 1e-3  # the worklet played Moshi's audio, not silence
+    assert stats["echoCancellation"] is True  # the browser's echo canceller is on for the microphone
     # the server heard the microphone: what its model received correlates with the file
     deadline = time.monotonic() + 30
     while len(rec.frames) < 30 and time.monotonic() < deadline:
