@@ -26,8 +26,12 @@ Slot restarts: the LM's streams restart exactly (same tokens as a fresh stream);
 codec decoder of a restarted slot decodes stand-in codes while the LM's delay fills,
 which perturbs its first ~0.4 s of output audio (on the synthetic checkpoint: 27% of
 the peak in the first answered frame, under 3% in the next four, then float noise). Per-session sampling
-parameters in the URL (the Rust server's ``text_temperature``...) are ignored: the
-model's sampling is set when the server starts.
+parameters in the URL (``text_temperature``, ``text_topk``, ``audio_temperature``,
+``audio_topk``, as Kyutai's web client sends them; see ``chatparams``) apply to that
+session with ``batch=1``; a batch shares one sampling, so there they are ignored (logged).
+
+The web page (``webpage``) is served at ``/`` unless ``static`` names another client; a
+``token`` (``access``) guards the page and ``/api/chat``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Callable
 import numpy as np
 
 from . import wire
+from .backends.base import SamplingControl
 from .conversation import Conversation
 from .errors import MoshikitError, UsageError
 
@@ -68,6 +73,7 @@ class ServeConfig:
     max_output_seconds: float = 10.0
     late_seconds: float = 0.2
     heartbeat: float | None = 20.0  # WebSocket pings; a peer that stops answering is dropped
+    token: str | None = None  # required on / and /api/chat when set (see access)
 
 
 @dataclass
@@ -93,6 +99,7 @@ class _Session:
     sender: asyncio.Task | None = None
     reader: asyncio.Task | None = None
     drop: tuple[int, str] | None = None
+    sampling: object | None = None  # the session's own SamplingConfig (batch 1), None: the server's
 
 
 class _Drop(Exception):
@@ -116,27 +123,26 @@ class ChatServer:
         self._executor: ThreadPoolExecutor | None = None
         self._wake: asyncio.Event | None = None
         self._engine: asyncio.Task | None = None
+        # the server's own sampling; None: this LM's cannot change per session
+        self.base_sampling = conv.lm.sampling if isinstance(conv.lm, SamplingControl) else None
 
     # ------------------------------------------------------------------ the application
 
     def app(self):
         from aiohttp import web
 
-        app = web.Application(client_max_size=self.cfg.max_message)
+        # --- web page and access (moshikit.webpage, moshikit.access)
+        from . import access, webpage
+
+        middlewares = [access.middleware(self.cfg.token, self._log)] if self.cfg.token else []
+        app = web.Application(client_max_size=self.cfg.max_message, middlewares=middlewares)
         app.router.add_get("/api/chat", self.handle_chat)
+        app.router.add_get("/api/info", self._info)
         static = self.cfg.static
-        if static:
-            root = Path(static)
-            if not (root / "index.html").is_file():
-                raise UsageError(f"{static}: no index.html in this directory (--static wants a built web client)")
-
-            async def index(_request):
-                return web.FileResponse(root / "index.html")
-
-            app.router.add_get("/", index)
-            app.router.add_static("/", path=str(root), follow_symlinks=False, name="static")
-        else:
-            app.router.add_get("/", self._info)
+        if static and not (Path(static) / "index.html").is_file():
+            raise UsageError(f"{static}: no index.html in this directory (--static wants a built web client)")
+        webpage.add_routes(app, Path(static) if static else None)
+        # --- end of web page and access
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
         return app
@@ -173,9 +179,22 @@ class ChatServer:
         import sphn
         from aiohttp import web
 
+        # --- per-session sampling (moshikit.chatparams)
+        from . import access, chatparams
+
+        peer = request.remote or "?"
+        try:
+            sampling = (chatparams.session_sampling(self.base_sampling, request.query)
+                        if self.base_sampling is not None else None)
+        except chatparams.BadParameter as exc:
+            self._log(f"refused {peer}: {exc}")
+            return await access.refuse_websocket(request, f"bad parameter: {exc}")
+        if sampling is not None and self.batch > 1:
+            self._log(f"{peer}: sampling parameters ignored (the {self.batch} sessions of a batch share one)")
+            sampling = None
+        # --- end of per-session sampling
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message, heartbeat=self.cfg.heartbeat)
         await ws.prepare(request)
-        peer = request.remote or "?"
         slot = next((i for i, s in enumerate(self.slots) if s is None), None)
         if slot is None:
             self.stats["refused"] += 1
@@ -190,6 +209,7 @@ class ChatServer:
         out_limit = max(4, int(self.cfg.max_output_seconds * FRAMES_PER_SECOND * 2))
         sess = _Session(slot, ws, peer, sphn.OpusStreamReader(wire.SAMPLE_RATE),
                         sphn.OpusStreamWriter(wire.SAMPLE_RATE), asyncio.Queue(out_limit))
+        sess.sampling = sampling
         self.slots[slot] = sess
         self.stats["sessions"] += 1
         self._log(f"session from {peer} on slot {slot}")
@@ -357,7 +377,8 @@ class ChatServer:
                     s.late += 1
                     self.stats["late_frames"] += 1
             try:
-                frame = await loop.run_in_executor(self._executor, self._step, frames, fresh)
+                own = occupants[0].sampling if self.batch == 1 and occupants[0] is not None else None
+                frame = await loop.run_in_executor(self._executor, self._step, frames, fresh, own)
             except Exception as exc:  # noqa: BLE001 (a model failure ends the sessions, not the server)
                 self._log(f"model step failed: {type(exc).__name__}: {exc}")
                 for s in occupants:
@@ -369,9 +390,11 @@ class ChatServer:
                 if s is not None and self.slots[b] is s and not s.closed:
                     self._emit(s, frame, b)
 
-    def _step(self, frames: np.ndarray, fresh: np.ndarray):
+    def _step(self, frames: np.ndarray, fresh: np.ndarray, sampling=None):
         if fresh.any():
             if self.batch == 1:
+                if self.base_sampling is not None:
+                    self.conv.lm.set_sampling(sampling or self.base_sampling)  # this session's, else the server's
                 self.conv.reset()
             else:
                 self.conv.reset_slots(fresh)

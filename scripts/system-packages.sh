@@ -6,10 +6,12 @@
 #   openssl            serve --ssl makes a self-signed certificate
 #   pulseaudio, pulseaudio-utils, libasound2-plugins
 #                      a clocked fake sound card (null sinks) for the live chat real-time test
+#   chromium           the browser tests of serve's web page (Python playwright drives Debian's chromium;
+#                      its apt dependencies bring the fonts and libraries headless chromium needs)
 # As root it installs them; with password-less sudo it uses sudo; otherwise it says what is missing
 # and the tests that need them are skipped with that reason in pytest's summary.
 set -euo pipefail
-PACKAGES=(libportaudio2 tmux openssl pulseaudio pulseaudio-utils libasound2-plugins)
+PACKAGES=(libportaudio2 tmux openssl pulseaudio pulseaudio-utils libasound2-plugins chromium)
 
 command -v dpkg-query >/dev/null 2>&1 || { echo "system-packages: not a Debian-like system; install the" \
   "equivalents of: ${PACKAGES[*]}" >&2; exit 0; }

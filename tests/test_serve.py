@@ -261,14 +261,18 @@ def test_port_in_use_is_one_clear_error(served, repo):
         serve.RunningServer(again)
 
 
-def test_static_web_client_and_info_page(served, tmp_path):
+def test_page_static_web_client_and_info(served, tmp_path):
     import urllib.request
 
     from moshikit import serve
     from moshikit.errors import UsageError
 
     url, _ = served
-    info = urllib.request.urlopen(url.replace("ws://", "http://").replace("/api/chat", "/"), timeout=5).read()
+    base = url.replace("ws://", "http://").replace("/api/chat", "")
+    page = urllib.request.urlopen(base + "/", timeout=5).read()  # moshikit's own page (tests/web drive it)
+    assert b'id="transcript"' in page and b'src="app.js"' in page
+    assert b"OggWriter" in urllib.request.urlopen(base + "/ogg.js", timeout=5).read()
+    info = urllib.request.urlopen(base + "/api/info", timeout=5).read()
     assert b"moshikit serve" in info and b"/api/chat" in info
     site = tmp_path / "dist"
     (site / "assets").mkdir(parents=True)

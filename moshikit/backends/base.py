@@ -183,6 +183,16 @@ class LMBackend(Protocol):
 
 
 @runtime_checkable
+class SamplingControl(Protocol):
+    """An LM whose sampling can change between sessions (``serve``'s per-session settings):
+    ``sampling`` is the current setting; ``set_sampling`` takes effect from the next step."""
+
+    sampling: SamplingConfig
+
+    def set_sampling(self, sampling: SamplingConfig) -> None: ...
+
+
+@runtime_checkable
 class StreamsLMBackend(LMBackend, Protocol):
     """An LM backend that can also restart single streams of a batch and report its
     extra heads (what batched transcription needs). ``step_heads`` is ``step`` plus

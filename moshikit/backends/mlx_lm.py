@@ -209,6 +209,10 @@ class MlxLM:
                               batch_size=batch_size, check=False)
         self._batch = batch_size
 
+    def set_sampling(self, sampling: SamplingConfig) -> None:
+        """Sample with ``sampling`` from the next ``reset`` (the samplers are made there)."""
+        self.sampling = sampling
+
     def _roll(self) -> None:
         """Keep the last few columns of LmGen's token buffer once it is full."""
         mx, gen = self._mx, self._gen

@@ -219,6 +219,13 @@ class TorchLM:
             self._stream = self._gen.streaming(batch_size)
             self._batch = batch_size
 
+    def set_sampling(self, sampling: SamplingConfig) -> None:
+        """Sample with ``sampling`` from the next step (the seed applies at the next ``reset``)."""
+        self.sampling = sampling
+        if self._gen is not None:
+            for name in ("temp", "temp_text", "top_k", "top_k_text"):
+                setattr(self._gen, name, getattr(sampling, name))
+
     def reset_slots(self, mask: np.ndarray) -> None:
         """Restart the streams where ``mask`` is true; the others go on untouched."""
         torch = self._torch

@@ -29,9 +29,16 @@ def serve(
                                                     show_default=False)] = None,
     ssl_key: Annotated[Optional[str], typer.Option("--ssl-key", help="TLS private key (PEM); implies --ssl.",
                                                    show_default=False)] = None,
-    static: Annotated[Optional[str], typer.Option("--static", help="Directory of a built web client (e.g. "
-                                                                   "Kyutai's moshi client dist/) served at /.",
+    static: Annotated[Optional[str], typer.Option("--static", help="Directory of another web client (e.g. "
+                                                                   "Kyutai's moshi client dist/) served at / "
+                                                                   "instead of moshikit's page.",
                                                   show_default=False)] = None,
+    open_page: Annotated[bool, typer.Option("--open", help="Open the page in this machine's browser.")] = False,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve a non-loopback --host without a token "
+                                                            "(anyone who reaches the port can use the model).")] = False,
+    token: Annotated[Optional[str], typer.Option("--token", envvar="MOSHIKIT_SERVE_TOKEN", metavar="TOKEN",
+                                                 help="The access token to require (default: a new one when "
+                                                      "--host is not loopback).", show_default=False)] = None,
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", min=0.1, help="Close a session that sends no "
                                                                                 "audio for this many seconds.")] = 30.0,
     revision: RevisionOpt = None,
@@ -42,6 +49,7 @@ def serve(
     The official web client, `python -m moshi.client` and `moshikit chat --url` work
     against it. Runs in the foreground until Ctrl-C.
     """
+    from .. import access, webpage
     from .. import serve as lib
     from ..errors import UsageError
     from .output import Out
@@ -61,16 +69,21 @@ def serve(
     out.message("[dim]loading the model...[/]")
     conv = lib.load_conversation(model, backend=backend.value, device=device_value(device), sampling=sampling,
                                  batch=batch, revision=revision, dtype=dtype.value)
-    cfg = lib.ServeConfig(host=host, port=port, static=static, idle_timeout=idle_timeout)
+    required = access.token_for(host, no_auth=no_auth, token=token)
+    if no_auth and not access.is_loopback(host):
+        out.message(f"[yellow]warning:[/] --no-auth on {host}: anyone who reaches this port can use the model")
+    cfg = lib.ServeConfig(host=host, port=port, static=static, idle_timeout=idle_timeout, token=required)
     server = lib.ChatServer(conv, cfg, log=lambda m: out.message(f"[dim]{m}[/]"))
 
     def ready(url: str) -> None:
-        page = url.replace("wss://", "https://").replace("ws://", "http://").removesuffix("/api/chat") + "/"
+        page = webpage.page_url(url, host, required)
         info = f"{conv.lm.info.backend} LM on {conv.lm.info.device}, {batch} session{'s' if batch > 1 else ''}"
         out.message(f"serving Moshi ({info}); Ctrl-C stops")
-        if static:
-            out.message(f"web client: {page}")
-        out.write(url + "\n")
+        out.message(f"open {page}" + ("  (the token is required: share this address only with who may use it)"
+                                      if required else ""))
+        out.write(webpage.with_token(url, required) + "\n")
+        if open_page and not webpage.open_in_browser(page):
+            out.message("[dim]--open: no browser found here; open the address above[/]")
 
     lib.serve_forever(server, ready, ssl_ctx=ctx)
     out.message("stopped")

@@ -30,12 +30,13 @@ class OfficialServer:
     """``python -m moshi.server`` in a subprocess; ``url`` once it listens; ``stop()``."""
 
     def __init__(self, repo: str | os.PathLike, *, port: int | None = None, timeout: float = 180.0,
-                 log: str | os.PathLike | None = None) -> None:
+                 log: str | os.PathLike | None = None, static: str | os.PathLike | None = None) -> None:
+        """``static``: a folder of a web client to serve at / (moshikit's page: webpage.PAGE_DIR)."""
         repo = Path(repo)
         config = json.loads((repo / "config.json").read_text())
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}/api/chat"
-        cmd = [sys.executable, "-c", _WRAPPER, "--static", "none", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [sys.executable, "-c", _WRAPPER, "--static", str(static) if static else "none", "--host", "127.0.0.1", "--port", str(self.port),
                "--device", "cpu", "--moshi-weight", str(repo / config["moshi_name"]),
                "--mimi-weight", str(repo / config["mimi_name"]), "--tokenizer", str(repo / config["tokenizer_name"]),
                "--config-path", str(repo / "config.json")]

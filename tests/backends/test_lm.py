@@ -376,3 +376,26 @@ def test_sampling_overrides_go_over_the_checkpoints_own_config():
     assert sampling_from(repo, SamplingOverrides(temp=0.0, seed=3)) == SamplingConfig(0.0, 0.5, 100, 10, 3)
     whole = SamplingConfig(temp=1.0)
     assert sampling_from(repo, whole) is whole  # a whole config is taken as it is
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("mlx", marks=needs_mlx)])
+def test_set_sampling_applies_from_the_next_stream(backend, repo):
+    """``SamplingControl``, what serve's per-session sampling uses: after ``set_sampling`` a fresh
+    stream samples as a model loaded with that setting, and back again."""
+    import importlib
+
+    from moshikit.backends.base import SamplingControl
+
+    mod = importlib.import_module(f"moshikit.backends.{backend}_lm")
+    hot = SamplingConfig(temp=1.0, temp_text=1.0, seed=7)
+    lm = mod.load(repo, device="cpu", sampling=hot)
+    assert isinstance(lm, SamplingControl)
+    codes = _codes(15, 1)
+    sampled = np.stack(_run(lm, codes)[1:])
+    greedy = np.stack(_run(mod.load(repo, device="cpu", sampling=GREEDY), codes)[1:])
+    assert not np.array_equal(sampled, greedy)
+    lm.set_sampling(GREEDY)
+    assert lm.sampling == GREEDY
+    np.testing.assert_array_equal(np.stack(_run(lm, codes)[1:]), greedy)
+    lm.set_sampling(hot)
+    np.testing.assert_array_equal(np.stack(_run(lm, codes)[1:]), sampled)
