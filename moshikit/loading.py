@@ -15,7 +15,7 @@ from typing import Any, Callable
 from .errors import ModelError
 
 #: What a checkpoint of each kind is called in messages.
-KIND_NAMES = {"moshi": "a Moshi model", "stt": "a speech-to-text model"}
+KIND_NAMES = {"moshi": "a Moshi model", "stt": "a speech-to-text model", "hibiki": "a Hibiki translation model"}
 
 
 @dataclass
