@@ -294,11 +294,12 @@ def output_paths(job_output: Path, formats: Sequence[str]) -> list[Path]:
     return [job_output.with_suffix(f".{fmt}") for fmt in formats]
 
 
-def translate_file(tr: Translator, source: str, *, audio_out: Path | None = None,
+def translate_file(tr: Translator, source: str, *, audio_out: Path | Sequence[Path] | None = None,
                    text_outs: Sequence[Path] = (), stereo_out: Path | None = None,
                    opts: TranslateOptions | None = None, on_audio=None, on_text=None) -> Translation:
-    """Translate one file: the translated audio (24 kHz mono), the timed text in every
-    format its suffix names, the original/translation stereo pair; all written atomically."""
+    """Translate one file: the translated audio (24 kHz mono; one path or several, one per audio
+    format), the timed text in every format its suffix names, the original/translation stereo
+    pair; all written atomically, as the audio is produced."""
     from contextlib import ExitStack
 
     from .atomic import write_text
@@ -310,11 +311,12 @@ def translate_file(tr: Translator, source: str, *, audio_out: Path | None = None
     src = open_audio(source)
     try:
         with ExitStack() as stack:
-            mono = stack.enter_context(AudioWriter(Path(audio_out), SAMPLE_RATE, 1)) if audio_out else None
+            audio_outs = [audio_out] if isinstance(audio_out, (str, Path)) else list(audio_out or ())
+            monos = [stack.enter_context(AudioWriter(Path(p), SAMPLE_RATE, 1)) for p in audio_outs]
             both = stack.enter_context(AudioWriter(Path(stereo_out), SAMPLE_RATE, 2)) if stereo_out else None
 
             def write(original: np.ndarray, translation: np.ndarray) -> None:
-                if mono is not None:
+                for mono in monos:
                     mono.write(translation[None])
                 if both is not None:
                     both.write(np.stack([original, translation]))
@@ -347,10 +349,8 @@ def translate_files(jobs: Sequence, tr: Translator, opts: TranslateOptions | Non
         text = [p for p, f in zip(outs, opts.formats) if f not in AUDIO_FORMATS]
         started = time.perf_counter()
         try:
-            r = translate_file(tr, job.source, audio_out=audio[0] if audio else None, text_outs=text,
-                               opts=opts, on_audio=on_audio, on_text=on_text)
-            for extra in audio[1:]:  # a second audio format: converted from the first
-                _convert(audio[0], extra)
+            r = translate_file(tr, job.source, audio_out=audio, text_outs=text, opts=opts, on_audio=on_audio,
+                               on_text=on_text)
         except OutputError as exc:
             yield job_failed(job, exc)
             continue
@@ -359,13 +359,6 @@ def translate_files(jobs: Sequence, tr: Translator, opts: TranslateOptions | Non
             continue
         yield FileResult(job.source, str(outs[0]), "done", audio_seconds=r.duration, frames=r.steps,
                          seconds=time.perf_counter() - started)
-
-
-def _convert(src: Path, dst: Path) -> None:
-    from .audio import AudioWriter, read_24k
-
-    with AudioWriter(dst, SAMPLE_RATE, 1) as w:
-        w.write(read_24k(src))
 
 
 __all__ = ["AUDIO_FORMATS", "TEXT_FORMATS", "TranslateOptions", "Translation", "Translator",

@@ -47,7 +47,7 @@ def test_tree_with_formats_resumes_and_a_bad_file_fails_alone(tmp_path, speech, 
     (tmp_path / "talks/sub").mkdir()
     sf.write(tmp_path / "talks/sub/b.flac", speech[: 22050], 22050)
     (tmp_path / "talks/bad.wav").write_bytes(b"not audio")
-    args = ["translate", str(tmp_path / "talks"), "-o", str(tmp_path / "english"), "-f", "wav,srt", "-m",
+    args = ["translate", str(tmp_path / "talks"), "-o", str(tmp_path / "english"), "-f", "wav,flac,srt", "-m",
             "synthetic", "--json"]
     code, out, err = run(capsys, *args)
     assert code == 1  # one input failed
@@ -55,8 +55,9 @@ def test_tree_with_formats_resumes_and_a_bad_file_fails_alone(tmp_path, speech, 
     assert (summary["done"], summary["failed"]) == (2, 1)
     assert len([line for line in err.splitlines() if "bad.wav" in line]) == 1 and "Traceback" not in err
     names = sorted(p.relative_to(tmp_path / "english").as_posix() for p in (tmp_path / "english").rglob("*.*"))
-    assert names == ["a.srt", "a.wav", "sub/b.srt", "sub/b.wav"]
+    assert names == ["a.flac", "a.srt", "a.wav", "sub/b.flac", "sub/b.srt", "sub/b.wav"]
     assert sf.info(tmp_path / "english/sub/b.wav").samplerate == 24000
+    np.testing.assert_allclose(sf.read(tmp_path / "english/a.flac")[0], sf.read(tmp_path / "english/a.wav")[0], atol=1e-4)
     code, out, err = run(capsys, *args)
     assert json.loads(out)["skipped"] == 2
 
