@@ -134,3 +134,22 @@ def test_a_chat_checkpoint_is_refused(tmp_path, mimi_weights):
     repo = synthetic_lm.write_moshi_repo(tmp_path / "moshiko", seed=0, mimi_path=mimi_weights)
     with pytest.raises(ModelError, match="not a Hibiki translation checkpoint"):
         load(repo)
+
+
+def test_the_tail_is_bounded_when_eos_never_comes(tr, speech):
+    class NoEos:  # the same tokenizer, with an EOS id the model cannot say
+        def __init__(self, sp):
+            self.sp = sp
+
+        def eos_id(self):
+            return 10**6
+
+        def __getattr__(self, name):
+            return getattr(self.sp, name)
+
+    import dataclasses
+
+    never = dataclasses.replace(tr, tokenizer=NoEos(tr.tokenizer))
+    steps = list(translate.translate_frames(never, translate.frames_of(speech[: 5 * FRAME]), tail_seconds=0.8))
+    # 5 frames (the first read twice, 2 steps of delay), the end-of-input step, then 10 of silence.
+    assert len(steps) == 5 + 1 + 10 - 1
