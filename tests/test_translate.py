@@ -153,3 +153,17 @@ def test_the_tail_is_bounded_when_eos_never_comes(tr, speech):
     steps = list(translate.translate_frames(never, translate.frames_of(speech[: 5 * FRAME]), tail_seconds=0.8))
     # 5 frames (the first read twice, 2 steps of delay), the end-of-input step, then 10 of silence.
     assert len(steps) == 5 + 1 + 10 - 1
+
+
+@pytest.mark.parametrize("platform", ["apple:32", "cpu:32"])
+def test_catalog_names_mean_the_pytorch_variant(monkeypatch, platform):
+    """Translation runs on torch: on Apple silicon too, `hibiki` is the PyTorch repo (offline here,
+    so the load stops at the download it names)."""
+    from moshikit.errors import BackendError
+
+    monkeypatch.setenv("MOSHIKIT_PLATFORM", platform)
+    with pytest.raises(ModelError, match="kyutai/hibiki-1b-pytorch-bf16"):
+        translate.load_translator("hibiki")
+    with pytest.raises(BackendError, match="runs on the torch backend") as err:
+        translate.load_translator("hibiki", backend="mlx")
+    assert err.value.hint == "use --backend torch (the default)"
