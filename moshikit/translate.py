@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .conversation import piece_decoder
-from .errors import BackendError, ModelError, MoshikitError, OutputError
+from .errors import AudioError, BackendError, ModelError, MoshikitError, OutputError
 from .transcript import Segment, Transcript, Word, render, segment
 
 FRAME = 1920
@@ -315,7 +315,7 @@ def translate_file(tr: Translator, source: str, *, audio_out: Path | Sequence[Pa
     from contextlib import ExitStack
 
     from .atomic import write_text
-    from .audio import AudioWriter, open_audio, stream_24k
+    from .audio import AudioWriter, open_audio
 
     for p in text_outs:
         if Path(p).suffix.lstrip(".").lower() not in TEXT_FORMATS:
@@ -333,7 +333,7 @@ def translate_file(tr: Translator, source: str, *, audio_out: Path | Sequence[Pa
                 if both is not None:
                     both.write(np.stack([original, translation]))
 
-            blocks = (b[0] for b in stream_24k(src, "mix", seconds=2.0))
+            blocks = _read(src, str(source))
             result = translate_stream(tr, blocks, source=str(source), opts=opts, write=write,
                                       on_audio=on_audio, on_text=on_text)
     finally:
@@ -342,6 +342,20 @@ def translate_file(tr: Translator, source: str, *, audio_out: Path | Sequence[Pa
     for p in text_outs:
         write_text(Path(p), render(transcript, Path(p).suffix.lstrip(".").lower()))
     return result
+
+
+def _read(src, source: str) -> Iterator[np.ndarray]:
+    """The file's mono 24 kHz blocks; a file that breaks mid-read is one AudioError naming it
+    (no partial output is left: the writers are still open when it is raised)."""
+    from .audio import stream_24k
+
+    try:
+        for b in stream_24k(src, "mix", seconds=2.0):
+            yield b[0]
+    except MoshikitError:
+        raise
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise AudioError(f"{source}: cannot read audio ({str(exc).splitlines()[0]})") from None
 
 
 def translate_files(jobs: Sequence, tr: Translator, opts: TranslateOptions | None = None,

@@ -167,3 +167,23 @@ def test_catalog_names_mean_the_pytorch_variant(monkeypatch, platform):
     with pytest.raises(BackendError, match="runs on the torch backend") as err:
         translate.load_translator("hibiki", backend="mlx")
     assert err.value.hint == "use --backend torch (the default)"
+
+
+def test_a_file_that_breaks_mid_read_is_one_error_and_leaves_nothing(tr, speech, tmp_path, write_wav, monkeypatch):
+    from moshikit import audio
+    from moshikit.errors import AudioError
+
+    src = write_wav(tmp_path / "in.wav", speech[: 24000 * 3])
+    real = audio.stream_24k
+
+    def breaks(*args, **kwargs):
+        for i, block in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                raise RuntimeError("Error: unexpected end of data\nmore")
+            yield block
+
+    monkeypatch.setattr(audio, "stream_24k", breaks)
+    with pytest.raises(AudioError, match=r"in\.wav: cannot read audio \(Error: unexpected end of data\)$"):
+        translate.translate_file(tr, str(src), audio_out=tmp_path / "out.wav", text_outs=[tmp_path / "out.srt"],
+                                 stereo_out=tmp_path / "both.wav")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
