@@ -80,6 +80,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mimi", "codec", "Mimi audio codec alone: 24 kHz audio <-> 12.5 Hz tokens (encode, decode)"),
     Family("stt-1b-en_fr", "stt", "Kyutai STT ~1B, English and French, 0.5 s delay, end-of-turn heads"),
     Family("stt-2.6b-en", "stt", "Kyutai STT ~2.6B, English only, 2.5 s delay, the more accurate one"),
+    Family("hibiki-1b", "hibiki", "Hibiki 1B: simultaneous speech translation, French to English, 8 codebooks"),
+    Family("hibiki-2b", "hibiki", "Hibiki 2B: simultaneous speech translation, French to English, 16 codebooks"),
 )}
 
 #: Short names users type. A family name is an alias of itself.
@@ -87,6 +89,7 @@ ALIASES: dict[str, str] = {
     "moshiko": "moshiko", "moshika": "moshika", "mimi": "mimi",
     "stt": "stt-1b-en_fr", "stt-en": "stt-2.6b-en",
     "stt-1b-en_fr": "stt-1b-en_fr", "stt-2.6b-en": "stt-2.6b-en",
+    "hibiki": "hibiki-1b", "hibiki-1b": "hibiki-1b", "hibiki-2b": "hibiki-2b",
 }
 
 
@@ -125,6 +128,22 @@ def _stt(name: str, tokenizer: str, size_gb: float, min_gb: float) -> list[Entry
     ]
 
 
+HIBIKI_TOKENIZER = "tokenizer_spm_48k_multi6_2.model"
+
+
+def _hibiki(name: str, size_gb: float, min_gb: float) -> list[Entry]:
+    """Hibiki's repos (``model_type: "hibiki"``): sizes estimated from the architecture; the
+    MLX repo's file names are assumed equal to the PyTorch repo's (config.json names them)."""
+    purpose = FAMILIES[name].purpose
+    files = ("config.json", "model.safetensors", STT_MIMI_FILE, HIBIKI_TOKENIZER)
+    return [
+        Entry(name, "pytorch-bf16", f"kyutai/{name}-pytorch-bf16", "pytorch", "bf16", files, size_gb, min_gb,
+              purpose),
+        Entry(name, "mlx-bf16", f"kyutai/{name}-mlx-bf16", "mlx", "bf16", files, size_gb, min_gb, purpose,
+              notes="for moshi_mlx on Apple silicon; file names assumed, config.json names them"),
+    ]
+
+
 ENTRIES: tuple[Entry, ...] = (
     *_moshi("moshiko"),
     *_moshi("moshika"),
@@ -133,6 +152,8 @@ ENTRIES: tuple[Entry, ...] = (
           notes="the one Mimi file inside the Moshiko repo; torch, rustymimi and MLX all read it"),
     *_stt("stt-1b-en_fr", "tokenizer_en_fr_audio_8000.model", 2.4, 4),
     *_stt("stt-2.6b-en", "tokenizer_en_audio_4000.model", 5.7, 10),
+    *_hibiki("hibiki-1b", 3.8, 8),
+    *_hibiki("hibiki-2b", 5.6, 12),
 )
 
 

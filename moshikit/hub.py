@@ -257,8 +257,11 @@ def _hub_file(repo: str, filename: str, revision: str | None, fix: str | None = 
 
 
 #: The model each kind of command uses when none is given.
-DEFAULT_MODEL = {"moshi": "moshiko", "stt": "stt", "codec": "mimi"}
-_KIND_WORDS = {"moshi": "a Moshi dialogue", "stt": "a speech-to-text", "codec": "a Mimi codec"}
+DEFAULT_MODEL = {"moshi": "moshiko", "stt": "stt", "codec": "mimi", "hibiki": "hibiki"}
+_KIND_WORDS = {"moshi": "a Moshi dialogue", "stt": "a speech-to-text", "codec": "a Mimi codec",
+               "hibiki": "a Hibiki translation"}
+#: ``--model synthetic-hibiki``: the synthetic Hibiki whatever the command's kind (e.g. serve).
+SYNTHETIC_HIBIKI = "synthetic-hibiki"
 
 
 @dataclass(frozen=True)
@@ -333,6 +336,10 @@ def synthetic_checkpoint(kind: str | None) -> Path:
         from .testing.synthetic_stt import ensure_synthetic_stt
 
         return ensure_synthetic_stt()
+    if kind == "hibiki":
+        from .testing.synthetic_hibiki import ensure_synthetic_hibiki
+
+        return ensure_synthetic_hibiki(mimi_path=synthetic.ensure_synthetic_mimi())
     if kind == "moshi":
         from .testing.synthetic_lm import ensure_synthetic_moshi
 
@@ -364,7 +371,8 @@ def resolve_model(model: str | os.PathLike | None = None, *, kind: str | None = 
             raise ModelError("no model given", hint="pass --model (a catalog name, repo id or local path)")
         model = DEFAULT_MODEL[kind]
     raw = os.fspath(model)
-    local = synthetic_checkpoint(kind) if raw == SYNTHETIC else Path(raw).expanduser()
+    local = synthetic_checkpoint("hibiki" if raw == SYNTHETIC_HIBIKI else kind) \
+        if raw in (SYNTHETIC, SYNTHETIC_HIBIKI) else Path(raw).expanduser()
     if local.exists():
         return _resolve_local(local, files)
     if _looks_like_path(raw) or (catalog.family_of(raw) is None and not catalog.is_repo_id(raw)):

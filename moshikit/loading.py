@@ -15,7 +15,7 @@ from typing import Any, Callable
 from .errors import ModelError
 
 #: What a checkpoint of each kind is called in messages.
-KIND_NAMES = {"moshi": "a Moshi model", "stt": "a speech-to-text model"}
+KIND_NAMES = {"moshi": "a Moshi model", "stt": "a speech-to-text model", "hibiki": "a Hibiki translation model"}
 
 
 @dataclass
@@ -35,7 +35,7 @@ class LoadedModel:
 def load_lm_and_codec(model: str | None, *, kind: str, check_config: Callable[[dict | None, str], Any],
                       backend: str | None = None, device: str | None = None, dtype: str | None = None,
                       sampling=None, codec_backend: str | None = None,
-                      revision: str | None = None) -> LoadedModel:
+                      revision: str | None = None, variant: str | None = None) -> LoadedModel:
     """Resolve ``model`` as a checkpoint of ``kind`` (``moshi``, ``stt``), check its config with
     ``check_config(config, source)`` before any weights are read, and load LM and codec.
 
@@ -48,7 +48,8 @@ def load_lm_and_codec(model: str | None, *, kind: str, check_config: Callable[[d
 
     choice = platform.resolve("lm", backend, device)
     dev = None if choice.device in (None, "auto") else choice.device
-    resolved = hub.resolve_model(model, kind=kind, revision=revision, any_platform=choice.backend == "mlx")
+    resolved = hub.resolve_model(model, kind=kind, variant=variant, revision=revision,
+                                 any_platform=choice.backend == "mlx")
     repo = resolve_repo(resolved.path if resolved.path.is_dir() and resolved.config_path else
                         (resolved.config_path or resolved.path))
     checked = check_config(repo.config, str(model if model not in (None, hub.SYNTHETIC) else repo.source))

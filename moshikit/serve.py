@@ -601,6 +601,12 @@ def load_conversation(model: str | None = None, *, backend: str | None = None, d
     if batch > 1 and choice.backend != "torch":
         raise BackendError(f"--batch {batch} needs the torch backend (the {choice.backend} backend cannot "
                            "restart one session of a batch)", hint="use --backend torch, or --batch 1")
-    loaded = load_lm_and_codec(model, kind="moshi", check_config=check_moshi_config, backend=backend,
+    # Hibiki (translation) is served like Moshi: the same duplex loop, conditioned on "very_good".
+    from .catalog import FAMILIES, family_of
+    from .hub import SYNTHETIC_HIBIKI
+
+    family = FAMILIES.get(family_of(model) or "") if model else None
+    kind = "hibiki" if model == SYNTHETIC_HIBIKI or (family is not None and family.kind == "hibiki") else "moshi"
+    loaded = load_lm_and_codec(model, kind=kind, check_config=check_moshi_config, backend=backend,
                                device=device, dtype=dtype, sampling=sampling, revision=revision)
     return Conversation(loaded.codec, loaded.lm, loaded.tokenizer, batch_size=batch)

@@ -202,3 +202,16 @@ class StreamsLMBackend(LMBackend, Protocol):
     def reset_slots(self, mask: np.ndarray) -> None: ...
 
     def step_heads(self, codes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]: ...
+
+
+@runtime_checkable
+class GuidedLM(LMBackend, Protocol):
+    """An LM backend that runs a conditioned model the way Kyutai runs Hibiki: ``set_guidance(cfg)``
+    (classifier-free guidance strength, 1 = off; applies from the next ``reset``) and
+    ``step_end_of_input()`` (one step whose input codes all equal ``card``: the end of the source)."""
+
+    sampling: SamplingConfig
+
+    def set_guidance(self, cfg_coef: float) -> None: ...
+
+    def step_end_of_input(self) -> np.ndarray | None: ...

@@ -170,8 +170,11 @@ class TorchLM:
         except (RuntimeError, KeyError, ValueError) as exc:
             raise ModelError(f"{repo.moshi_weights}: cannot load as a Moshi LM: {str(exc).splitlines()[0]}") from None
         cp = self.model.condition_provider
-        if cp is not None and cp.conditioners:
+        #: Hibiki's ``description`` conditioner: "very_good", and "very_bad" for classifier-free guidance.
+        self.conditioned = bool(cp is not None and cp.conditioners)
+        if self.conditioned and self.checkpoint.model_type != "hibiki":
             raise BackendError(f"{repo.source}: conditioned models ({self.checkpoint.model_type}) are not supported")
+        self.cfg_coef = 1.0
         self._device = torch.device(dev)
         self.sampling = sampling_from(repo, sampling)
         self._rng = _Rng(torch, self._device)
@@ -215,7 +218,8 @@ class TorchLM:
                 return
             self.close()
             self._gen = LMGen(self.model, use_sampling=True, temp=s.temp, temp_text=s.temp_text,
-                              top_k=s.top_k, top_k_text=s.top_k_text)
+                              top_k=s.top_k, top_k_text=s.top_k_text, cfg_coef=self.cfg_coef,
+                              condition_tensors=self._conditions(batch_size))
             self._stream = self._gen.streaming(batch_size)
             self._batch = batch_size
 
@@ -225,6 +229,35 @@ class TorchLM:
         if self._gen is not None:
             for name in ("temp", "temp_text", "top_k", "top_k_text"):
                 setattr(self._gen, name, getattr(sampling, name))
+
+    def set_guidance(self, cfg_coef: float) -> None:
+        """Classifier-free guidance strength of a conditioned (Hibiki) model; 1 turns it off.
+        Takes effect at the next ``reset``."""
+        if cfg_coef != 1.0 and not self.conditioned:
+            raise BackendError(f"{self.repo.source}: guidance (--cfg) needs a conditioned model such as Hibiki")
+        if float(cfg_coef) != self.cfg_coef:
+            self.cfg_coef = float(cfg_coef)
+            self.close()
+
+    def _conditions(self, batch_size: int):
+        """The condition tensors Hibiki was trained with: every stream "very_good"; with guidance,
+        as many "very_bad" ones for the unconditioned half of the batch."""
+        if not self.conditioned:
+            return None
+        from moshi.conditioners import ConditionAttributes
+
+        def desc(value: str) -> list:
+            return [ConditionAttributes(text={"description": value}, tensor={}) for _ in range(batch_size)]
+
+        wanted = desc("very_good") + (desc("very_bad") if self.cfg_coef != 1.0 else [])
+        return self.model.condition_provider.prepare_and_provide(wanted)
+
+    def step_end_of_input(self) -> np.ndarray | None:
+        """One step whose input codes are all ``card``: how Hibiki is told the source has ended."""
+        x = self._torch.full((self._batch, self.input_codebooks, 1), self.info.card, dtype=self._torch.int64)
+        with self._torch.inference_mode(), self._rng:
+            out = self._gen.step(x.to(self._device))
+        return None if out is None else out[:, :, 0].cpu().numpy()
 
     def reset_slots(self, mask: np.ndarray) -> None:
         """Restart the streams where ``mask`` is true; the others go on untouched."""

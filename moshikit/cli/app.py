@@ -23,6 +23,7 @@ from .info import info
 from .output import Env, Out, current_env, using_env
 from .serve import serve
 from .transcribe import transcribe
+from .translate import translate
 
 app = typer.Typer(
     name="moshikit",
@@ -37,6 +38,7 @@ app.command(rich_help_panel="Codec")(decode)
 app.command(rich_help_panel="Moshi")(chat)
 app.command(rich_help_panel="Moshi")(serve)
 app.command(rich_help_panel="Speech to text")(transcribe)
+app.command(rich_help_panel="Translation")(translate)
 app.command(rich_help_panel="Setup")(info)
 app.command(rich_help_panel="Setup")(download)
 app.add_typer(models_app, name="models", rich_help_panel="Setup")

@@ -214,6 +214,32 @@ def stt(
     render(result, lambda: bench.bench_stt(plan), json_file, compare, None)
 
 
+@bench_app.command("translate")
+def translate(
+    synthetic: SyntheticOpt = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
+                                                 help="A Hibiki checkpoint (default: hibiki).")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", "-b", show_default=False,
+                                                   help="The LM backend (default: the platform's).")] = None,
+    reference: ReferenceOpt = True,
+    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio seconds translated.")] = 10.0,
+    cfg: Annotated[float, typer.Option("--cfg", min=0.0, help="Guidance strength, both rows.")] = 1.0,
+    repeats: RepeatsOpt = 2,
+    device: DeviceOpt = None,
+    json_file: JsonFileOpt = None,
+    compare: CompareOpt = None,
+) -> None:
+    """Hibiki translation throughput (x real time), next to moshi's run_inference in the same run."""
+    from .. import bench
+    from ..bench_translate import TranslatePlan, bench_translate
+    from .bench_render import render
+
+    plan = TranslatePlan("synthetic" if synthetic else model, backend, device_value(device), seconds, repeats,
+                         reference, cfg)
+    result = bench.BenchResult(env=bench.environment({"hibiki": plan.model}), synthetic=synthetic)
+    render(result, lambda: bench_translate(plan), json_file, compare, None)
+
+
 @bench_app.callback()
 def quick(ctx: typer.Context, synthetic: SyntheticOpt = False,
           json_file: JsonFileOpt = None) -> None:

@@ -61,7 +61,7 @@ def test_every_registered_backend_is_a_choice_of_every_backend_option():
                 kind = "codec" if path in CODEC_COMMANDS else "lm"
                 assert list(p.type.choices) == ["auto", *registry.names(kind)], path
                 seen += 1
-    assert seen == 5  # encode, decode, chat, serve, transcribe
+    assert seen == 6  # encode, decode, chat, serve, transcribe, translate
     assert "onnx" in registry.names("codec")
 
 

@@ -1,0 +1,111 @@
+"""Synthetic Hibiki checkpoints, laid out like ``kyutai/hibiki-1b-pytorch-bf16``.
+
+Hibiki (Kyutai's simultaneous speech translation) is a Moshi-style multistream LM: it
+listens to the source speech (8 Mimi codebooks for the 1B model) and speaks the
+translation (8 more), with a text stream of the translation. What makes a repo Hibiki,
+as moshi 0.2.13's loaders read it:
+
+* ``config.json``: ``"model_type": "hibiki"``; a ``description`` conditioner (a lookup
+  table, ``"type": "lut"``, over ``very_bad``/``bad``/``neutral``/``good``/``very_good``)
+  summed into the input (``"fuser": {"sum": ["description"]}``); ``lm_gen_config``
+  ``temp_text`` 0.4; delays ``[0, 0, 2 x 7, 0, 2 x 7]``; ``existing_text_padding_id`` 3.
+  Kyutai's inference conditions on ``very_good`` and, with classifier-free guidance
+  (``cfg_coef != 1``), on ``very_bad`` for the unconditioned half.
+* tensors: those of a Moshi LM plus ``condition_provider.conditioners.description.*``.
+* ``tokenizer_spm_48k_multi6_2.model`` and ``mimi-pytorch-e351c8d8@125.safetensors``.
+
+(The keys were read from a description of the published 1B config; moshikit has no
+route to the hub to list the repo itself.)
+
+End of input: Kyutai feeds one frame whose codes are all ``card`` (2048) after the
+last real frame and waits for the text EOS (id 2). Random weights would almost never
+say EOS, so the tiny synthetic model is given one wired behaviour: the embedding of
+code ``card`` in the first source codebook is a large vector along one feature, which
+the text head maps to the EOS logit. The model then says EOS when it reads that code:
+right after the end of input (and in its first steps, where moshi feeds the same id
+as the initial token: an EOS there is ignored, as Kyutai's inference ignores any EOS
+before the end of input). Everything else is moshi's own random init.
+
+Random weights: valid for mechanics, parity and speed, never for quality.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .synthetic import MIMI_NAME
+from .synthetic_lm import CONFIG_NAME, MOSHI_NAME, DictSource, lm_config_of, lm_kwargs, to_published, \
+    write_repo_files
+
+#: File names as published in kyutai/hibiki-1b-pytorch-bf16.
+HIBIKI_TOKENIZER_NAME = "tokenizer_spm_48k_multi6_2.model"
+HIBIKI_MIMI_NAME = "mimi-pytorch-e351c8d8@125.safetensors"
+HIBIKI_LM_GEN_CONFIG = {"temp": 0.8, "temp_text": 0.4, "top_k": 250, "top_k_text": 25}
+DESCRIPTIONS = ["very_bad", "bad", "neutral", "good", "very_good"]
+EOS_ID = 2
+#: The feature of the residual stream that carries "the end-of-input code was read".
+_EOS_FEATURE = 5
+
+
+def hibiki_config_json(*, codebooks: int = 8) -> dict:
+    """config.json of a tiny Hibiki repo: the published keys with tiny LM sizes."""
+    lm = lm_kwargs("tiny")
+    lm.update(n_q=2 * codebooks, dep_q=codebooks, existing_text_padding_id=3,
+              delays=[0] + ([0] + [2] * (codebooks - 1)) * 2,
+              conditioners={"description": {"type": "lut", "lut": {
+                  "n_bins": 31, "dim": 16, "tokenizer": "noop", "possible_values": list(DESCRIPTIONS)}}},
+              fuser={"cross_attention_pos_emb": False, "cross_attention_pos_emb_scale": 1,
+                     "sum": ["description"], "prepend": [], "cross": []})
+    return {
+        "moshi_name": MOSHI_NAME,
+        "mimi_name": HIBIKI_MIMI_NAME,
+        "tokenizer_name": HIBIKI_TOKENIZER_NAME,
+        "model_type": "hibiki",
+        "lm_gen_config": dict(HIBIKI_LM_GEN_CONFIG),
+        **lm,
+    }
+
+
+def hibiki_state(config: dict, seed: int) -> dict:
+    """moshi's random init for ``config`` plus the wired end-of-input -> EOS behaviour."""
+    import torch
+    from moshi.models import loaders
+
+    torch.manual_seed(seed)
+    model = loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    card, dep_q = config["card"], config["dep_q"]
+    # The first source codebook is embedding dep_q of the LM's audio embeddings.
+    state[f"emb.{dep_q}.weight"][card] = 0.0
+    state[f"emb.{dep_q}.weight"][card, _EOS_FEATURE] = 60.0
+    state["text_linear.weight"][EOS_ID] = 0.0
+    state["text_linear.weight"][EOS_ID, _EOS_FEATURE] = 4.0
+    return state
+
+
+def write_hibiki_repo(dest: str | os.PathLike, *, seed: int = 0, mimi_path: str | os.PathLike | None = None,
+                      codebooks: int = 8, layout: str = "pytorch") -> Path:
+    """Write a tiny synthetic Hibiki repo at ``dest`` (see the module docstring) and return it."""
+    import torch
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = hibiki_config_json(codebooks=codebooks)
+    with torch.no_grad():
+        source = DictSource(to_published(hibiki_state(config, seed)))
+    return write_repo_files(dest, config, source, layout, "bfloat16", f"synthetic-hibiki seed={seed}", mimi_path)
+
+
+def ensure_synthetic_hibiki(seed: int = 0, *, mimi_path: str | os.PathLike | None = None) -> Path:
+    """The tiny synthetic Hibiki repo in moshikit's cache, written on first use (seconds)."""
+    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+
+    dest = synthetic_dir() / f"seed{seed}" / "hibiki-tiny-pytorch"
+    if not (dest / CONFIG_NAME).exists():
+        write_hibiki_repo(dest, seed=seed, mimi_path=mimi_path or ensure_synthetic_mimi())
+    return dest
+
+
+__all__ = ["DESCRIPTIONS", "EOS_ID", "HIBIKI_MIMI_NAME", "HIBIKI_TOKENIZER_NAME", "MIMI_NAME",
+           "ensure_synthetic_hibiki", "hibiki_config_json", "hibiki_state", "write_hibiki_repo"]
