@@ -257,8 +257,9 @@ def _hub_file(repo: str, filename: str, revision: str | None, fix: str | None = 
 
 
 #: The model each kind of command uses when none is given.
-DEFAULT_MODEL = {"moshi": "moshiko", "stt": "stt", "codec": "mimi"}
-_KIND_WORDS = {"moshi": "a Moshi dialogue", "stt": "a speech-to-text", "codec": "a Mimi codec"}
+DEFAULT_MODEL = {"moshi": "moshiko", "stt": "stt", "codec": "mimi", "tts": "tts"}
+_KIND_WORDS = {"moshi": "a Moshi dialogue", "stt": "a speech-to-text", "codec": "a Mimi codec",
+               "tts": "a text-to-speech", "voices": "a voices"}
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,10 @@ def synthetic_checkpoint(kind: str | None) -> Path:
     Valid for speed and mechanics, never for quality."""
     from .testing import synthetic
 
+    if kind == "tts":
+        from .testing.synthetic_tts import ensure_synthetic_tts
+
+        return ensure_synthetic_tts(mimi_path=synthetic.ensure_synthetic_mimi())
     if kind == "stt":
         from .testing.synthetic_stt import ensure_synthetic_stt
 
