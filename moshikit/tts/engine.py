@@ -40,7 +40,7 @@ class Speech:
     steps: int = 0
     ended: bool = True  # False when max_steps stopped it before the text was all spoken
     seconds: float = 0.0  # wall time
-    first_audio: float | None = None  # wall seconds from the start to the first audio frame
+    first_audio: float | None = None  # wall seconds from the first text's arrival to the first audio frame
     codes: list = field(default_factory=list)  # [K] int arrays per frame, when kept
 
     @property
@@ -113,14 +113,18 @@ def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Sett
     exhausted = False
     offset = 0
 
+    first_text: float | None = None
+
     def fill() -> None:
-        nonlocal exhausted
+        nonlocal exhausted, first_text
         while not exhausted and sum(1 for e in state.entries if e.tokens) < ahead:
             chunk = next(source, None)
             if chunk is None:
                 exhausted = True
                 return
             check_chunk(chunk.text, tts.tokenizer)
+            if first_text is None:
+                first_text = time.perf_counter()
             result.characters += len(chunk.text)
             state.entries.extend(entries_of(model, chunk))
 
@@ -169,6 +173,11 @@ def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Sett
     limit = s.max_steps or tts.max_gen_length
     started = time.perf_counter()
     frame_index = 0
+    fill()
+    if not state.entries:
+        from ..errors import UsageError
+
+        raise UsageError("nothing to say: the text is empty")
     with torch.no_grad(), lm_gen.streaming(1), tts.mimi.streaming(1):
         while True:
             fill()
@@ -192,7 +201,7 @@ def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Sett
                 if frame_index - tts.delay_steps <= prefix_frames:
                     continue
                 if result.first_audio is None:
-                    result.first_audio = time.perf_counter() - started
+                    result.first_audio = time.perf_counter() - (first_text or started)
                 result.samples += pcm.size
                 if on_pcm is not None:
                     on_pcm(pcm)

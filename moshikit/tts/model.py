@@ -76,6 +76,12 @@ class TtsModel:
                 "delay_steps": self.tts.delay_steps, "multi_speaker": self.multi_speaker}
 
 
+#: The last model loaded, reused when the same files are asked for again in this process
+#: (a script or a notebook calling ``speak`` repeatedly; the tests). Generation resets every
+#: setting it uses, so a reused model behaves as a fresh one.
+_LAST: dict = {}
+
+
 def load_tts(model: str | None = None, *, device: str | None = None, dtype: str | None = None,
              revision: str | None = None, n_q: int | None = None) -> TtsModel:
     """Resolve ``model`` (``tts``, ``tts-public``, a repo id, a local folder or ``synthetic``) and load it
@@ -105,6 +111,10 @@ def load_tts(model: str | None = None, *, device: str | None = None, dtype: str 
         if not Path(path).is_file():
             raise ModelError(f"{source}: missing {config.get(key) or key} (named by config.json's {key})")
         files[key] = path
+    key = (tuple(str(p) for p in files.values()), tuple(Path(p).stat().st_mtime_ns for p in files.values()),
+           dev, dtype, n_q, str(model))
+    if _LAST.get("key") == key:
+        return _LAST["model"]
     torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}.get(
         dtype or "auto", torch.bfloat16 if dev.startswith("cuda") else torch.float32)
@@ -123,4 +133,7 @@ def load_tts(model: str | None = None, *, device: str | None = None, dtype: str 
                          f"({type(exc).__name__}: {first})") from None
     name = str(model) if model not in (None, hub.SYNTHETIC) else (
         "synthetic" if model == hub.SYNTHETIC else str(resolved.repo or folder))
-    return TtsModel(tts, name, folder, resolved.repo, synthetic=model == hub.SYNTHETIC)
+    loaded = TtsModel(tts, name, folder, resolved.repo, synthetic=model == hub.SYNTHETIC)
+    _LAST.clear()
+    _LAST.update(key=key, model=loaded)
+    return loaded

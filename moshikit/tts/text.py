@@ -48,6 +48,36 @@ def sentences(blocks: Iterable[str]) -> Iterator[str]:
         yield rest.strip()
 
 
+def words_as_they_come(blocks: Iterable[str]) -> Iterator[Chunk]:
+    """``--stream``: each word as soon as the space after it arrives (a pause tag once it closes),
+    so speech can start after a few words of an LLM's output."""
+    rest, first = "", True
+    for block in blocks:
+        rest += block
+        while True:
+            m = re.search(r"\s+", rest)
+            if m is None or m.start() == 0 and not rest.strip():
+                break
+            if m.start() == 0:
+                rest = rest[m.end():]
+                continue
+            head = rest[:m.start()]
+            if head.count("<") > head.count(">"):  # inside a <break .../> tag: wait for its end
+                close = rest.find(">", m.start())
+                if close < 0:
+                    break
+                nxt = re.search(r"\s", rest[close:])
+                if nxt is None:
+                    break
+                head, rest = rest[:close + nxt.start()], rest[close + nxt.start():]
+            else:
+                rest = rest[m.end():]
+            yield Chunk(head, 0, first)
+            first = False
+    if rest.strip():
+        yield Chunk(rest.strip(), 0, first)
+
+
 def chunks(blocks: Iterable[str]) -> Iterator[Chunk]:
     """One monologue as chunks (turn 0)."""
     for i, s in enumerate(sentences(blocks)):
