@@ -116,3 +116,15 @@ def test_checks(tts_model, voice):
         generate(tts_model, chunks(["   \n  "]), [voice])
     with pytest.raises(UsageError, match="--cfg 2.2: this model was trained for 1, 1.5, 2"):
         generate(tts_model, [Chunk("hi")], [voice], Settings(cfg=2.2))
+
+
+def test_python_api(tts_model):
+    import moshikit
+
+    tts = moshikit.load_tts("synthetic")
+    assert tts.model is tts_model  # the loaded model is reused in-process
+    audio, words = tts.speak("Hi there.", seed=5)
+    again, _ = tts.speak("Hi there.", seed=5)
+    assert audio.dtype == np.float32 and audio.size % 1920 == 0 and np.array_equal(audio, again)
+    assert [w.text for w in words] == ["Hi", "there."] and words[-1].end <= audio.size / 24000
+    assert "vctk/p225_023.wav" in tts.voices()
