@@ -106,9 +106,11 @@ def speak(
         from ..tts.play import Speaker
 
         speaker = Speaker(output_device, instead=NO_SPEAKER_INSTEAD)  # no speaker: say so before loading
-    m = _load(out, model, device, dtype, revision)
     if list_voices:
-        return _list_voices(out, m)
+        from ..tts.model import checkpoint_voices
+
+        return _list_voices(out, checkpoint_voices(model, revision=revision))
+    m = _load(out, model, device, dtype, revision)
     turns, voices, chunks, source = _script(m, text, text_file, dialogue, voice, stream)
     _one(out, m, chunks, voices, output, words, settings, speaker, source, stream)
 

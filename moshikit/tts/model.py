@@ -76,6 +76,36 @@ class TtsModel:
                 "delay_steps": self.tts.delay_steps, "multi_speaker": self.multi_speaker}
 
 
+@dataclass
+class CheckpointVoices:
+    """What voice lookup needs from a checkpoint, read from its config.json alone (no weights)."""
+
+    name: str
+    path: Path
+    multi_speaker: bool
+    voice_suffix: str
+
+
+def checkpoint_voices(model: str | None = None, *, revision: str | None = None) -> CheckpointVoices:
+    """``--list-voices`` without loading the model: the voice-file suffix from ``model_id`` and
+    whether the model takes embeddings (a ``speaker_wavs`` conditioner) or an audio prefix."""
+    import json
+
+    from .. import hub
+
+    resolved = hub.resolve_model(model, kind="tts", revision=revision)
+    folder = resolved.path if resolved.path.is_dir() else resolved.path.parent
+    config = resolved.config
+    if config is None and (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text())
+    source = str(model if model not in (None, hub.SYNTHETIC) else folder)
+    check_tts_config(config, source)
+    multi = "speaker_wavs" in (config.get("conditioners") or {})
+    mid = config["model_id"]
+    return CheckpointVoices(str(model or resolved.repo or folder), folder, multi,
+                            f".{mid['sig']}@{mid['epoch']}.safetensors" if multi else "")
+
+
 #: The last model loaded, reused when the same files are asked for again in this process
 #: (a script or a notebook calling ``speak`` repeatedly; the tests). Generation resets every
 #: setting it uses, so a reused model behaves as a fresh one.
