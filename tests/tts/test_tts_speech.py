@@ -128,3 +128,28 @@ def test_python_api(tts_model):
     assert audio.dtype == np.float32 and audio.size % 1920 == 0 and np.array_equal(audio, again)
     assert [w.text for w in words] == ["Hi", "there."] and words[-1].end <= audio.size / 24000
     assert "vctk/p225_023.wav" in tts.voices()
+
+
+def test_chunked_scripts_are_moshis_whole_scripts(tts_model, tmp_path):
+    """Monologue sentences and dialogue turns, cut into chunks, give the entries moshi's
+    prepare_script gives for the whole script (speaker tokens at each turn only)."""
+    from moshikit.tts.engine import entries_of
+    from moshikit.tts.text import dialogue_chunks, read_dialogue
+
+    tts = tts_model.tts
+
+    def flat(entries):
+        return [(e.tokens, e.text, e.padding) for e in entries]
+
+    text = 'One two. Three, <break time="0.4s"/> four! Five?'
+    ours = [e for c in chunks([text]) for e in entries_of(tts_model, c)]
+    assert flat(ours) == flat(tts.prepare_script([text], padding_between=1))
+    talk = tmp_path / "t.jsonl"
+    talk.write_text('{"speaker": "a", "text": "Hi. How are you?"}\n{"speaker": "b", "text": "Fine."}\n'
+                    '{"speaker": "b", "text": "You?"}\n{"speaker": "a", "text": "Good."}\n')
+    turns = read_dialogue(talk)
+    assert [t.text for t in turns] == ["Hi. How are you?", "Fine. You?", "Good."]
+    ours = [e for c in dialogue_chunks(turns) for e in entries_of(tts_model, c)]
+    assert flat(ours) == flat(tts.prepare_script([t.text for t in turns], padding_between=1))
+    main, other = tts.machine.token_ids.main, tts.machine.token_ids.other
+    assert [e.tokens[0] for e in ours if e.tokens[0] in (main, other)] == [main, other, main]
