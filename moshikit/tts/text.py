@@ -37,13 +37,13 @@ def sentences(blocks: Iterable[str]) -> Iterator[str]:
     rest = ""
     for block in blocks:
         rest += block
-        while True:
-            m = _SENTENCE_END.search(rest)
-            if m is None:
-                break
-            head, rest = rest[:m.start() + len(m.group(0).rstrip())].strip(), rest[m.end():]
+        pos = 0
+        for m in _SENTENCE_END.finditer(rest):
+            head = rest[pos:m.start() + len(m.group(0).rstrip())].strip()
+            pos = m.end()
             if head:
                 yield head
+        rest = rest[pos:]
     if rest.strip():
         yield rest.strip()
 

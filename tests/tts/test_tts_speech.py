@@ -153,3 +153,24 @@ def test_chunked_scripts_are_moshis_whole_scripts(tts_model, tmp_path):
     assert flat(ours) == flat(tts.prepare_script([t.text for t in turns], padding_between=1))
     main, other = tts.machine.token_ids.main, tts.machine.token_ids.other
     assert [e.tokens[0] for e in ours if e.tokens[0] in (main, other)] == [main, other, main]
+
+
+def test_long_text_is_read_with_flat_memory(tmp_path):
+    """A 1.2 MB text is cut into sentences a block at a time: memory stays near one block."""
+    import tracemalloc
+
+    from moshikit.tts.text import read_blocks
+
+    book = tmp_path / "book.txt"
+    para = "It was a dark night. The wind blew! Did anyone hear it?\n\n" * 2000
+    with open(book, "w", encoding="utf-8") as f:
+        for _ in range(10):
+            f.write(para)
+    tracemalloc.start()
+    n = 0
+    for c in chunks(read_blocks(book)):
+        n += 1
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n == 3 * 2000 * 10 and book.stat().st_size > 1e6
+    assert peak < 0.5e6  # a 64 KB block and its sentences, not the book
