@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import numpy as np
-
 from .bench import Row, latency_row, throughput_row
 
 TEXT = ("The quick brown fox jumps over the lazy dog. It is a small model that only exists for tests, "

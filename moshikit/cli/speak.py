@@ -91,13 +91,11 @@ def speak(
     settings = Settings(temp=temp, cfg=cfg, padding_bonus=bonus, seed=seed)
     if text is not None and text != "-" and Path(text).is_dir():
         return _tree(out, text, output, words, voice, model, device, dtype, revision, overwrite, settings)
-    if output is not None:
-        from ..tts.files import output_format, words_format
+    from ..tts.files import output_format, words_format
 
+    if output is not None:
         output_format(output)
     if words is not None:
-        from ..tts.files import words_format
-
         words_format(words)
     if output is not None and Path(output).exists() and not overwrite:
         raise UsageError(f"{output} exists", hint="add --overwrite to replace it")

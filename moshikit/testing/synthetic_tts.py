@@ -97,7 +97,8 @@ def write_tts_tokenizer(path: str | os.PathLike, vocab_size: int) -> Path:
     def train(extra: list[str]) -> bytes:
         out = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(_CORPUS.splitlines() * 20 + [" ".join(TOKENIZER_CHARS)]), model_writer=out, vocab_size=vocab_size,
+            sentence_iterator=iter(_CORPUS.splitlines() * 20 + [" ".join(TOKENIZER_CHARS)]), model_writer=out,
+            vocab_size=vocab_size,
             model_type="bpe", character_coverage=1.0, required_chars=TOKENIZER_CHARS, unk_id=0, bos_id=1,
             eos_id=2, pad_id=3, num_threads=1, hard_vocab_limit=False, user_defined_symbols=extra, minloglevel=2)
         return out.getvalue()
@@ -146,7 +147,8 @@ def _fit_text_head(model, config: dict, seed: int, steps: int = 40) -> None:
                                 tensor={"speaker_wavs": TensorCondition(voice, torch.ones(1, 50, dtype=torch.bool))})
     tensors = model.condition_provider.prepare_and_provide([attrs])
     seen: list = []
-    hook = model.text_linear.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].reshape(-1, inp[0].shape[-1])))
+    hook = model.text_linear.register_forward_hook(
+        lambda mod, inp, out: seen.append(inp[0].reshape(-1, inp[0].shape[-1])))
     fed = torch.randint(0, text_card, (steps,), generator=g)
 
     def feed(tokens, i=[0]):

@@ -60,7 +60,8 @@ class Settings:
 
 
 def condition_attributes(model, voices: list[Voice], cfg: float):
-    """moshi's ``ConditionAttributes`` for ``voices`` at CFG strength ``cfg``; ([], prefixes) for audio-prefix models."""
+    """(moshi's ``ConditionAttributes`` for ``voices`` at CFG strength ``cfg``, None); for
+    audio-prefix models ([], the voice as a prefix of codes)."""
     tts = model.tts
     if not model.multi_speaker:
         return [], [tts.get_prefix(voices[0].path)] if voices else None
