@@ -224,6 +224,31 @@ def write_tts_repo(dest: str | os.PathLike, *, seed: int = 0, mimi_path: str | o
     return dest
 
 
+def write_public_repo(dest: str | os.PathLike, *, seed: int = 0, mimi_path: str | os.PathLike | None = None,
+                      n_q: int = 8) -> Path:
+    """A tiny repo shaped like ``kyutai/tts-0.75b-en-public`` as far as its published facts go: no
+    speaker conditioning (an empty condition provider, no cross-attention), so the voice is an audio
+    prefix, and no CFG distillation (CFG runs at inference). Its exact config.json was not available
+    here: the keys beyond these are the 1.6B model's."""
+    import torch
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = tts_config_json(n_q=n_q, model_id={"sig": "public", "epoch": 0})
+    config["conditioners"] = {}
+    config.pop("fuser")
+    config["cross_attention"] = False
+    torch.manual_seed(seed)
+    from moshi.models import loaders
+
+    model = loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        source = DictSource(to_published(model.state_dict()))
+    write_repo_files(dest, config, source, "pytorch", "float32", f"synthetic-tts-public seed={seed}", mimi_path)
+    write_tts_tokenizer(dest / config["tokenizer_name"], config["text_card"])
+    return dest
+
+
 def ensure_synthetic_tts(seed: int = 0, *, mimi_path: str | os.PathLike | None = None) -> Path:
     """The tiny TTS repo in moshikit's cache, written on first use (seconds; Mimi aside)."""
     from .synthetic import ensure_synthetic_mimi, synthetic_dir
@@ -242,4 +267,5 @@ def ensure_synthetic_tts(seed: int = 0, *, mimi_path: str | os.PathLike | None =
 
 
 __all__ = ["CFG_VALUES", "DEFAULT_VOICE", "MODEL_ID", "TTS_TOKENIZER_NAME", "VOICES", "ensure_synthetic_tts",
+           "write_public_repo",
            "tts_config_json", "voice_suffix", "write_tts_repo", "write_voice", "write_voices"]

@@ -97,7 +97,7 @@ def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Sett
     tts = model.tts
     tts.temp, tts.padding_bonus = s.temp, s.padding_bonus
     attributes, prefixes = condition_attributes(model, voices, s.cfg)
-    if not tts.valid_cfg_conditionings and model.multi_speaker:
+    if not tts.valid_cfg_conditionings:  # CFG done at inference (no distilled strengths), as moshi does
         tts.cfg_coef = s.cfg
     if tts.cfg_coef != 1.0 and attributes:
         attributes = list(attributes) + dropout_all_conditions(attributes)
