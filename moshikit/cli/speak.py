@@ -50,6 +50,8 @@ def speak(
     output_device: Annotated[Optional[str], typer.Option(
         "--output-device", show_default=False, help="Speaker for --play: index or (part of) its name.")] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
+    backend: Annotated[str, typer.Option("--backend", "-b", metavar="NAME",
+                                         help="torch (Kyutai TTS through moshi). pocket: not in this version.")] = "auto",
     device: DeviceOpt = None,
     dtype: DtypeOpt = Dtype.auto,
     revision: RevisionOpt = None,
@@ -70,6 +72,12 @@ def speak(
     out = Out(json_mode=json_out)
     if list_devices:
         return print_devices(out)
+    if backend not in ("auto", "torch"):
+        if backend == "pocket":
+            raise UsageError("the Pocket TTS backend is not in this version of moshikit",
+                             hint="Kyutai TTS runs on a CPU too (--model tts); for voice cloning from a .wav, "
+                                  "--model tts-public takes any voice sample")
+        raise UsageError(f"unknown backend {backend!r} for speak (choose torch)")
     bonus = padding_bonus(speed)
     sources = [x for x in (text, text_file, dialogue) if x is not None]
     if not list_voices and not sources:
@@ -200,20 +208,27 @@ def _one(out, m, chunks, voices, output, words, settings, speaker, source, strea
 
     from ..tts.files import speak_to_file
 
+    import time
+
     show = not out.json_mode and sys.stderr.isatty()
-    state = {"audio": 0.0}
+    state = {"audio": 0.0, "words": 0, "start": time.perf_counter()}
+
+    def on_word(word: str, at: float) -> None:
+        state["words"] += 1
 
     def on_audio(seconds: float) -> None:
         state["audio"] += seconds
         if show:
-            sys.stderr.write(f"\r{state['audio']:6.1f} s of audio")
+            speed = state["audio"] / max(1e-9, time.perf_counter() - state["start"])
+            sys.stderr.write(f"\r{state['words']} words, {state['audio']:6.1f} s of audio, {speed:.2f}x real time ")
             sys.stderr.flush()
 
     with speaker if speaker is not None else contextlib.nullcontext():
         if speaker is not None:
             out.message(f"[dim]playing on {speaker.name!r}[/]")
         speech = speak_to_file(m, chunks, voices, output, settings, words=words, source=source,
-                               on_pcm=speaker.push if speaker is not None else None, on_audio=on_audio)
+                               on_pcm=speaker.push if speaker is not None else None, on_audio=on_audio,
+                               on_word=on_word)
     if show:
         sys.stderr.write("\n")
     summary = {
