@@ -20,7 +20,8 @@ _torch_env.prepare()
 
 _API = {
     "load_codec": "moshikit.api", "load_stt": "moshikit.api", "load_moshi": "moshikit.api",
-    "MimiCodec": "moshikit.api", "SpeechToText": "moshikit.api",
+    "MimiCodec": "moshikit.api", "SpeechToText": "moshikit.api", "load_tts": "moshikit.api",
+    "TextToSpeech": "moshikit.api",
     "read_tokens": "moshikit.tokens", "write_tokens": "moshikit.tokens", "TokenHeader": "moshikit.tokens",
     "Tokens": "moshikit.tokens", "Transcript": "moshikit.transcript", "Word": "moshikit.transcript",
     "Conversation": "moshikit.conversation", "MoshikitError": "moshikit.errors",
@@ -28,7 +29,7 @@ _API = {
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
-    from .api import MimiCodec, SpeechToText, load_codec, load_moshi, load_stt
+    from .api import MimiCodec, SpeechToText, TextToSpeech, load_codec, load_moshi, load_stt, load_tts
     from .conversation import Conversation
     from .errors import MoshikitError
     from .tokens import TokenHeader, Tokens, read_tokens, write_tokens

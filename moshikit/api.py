@@ -9,6 +9,8 @@ loads. Arrays in and out are numpy; audio is float32, any sample rate in, 24 kHz
     audio = codec.decode(codes)                    # float32 [T] at 24 kHz
     stt = moshikit.load_stt("stt")
     result = stt.transcribe("talk.wav")            # .text, .words, .segments
+    tts = moshikit.load_tts("tts")
+    audio, words = tts.speak("Hello there.", seed=1)   # float32 [T] at 24 kHz, word timings
 """
 
 from __future__ import annotations
@@ -110,6 +112,37 @@ class SpeechToText:
         pcm = to_24k_mono(audio, sample_rate)
         source = str(audio) if isinstance(audio, (str, os.PathLike)) else "<array>"
         return transcribe_live(self.model, iter([pcm]), source=source, chunk=25)
+
+
+class TextToSpeech:
+    """A loaded Kyutai TTS model."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def voices(self) -> list[str]:
+        from .tts import list_voices
+
+        return list_voices(self.model)[0]
+
+    def speak(self, text: str, voice: str | None = None, *, speed: float = 1.0, temp: float = 0.6,
+              cfg: float = 2.0, seed: int | None = None) -> tuple[np.ndarray, list]:
+        """(float32 ``[T]`` at 24 kHz, words with ``.text``, ``.start``, ``.end``), as ``moshikit speak``."""
+        from .tts import Settings, chunks, generate, resolve_voice
+        from .tts.model import padding_bonus
+
+        pcm: list[np.ndarray] = []
+        speech = generate(self.model, chunks([text]), [resolve_voice(self.model, voice)],
+                          Settings(temp=temp, cfg=cfg, padding_bonus=padding_bonus(speed), seed=seed),
+                          on_pcm=pcm.append)
+        return (np.concatenate(pcm) if pcm else np.zeros(0, np.float32)), speech.words
+
+
+def load_tts(model: str | None = "tts", device: str | None = None, revision: str | None = None) -> TextToSpeech:
+    """Kyutai TTS (``tts``, ``tts-public``, a repo id, a local folder or ``"synthetic"``), on PyTorch."""
+    from .tts import load_tts as load
+
+    return TextToSpeech(load(model, device=device, revision=revision))
 
 
 def load_codec(model: str | None = None, mimi_weight: str | None = None, backend: str = "auto",

@@ -27,6 +27,9 @@ from .platform import GPU, PlatformInfo
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 MOSHI_TOKENIZER = "tokenizer_spm_32k_3.model"
 STT_MIMI_FILE = "mimi-pytorch-e351c8d8@125.safetensors"
+TTS_TOKENIZER = "tokenizer_spm_8k_en_fr_audio.model"
+#: The voice ``speak`` uses when none is given (a file of kyutai/tts-voices).
+DEFAULT_TTS_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"
 
 #: Backends, in the order the auto choice prefers precisions within each.
 BACKENDS = ("pytorch", "mlx", "candle", "any")
@@ -82,6 +85,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("stt-2.6b-en", "stt", "Kyutai STT ~2.6B, English only, 2.5 s delay, the more accurate one"),
     Family("hibiki-1b", "hibiki", "Hibiki 1B: simultaneous speech translation, French to English, 8 codebooks"),
     Family("hibiki-2b", "hibiki", "Hibiki 2B: simultaneous speech translation, French to English, 16 codebooks"),
+    Family("tts-1.6b-en_fr", "tts", "Kyutai TTS ~1.6B, English and French, voices from kyutai/tts-voices"),
+    Family("tts-0.75b-en-public", "tts", "Kyutai TTS ~0.75B, English, public data only, voice from an audio prefix"),
+    Family("tts-voices", "voices", "Voices for Kyutai TTS: reference clips and their embeddings"),
 )}
 
 #: Short names users type. A family name is an alias of itself.
@@ -90,6 +96,8 @@ ALIASES: dict[str, str] = {
     "stt": "stt-1b-en_fr", "stt-en": "stt-2.6b-en",
     "stt-1b-en_fr": "stt-1b-en_fr", "stt-2.6b-en": "stt-2.6b-en",
     "hibiki": "hibiki-1b", "hibiki-1b": "hibiki-1b", "hibiki-2b": "hibiki-2b",
+    "tts": "tts-1.6b-en_fr", "tts-public": "tts-0.75b-en-public", "tts-1.6b-en_fr": "tts-1.6b-en_fr",
+    "tts-0.75b-en-public": "tts-0.75b-en-public", "tts-voices": "tts-voices",
 }
 
 
@@ -154,6 +162,20 @@ ENTRIES: tuple[Entry, ...] = (
     *_stt("stt-2.6b-en", "tokenizer_en_audio_4000.model", 5.7, 10),
     *_hibiki("hibiki-1b", 3.8, 8),
     *_hibiki("hibiki-2b", 5.6, 12),
+    Entry("tts-1.6b-en_fr", "pytorch-bf16", "kyutai/tts-1.6b-en_fr", "pytorch", "bf16",
+          ("config.json", "dsm_tts_1e68beda@240.safetensors", MIMI_FILE, TTS_TOKENIZER), 4.1, 6,
+          FAMILIES["tts-1.6b-en_fr"].purpose,
+          notes="voices come from kyutai/tts-voices (`moshikit download tts-voices`); MLX reads the same repo"),
+    Entry("tts-0.75b-en-public", "pytorch-bf16", "kyutai/tts-0.75b-en-public", "pytorch", "bf16",
+          ("config.json", "dsm_tts_d6ef30c7@1000.safetensors", MIMI_FILE, TTS_TOKENIZER), 2.0, 4,
+          FAMILIES["tts-0.75b-en-public"].purpose,
+          notes="weights and tokenizer names assumed from Kyutai's configs; config.json names them. "
+                "The voice is any audio file (an audio prefix), not an embedding"),
+    Entry("tts-voices", "any-fp32", "kyutai/tts-voices", "any", "fp32",
+          (DEFAULT_TTS_VOICE, DEFAULT_TTS_VOICE + ".1e68beda@240.safetensors"), 0.01, 0.1,
+          FAMILIES["tts-voices"].purpose,
+          notes="the default voice; every other voice: `moshikit download kyutai/tts-voices --file NAME`. "
+                "Each voice's licence is in the repo (some are CC-BY-NC)"),
 )
 
 

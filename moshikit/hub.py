@@ -257,9 +257,9 @@ def _hub_file(repo: str, filename: str, revision: str | None, fix: str | None = 
 
 
 #: The model each kind of command uses when none is given.
-DEFAULT_MODEL = {"moshi": "moshiko", "stt": "stt", "codec": "mimi", "hibiki": "hibiki"}
+DEFAULT_MODEL = {"moshi": "moshiko", "stt": "stt", "codec": "mimi", "hibiki": "hibiki", "tts": "tts"}
 _KIND_WORDS = {"moshi": "a Moshi dialogue", "stt": "a speech-to-text", "codec": "a Mimi codec",
-               "hibiki": "a Hibiki translation"}
+               "hibiki": "a Hibiki translation", "tts": "a text-to-speech", "voices": "a voices"}
 #: ``--model synthetic-hibiki``: the synthetic Hibiki whatever the command's kind (e.g. serve).
 SYNTHETIC_HIBIKI = "synthetic-hibiki"
 
@@ -332,6 +332,10 @@ def synthetic_checkpoint(kind: str | None) -> Path:
     Valid for speed and mechanics, never for quality."""
     from .testing import synthetic
 
+    if kind == "tts":
+        from .testing.synthetic_tts import ensure_synthetic_tts
+
+        return ensure_synthetic_tts(mimi_path=synthetic.ensure_synthetic_mimi())
     if kind == "stt":
         from .testing.synthetic_stt import ensure_synthetic_stt
 

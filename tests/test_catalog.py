@@ -19,6 +19,8 @@ EXPECTED = {  # (platform, alias) -> variant
     ("cuda-16", "moshika"): "pytorch-q8", ("cuda-80", "moshika"): "pytorch-bf16", ("cpu", "moshika"): "pytorch-bf16",
     ("apple-16", "stt"): "mlx-bf16", ("cuda-16", "stt"): "pytorch-bf16", ("cpu", "stt-en"): "pytorch-bf16",
     ("apple-64", "mimi"): "fp32", ("cuda-80", "mimi"): "fp32",
+    ("cpu", "tts"): "pytorch-bf16", ("apple-16", "tts"): "pytorch-bf16", ("cuda-16", "tts-public"): "pytorch-bf16",
+    ("cpu", "tts-voices"): "any-fp32",
 }
 
 
@@ -30,7 +32,7 @@ def test_every_alias_resolves_to_something_that_runs(alias, plat_name):
     assert c.entry.family == ALIASES[alias]
     assert runs_on(c.entry, plat)[0], runs_on(c.entry, plat)[1]
     assert c.entry.backend != "candle"  # moshikit cannot run those itself
-    if c.entry.kind != "codec":
+    if c.entry.kind in ("moshi", "stt"):  # TTS runs on PyTorch everywhere (speak has no MLX backend yet)
         assert c.entry.backend == ("mlx" if plat.apple_silicon else "pytorch")
     assert c.reasons[-1] == f"-> {c.entry.repo} (about {c.entry.size_gb:g} GB)"
     want = EXPECTED.get((plat_name, alias))
@@ -49,9 +51,13 @@ def test_catalog_is_consistent():
         assert e.files and len(set(e.files)) == len(e.files)
         assert e.size_gb > 0 and e.min_memory_gb > 0 and e.purpose
         assert e.backend in catalog.BACKENDS and e.precision in catalog.PRECISION_ORDER
+        if e.kind == "voices":  # voice clips and their embeddings (kyutai/tts-voices)
+            assert any(f.endswith(".wav") for f in e.files) and any(f.endswith(".safetensors") for f in e.files)
+            continue
         if e.family != "mimi":
             assert e.variant == f"{e.backend}-{e.precision}"
-            assert any(f.endswith((".safetensors", ".gguf")) and f.startswith("model") for f in e.files)
+            weights = "dsm_tts_" if e.kind == "tts" else "model"  # Kyutai TTS names its weights by model id
+            assert any(f.endswith((".safetensors", ".gguf")) and f.startswith(weights) for f in e.files)
             assert any(f.endswith(".model") for f in e.files)  # the text tokenizer
         assert any("mimi" in f or f == catalog.MIMI_FILE for f in e.files)
         if e.precision == "q8" and e.backend != "candle":

@@ -22,12 +22,13 @@ from .encode import encode
 from .info import info
 from .output import Env, Out, current_env, using_env
 from .serve import serve
+from .speak import speak
 from .transcribe import transcribe
 from .translate import translate
 
 app = typer.Typer(
     name="moshikit",
-    help="One toolkit for Kyutai's Moshi stack: the Mimi codec, Moshi and Kyutai STT.",
+    help="One toolkit for Kyutai's Moshi stack: the Mimi codec, Moshi, Kyutai STT and TTS.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -39,6 +40,7 @@ app.command(rich_help_panel="Moshi")(chat)
 app.command(rich_help_panel="Moshi")(serve)
 app.command(rich_help_panel="Speech to text")(transcribe)
 app.command(rich_help_panel="Translation")(translate)
+app.command(rich_help_panel="Text to speech")(speak)
 app.command(rich_help_panel="Setup")(info)
 app.command(rich_help_panel="Setup")(download)
 app.add_typer(models_app, name="models", rich_help_panel="Setup")

@@ -240,6 +240,29 @@ def translate(
     render(result, lambda: bench_translate(plan), json_file, compare, None)
 
 
+@bench_app.command("tts")
+def tts(
+    synthetic: SyntheticOpt = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
+                                                 help="A TTS checkpoint (default: tts).")] = None,
+    reference: ReferenceOpt = True,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes of the reference.")] = "1",
+    words: Annotated[int, typer.Option("--words", min=1, help="Words spoken per measurement.")] = 20,
+    repeats: RepeatsOpt = 2,
+    device: DeviceOpt = None,
+    json_file: JsonFileOpt = None,
+    compare: CompareOpt = None,
+) -> None:
+    """Text to speech: time to first audio and x real time, next to moshi's TTSModel.generate."""
+    from .. import bench, bench_tts
+    from .bench_render import render
+
+    plan = bench_tts.TtsPlan("synthetic" if synthetic else model, device_value(device), reference,
+                             _ints(batch_sizes), words, repeats)
+    result = bench.BenchResult(env=bench.environment({"tts": plan.model}), synthetic=synthetic)
+    render(result, lambda: bench_tts.bench_tts(plan), json_file, compare, None)
+
+
 @bench_app.callback()
 def quick(ctx: typer.Context, synthetic: SyntheticOpt = False,
           json_file: JsonFileOpt = None) -> None:

@@ -267,7 +267,8 @@ def _list(out, json_out: bool) -> None:
     con.print(table)
     con.print(f"* = what `moshikit download NAME` picks on this machine ({escape(words)}); "
               "`moshikit download --explain NAME` says why.")
-    con.print("aliases: stt = stt-1b-en_fr, stt-en = stt-2.6b-en. Sizes are approximate; "
+    con.print("aliases: stt = stt-1b-en_fr, stt-en = stt-2.6b-en, tts = tts-1.6b-en_fr, "
+              "tts-public = tts-0.75b-en-public. Sizes are approximate; "
               "`moshikit download NAME --dry-run` asks the hub.")
 
 

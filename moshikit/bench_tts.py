@@ -1,0 +1,113 @@
+"""``bench tts``: time to first audio and x real time of ``moshikit speak``'s generation, next to
+moshi's ``TTSModel.generate`` driven directly as Kyutai's scripts/tts_pytorch.py drives it, in the
+same run, round-robin (a busy machine slows every row alike).
+
+Both sides speak the same text with the same voice and seed, so they produce the same audio
+(the parity the tests check): the rows differ only by how the work is driven. The reference
+also runs at larger batches (moshi's generate takes a batch of texts); moshikit's own
+directory mode speaks files one after another.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .bench import Row, latency_row, throughput_row
+
+TEXT = ("The quick brown fox jumps over the lazy dog. It is a small model that only exists for tests, "
+        "and it speaks noise. Please tell me a story about the sea and the wind.")
+
+
+@dataclass
+class TtsPlan:
+    model: str | None = "synthetic"
+    device: str | None = None
+    reference: bool = True
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    words: int = 20  # words of TEXT spoken per measurement
+    repeats: int = 2
+    seed: int = 0
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class _Reference:
+    """moshi's TTSModel.generate with Mimi decoding each frame as it comes (tts_pytorch.py's playing path)."""
+
+    def __init__(self, model, voice, text: str, batch: int) -> None:
+        self.model, self.batch = model, batch
+        tts = model.tts
+        self.entries = [tts.prepare_script([text], padding_between=1)] * batch
+        self.attributes = [tts.make_condition_attributes([voice.path], cfg_coef=2.0)] * batch
+        self.first: float | None = None
+        self.samples = 0
+
+    def __call__(self) -> None:
+        import torch
+
+        tts = self.model.tts
+        tts.temp, tts.padding_bonus, tts.cfg_coef = 0.6, 0.0, 1.0
+        self.first, self.samples = None, 0
+        started = time.perf_counter()
+
+        def on_frame(frame):
+            if (frame != -1).all():
+                pcm = tts.mimi.decode(frame[:, 1:, :])
+                if self.first is None:
+                    self.first = time.perf_counter() - started
+                self.samples += pcm.shape[-1]
+
+        torch.manual_seed(0)
+        with torch.no_grad(), tts.mimi.streaming(self.batch):
+            tts.generate(self.entries, self.attributes, on_frame=on_frame)
+        _sync()
+
+
+def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) -> Iterator[Row]:
+    from .tts import Settings, chunks, generate, load_tts, resolve_voice
+
+    model = load_tts(plan.model, device=plan.device)
+    voice = resolve_voice(model, None)
+    text = " ".join(TEXT.split()[: plan.words])
+    subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]]]] = []
+
+    def ours():
+        speech = generate(model, chunks([text]), [voice], Settings(seed=plan.seed))
+        _sync()
+        return speech.first_audio, speech.samples
+
+    subjects.append(("moshikit speak", 1, ours))
+    if plan.reference:
+        for batch in plan.batch_sizes:
+            ref = _Reference(model, voice, text, batch)
+
+            def theirs(ref=ref):
+                ref()
+                return ref.first, ref.samples
+            subjects.append(("moshi TTSModel.generate (reference)", batch, theirs))
+    for _, _, fn in subjects:  # warm-up
+        fn()
+    walls: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
+    firsts: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
+    audio: dict[int, float] = {}
+    for _ in range(plan.repeats):
+        for i, (_, batch, fn) in enumerate(subjects):
+            t = clock()
+            first, samples = fn()
+            walls[i].append(clock() - t)
+            if first is not None:
+                firsts[i].append(first)
+            audio[i] = samples / 24000 * batch
+    task = f"speak {len(text.split())} words"
+    for i, (name, batch, _) in enumerate(subjects):
+        params = dict(batch=batch, device=model.device, words=len(text.split()))
+        yield throughput_row("tts", name, task, audio[i], walls[i], **params)
+        if firsts[i]:
+            yield latency_row("tts", name, "time to first audio", firsts[i], **params)

@@ -1,0 +1,241 @@
+"""Generating speech: moshi's TTS state machine and ``LMGen`` driven step by step over text that
+arrives chunk by chunk, decoded to audio as it is generated.
+
+This is ``moshi.models.tts.TTSModel.generate`` (same ``LMGen`` arguments, same hooks, same
+skipped depth-transformer steps, same stopping rule), run as one continuous stream whose
+script is fed lazily: before every step the queue of words holds at least the
+look-ahead the model reads (``second_stream_ahead`` + 1 words) or the whole rest of the
+text, so the model sees exactly what it would have seen with the whole script up front,
+and the same seed gives the same codes. Memory stays flat: the KV cache is a ring,
+audio leaves frame by frame, and only the words' timings are kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .text import Chunk, check_chunk
+from .voices import Voice
+
+
+@dataclass
+class WordTime:
+    text: str
+    start: float
+    end: float
+
+
+@dataclass
+class Speech:
+    """What one generation produced (the audio went to ``on_pcm``)."""
+
+    frames: int = 0  # audio frames (80 ms) sent out
+    samples: int = 0
+    words: list[WordTime] = field(default_factory=list)
+    characters: int = 0
+    steps: int = 0
+    ended: bool = True  # False when max_steps stopped it before the text was all spoken
+    seconds: float = 0.0  # wall time
+    first_audio: float | None = None  # wall seconds from the first text's arrival to the first audio frame
+    codes: list = field(default_factory=list)  # [K] int arrays per frame, when kept
+
+    @property
+    def duration(self) -> float:
+        return self.samples / 24000
+
+
+@dataclass
+class Settings:
+    temp: float = 0.6
+    cfg: float = 2.0
+    padding_bonus: float = 0.0
+    seed: int | None = None
+    max_steps: int | None = None
+    keep_codes: bool = False
+    decode: bool = True
+
+
+def condition_attributes(model, voices: list[Voice], cfg: float):
+    """(moshi's ``ConditionAttributes`` for ``voices`` at CFG strength ``cfg``, None); for
+    audio-prefix models ([], the voice as a prefix of codes)."""
+    tts = model.tts
+    if not model.multi_speaker:
+        return [], [tts.get_prefix(voices[0].path)] if voices else None
+    distilled = bool(tts.valid_cfg_conditionings)
+    if distilled and cfg not in tts.valid_cfg_conditionings:
+        from ..errors import UsageError
+
+        values = ", ".join(f"{v:g}" for v in sorted(tts.valid_cfg_conditionings))
+        raise UsageError(f"--cfg {cfg:g}: this model was trained for {values}")
+    return [tts.make_condition_attributes([v.path for v in voices], cfg_coef=cfg if distilled else None)], None
+
+
+def entries_of(model, chunk: Chunk) -> list:
+    """A chunk as moshi's script entries; the speaker token opens each turn, as in the whole script."""
+    from moshi.models.tts import script_to_entries
+
+    tts = model.tts
+    script = [""] * (chunk.turn % 2) + [chunk.text]
+    return script_to_entries(tts.tokenizer, tts.machine.token_ids, tts.mimi.frame_rate, script,
+                             multi_speaker=model.multi_speaker and chunk.first, padding_between=1)
+
+
+def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Settings | None = None, *,
+             on_pcm: Callable[[np.ndarray], None] | None = None,
+             on_word: Callable[[str, float], None] | None = None) -> Speech:
+    """Speak ``chunks`` (one continuous stream) with ``voices``; audio frames of 1920 float32
+    samples go to ``on_pcm`` as soon as they are decoded."""
+    import torch
+    from moshi.conditioners import dropout_all_conditions
+    from moshi.models.lm import LMGen
+
+    s = settings or Settings()
+    tts = model.tts
+    tts.temp, tts.padding_bonus = s.temp, s.padding_bonus
+    attributes, prefixes = condition_attributes(model, voices, s.cfg)
+    if not tts.valid_cfg_conditionings:  # CFG done at inference (no distilled strengths), as moshi does
+        tts.cfg_coef = s.cfg
+    if tts.cfg_coef != 1.0 and attributes:
+        attributes = list(attributes) + dropout_all_conditions(attributes)
+    condition_tensors = tts.lm.condition_provider.prepare_and_provide(attributes)
+    if s.seed is not None:
+        torch.manual_seed(s.seed)
+
+    machine, ids = tts.machine, tts.machine.token_ids
+    state = machine.new_state([])
+    ahead = machine.second_stream_ahead + 1
+    device = tts.lm.device
+    result = Speech()
+    source: Iterator[Chunk] = iter(chunks)
+    exhausted = False
+    offset = 0
+
+    first_text: float | None = None
+
+    def fill() -> None:
+        nonlocal exhausted, first_text
+        while not exhausted and sum(1 for e in state.entries if e.tokens) < ahead:
+            chunk = next(source, None)
+            if chunk is None:
+                exhausted = True
+                return
+            check_chunk(chunk.text, tts.tokenizer)
+            if first_text is None:
+                first_text = time.perf_counter()
+            result.characters += len(chunk.text)
+            state.entries.extend(entries_of(model, chunk))
+
+    text_prefix, audio_prefix, masked_until, prefix_frames = None, None, None, 0
+    if prefixes:
+        from collections import deque
+
+        prefix = prefixes[0]
+        prefix_frames = prefix.shape[-1]
+        masked_until = [prefix_frames + tts.delay_steps]
+        text_prefix = deque(prefix[0].cpu().tolist())
+        delays = [d + tts.delay_steps for d in tts.lm.delays[tts.lm.audio_offset:]]
+        audio_prefix = deque(delayed(prefix[tts.lm.audio_offset:], delays, ids.ungenerated).to(device).t())
+
+    def on_text_logits(logits):
+        if tts.padding_bonus:
+            logits[..., ids.pad] += tts.padding_bonus
+
+    def on_audio(tokens):
+        for q in range(tokens.shape[1]):
+            if offset < tts.lm.delays[q + tts.lm.audio_offset] + tts.delay_steps:
+                tokens[:, q] = ids.zero
+        if audio_prefix:
+            codes = audio_prefix.popleft()
+            tokens[0] = torch.where(codes != ids.ungenerated, codes, tokens[0])
+
+    def on_text(tokens):
+        if text_prefix:
+            out = text_prefix.popleft()
+        else:
+            before = len(state.transcript)
+            out, _ = machine.process(offset, state, int(tokens[0]))
+            if on_word is not None and len(state.transcript) > before:
+                on_word(state.transcript[-1][0], state.transcript[-1][1] / tts.mimi.frame_rate)
+        tokens[:] = torch.tensor([out], dtype=torch.long, device=tokens.device)
+
+    if not tts.multistream:
+        tts.lm.dep_q = tts.n_q
+    lm_gen = LMGen(tts.lm, temp=tts.temp, temp_text=tts.temp, cfg_coef=tts.cfg_coef,
+                   condition_tensors=condition_tensors, on_text_logits_hook=on_text_logits,
+                   on_text_hook=on_text, on_audio_hook=on_audio, cfg_is_masked_until=masked_until,
+                   cfg_is_no_text=True)
+    no_depformer = torch.full((1, tts.lm.dep_q, 1), ids.zero, dtype=torch.long, device=device)
+    missing = tts.lm.n_q - tts.lm.dep_q
+    inputs = torch.full((1, missing, 1), ids.zero, dtype=torch.long, device=device)
+    limit = s.max_steps or tts.max_gen_length
+    started = time.perf_counter()
+    frame_index = 0
+    fill()
+    if not state.entries:
+        from ..errors import UsageError
+
+        raise UsageError("nothing to say: the text is empty")
+    with torch.no_grad(), lm_gen.streaming(1), tts.mimi.streaming(1):
+        while True:
+            fill()
+            if state.end_step is not None and offset >= state.end_step + tts.delay_steps + tts.final_padding:
+                break
+            if offset >= limit:
+                result.ended = False
+                break
+            frame = lm_gen.step(inputs, depformer_replace_tokens=no_depformer if offset < tts.delay_steps else None)
+            offset += 1
+            if frame is None:
+                continue
+            frame_index += 1
+            if frame_index <= tts.delay_steps:
+                continue
+            codes = frame[:, 1:, :]
+            if s.keep_codes:
+                result.codes.append(codes[0, :, 0].cpu().numpy().astype(np.int64))
+            if s.decode:
+                pcm = np.clip(tts.mimi.decode(codes).cpu().numpy()[0, 0], -1, 1).astype(np.float32)
+                if frame_index - tts.delay_steps <= prefix_frames:
+                    continue
+                if result.first_audio is None:
+                    result.first_audio = time.perf_counter() - (first_text or started)
+                result.samples += pcm.size
+                if on_pcm is not None:
+                    on_pcm(pcm)
+            result.frames += 1
+    result.steps = offset
+    result.seconds = time.perf_counter() - started
+    if not s.decode:
+        result.samples = result.frames * 1920
+    result.words = word_times(state, tts.mimi.frame_rate, prefix_frames, state.end_step or offset)
+    return result
+
+
+def delayed(codes, delays: list[int], fill: int):
+    """``codes`` [K, T] with codebook k shifted right by ``delays[k]`` steps (the rest ``fill``)."""
+    import torch
+
+    k, t = codes.shape
+    out = torch.full((k, t + max(delays)), fill, device=codes.device, dtype=torch.long)
+    for q, d in enumerate(delays):
+        out[q, d:d + t] = codes[q]
+    return out
+
+
+def word_times(state, frame_rate: float, prefix_frames: int, end_step: int) -> list[WordTime]:
+    """Each word from the step the model took it (its start) to the step it took the next entry
+    (a word or a pause) or stopped: the model's own alignment, in output seconds."""
+    words: list[WordTime] = []
+    steps = list(state.consumption_times) + [end_step]
+    spoken = iter(state.transcript)
+    nxt = next(spoken, None)
+    for i, step in enumerate(state.consumption_times):
+        if nxt is not None and nxt[1] == step:
+            words.append(WordTime(nxt[0], (step - prefix_frames) / frame_rate,
+                                  (steps[i + 1] - prefix_frames) / frame_rate))
+            nxt = next(spoken, None)
+    return words

@@ -1,0 +1,136 @@
+"""Speech to files: audio (wav, flac, ogg) or Mimi tokens (``.mimi``), word timings (json, srt, vtt),
+atomically; many text files in one run, resumable."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from ..errors import MoshikitError, UsageError
+from .engine import Settings, Speech, generate
+from .text import Chunk
+
+OUTPUT_FORMATS = ("wav", "flac", "ogg", "mimi")
+WORD_FORMATS = ("json", "srt", "vtt")
+TEXT_EXTENSIONS = (".txt",)
+
+
+def output_format(path: str | Path) -> str:
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in OUTPUT_FORMATS:
+        raise UsageError(f"{path}: cannot write {ext or 'a file without extension'!r} "
+                         f"(choose .{', .'.join(OUTPUT_FORMATS)})")
+    return ext
+
+
+def words_format(path: str | Path) -> str:
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in WORD_FORMATS:
+        raise UsageError(f"--words {path}: choose a .json, .srt or .vtt file")
+    return ext
+
+
+def transcript_of(speech: Speech, source: str, model: dict | None = None):
+    """The words as a ``Transcript`` (the same renderers as ``transcribe``'s json/srt/vtt)."""
+    from ..transcript import Transcript, Word, segment
+
+    end = speech.duration
+    words = [Word(w.text, max(0.0, w.start), min(max(w.end, w.start), end) if end else w.end)
+             for w in speech.words]
+    return Transcript(source, end, words, segment(words), [], model or {})
+
+
+def write_words(speech: Speech, path: str | Path, source: str, model: dict | None = None) -> Path:
+    from ..atomic import write_text
+    from ..transcript import render
+
+    return write_text(path, render(transcript_of(speech, source, model), words_format(path)))
+
+
+def speak_to_file(model, chunks: Iterable[Chunk], voices, output: str | Path | None, settings: Settings | None = None,
+                  *, words: str | Path | None = None, source: str = "<text>",
+                  on_pcm: Callable | None = None, on_audio: Callable[[float], None] | None = None,
+                  on_word: Callable | None = None) -> Speech:
+    """Generate and write ``output`` (audio streamed to it as generated, or tokens at the end) and
+    ``words``; both appear only complete. ``output`` None: audio only to ``on_pcm`` (``--play``)."""
+    import numpy as np
+
+    settings = settings or Settings()
+    fmt = output_format(output) if output is not None else None
+    if words is not None:
+        words_format(words)
+    if fmt == "mimi":
+        settings.keep_codes = True
+
+    def fan_out(writer):
+        def push(pcm):
+            if writer is not None:
+                writer.write(pcm[None])
+            if on_pcm is not None:
+                on_pcm(pcm)
+            if on_audio is not None:
+                on_audio(pcm.size / 24000)
+        return push
+
+    if fmt in (None, "mimi"):
+        speech = generate(model, chunks, voices, settings, on_pcm=fan_out(None), on_word=on_word)
+    else:
+        from ..audio import AudioWriter
+
+        with AudioWriter(Path(output), model.sample_rate, 1, fmt) as writer:
+            speech = generate(model, chunks, voices, settings, on_pcm=fan_out(writer), on_word=on_word)
+    if fmt == "mimi":
+        from .. import __version__
+        from ..tokens import TokenHeader, write_tokens
+
+        codes = np.stack(speech.codes, axis=-1) if speech.codes else np.zeros((model.tts.n_q, 0), np.int64)
+        header = TokenHeader(num_codebooks=int(codes.shape[0]), frames=int(codes.shape[1]),
+                             num_samples=int(codes.shape[1]) * 1920, backend="torch",
+                             source={"name": source, "kind": "tts", "model": model.name},
+                             moshikit_version=__version__)
+        write_tokens(Path(output), codes, header)
+    if words is not None:
+        write_words(speech, words, source, model.describe())
+    return speech
+
+
+# ---------------------------------------------------------------- many files
+
+
+@dataclass
+class BatchOptions:
+    suffix: str = ".wav"
+    words: str | None = None  # a word-timings format written beside each output (json, srt, vtt)
+    overwrite: bool = False
+    settings: Settings = field(default_factory=Settings)
+
+
+def word_path(output: Path, fmt: str | None) -> Path | None:
+    return output.with_suffix(f".{fmt}") if fmt else None
+
+
+def speak_files(jobs: Sequence, model, voices, opts: BatchOptions,
+                on_audio: Callable[[float], None] | None = None) -> Iterator:
+    """Speak planned jobs (``codec.plan`` over .txt files); yield FileResults. Finished outputs are
+    skipped (a rerun resumes), a bad file fails alone, outputs appear only complete."""
+    from ..codec import FileResult, job_failed
+    from .text import chunks, read_blocks
+
+    for job in jobs:
+        words = word_path(job.output, opts.words)
+        if not opts.overwrite and job.output.exists() and (words is None or words.exists()):
+            yield FileResult(job.source, str(job.output), "skipped")
+            continue
+        started = time.perf_counter()
+        settings = replace(opts.settings, keep_codes=False)
+        try:
+            job.output.parent.mkdir(parents=True, exist_ok=True)
+            speech = speak_to_file(model, chunks(read_blocks(job.source)), voices, job.output, settings,
+                                   words=words, source=job.source, on_audio=on_audio)
+        except MoshikitError as exc:
+            yield job_failed(job, exc)
+            continue
+        yield FileResult(job.source, str(job.output), "done", audio_seconds=speech.duration, frames=speech.frames,
+                         seconds=time.perf_counter() - started)

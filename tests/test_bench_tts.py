@@ -1,0 +1,27 @@
+"""bench tts: moshikit's generation and moshi's TTSModel.generate, side by side in one run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moshikit.cli.app import main
+
+
+@pytest.mark.slow
+def test_bench_tts_rows(mimi_weights, tmp_path, capsys, one_torch_thread):
+    out = tmp_path / "tts.json"
+    code = main(["bench", "tts", "--synthetic", "--words", "3", "--repeats", "1", "--batch-sizes", "1,2",
+                 "--json", str(out)])
+    assert code in (0, None), capsys.readouterr().err
+    rows = json.loads(out.read_text())["rows"]
+    got = {(r["name"], r["task"], r["params"]["batch"]): r for r in rows}
+    assert set(got) == {("moshikit speak", "speak 3 words", 1), ("moshikit speak", "time to first audio", 1),
+                        ("moshi TTSModel.generate (reference)", "speak 3 words", 1),
+                        ("moshi TTSModel.generate (reference)", "time to first audio", 1),
+                        ("moshi TTSModel.generate (reference)", "speak 3 words", 2),
+                        ("moshi TTSModel.generate (reference)", "time to first audio", 2)}
+    for r in rows:
+        assert r["stage"] == "tts" and r["stats"]["p50"] > 0
+        assert r["unit"] == ("ms" if r["task"] == "time to first audio" else "x real time")
