@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
@@ -117,7 +116,7 @@ def speak(
 
         return _list_voices(out, checkpoint_voices(model, revision=revision))
     m = _load(out, model, device, dtype, revision)
-    turns, voices, chunks, source = _script(m, text, text_file, dialogue, voice, stream)
+    turns, voices, chunks, source = _script(out, m, text, text_file, dialogue, voice, stream)
     _one(out, m, chunks, voices, output, words, settings, speaker, source, stream)
 
 
@@ -145,10 +144,10 @@ def _list_voices(out, m) -> None:
                     "(or name a voice with --voice and it is fetched)")
         return
     out.message(f"[dim]{len(names)} voices ({where}):[/]")
-    sys.stdout.write("".join(n + "\n" for n in names))
+    out.write("".join(n + "\n" for n in names))
 
 
-def _script(m, text, text_file, dialogue, voice, stream):
+def _script(out, m, text, text_file, dialogue, voice, stream):
     """(turns, voices, chunks, source name) for the one input given."""
     from ..catalog import DEFAULT_TTS_VOICE
     from ..errors import UsageError
@@ -173,8 +172,8 @@ def _script(m, text, text_file, dialogue, voice, stream):
         return None, voices, T.chunks(T.read_blocks(text_file)), text_file
     if text == "-":
         if stream:
-            return None, voices, T.words_as_they_come(_stdin_blocks()), "<stdin>"
-        return None, voices, T.chunks(_stdin_blocks()), "<stdin>"
+            return None, voices, T.words_as_they_come(_stdin_blocks(out)), "<stdin>"
+        return None, voices, T.chunks(_stdin_blocks(out)), "<stdin>"
     return None, voices, T.chunks([text]), "<text>"
 
 
@@ -187,12 +186,12 @@ def _second_voice(m) -> str:
     return others[0] if others else "expresso/ex04-ex02_narration_001_channel1_674s.wav"
 
 
-def _stdin_blocks():
+def _stdin_blocks(out):
     """Standard input as it arrives (not line-buffered: an LLM's words come through at once)."""
     import codecs
 
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    raw = sys.stdin.buffer
+    raw = out.env.stdin.buffer
     while True:
         data = raw.read1(4096)
         if not data:
@@ -210,7 +209,7 @@ def _one(out, m, chunks, voices, output, words, settings, speaker, source, strea
 
     import time
 
-    show = not out.json_mode and sys.stderr.isatty()
+    show = not out.json_mode and out.err.is_terminal
     state = {"audio": 0.0, "words": 0, "start": time.perf_counter()}
 
     def on_word(word: str, at: float) -> None:
@@ -220,8 +219,7 @@ def _one(out, m, chunks, voices, output, words, settings, speaker, source, strea
         state["audio"] += seconds
         if show:
             speed = state["audio"] / max(1e-9, time.perf_counter() - state["start"])
-            sys.stderr.write(f"\r{state['words']} words, {state['audio']:6.1f} s of audio, {speed:.2f}x real time ")
-            sys.stderr.flush()
+            out.write(f"\r{state['words']} words, {state['audio']:6.1f} s of audio, {speed:.2f}x real time ", err=True)
 
     with speaker if speaker is not None else contextlib.nullcontext():
         if speaker is not None:
@@ -230,7 +228,7 @@ def _one(out, m, chunks, voices, output, words, settings, speaker, source, strea
                                on_pcm=speaker.push if speaker is not None else None, on_audio=on_audio,
                                on_word=on_word)
     if show:
-        sys.stderr.write("\n")
+        out.write("\n", err=True)
     summary = {
         "output": output, "words_file": words, "model": m.name, "voices": [v.name for v in voices],
         "characters": speech.characters, "words": len(speech.words), "audio_seconds": round(speech.duration, 3),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
@@ -144,7 +143,7 @@ def _files(out, inputs, output, text, stereo, fmt, include, overwrite, piece_sec
     opts = lib.TranslateOptions(formats=formats, overwrite=overwrite, max_piece_seconds=piece_seconds,
                                 min_piece_seconds=piece_seconds / 2)
     live = len(jobs) == 1 and not out.json_mode
-    on_text = _printer() if live else None
+    on_text = _printer(out) if live else None
 
     def work(tick):
         if single and (text or stereo):
@@ -152,7 +151,7 @@ def _files(out, inputs, output, text, stereo, fmt, include, overwrite, piece_sec
             return
         for result in lib.translate_files(jobs, tr, opts, on_audio=tick, on_text=on_text):
             if live:
-                sys.stderr.write("\n")
+                out.write("\n", err=True)
             yield result
 
     summary = run_batch(out, "translate", len(jobs), None, work, failed, progress=not live)
@@ -183,15 +182,14 @@ def _single(tr, job, text, stereo, opts, tick, on_text):
     except MoshikitError as exc:
         return FileResult(job.source, None, "failed", str(exc))
     if on_text is not None:
-        sys.stderr.write("\n")
+        on_text("\n")
     return FileResult(job.source, str(named[0]), "done", audio_seconds=r.duration, frames=r.steps,
                       seconds=time.perf_counter() - started)
 
 
-def _printer():
+def _printer(out):
     def show(piece: str) -> None:
-        sys.stderr.write(piece)
-        sys.stderr.flush()
+        out.write(piece, err=True)
 
     return show
 
@@ -210,11 +208,11 @@ def _live(out, load, input_device, output_device, duration) -> None:
     engine = lib.LocalEngine(conv)
     cfg = lib.LiveConfig(input_device=input_device, output_device=output_device, aec=False, duration=duration)
     try:
-        state = lib.run_live(engine, cfg, on_text=None if out.json_mode else _printer())
+        state = lib.run_live(engine, cfg, on_text=None if out.json_mode else _printer(out))
     finally:
         engine.close()
     if not out.json_mode:
-        sys.stderr.write("\n")
+        out.write("\n", err=True)
     summary = {"seconds": round(state.elapsed, 2), "steps": state.steps, "dropped_in": state.dropped_in,
                "text": state.text.strip(), "pieces": state.pieces}
     if out.json_mode:
