@@ -337,7 +337,7 @@ def test_a_client_that_leaves_replies_unread_is_dropped(served):
     srv = serve.ChatServer(served[1].conv, serve.ServeConfig(max_output_seconds=0.1))
 
     async def run():
-        s = serve._Session(0, None, "peer", None, sphn.OpusStreamWriter(24000), asyncio.Queue(4))
+        s = serve.Session(0, None, "peer", None, sphn.OpusStreamWriter(24000), asyncio.Queue(4))
         srv.slots[0] = s
         frame = Frame(np.zeros((1, F), np.float32), np.array([5]), ["hi"], 0, 0.0)
         for _ in range(3):  # two messages a frame (audio, text): the third frame overflows

@@ -1,0 +1,329 @@
+"""The chat server: the aiohttp app, each session's receive and send loops, and the engine
+that steps every slot of the batched conversation one 80 ms frame at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import wire
+from ..backends.base import SamplingControl
+from ..conversation import Conversation
+from ..errors import UsageError
+from .session import Drop, FRAME, FRAMES_PER_SECOND, ServeConfig, Session
+
+
+class ChatServer:
+    """The aiohttp application around one batched ``Conversation``."""
+
+    def __init__(self, conv: Conversation, config: ServeConfig | None = None, *,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.conv = conv
+        self.cfg = config or ServeConfig()
+        self.batch = conv.batch_size
+        self.slots: list[Session | None] = [None] * self.batch
+        self.stats: collections.Counter = collections.Counter()
+        self._log = log or (lambda msg: None)
+        self._executor: ThreadPoolExecutor | None = None
+        self._wake: asyncio.Event | None = None
+        self._engine: asyncio.Task | None = None
+        # the server's own sampling; None: this LM's cannot change per session
+        self.base_sampling = conv.lm.sampling if isinstance(conv.lm, SamplingControl) else None
+
+    # ------------------------------------------------------------------ the application
+
+    def app(self):
+        from aiohttp import web
+
+        # --- web page and access (moshikit.webpage, moshikit.access)
+        from .. import access, webpage
+
+        middlewares = [access.middleware(self.cfg.token, self._log)] if self.cfg.token else []
+        app = web.Application(client_max_size=self.cfg.max_message, middlewares=middlewares)
+        app.router.add_get("/api/chat", self.handle_chat)
+        app.router.add_get("/api/info", self._info)
+        static = self.cfg.static
+        if static and not (Path(static) / "index.html").is_file():
+            raise UsageError(f"{static}: no index.html in this directory (--static wants a built web client)")
+        webpage.add_routes(app, Path(static) if static else None)
+        # --- end of web page and access
+        app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._shutdown)
+        return app
+
+    async def _info(self, request):
+        from aiohttp import web
+
+        busy = sum(s is not None for s in self.slots)
+        return web.Response(text=f"moshikit serve: a Moshi chat server. Connect a client to "
+                                 f"/api/chat over WebSocket ({busy}/{self.batch} sessions in use).\n")
+
+    async def _startup(self, _app) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="moshikit-model")
+        self._wake = asyncio.Event()
+        self._engine = asyncio.ensure_future(self._run_engine())
+
+    async def _shutdown(self, _app) -> None:
+        for s in list(self.slots):
+            if s is not None:
+                self._drop(s, 1001, "the server is shutting down")
+        if self._engine is not None:
+            self._engine.cancel()
+            try:
+                await self._engine
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        await asyncio.sleep(0.1)  # let the handlers send their close frames
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ one session
+
+    async def handle_chat(self, request):
+        import sphn
+        from aiohttp import web
+
+        # --- per-session sampling (moshikit.chatparams)
+        from .. import access, chatparams
+
+        peer = request.remote or "?"
+        try:
+            sampling = (chatparams.session_sampling(self.base_sampling, request.query)
+                        if self.base_sampling is not None else None)
+        except chatparams.BadParameter as exc:
+            self._log(f"refused {peer}: {exc}")
+            return await access.refuse_websocket(request, f"bad parameter: {exc}")
+        if sampling is not None and self.batch > 1:
+            self._log(f"{peer}: sampling parameters ignored (the {self.batch} sessions of a batch share one)")
+            sampling = None
+        # --- end of per-session sampling
+        ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message, heartbeat=self.cfg.heartbeat)
+        await ws.prepare(request)
+        slot = next((i for i, s in enumerate(self.slots) if s is None), None)
+        if slot is None:
+            self.stats["refused"] += 1
+            self._log(f"refused {peer}: all {self.batch} session(s) in use")
+            what = "another session is running" if self.batch == 1 else f"all {self.batch} sessions are in use"
+            try:
+                await asyncio.wait_for(ws.send_bytes(wire.error_message(f"busy: {what}, try again later")), 2.0)
+                await asyncio.wait_for(ws.close(code=1013, message=b"busy"), 2.0)
+            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                pass
+            return ws
+        out_limit = max(4, int(self.cfg.max_output_seconds * FRAMES_PER_SECOND * 2))
+        sess = Session(slot, ws, peer, sphn.OpusStreamReader(wire.SAMPLE_RATE),
+                        sphn.OpusStreamWriter(wire.SAMPLE_RATE), asyncio.Queue(out_limit))
+        sess.sampling = sampling
+        self.slots[slot] = sess
+        self.stats["sessions"] += 1
+        self._log(f"session from {peer} on slot {slot}")
+        reason = "client left"
+        try:
+            await ws.send_bytes(wire.message(wire.HANDSHAKE))
+            sess.sender = asyncio.ensure_future(self._send_loop(sess))
+            sess.reader = asyncio.ensure_future(self._recv_loop(sess))
+            try:
+                await sess.reader
+            except asyncio.CancelledError:
+                if sess.drop is None:  # the handler itself is cancelled
+                    raise
+                raise Drop(*sess.drop) from None
+        except Drop as exc:
+            reason = exc.reason
+            self._release(sess)
+            self.stats["dropped"] += 1
+            # Closed here, where nothing else reads the socket, so close() can wait for
+            # the peer's answer (closing under a pending read resets the connection).
+            await self._close(sess, exc.code, exc.reason)
+        except (ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+            reason = f"connection lost ({type(exc).__name__})"
+        finally:
+            self._release(sess)
+            secs = time.monotonic() - sess.started
+            self._log(f"session from {peer} ended after {secs:.1f} s ({sess.frames_in} frames in, "
+                      f"{sess.frames_out} out, {sess.late} late): {reason}")
+        return ws
+
+    async def _recv_loop(self, s: Session) -> None:
+        from aiohttp import WSMsgType
+
+        guard = wire.OggGuard()
+        max_in = max(1, int(self.cfg.max_input_seconds * FRAMES_PER_SECOND))
+        async for msg in s.ws:
+            if s.closed:
+                return
+            if msg.type == WSMsgType.ERROR:
+                self.stats["errors"] += 1
+                return
+            if msg.type != WSMsgType.BINARY:
+                raise Drop(1003, "this protocol uses binary messages only")
+            data = msg.data
+            if not data:
+                continue
+            kind, payload = data[0], data[1:]
+            if kind == wire.AUDIO:
+                try:
+                    if guard.packets(payload) > wire.MAX_PACKETS_PER_MESSAGE:
+                        raise Drop(1009, "too much audio in one message")
+                    pcm = s.opus_in.append_bytes(payload)
+                except ValueError as exc:
+                    raise Drop(1003, f"audio must be an Ogg Opus stream ({str(exc)[:80]})") from None
+                self._queue_audio(s, np.asarray(pcm, np.float32).reshape(-1))
+                while len(s.inbox) > max_in and not s.closed:
+                    s.space.clear()
+                    await s.space.wait()
+            elif kind == wire.CONTROL and payload[:1] == bytes([wire.CONTROL_RESTART]):
+                s.inbox.clear()
+                s.pending = np.zeros(0, np.float32)
+                s.fresh = True
+            elif kind in (wire.HANDSHAKE, wire.TEXT, wire.CONTROL, wire.METADATA, wire.PING, wire.ERROR):
+                continue  # what the web client may send; nothing to do with it
+            else:
+                raise Drop(1003, f"unknown message kind {kind}")
+
+    def _queue_audio(self, s: Session, pcm: np.ndarray) -> None:
+        if not pcm.size:
+            return
+        now = time.monotonic()
+        s.last_input = now
+        buf = np.concatenate([s.pending, pcm]) if s.pending.size else pcm
+        n = buf.size // FRAME
+        if n and not s.inbox:
+            s.first_queued = now
+        for i in range(n):
+            s.inbox.append(buf[i * FRAME : (i + 1) * FRAME])
+        s.pending = buf[n * FRAME :].copy()
+        if n and self._wake is not None:
+            self._wake.set()
+
+    async def _send_loop(self, s: Session) -> None:
+        try:
+            while True:
+                msg = await s.outbox.get()
+                await s.ws.send_bytes(msg)
+        except (ConnectionError, RuntimeError):
+            self._release(s)
+
+    def _release(self, s: Session) -> None:
+        """Free the session's slot (at once: the next client may take it)."""
+        s.closed = True
+        s.space.set()
+        if 0 <= s.slot < len(self.slots) and self.slots[s.slot] is s:
+            self.slots[s.slot] = None
+        if s.sender is not None and asyncio.current_task() is not s.sender:
+            s.sender.cancel()
+
+    def _drop(self, s: Session, code: int, reason: str) -> None:
+        """Free the session's slot now and have its handler close the socket with ``reason``."""
+        self._release(s)
+        if s.drop is None:
+            s.drop = (code, reason)
+            if s.reader is not None and not s.reader.done():
+                s.reader.cancel()
+
+    @staticmethod
+    async def _close(s: Session, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(s.ws.send_bytes(wire.error_message(reason)), 1.0)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+        try:
+            await asyncio.wait_for(s.ws.close(code=code, message=reason.encode()[:120]), 2.0)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+
+    # ------------------------------------------------------------------ the model loop
+
+    async def _run_engine(self) -> None:
+        loop = asyncio.get_running_loop()
+        waited_late = False
+        while True:
+            now = time.monotonic()
+            for s in [s for s in self.slots if s is not None]:
+                if now - s.last_input > self.cfg.idle_timeout:
+                    self._drop(s, 1000, f"no audio for {self.cfg.idle_timeout:g} s")
+            active = [s for s in self.slots if s is not None]
+            ready = [s for s in active if s.inbox]
+            # Wait for the streams that are on time; one already late is not waited for
+            # again until it catches up, so a stalled client delays the others only once.
+            waited = [s for s in active if not s.behind]
+            if not ready or (any(not s.inbox for s in waited)
+                             and now - min(s.first_queued for s in ready) < self.cfg.late_seconds):
+                wait = min(1.0, self.cfg.idle_timeout / 4)
+                if ready:
+                    waited_late = True
+                    wait = max(0.001, self.cfg.late_seconds - (now - min(s.first_queued for s in ready)))
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            if waited_late:  # this step waited for a stream that had no audio yet
+                self.stats["late_waits"] += 1
+                waited_late = False
+            frames = np.zeros((self.batch, FRAME), np.float32)
+            fresh = np.zeros(self.batch, bool)
+            occupants = list(self.slots)
+            for b, s in enumerate(occupants):
+                if s is None:
+                    continue
+                fresh[b], s.fresh = s.fresh, False
+                if s.inbox:
+                    frames[b] = s.inbox.popleft()
+                    s.frames_in += 1
+                    self.stats["frames_in"] += 1
+                    s.first_queued = s.last_input = time.monotonic()  # idle counts from an empty queue
+                    s.space.set()
+                    s.behind = False
+                else:
+                    s.behind = True
+                    s.late += 1
+                    self.stats["late_frames"] += 1
+            try:
+                own = occupants[0].sampling if self.batch == 1 and occupants[0] is not None else None
+                frame = await loop.run_in_executor(self._executor, self._step, frames, fresh, own)
+            except Exception as exc:  # noqa: BLE001 (a model failure ends the sessions, not the server)
+                self._log(f"model step failed: {type(exc).__name__}: {exc}")
+                for s in occupants:
+                    if s is not None:
+                        self._drop(s, 1011, "the model failed")
+                continue
+            self.stats["steps"] += 1
+            for b, s in enumerate(occupants):
+                if s is not None and self.slots[b] is s and not s.closed:
+                    self._emit(s, frame, b)
+
+    def _step(self, frames: np.ndarray, fresh: np.ndarray, sampling=None):
+        if fresh.any():
+            if self.batch == 1:
+                if self.base_sampling is not None:
+                    self.conv.lm.set_sampling(sampling or self.base_sampling)  # this session's, else the server's
+                self.conv.reset()
+            else:
+                self.conv.reset_slots(fresh)
+        return self.conv.step(frames)
+
+    def _emit(self, s: Session, frame, b: int) -> None:
+        if frame.tokens is None or int(frame.tokens[b]) < 0:
+            return  # the LM's delay is still filling for this stream
+        msgs = []
+        data = s.opus_out.append_pcm(np.ascontiguousarray(frame.pcm[b], dtype=np.float32))
+        if data:
+            msgs.append(wire.message(wire.AUDIO, data))
+        if frame.text[b]:
+            msgs.append(wire.text_message(frame.text[b]))
+        s.frames_out += 1
+        self.stats["frames_out"] += 1
+        for m in msgs:
+            try:
+                s.outbox.put_nowait(m)
+            except asyncio.QueueFull:
+                self._drop(s, 1008, f"the client left more than {self.cfg.max_output_seconds:g} s of replies unread")
+                return

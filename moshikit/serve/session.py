@@ -1,0 +1,65 @@
+"""What the server knows of one client: its configuration limits, its slot, queues and Opus state."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import wire
+
+
+FRAME = wire.FRAME
+FRAMES_PER_SECOND = wire.SAMPLE_RATE / FRAME
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8998  # moshi's default; 0 picks a free port
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+    static: str | None = None  # a directory with a web client (index.html) to serve at /
+    idle_timeout: float = 30.0
+    max_message: int = 1 << 16
+    max_input_seconds: float = 2.0
+    max_output_seconds: float = 10.0
+    late_seconds: float = 0.2
+    heartbeat: float | None = 20.0  # WebSocket pings; a peer that stops answering is dropped
+    token: str | None = None  # required on / and /api/chat when set (see access)
+
+
+@dataclass
+class Session:
+    slot: int
+    ws: object
+    peer: str
+    opus_in: object
+    opus_out: object
+    outbox: asyncio.Queue
+    inbox: collections.deque = field(default_factory=collections.deque)
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    space: asyncio.Event = field(default_factory=asyncio.Event)
+    fresh: bool = True
+    closed: bool = False
+    started: float = field(default_factory=time.monotonic)
+    last_input: float = field(default_factory=time.monotonic)
+    first_queued: float = 0.0
+    frames_in: int = 0
+    frames_out: int = 0
+    late: int = 0
+    behind: bool = False  # its last frame came late: not waited for until it catches up
+    sender: asyncio.Task | None = None
+    reader: asyncio.Task | None = None
+    drop: tuple[int, str] | None = None
+    sampling: object | None = None  # the session's own SamplingConfig (batch 1), None: the server's
+
+
+class Drop(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
