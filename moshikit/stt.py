@@ -288,7 +288,8 @@ def _run(model: SttModel, pending: Iterator[Stream], batch: int, chunk: int, *, 
                 codes[b] = encoders[b].encode(pcm[b : b + 1])[0, :k]
         else:
             codes = codec.encode_step(pcm)[:, :k]
-        for i in range(chunk):
+        # Frames past every slot's last real one would only step padding (a batch's last chunk).
+        for i in range(int(real.max())):
             tokens, probs = lm.step_heads(codes[:, :, i]) if heads else (lm.step(codes[:, :, i]), None)
             if tokens is None:
                 continue
