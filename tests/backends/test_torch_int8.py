@@ -115,3 +115,18 @@ def test_int8_is_refused_off_the_cpu(random_repo):
 
     with pytest.raises(BackendError, match="CPU only"):
         torch_lm.TorchLM(torch_lm.resolve_repo(random_repo), device="meta", dtype="int8")
+
+
+def test_info_says_which_precision_transcribe_uses_on_this_cpu(capsys, monkeypatch):
+    import json
+
+    from moshikit.cli.app import main
+
+    monkeypatch.setattr(cpu_precision, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni", "amx_int8"}))
+    assert main(["info", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    if data["platform"]["cuda"] or data["platform"]["apple_silicon"]:
+        pytest.skip("a GPU machine: transcribe runs there")
+    p = data["cpu_precision"]
+    assert p["kernels"] == ["AMX int8", "AVX-512 VNNI", "AVX2"] and p["int8_kernels"] is True
+    assert p["transcribe"].startswith("int8 weights for checkpoints of 200 MB")
