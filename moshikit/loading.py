@@ -34,10 +34,14 @@ class LoadedModel:
 
 def load_lm_and_codec(model: str | None, *, kind: str, check_config: Callable[[dict | None, str], Any],
                       backend: str | None = None, device: str | None = None, dtype: str | None = None,
-                      sampling=None, codec_backend: str | None = None,
-                      revision: str | None = None, variant: str | None = None) -> LoadedModel:
+                      sampling=None, codec_backend: str | None = None, revision: str | None = None,
+                      variant: str | None = None,
+                      choose_dtype: Callable[[str | None, str | None, Any, str], str | None] | None = None
+                      ) -> LoadedModel:
     """Resolve ``model`` as a checkpoint of ``kind`` (``moshi``, ``stt``), check its config with
     ``check_config(config, source)`` before any weights are read, and load LM and codec.
+    ``choose_dtype(dtype, device, repo, backend)``, if given, picks the LM's dtype once the
+    checkpoint's files are known (e.g. int8 weights for a large model on a CPU).
 
     A config.json that moshi's builder cannot build is one ``ModelError`` naming the source.
     """
@@ -53,6 +57,8 @@ def load_lm_and_codec(model: str | None, *, kind: str, check_config: Callable[[d
     repo = resolve_repo(resolved.path if resolved.path.is_dir() and resolved.config_path else
                         (resolved.config_path or resolved.path))
     checked = check_config(repo.config, str(model if model not in (None, hub.SYNTHETIC) else repo.source))
+    if choose_dtype is not None:
+        dtype = choose_dtype(dtype, choice.device, repo, choice.backend)
     try:
         lm = registry.module("lm", choice.backend).load(repo, device=dev, dtype=dtype, sampling=sampling)
     except (AssertionError, KeyError, TypeError, ValueError) as exc:  # moshi's builder on a foreign config

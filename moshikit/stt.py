@@ -59,6 +59,7 @@ class SttModel:
     prefix: float  # audio_silence_prefix_seconds
     name: str = ""
     codec_weights: str = ""
+    precision_reason: str = ""  # why the LM runs in its precision (cpu_precision.choose)
 
     @property
     def prefix_frames(self) -> int:
@@ -74,12 +75,17 @@ class SttModel:
         return self.prefix_frames / FRAME_RATE + self.delay
 
     @property
+    def precision(self) -> str:
+        """What the LM's weights run in (int8, bf16, fp16, fp32), where the backend says."""
+        return str(getattr(self.lm, "precision", None) or "")
+
+    @property
     def slot_reset(self) -> bool:
         return isinstance(self.lm, StreamsLMBackend) and isinstance(self.codec, SlotResetCodec)
 
     def describe(self) -> dict:
         return {"name": self.name, "lm_backend": self.lm.info.backend, "codec_backend": self.codec.info.backend,
-                "device": self.lm.info.device, "audio_delay_seconds": self.delay,
+                "device": self.lm.info.device, "precision": self.precision, "audio_delay_seconds": self.delay,
                 "audio_silence_prefix_seconds": self.prefix}
 
 
@@ -88,15 +94,24 @@ def load_stt(model: str | None = None, *, backend: str | None = None, codec_back
     """Resolve (``--model``: path, catalog name such as ``stt``/``stt-en``, or repo id) and load."""
     from .loading import load_lm_and_codec
 
+    from .cpu_precision import choose
+
+    picked: list = []
+
+    def choose_dtype(dtype, dev, repo, lm_backend):
+        picked.append(choose(dtype, dev, repo.moshi_weights, lm_backend))
+        return picked[-1].dtype
+
     loaded = load_lm_and_codec(model, kind="stt", check_config=check_stt_config, backend=backend, device=device,
-                               dtype=dtype, codec_backend=codec_backend, revision=revision)
+                               dtype=dtype, codec_backend=codec_backend, revision=revision,
+                               choose_dtype=choose_dtype)
     lm, repo, stt_config = loaded.lm, loaded.repo, loaded.config_check
     if lm.info.dep_q != 0:
         raise ModelError(f"{repo.source} is not a speech-to-text checkpoint (it generates audio)")
     return SttModel(loaded.codec, lm, loaded.tokenizer, float(stt_config.get("audio_delay_seconds", 0.5)),
                     float(stt_config.get("audio_silence_prefix_seconds", 0.0)),
                     str(repo.source if model in (None, "synthetic") else model),
-                    str(repo.mimi_weights))
+                    str(repo.mimi_weights), picked[-1].reason if picked else "")
 
 
 # ---------------------------------------------------------------- one stream
@@ -273,7 +288,8 @@ def _run(model: SttModel, pending: Iterator[Stream], batch: int, chunk: int, *, 
                 codes[b] = encoders[b].encode(pcm[b : b + 1])[0, :k]
         else:
             codes = codec.encode_step(pcm)[:, :k]
-        for i in range(chunk):
+        # Frames past every slot's last real one would only step padding (a batch's last chunk).
+        for i in range(int(real.max())):
             tokens, probs = lm.step_heads(codes[:, :, i]) if heads else (lm.step(codes[:, :, i]), None)
             if tokens is None:
                 continue

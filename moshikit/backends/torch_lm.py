@@ -97,6 +97,21 @@ def _torch_dtype(torch, dtype, device: str):
     return dtype
 
 
+def _file_dtype(path) -> str | None:
+    """``fp32`` when a safetensors file holds float32 tensors (load it so: nothing is rounded
+    before quantising), ``bf16`` for a bf16/fp16 file (the published ones), None if unknown."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    except (OSError, ValueError, struct.error):
+        return None
+    kinds = {v.get("dtype") for k, v in header.items() if isinstance(v, dict) and k != "__metadata__"}
+    return "fp32" if "F32" in kinds else "bf16"
+
+
 class _Rng:
     """A private random stream for LMGen's sampling, swapped in around each step.
 
@@ -164,11 +179,21 @@ class TorchLM:
         dev = pick_device(device)
         self.repo = repo
         self.checkpoint = checkpoint_info(repo)
-        self.dtype = _torch_dtype(torch, dtype, dev)
+        int8 = dtype == "int8"  # 8-bit weights (CPU): loaded in bf16, then quantised (torch_int8)
+        if int8 and str(dev).split(":")[0] != "cpu":
+            raise BackendError("--dtype int8 runs on the CPU only", hint="use bf16 or fp16 on a GPU")
+        self.dtype = _torch_dtype(torch, (_file_dtype(repo.moshi_weights) or "bf16") if int8 else dtype, dev)
         try:
             self.model = load_moshi_model(self.checkpoint, dev, self.dtype)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise ModelError(f"{repo.moshi_weights}: cannot load as a Moshi LM: {str(exc).splitlines()[0]}") from None
+        if int8:
+            from .torch_int8 import quantize_lm
+
+            quantize_lm(self.model)
+            self.dtype = torch.float32
+        #: What the weights run in: int8, bf16, fp16 or fp32.
+        self.precision = "int8" if int8 else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
         cp = self.model.condition_provider
         #: Hibiki's ``description`` conditioner: "very_good", and "very_bad" for classifier-free guidance.
         self.conditioned = bool(cp is not None and cp.conditioners)

@@ -191,27 +191,50 @@ def chat(
 @bench_app.command("stt")
 def stt(
     synthetic: SyntheticOpt = False,
+    lm_size: Annotated[str, typer.Option("--lm-size", help="With --synthetic: tiny (seconds to build) or full "
+                                                           "(the published architecture of -m stt|stt-en).")] = "tiny",
     model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
-                                                 help="An STT checkpoint (default: stt).")] = None,
+                                                 help="An STT checkpoint (default: stt); with --synthetic "
+                                                      "--lm-size full: stt or stt-en.")] = None,
     backend: Annotated[Optional[str], typer.Option("--backend", "-b", show_default=False,
                                                    help="torch or mlx (default: the platform's).")] = None,
     reference: ReferenceOpt = True,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,4",
-    streams: Annotated[int, typer.Option("--streams", min=1, help="Files transcribed per measurement.")] = 4,
+    streams: Annotated[int, typer.Option("--streams", min=1, help="Files transcribed per measurement "
+                                                                  "(at least the batch size).")] = 4,
     seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio seconds per file.")] = 10.0,
+    dtype: Annotated[str, typer.Option("--dtype", help="Comma-separated moshikit precisions: auto (what "
+                                                       "transcribe picks), int8, bf16, fp32...")] = "auto",
+    live_frames: Annotated[int, typer.Option("--live-frames", min=0, help="Frames of the live row (one stream "
+                                                                          "paced in real time); 0: none.")] = 50,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, show_default=False,
+                                                   help="torch threads for every row (default: torch's).")] = None,
     repeats: RepeatsOpt = 2,
     device: DeviceOpt = None,
     json_file: JsonFileOpt = None,
     compare: CompareOpt = None,
 ) -> None:
-    """Transcription throughput (x real time) per batch size, next to moshi's frame-by-frame loop."""
-    from .. import bench
+    """Transcription throughput (x real time) per batch size and live latency, next to moshi's own loop."""
+    from .. import bench, bench_stt
+    from ..errors import UsageError
     from .bench_render import render
 
-    plan = bench.SttPlan("synthetic" if synthetic else model, backend, reference, _ints(batch_sizes), streams,
-                         seconds, device_value(device), repeats)
-    result = bench.BenchResult(env=bench.environment({"stt": plan.model}), synthetic=synthetic)
-    render(result, lambda: bench.bench_stt(plan), json_file, compare, None)
+    if lm_size not in ("tiny", "full"):
+        raise UsageError(f"--lm-size must be tiny or full, not {lm_size!r}")
+    if synthetic and lm_size == "full" and model not in (None, "stt", "stt-en"):
+        raise UsageError("--synthetic --lm-size full builds -m stt or -m stt-en")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    path = bench_stt.synthetic_stt_repo(lm_size, model) if synthetic else model
+    dtypes = [None if d.strip() in ("", "auto") else d.strip() for d in dtype.split(",")]
+    plan = bench_stt.SttPlan(path, backend, reference, _ints(batch_sizes), streams, seconds, device_value(device),
+                             repeats, dtypes, live_frames)
+    result = bench.BenchResult(env=bench.environment({"stt": path, "lm_size": lm_size if synthetic else None,
+                                                      "synthetic_model": (model or "stt") if synthetic else None}),
+                               synthetic=synthetic, notes=plan.notes)
+    render(result, lambda: bench_stt.bench_stt(plan), json_file, compare, None)
 
 
 @bench_app.command("translate")

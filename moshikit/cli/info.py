@@ -27,6 +27,8 @@ def info(json_out: JsonOpt = False,
                          "summary": spec.summary})
     defaults = {cmd: vars(fn(plat)) for cmd, fn in DEFAULTS.items()}
     data = {"moshikit": __version__, "platform": plat.to_json(), "backends": backends, "defaults": defaults}
+    if not plat.cuda and not plat.apple_silicon:
+        data["cpu_precision"] = _cpu_precision(gpus)
     if json_out:
         out.json(data)
         return
@@ -52,3 +54,21 @@ def info(json_out: JsonOpt = False,
     for cmd, c in defaults.items():
         t2.add_row(cmd, c["backend"], c["device"], c["reason"])
     con.print(t2)
+    if "cpu_precision" in data:
+        p = data["cpu_precision"]
+        con.print(f"CPU matmul instructions: {', '.join(p['kernels']) or 'none found'}; "
+                  f"transcribe precision: {p['transcribe']}")
+
+
+def _cpu_precision(probe_torch: bool) -> dict:
+    """What ``transcribe`` runs a full-size model in on this CPU (``--dtype auto``), and why."""
+    from ..cpu_precision import INT8_MIN_BYTES, cpu_kernels, int8_available
+
+    kernels = cpu_kernels()
+    int8 = int8_available() if probe_torch else None
+    if int8 is False:
+        what = "fp32 (this PyTorch has no int8 CPU kernels)"
+    else:
+        what = (f"int8 weights for checkpoints of {INT8_MIN_BYTES >> 20} MB and more (stt, stt-en), "
+                "fp32 below; --dtype forces one")
+    return {"kernels": kernels, "int8_kernels": int8, "transcribe": what}

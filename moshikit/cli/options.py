@@ -168,8 +168,10 @@ class Dtype(str, Enum):
     bf16 = "bf16"
     fp16 = "fp16"
     fp32 = "fp32"
+    int8 = "int8"
 
 
 DtypeOpt = Annotated[Dtype, typer.Option(
     "--dtype", help="The LM's precision (PyTorch): auto is bf16 on GPUs of compute capability 8.0 and later, "
-                    "fp16 on older GPUs, fp32 on CPUs.")]
+                    "fp16 on older GPUs, fp32 on CPUs; transcribe on a CPU: int8 "
+                    "weights for full-size checkpoints. int8: 8-bit weights (CPU only).")]

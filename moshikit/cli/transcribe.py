@@ -111,8 +111,9 @@ def _load(out, model, backend, device_dtype, revision):
     device, dtype = device_dtype
     m = stt.load_stt(model, backend=backend, device=device, dtype=dtype, revision=revision)
     info = m.describe()
-    out.message(f"[dim]model: {m.name} ({info['lm_backend']} on {info['device']}, codec {info['codec_backend']}); "
-                f"text delay {m.delay:g} s[/]")
+    prec = f" in {m.precision}" if m.precision else ""
+    out.message(f"[dim]model: {m.name} ({info['lm_backend']} on {info['device']}{prec}, codec "
+                f"{info['codec_backend']}); text delay {m.delay:g} s[/]")
     return m
 
 

@@ -258,7 +258,7 @@ class DictSource(_Source):
         return self._t[name][start : start + count].to(dtype)
 
 
-class _PoolSource(_Source):
+class PoolSource(_Source):
     """Cheap deterministic "random" tensors for the full model.
 
     Every tensor is a window of one pool of standard-normal values (a prime
@@ -444,7 +444,7 @@ def write_moshi_repo(dest: str | os.PathLike, *, size: Size = "tiny", seed: int 
     if init == "model":
         source = _tiny_source(config, seed)
     elif init == "pool":
-        source = _PoolSource(published_shapes(config=config), seed)
+        source = PoolSource(published_shapes(config=config), seed)
     else:
         raise ValueError(f"init must be 'model' or 'pool', not {init!r}")
     return write_repo_files(dest, config, source, layout, dtype, f"synthetic-lm {size} seed={seed}", mimi_path)

@@ -170,5 +170,77 @@ def ensure_synthetic_stt(seed: int = 0, *, layout: str = "pytorch",
     return dest
 
 
-__all__ = ["STT_CONFIG", "STT_MIMI_NAME", "STT_TOKENIZER_NAME", "ensure_synthetic_stt", "scripted_state",
+# ---------------------------------------------------------------- full-size architectures
+
+#: The LM part of the published config.json of each Kyutai STT model (``n_q`` 32, ``dep_q`` 0,
+#: ``delays`` all 0, RMSNorm in fp32, SiLU gating, RoPE with max_period 1e5, FFN 2048 x 4.125).
+#: Sources read on 2026-12-03: the HF config.json keys quoted for kyutai/stt-1b-en_fr (dim 2048,
+#: 16 layers, 16 heads, hidden_scale 4.125, context 750, max_period 100000, text_card 8000),
+#: Kyutai's Rust ``Config::stt_2_6b`` (48 layers, 32 heads, 8448 = 2048 x 4.125 feed-forward,
+#: context 375, 4000 text tokens), transformers' KyutaiSpeechToTextConfig (the 2.6b defaults:
+#: hidden 2048, 48 layers, 32 heads, ffn 11264 = 2 x 5632, vocab 4001) and its 1b converter
+#: (vocab 8001, 16 layers, 16 heads of 128), and stack-facts (delays, extra heads, tokenizers).
+_STT_LM_COMMON = {
+    "card": 2048, "n_q": 32, "dep_q": 0, "delays": [0] * 33, "existing_text_padding_id": 3,
+    "dim": 2048, "hidden_scale": 4.125, "causal": True, "layer_scale": None, "max_period": 100000.0,
+    "gating": "silu", "norm": "rms_norm_f32", "positional_embedding": "rope",
+    "depformer_dim": 1024, "depformer_num_heads": 16, "depformer_num_layers": 6,
+    "depformer_dim_feedforward": 4224, "depformer_multi_linear": True, "depformer_pos_emb": "none",
+    "depformer_weights_per_step": True, "depformer_context": 8, "depformer_max_period": 10000,
+    "depformer_gating": "silu", "depformer_causal": True, "depformer_layer_scale": None,
+}
+
+FULL_STT = {
+    "stt": {  # kyutai/stt-1b-en_fr: ~1.0 B parameters
+        "repo": "kyutai/stt-1b-en_fr", "tokenizer_name": "tokenizer_en_fr_audio_8000.model",
+        "stt_config": {"audio_delay_seconds": 0.5, "audio_silence_prefix_seconds": 0.0},
+        "lm": {"num_heads": 16, "num_layers": 16, "context": 750, "text_card": 8000,
+               "extra_heads_num_heads": 4, "extra_heads_dim": 6},
+    },
+    "stt-en": {  # kyutai/stt-2.6b-en: ~2.6 B parameters
+        "repo": "kyutai/stt-2.6b-en", "tokenizer_name": "tokenizer_en_audio_4000.model",
+        "stt_config": {"audio_delay_seconds": 2.5, "audio_silence_prefix_seconds": 1.0},
+        "lm": {"num_heads": 32, "num_layers": 48, "context": 375, "text_card": 4000},
+    },
+}
+
+
+def full_stt_config_json(name: str = "stt") -> dict:
+    """config.json of the published STT model ``name`` (``stt`` or ``stt-en``), full size."""
+    if name not in FULL_STT:
+        raise ValueError(f"full-size synthetic STT models: {', '.join(FULL_STT)}, not {name!r}")
+    spec = FULL_STT[name]
+    return {
+        "moshi_name": MOSHI_NAME, "mimi_name": STT_MIMI_NAME, "tokenizer_name": spec["tokenizer_name"],
+        "model_type": "stt", "stt_config": dict(spec["stt_config"]), "lm_gen_config": dict(STT_LM_GEN_CONFIG),
+        **_STT_LM_COMMON, **spec["lm"],
+    }
+
+
+def write_full_stt_repo(dest: str | os.PathLike, name: str = "stt", *, seed: int = 0,
+                        mimi_path: str | os.PathLike | None = None, dtype: str = "bfloat16") -> Path:
+    """A full-size random-weight STT repo (the published architecture of ``name``), its tensors
+    streamed to disk from a shared random pool (never all in memory): ~2 GB (stt) or ~5 GB (stt-en)
+    in bf16, a minute or two. Random weights: valid for speed and mechanics, never for quality."""
+    from .synthetic_lm import PoolSource, published_shapes
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = full_stt_config_json(name)
+    source = PoolSource(published_shapes(config=config), seed)
+    return write_repo_files(dest, config, source, "pytorch", dtype, f"synthetic-stt full {name} seed={seed}",
+                            mimi_path)
+
+
+def ensure_full_stt(name: str = "stt", seed: int = 0) -> Path:
+    """The full-size synthetic STT repo ``name`` in moshikit's cache, written on first use."""
+    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+
+    dest = synthetic_dir() / f"{name}-full-pytorch"
+    if not (dest / CONFIG_NAME).exists():
+        write_full_stt_repo(dest, name, seed=seed, mimi_path=ensure_synthetic_mimi())
+    return dest
+
+
+__all__ = ["FULL_STT", "STT_CONFIG", "ensure_full_stt", "full_stt_config_json", "write_full_stt_repo", "STT_MIMI_NAME", "STT_TOKENIZER_NAME", "ensure_synthetic_stt", "scripted_state",
            "stt_config_json", "write_stt_repo", "MIMI_NAME"]

@@ -1,0 +1,94 @@
+"""bench stt: full-size synthetic STT architectures, the paced live loop, the CLI's checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moshikit import bench_stt
+from moshikit.testing.synthetic_stt import FULL_STT, full_stt_config_json
+
+
+@pytest.mark.parametrize("name, billions, layers, text_card, delay", [
+    ("stt", 0.99, 16, 8000, 0.5), ("stt-en", 2.62, 48, 4000, 2.5)])
+def test_full_size_stt_configs_are_the_published_architectures(name, billions, layers, text_card, delay):
+    pytest.importorskip("moshi")
+    from moshikit.stt import check_stt_config
+    from moshikit.testing.synthetic_lm import published_shapes
+
+    cfg = full_stt_config_json(name)
+    assert check_stt_config(cfg, name)["audio_delay_seconds"] == delay
+    assert (cfg["dim"], cfg["num_layers"], cfg["text_card"], cfg["n_q"], cfg["dep_q"]) == (2048, layers, text_card, 32, 0)
+    shapes = published_shapes(config=cfg)
+    assert sum(int(np.prod(s)) for s in shapes.values()) / 1e9 == pytest.approx(billions, abs=0.01)
+    assert shapes["transformer.layers.0.gating.linear_in.weight"] == (11264, 2048)  # ffn 2 x 5632 (4.125 x dim)
+    assert ("extra_heads.3.weight" in shapes) == (name == "stt")  # stt-1b's pause heads
+    assert cfg["tokenizer_name"] == FULL_STT[name]["tokenizer_name"]
+    json.dumps(cfg)  # written as config.json
+
+
+def test_full_size_names_are_checked():
+    with pytest.raises(ValueError, match="stt, stt-en"):
+        full_stt_config_json("moshi")
+
+
+def test_the_live_loop_feeds_a_frame_every_80_ms_and_times_the_work():
+    now = [0.0]
+    slept = []
+
+    def clock():
+        return now[0]
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    def work(frame):
+        assert frame.shape == (1920,)
+        now[0] += 0.03  # 30 ms of work a frame
+
+    walls = bench_stt._paced(work, np.zeros(1920 * 4, np.float32), 10, clock, sleep, warmup=2)
+    assert walls == pytest.approx([0.03] * 10)
+    assert slept and all(s == pytest.approx(0.05) for s in slept)  # the rest of each 80 ms
+    assert now[0] == pytest.approx(11 * 0.08 + 0.03)
+
+
+def test_a_late_frame_does_not_make_the_next_ones_queue_up():
+    now = [0.0]
+
+    def work(frame):
+        now[0] += 0.2 if len(calls) == 0 else 0.01
+        calls.append(now[0])
+
+    calls: list[float] = []
+    walls = bench_stt._paced(work, np.zeros(1920 * 2, np.float32), 3, lambda: now[0],
+                             lambda s: now.__setitem__(0, now[0] + s), warmup=0)
+    assert walls[0] == pytest.approx(0.2) and walls[1:] == pytest.approx([0.01, 0.01])
+
+
+def test_cli_refuses_other_full_size_models_and_sizes(capsys):
+    from moshikit.cli.app import main
+
+    assert main(["bench", "stt", "--synthetic", "--lm-size", "huge"]) == 2
+    assert "--lm-size must be tiny or full" in capsys.readouterr().err
+    assert main(["bench", "stt", "--synthetic", "--lm-size", "full", "-m", "moshiko"]) == 2
+    assert "stt or -m stt-en" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_stt_tiny_rows_name_the_reference_and_the_precision(tmp_path, one_torch_thread):
+    from moshikit.cli.app import main
+
+    out = tmp_path / "b.json"
+    code = main(["bench", "stt", "--synthetic", "--batch-sizes", "1", "--streams", "1",
+                                 "--seconds", "1", "--repeats", "1", "--live-frames", "2", "--dtype", "auto,int8",
+                 "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    names = {(x["name"], x["unit"]) for x in rows}
+    assert ("moshi MimiModel + LMGen (reference)", "x real time") in names
+    assert ("moshikit torch fp32", "x real time") in names and ("moshikit torch int8", "ms") in names
+    live = [x for x in rows if x["unit"] == "ms"]
+    assert len(live) == 3 and all(x["params"]["frames"] == 2 and "over_budget" in x["params"] for x in live)
