@@ -142,7 +142,7 @@ class _LinearLM:
 ])
 def test_lm_capacity_claims_only_what_was_measured(monkeypatch, sizes, low, exact, missed, text):
     clock = FakeClock([])
-    monkeypatch.setattr(bench, "lm_subjects", lambda plan: [("fake", lambda: _LinearLM(clock))])
+    monkeypatch.setattr(bench.lm, "lm_subjects", lambda plan: [("fake", lambda: _LinearLM(clock))])
     rows = list(bench.bench_lm(bench.LMPlan([], "unused", reference=False, batch_sizes=sizes, steps=3), clock=clock))
     steps = {r.params["batch"]: r.stats.p99 for r in rows if r.task.startswith("step")}
     assert steps == pytest.approx({b: 30.0 * b for b in sizes})
@@ -156,7 +156,7 @@ def test_bench_lm_prints_a_lower_bound_when_only_batch_1_ran(monkeypatch, capsys
     from moshikit.cli.app import main
 
     # A step that costs nothing on the real clock: batch 1 keeps real time whatever the machine's load.
-    monkeypatch.setattr(bench, "lm_subjects", lambda plan: [("moshikit fake", lambda: _LinearLM(FakeClock([]), 0))])
+    monkeypatch.setattr(bench.lm, "lm_subjects", lambda plan: [("moshikit fake", lambda: _LinearLM(FakeClock([]), 0))])
     assert main(["bench", "lm", "--synthetic", "-b", "torch", "--no-reference", "--steps", "3"]) == 0
     out = capsys.readouterr().out
     assert "moshikit fake: largest real-time batch (p99 < 80 ms): at least 1 (largest measured)" in out

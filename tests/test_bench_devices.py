@@ -44,53 +44,36 @@ def test_any_cuda_device_string_is_cuda(device, want):
     assert bench.is_cuda(device) is want
 
 
-def test_stt_reference_feeds_the_mimi_device(monkeypatch):
-    """The reference loop moves each frame to the Mimi's device (a CUDA Mimi got CPU tensors)."""
+def test_stt_reference_feeds_the_mimi_device():
+    """moshi's reference loop in bench stt moves each frame to the models' device, in the batch
+    runs and the live row (a CUDA Mimi once got CPU tensors)."""
     import contextlib
 
     import torch
-    from moshi import models
+
+    from moshikit.bench.stt import MoshiLoop
 
     seen = []
 
-    class Mimi(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))  # any device but the input's
-
+    class Mimi:
         def streaming(self, n):
             return contextlib.nullcontext()
 
         def encode(self, x):
             seen.append(("mimi", x.device.type, tuple(x.shape)))
-            return torch.zeros(1, 8, 1, dtype=torch.long, device=x.device)
+            return torch.zeros(x.shape[0], 8, 1, dtype=torch.long, device=x.device)
 
     class Gen:
-        def __init__(self, lm, **kw):
-            self.lm_model = lm
-
         def streaming(self, n):
             return contextlib.nullcontext()
 
         def step(self, codes):
             seen.append(("lm", codes.device.type))
 
-    class Lm(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
-
-        @property
-        def device(self):
-            return self.w.device
-
-    class Model:
-        prefix_frames, delay_frames = 1, 1
-        codec = type("C", (), {"_mimi": Mimi(), "_end_stream": lambda self: None})()
-        lm = type("L", (), {"model": Lm(), "close": lambda self: None})()
-
-    monkeypatch.setattr(models, "LMGen", Gen)
-    ref = bench._SttReference(Model())
-    ref(np.zeros(1920, np.float32))
-    assert seen and all(s[1] == "meta" for s in seen)
-    assert [s for s in seen if s[0] == "mimi"] == [("mimi", "meta", (1, 1, 1920))] * 3
+    loop = object.__new__(MoshiLoop)  # the loop without loading a model
+    loop.torch, loop.device, loop.mimi, loop.gen = torch, torch.device("meta"), Mimi(), Gen()
+    loop.delay_frames, loop.prefix_frames = 1, 1
+    loop.transcribe([np.zeros(1920, np.float32)], batch=1)
+    loop.live(np.zeros(4 * 1920, np.float32), frames=2, clock=lambda: 0.0, sleep=lambda s: None)
+    assert seen and all(s[1] == "meta" for s in seen), seen
+    assert [s for s in seen if s[0] == "mimi"][:3] == [("mimi", "meta", (1, 1, 1920))] * 3

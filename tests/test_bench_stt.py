@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from moshikit import bench_stt
+from moshikit.bench import stt as bench_stt
 from moshikit.testing.synthetic_stt import FULL_STT, full_stt_config_json
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from moshikit.bench_translate import TranslatePlan, bench_translate
+from moshikit.bench.translate import TranslatePlan, bench_translate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

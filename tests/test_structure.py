@@ -75,9 +75,7 @@ def test_the_cli_writes_only_through_out():
 
 
 def test_no_module_is_a_warehouse():
-    """No library module over ~450 lines (tests and testing/ aside): a module holds one room.
-    The modules still waiting for their split are listed; the list may only shrink."""
-    waiting = {"bench.py"}
+    """No library module over ~450 lines (tests and testing/ aside): a module holds one room."""
     big = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py")
            if "testing" not in p.parts and (n := len(p.read_text().splitlines())) > 460}
-    assert set(big) <= waiting, big
+    assert big == {}

@@ -215,7 +215,8 @@ def stt(
     compare: CompareOpt = None,
 ) -> None:
     """Transcription throughput (x real time) per batch size and live latency, next to moshi's own loop."""
-    from .. import bench, bench_stt
+    from .. import bench
+    from ..bench import stt as bench_stt
     from ..errors import UsageError
     from .bench_render import render
 
@@ -254,7 +255,7 @@ def translate(
 ) -> None:
     """Hibiki translation throughput (x real time), next to moshi's run_inference in the same run."""
     from .. import bench
-    from ..bench_translate import TranslatePlan, bench_translate
+    from ..bench.translate import TranslatePlan, bench_translate
     from .bench_render import render
 
     plan = TranslatePlan("synthetic" if synthetic else model, backend, device_value(device), seconds, repeats,
@@ -277,7 +278,8 @@ def tts(
     compare: CompareOpt = None,
 ) -> None:
     """Text to speech: time to first audio and x real time, next to moshi's TTSModel.generate."""
-    from .. import bench, bench_tts
+    from .. import bench
+    from ..bench import tts as bench_tts
     from .bench_render import render
 
     plan = bench_tts.TtsPlan("synthetic" if synthetic else model, device_value(device), reference,

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .bench import FRAME_SECONDS, Clock, PeakMemory, Row, latency_row, throughput_row
+from .core import FRAME_SECONDS, Clock, PeakMemory, Row, latency_row, throughput_row
 
 FRAME = 1920
 
@@ -47,7 +47,7 @@ class SttPlan:
 
 def synthetic_stt_repo(size: str, name: str | None) -> str:
     """``--synthetic``: the tiny test STT, or (``full``) the published architecture of ``name``."""
-    from .testing import synthetic_stt
+    from ..testing import synthetic_stt
 
     if size == "tiny":
         return "synthetic"
@@ -58,14 +58,14 @@ class MoshiLoop:
     """moshi's MimiModel + LMGen driven frame by frame, as Kyutai's scripts do."""
 
     def __init__(self, repo_path: str, device: str | None, delay_frames: int, prefix_frames: int) -> None:
-        from .backends.torch_env import prepare as _prepare_torch
+        from ..backends.torch_env import prepare as _prepare_torch
 
         _prepare_torch()
         import torch
         from moshi.models import LMGen
 
-        from .backends.torch_codec import pick_device
-        from .backends.torch_lm import checkpoint_info, resolve_repo
+        from ..backends.torch_codec import pick_device
+        from ..backends.torch_lm import checkpoint_info, resolve_repo
 
         self.torch = torch
         self.device = pick_device(device)
@@ -94,8 +94,8 @@ class MoshiLoop:
     def live(self, pcm: np.ndarray, frames: int, clock: Clock, sleep) -> list[float]:
         torch = self.torch
         with torch.no_grad(), self.mimi.streaming(1), self.gen.streaming(1):
-            return _paced(lambda f: self.gen.step(self.mimi.encode(torch.from_numpy(f[None, None]))), pcm, frames,
-                          clock, sleep)
+            return _paced(lambda f: self.gen.step(self.mimi.encode(torch.from_numpy(f[None, None]).to(self.device))),
+                          pcm, frames, clock, sleep)
 
 
 def _paced(work: Callable[[np.ndarray], object], pcm: np.ndarray, frames: int, clock: Clock, sleep,
@@ -116,7 +116,7 @@ def _paced(work: Callable[[np.ndarray], object], pcm: np.ndarray, frames: int, c
 
 
 def _moshikit_live(model, pcm: np.ndarray, frames: int, clock: Clock, sleep) -> list[float]:
-    from .backends.base import prepare_live
+    from ..backends.base import prepare_live
 
     codec, lm = model.codec, model.lm
     k = lm.info.input_codebooks
@@ -140,9 +140,9 @@ def lm_weights_mb(lm) -> int:
 
 def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter, sleep=time.sleep) -> Iterator[Row]:
     """Throughput per batch size for every subject, then the live row of each."""
-    from . import stt
-    from .backends import registry
-    from .testing.synthetic import speech_sample
+    from .. import stt
+    from ..backends import registry
+    from ..testing.synthetic import speech_sample
 
     speech = speech_sample()
     models = []

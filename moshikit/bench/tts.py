@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .bench import Row, latency_row, throughput_row
+from .core import Row, latency_row, throughput_row
 
 TEXT = ("The quick brown fox jumps over the lazy dog. It is a small model that only exists for tests, "
         "and it speaks noise. Please tell me a story about the sea and the wind.")
@@ -71,7 +71,7 @@ class _Reference:
 
 
 def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) -> Iterator[Row]:
-    from .tts import Settings, chunks, generate, load_tts, resolve_voice
+    from ..tts import Settings, chunks, generate, load_tts, resolve_voice
 
     model = load_tts(plan.model, device=plan.device)
     voice = resolve_voice(model, None)

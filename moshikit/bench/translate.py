@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .bench import Row, throughput_row
+from .core import Row, throughput_row
 
 
 @dataclass
@@ -60,8 +60,8 @@ class RunInferenceReference:
 
 def bench_translate(plan: TranslatePlan, *, clock=time.perf_counter) -> Iterator[Row]:
     """Rows: moshikit's translation and run_inference's, x real time, same audio and run."""
-    from . import translate
-    from .testing.synthetic import speech_sample
+    from .. import translate
+    from ..testing.synthetic import speech_sample
 
     tr = translate.load_translator(plan.model, backend=plan.backend, device=plan.device, cfg=plan.cfg,
                                    seed=plan.seed)
