@@ -77,7 +77,7 @@ class SttModel:
     @property
     def precision(self) -> str:
         """What the LM's weights run in (int8, bf16, fp16, fp32), where the backend says."""
-        return str(getattr(self.lm, "precision", None) or "")
+        return self.lm.info.precision
 
     @property
     def slot_reset(self) -> bool:

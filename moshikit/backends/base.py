@@ -125,6 +125,7 @@ class LMInfo:
     delays: tuple[int, ...]
     context: int
     extra_heads: int = 0  # pause-prediction heads (Kyutai STT 1B has 4)
+    precision: str = ""  # what the weights run in (int8, bf16, fp16, fp32), where the backend says
 
     @property
     def input_codebooks(self) -> int:

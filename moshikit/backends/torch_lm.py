@@ -207,7 +207,7 @@ class TorchLM:
         self.info = LMInfo(backend="torch", device=dev, n_q=int(m.n_q), dep_q=int(m.dep_q),
                            text_card=int(m.text_card), card=int(m.card), delays=tuple(int(d) for d in m.delays),
                            context=int(m.context) if m.context is not None else 0,
-                           extra_heads=len(getattr(m, "extra_heads", None) or ()))
+                           extra_heads=len(getattr(m, "extra_heads", None) or ()), precision=self.precision)
         self._gen = None
         self._stream: ExitStack | None = None
         self._batch = 0
