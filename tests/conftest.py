@@ -138,3 +138,18 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false)")
     for item in marked:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tts_model(mimi_weights):
+    """A tiny synthetic Kyutai TTS model, loaded once for the TTS tests (tests/tts/). It lives here,
+    not in a tests/tts/conftest.py: a second module named ``conftest`` would shadow this one for
+    the tests that import ``_write_wav`` from it."""
+    import torch
+
+    from moshikit.tts import load_tts
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: threads only slow it down on a shared 2-core machine
+    yield load_tts("synthetic")
+    torch.set_num_threads(before)
