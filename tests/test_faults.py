@@ -411,6 +411,8 @@ def test_signal_mid_batch_then_again(command, sig, tmp_path, speech, write_wav, 
     # after each run, a recording handler stands in for it until the test ends.
     late: list[int] = []
     before, real = signal.getsignal(sig), app._terminate_like_ctrl_c
+    if sig == signal.SIGTERM:  # as in a fresh process: an earlier test's library (Ray's driver) may have left its own
+        signal.signal(sig, signal.SIG_DFL)
 
     def guarded():
         restore = real()
