@@ -121,28 +121,28 @@ class TextToSpeech:
         self.model = model
 
     def voices(self) -> list[str]:
-        from .tts import list_voices
-
-        return list_voices(self.model)[0]
+        return self.model.list_voices()[0]
 
     def speak(self, text: str, voice: str | None = None, *, speed: float = 1.0, temp: float = 0.6,
               cfg: float = 2.0, seed: int | None = None) -> tuple[np.ndarray, list]:
         """(float32 ``[T]`` at 24 kHz, words with ``.text``, ``.start``, ``.end``), as ``moshikit speak``."""
-        from .tts import Settings, chunks, generate, resolve_voice
+        from .tts import Settings, chunks
         from .tts.model import padding_bonus
 
         pcm: list[np.ndarray] = []
-        speech = generate(self.model, chunks([text]), [resolve_voice(self.model, voice)],
+        speech = self.model.generate(chunks([text]), [self.model.resolve_voice(voice)],
                           Settings(temp=temp, cfg=cfg, padding_bonus=padding_bonus(speed), seed=seed),
                           on_pcm=pcm.append)
         return (np.concatenate(pcm) if pcm else np.zeros(0, np.float32)), speech.words
 
 
-def load_tts(model: str | None = "tts", device: str | None = None, revision: str | None = None) -> TextToSpeech:
-    """Kyutai TTS (``tts``, ``tts-public``, a repo id, a local folder or ``"synthetic"``), on PyTorch."""
+def load_tts(model: str | None = "tts", backend: str = "auto", device: str | None = None,
+             revision: str | None = None) -> TextToSpeech:
+    """A TTS model (``tts``, ``tts-public``, a repo id, a local folder or ``"synthetic"``) on ``backend``
+    (``auto``: the platform's choice, as ``moshikit speak``)."""
     from .tts import load_tts as load
 
-    return TextToSpeech(load(model, device=device, revision=revision))
+    return TextToSpeech(load(model, backend=backend, device=device, revision=revision))
 
 
 def load_codec(model: str | None = None, mimi_weight: str | None = None, backend: str = "auto",

@@ -186,13 +186,25 @@ def default_lm(plat: PlatformInfo | None = None) -> Choice:
     return Choice("torch", "cpu", "no GPU: PyTorch on the CPU (only tiny or local checkpoints run usefully)")
 
 
-DEFAULTS = {"encode": default_codec, "decode": default_codec, "chat": default_lm, "transcribe": default_lm}
+def default_tts(plat: PlatformInfo | None = None) -> Choice:
+    """Apple silicon: MLX (Metal). CUDA: torch on cuda. Otherwise torch on the CPU."""
+    apple = is_apple_silicon() if plat is None else plat.apple_silicon
+    if apple and "mlx" in registry.names("tts") and registry.probe("tts", "mlx")[0]:
+        return Choice("mlx", "gpu", "Apple silicon: Metal through MLX")
+    plat = plat or detect()
+    if plat.cuda:
+        return Choice("torch", "cuda", f"CUDA GPU found ({plat.cuda[0].name})")
+    return Choice("torch", "cpu", "no GPU: PyTorch on the CPU")
+
+
+DEFAULTS = {"encode": default_codec, "decode": default_codec, "chat": default_lm, "transcribe": default_lm,
+            "speak": default_tts}
 
 
 def resolve(kind: str, backend: str | None, device: str | None) -> Choice:
     """``--backend``/``--device`` if given, else the platform default."""
     if backend in (None, "auto"):
-        choice = default_codec() if kind == "codec" else default_lm()
+        choice = {"codec": default_codec, "tts": default_tts}.get(kind, default_lm)()
         if device not in (None, "auto"):
             choice = Choice(choice.backend, real_device(choice.backend, device), f"{choice.reason}; device from --device")
         return choice

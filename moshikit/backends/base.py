@@ -216,3 +216,52 @@ class GuidedLM(LMBackend, Protocol):
     def set_guidance(self, cfg_coef: float) -> None: ...
 
     def step_end_of_input(self) -> np.ndarray | None: ...
+
+
+@runtime_checkable
+class TTSBackend(Protocol):
+    """A loaded text-to-speech model: everything ``speak`` (and the Python API, and ``bench tts``)
+    asks of a backend.
+
+    ``chunks`` are ``moshikit.tts.text.Chunk`` (text cut at sentence ends, one turn each);
+    ``voices`` come from ``resolve_voice``; ``generate`` streams mono float32 PCM at
+    ``sample_rate`` to ``on_pcm`` as it is produced, calls ``on_word(word, start_seconds)`` as
+    the model takes each word, and returns a ``moshikit.tts.engine.Speech``. ``n_q`` is the
+    number of Mimi codebooks it generates (``settings.keep_codes`` then fills ``Speech.codes``),
+    or 0 when it produces no Mimi tokens (``.mimi`` output is then refused).
+    """
+
+    name: str
+    backend: str  # the registry name: torch, mlx, pocket
+    synthetic: bool
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def multi_speaker(self) -> bool:
+        """Takes several voices at once (``--dialogue``)."""
+        ...
+
+    @property
+    def n_q(self) -> int: ...
+
+    def describe(self) -> dict: ...
+
+    def list_voices(self) -> tuple[list[str], str]:
+        """(voice names, where they were found)."""
+        ...
+
+    def resolve_voice(self, voice: str | None):
+        """``--voice`` (None: the default) as a ``moshikit.tts.voices.Voice``; one-line error if unusable."""
+        ...
+
+    def generate(self, chunks, voices: list, settings, *, on_pcm=None, on_word=None): ...
+
+
+@runtime_checkable
+class BatchTTS(TTSBackend, Protocol):
+    """A TTS backend that speaks several texts at once (one batch row each; on a GPU the batch
+    costs about one text's time). ``on_pcm(i, pcm)`` receives row ``i``'s audio."""
+
+    def generate_batch(self, scripts: list, voices: list, settings, *, on_pcm=None) -> list: ...

@@ -17,7 +17,7 @@ from typing import Literal
 
 from ..errors import BackendError, BackendUnavailable
 
-Kind = Literal["codec", "lm"]
+Kind = Literal["codec", "lm", "tts"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "moshi's LMModel and LMGen in PyTorch"),
     BackendSpec("mlx", "lm", "moshikit.backends.mlx_lm", "pip install 'moshikit[mlx]'",
                 "moshi_mlx's Lm on MLX"),
+    BackendSpec("torch", "tts", "moshikit.backends.torch_tts", "pip install moshikit",
+                "Kyutai TTS through moshi's TTSModel in PyTorch (CUDA, MPS or CPU)"),
 )
 
 

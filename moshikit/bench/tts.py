@@ -71,15 +71,15 @@ class _Reference:
 
 
 def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) -> Iterator[Row]:
-    from ..tts import Settings, chunks, generate, load_tts, resolve_voice
+    from ..tts import Settings, chunks, load_tts
 
-    model = load_tts(plan.model, device=plan.device)
-    voice = resolve_voice(model, None)
+    model = load_tts(plan.model, backend="torch", device=plan.device)
+    voice = model.resolve_voice(None)
     text = " ".join(TEXT.split()[: plan.words])
     subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]]]] = []
 
     def ours():
-        speech = generate(model, chunks([text]), [voice], Settings(seed=plan.seed))
+        speech = model.generate(chunks([text]), [voice], Settings(seed=plan.seed))
         _sync()
         return speech.first_audio, speech.samples
 

@@ -50,7 +50,7 @@ def speak(
         "--output-device", show_default=False, help="Speaker for --play: index or (part of) its name.")] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
     backend: Annotated[str, typer.Option("--backend", "-b", metavar="NAME",
-                                         help="torch (Kyutai TTS through moshi). pocket: not in this version.")] = "auto",
+                                         help="torch (Kyutai TTS through moshi), or auto: the platform's choice.")] = "auto",
     device: DeviceOpt = None,
     dtype: DtypeOpt = Dtype.auto,
     revision: RevisionOpt = None,
@@ -71,12 +71,10 @@ def speak(
     out = Out(json_mode=json_out)
     if list_devices:
         return print_devices(out)
-    if backend not in ("auto", "torch"):
-        if backend == "pocket":
-            raise UsageError("the Pocket TTS backend is not in this version of moshikit",
-                             hint="Kyutai TTS runs on a CPU too (--model tts); for voice cloning from a .wav, "
-                                  "--model tts-public takes any voice sample")
-        raise UsageError(f"unknown backend {backend!r} for speak (choose torch)")
+    from ..backends import registry
+
+    if backend != "auto":
+        registry.get_spec("tts", backend)  # an unknown name is one line, before anything loads
     bonus = padding_bonus(speed)
     sources = [x for x in (text, text_file, dialogue) if x is not None]
     if not list_voices and not sources:
@@ -97,7 +95,7 @@ def speak(
 
     settings = Settings(temp=temp, cfg=cfg, padding_bonus=bonus, seed=seed)
     if text is not None and text != "-" and Path(text).is_dir():
-        return _tree(out, text, output, words, voice, model, device, dtype, revision, overwrite, settings)
+        return _tree(out, text, output, words, voice, model, backend, device, dtype, revision, overwrite, settings)
     from ..tts.files import output_format, words_format
 
     if output is not None:
@@ -112,30 +110,28 @@ def speak(
 
         speaker = Speaker(output_device, instead=NO_SPEAKER_INSTEAD)  # no speaker: say so before loading
     if list_voices:
-        from ..tts.model import checkpoint_voices
+        from ..tts import voices_of
 
-        return _list_voices(out, checkpoint_voices(model, revision=revision))
-    m = _load(out, model, device, dtype, revision)
+        return _list_voices(out, voices_of(model, backend=backend, revision=revision))
+    m = _load(out, model, backend, device, dtype, revision)
     turns, voices, chunks, source = _script(out, m, text, text_file, dialogue, voice, stream)
     _one(out, m, chunks, voices, output, words, settings, speaker, source, stream)
 
 
-def _load(out, model, device, dtype, revision):
+def _load(out, model, backend, device, dtype, revision):
     from ..tts import load_tts
 
-    m = load_tts(model, device=device_value(device), dtype=dtype.value if dtype.value != "auto" else None,
-                 revision=revision)
+    m = load_tts(model, backend=backend, device=device_value(device),
+                 dtype=dtype.value if dtype.value != "auto" else None, revision=revision)
     info = m.describe()
-    out.message(f"[dim]model: {m.name} (torch on {info['device']}, {info['n_q']} codebooks)[/]")
+    out.message(f"[dim]model: {m.name} ({m.backend} on {info['device']})[/]")
     return m
 
 
-def _list_voices(out, m) -> None:
-    from ..tts import list_voices
-
-    names, where = list_voices(m)
+def _list_voices(out, found) -> None:
+    name, names, where = found
     if out.json_mode:
-        out.json({"model": m.name, "source": where, "voices": names})
+        out.json({"model": name, "source": where, "voices": names})
         return
     if not names:
         from ..download import download_command
@@ -152,8 +148,6 @@ def _script(out, m, text, text_file, dialogue, voice, stream):
     from ..catalog import DEFAULT_TTS_VOICE
     from ..errors import UsageError
     from ..tts import text as T
-    from ..tts.voices import resolve_voice
-
     if dialogue is not None:
         turns = T.read_dialogue(dialogue)
         speakers = list(dict.fromkeys(t.speaker for t in turns))
@@ -165,9 +159,9 @@ def _script(out, m, text, text_file, dialogue, voice, stream):
         chosen = []
         for i, sp in enumerate(speakers):
             named = next((t.voice for t in turns if t.speaker == sp and t.voice), None)
-            chosen.append(resolve_voice(m, named or defaults[i]))
+            chosen.append(m.resolve_voice(named or defaults[i]))
         return turns, chosen, T.dialogue_chunks(turns), dialogue
-    voices = [resolve_voice(m, voice)]
+    voices = [m.resolve_voice(voice)]
     if text_file is not None:
         return None, voices, T.chunks(T.read_blocks(text_file)), text_file
     if text == "-":
@@ -178,10 +172,9 @@ def _script(out, m, text, text_file, dialogue, voice, stream):
 
 
 def _second_voice(m) -> str:
-    from ..tts import list_voices
     from ..catalog import DEFAULT_TTS_VOICE
 
-    names, _ = list_voices(m)
+    names, _ = m.list_voices()
     others = [n for n in names if n != DEFAULT_TTS_VOICE]
     return others[0] if others else "expresso/ex04-ex02_narration_001_channel1_674s.wav"
 
@@ -248,7 +241,8 @@ def _one(out, m, chunks, voices, output, words, settings, speaker, source, strea
                 f"audio in {speech.seconds:.1f} s ({summary['x_real_time'] or 0:.2f}x real time){ttfa}{where}")
 
 
-def _tree(out, directory, output, words, voice, model, device, dtype, revision, overwrite, settings) -> None:
+def _tree(out, directory, output, words, voice, model, backend, device, dtype, revision, overwrite,
+          settings) -> None:
     from pathlib import Path
 
     from .. import codec
@@ -273,10 +267,8 @@ def _tree(out, directory, output, words, voice, model, device, dtype, revision, 
         for r in failed:
             out.error(r.error)
         raise typer.Exit(ExitStatus.FAILED)
-    m = _load(out, model, device, dtype, revision)
-    from ..tts.voices import resolve_voice
-
-    voices = [resolve_voice(m, voice)]
+    m = _load(out, model, backend, device, dtype, revision)
+    voices = [m.resolve_voice(voice)]
     opts = BatchOptions(suffix=f".{fmt}", words=wfmt, overwrite=overwrite, settings=settings)
     summary = run_batch(out, "speak", len(jobs), None, lambda tick: speak_files(jobs, m, voices, opts, tick), failed)
     if summary["failed"]:

@@ -1,9 +1,34 @@
 """Kyutai text-to-speech (``moshikit speak``): loading, voices, text chunks, generation, files."""
 
+from __future__ import annotations
+
 from .engine import Settings, Speech, WordTime, generate
-from .model import TtsModel, load_tts
+from .model import TtsModel
 from .text import Chunk, chunks, dialogue_chunks, read_dialogue, sentences
 from .voices import Voice, list_voices, resolve_voice
 
 __all__ = ["Chunk", "Settings", "Speech", "TtsModel", "Voice", "WordTime", "chunks", "dialogue_chunks",
-           "generate", "list_voices", "load_tts", "read_dialogue", "resolve_voice", "sentences"]
+           "generate", "list_voices", "load_tts", "read_dialogue", "resolve_voice", "sentences", "voices_of"]
+
+
+def load_tts(model: str | None = None, *, backend: str | None = None, device: str | None = None,
+             dtype: str | None = None, revision: str | None = None, **options):
+    """Load a TTS model on ``backend`` (None/``auto``: the platform's choice; see
+    ``platform.default_tts``) through the registry: a ``backends.base.TTSBackend``."""
+    from .. import platform
+    from ..backends import registry
+
+    choice = platform.resolve("tts", backend, device)
+    dev = None if choice.device in (None, "auto") else choice.device
+    return registry.module("tts", choice.backend).load(model, device=dev, dtype=dtype, revision=revision,
+                                                       **options)
+
+
+def voices_of(model: str | None = None, *, backend: str | None = None,
+              revision: str | None = None) -> tuple[str, list[str], str]:
+    """(model name, voice names, where they were found) without loading any weights (``--list-voices``)."""
+    from .. import platform
+    from ..backends import registry
+
+    choice = platform.resolve("tts", backend, None)
+    return registry.module("tts", choice.backend).voices(model, revision=revision)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from ..errors import MoshikitError, UsageError
-from .engine import Settings, Speech, generate
+from .engine import Settings, Speech
 from .text import Chunk
 
 OUTPUT_FORMATS = ("wav", "flac", "ogg", "mimi")
@@ -62,6 +62,9 @@ def speak_to_file(model, chunks: Iterable[Chunk], voices, output: str | Path | N
     if words is not None:
         words_format(words)
     if fmt == "mimi":
+        if not model.n_q:
+            raise UsageError(f"{output}: the {model.backend} backend makes no Mimi tokens",
+                             hint="write audio (.wav, .flac, .ogg, .opus), or use Kyutai TTS (-b torch)")
         settings.keep_codes = True
 
     def fan_out(writer):
@@ -75,19 +78,19 @@ def speak_to_file(model, chunks: Iterable[Chunk], voices, output: str | Path | N
         return push
 
     if fmt in (None, "mimi"):
-        speech = generate(model, chunks, voices, settings, on_pcm=fan_out(None), on_word=on_word)
+        speech = model.generate(chunks, voices, settings, on_pcm=fan_out(None), on_word=on_word)
     else:
         from ..audio import AudioWriter
 
         with AudioWriter(Path(output), model.sample_rate, 1, fmt) as writer:
-            speech = generate(model, chunks, voices, settings, on_pcm=fan_out(writer), on_word=on_word)
+            speech = model.generate(chunks, voices, settings, on_pcm=fan_out(writer), on_word=on_word)
     if fmt == "mimi":
         from .. import __version__
         from ..tokens import TokenHeader, write_tokens
 
-        codes = np.stack(speech.codes, axis=-1) if speech.codes else np.zeros((model.tts.n_q, 0), np.int64)
+        codes = np.stack(speech.codes, axis=-1) if speech.codes else np.zeros((model.n_q, 0), np.int64)
         header = TokenHeader(num_codebooks=int(codes.shape[0]), frames=int(codes.shape[1]),
-                             num_samples=int(codes.shape[1]) * 1920, backend="torch",
+                             num_samples=int(codes.shape[1]) * 1920, backend=model.backend,
                              source={"name": source, "kind": "tts", "model": model.name},
                              moshikit_version=__version__)
         write_tokens(Path(output), codes, header)

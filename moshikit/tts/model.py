@@ -45,6 +45,7 @@ class TtsModel:
     path: Path  # the checkpoint's folder
     repo: str | None  # hub repo id, None for a local folder
     synthetic: bool = False
+    backend: str = "torch"
 
     @property
     def multi_speaker(self) -> bool:
@@ -71,9 +72,28 @@ class TtsModel:
     def device(self) -> str:
         return str(self.tts.lm.device)
 
+    @property
+    def n_q(self) -> int:
+        return int(self.tts.n_q)
+
     def describe(self) -> dict:
-        return {"name": self.name, "backend": "torch", "device": self.device, "n_q": self.tts.n_q,
+        return {"name": self.name, "backend": self.backend, "device": self.device, "n_q": self.n_q,
                 "delay_steps": self.tts.delay_steps, "multi_speaker": self.multi_speaker}
+
+    def list_voices(self) -> tuple[list[str], str]:
+        from .voices import list_voices
+
+        return list_voices(self)
+
+    def resolve_voice(self, voice: str | None):
+        from .voices import resolve_voice
+
+        return resolve_voice(self, voice)
+
+    def generate(self, chunks, voices, settings=None, *, on_pcm=None, on_word=None):
+        from .engine import generate
+
+        return generate(self, chunks, voices, settings, on_pcm=on_pcm, on_word=on_word)
 
 
 @dataclass
@@ -112,18 +132,19 @@ def checkpoint_voices(model: str | None = None, *, revision: str | None = None) 
 _LAST: dict = {}
 
 
-def load_tts(model: str | None = None, *, device: str | None = None, dtype: str | None = None,
-             revision: str | None = None, n_q: int | None = None) -> TtsModel:
+def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype: str | None = None,
+                   revision: str | None = None, n_q: int | None = None) -> TtsModel:
     """Resolve ``model`` (``tts``, ``tts-public``, a repo id, a local folder or ``synthetic``) and load it
-    through moshi's ``TTSModel.from_checkpoint_info`` on torch."""
+    through moshi's ``TTSModel.from_checkpoint_info`` on torch (``device``: cpu, cuda, mps)."""
     import torch
     from moshi.models.loaders import CheckpointInfo
     from moshi.models.tts import TTSModel
 
     from .. import hub, platform
 
-    choice = platform.resolve("lm", "torch", device)
-    dev = "cpu" if choice.device in (None, "auto") else choice.device
+    dev = platform.real_device("torch", device) or "auto"
+    if dev == "auto":
+        dev = "cuda" if platform.detect().cuda else "cpu"
     resolved = hub.resolve_model(model, kind="tts", revision=revision)
     folder = resolved.path if resolved.path.is_dir() else resolved.path.parent
     config = resolved.config

@@ -125,7 +125,7 @@ def test_directory_is_resumable(capsys, tmp_path):
     (["hi", "-o", "{d}/e.mp4"], "cannot write 'mp4'"),
     (["hi", "-o", "{d}/e.wav", "--speed", "5"], "--speed 5 is out of range"),
     (["hi", "--stream", "-o", "{d}/e.wav"], "--stream reads standard input"),
-    (["hi", "-o", "{d}/e.wav", "-b", "pocket"], "the Pocket TTS backend is not in this version"),
+    (["hi", "-o", "{d}/e.wav", "-b", "nope"], "unknown tts backend 'nope'"),
 ])
 def test_bad_input_is_one_line_and_no_output(capsys, tmp_path, write_wav, argv, message):
     (tmp_path / "notes.txt").write_text("not audio")
