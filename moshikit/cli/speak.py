@@ -18,7 +18,8 @@ def speak(
         show_default=False)] = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", show_default=False,
-        help="Audio file (.wav, .flac, .ogg) or Mimi tokens (.mimi); a directory for a directory of texts.")] = None,
+        help="Audio file (.wav, .flac, .ogg Vorbis, .opus) or Mimi tokens (.mimi); a directory for a directory of "
+             "texts.")] = None,
     text_file: Annotated[Optional[str], typer.Option(
         "--file", "-f", metavar="FILE", show_default=False, help="Read the text from this file (any length).")] = None,
     words: Annotated[Optional[str], typer.Option(
@@ -86,7 +87,7 @@ def speak(
     if output_device is not None and not play:
         raise UsageError("--output-device goes with --play")
     if not list_voices and output is None and not play:
-        raise UsageError("where to? give -o FILE (.wav, .flac, .ogg, .mimi) or --play")
+        raise UsageError("where to? give -o FILE (.wav, .flac, .ogg, .opus, .mimi) or --play")
     if text is not None and text != "-" and not text.strip():
         raise UsageError("nothing to say: the text is empty")
     from pathlib import Path

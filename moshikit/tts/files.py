@@ -1,4 +1,4 @@
-"""Speech to files: audio (wav, flac, ogg) or Mimi tokens (``.mimi``), word timings (json, srt, vtt),
+"""Speech to files: audio (wav, flac, ogg, opus) or Mimi tokens (``.mimi``), word timings (json, srt, vtt),
 atomically; many text files in one run, resumable."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..errors import MoshikitError, UsageError
 from .engine import Settings, Speech
 from .text import Chunk
 
-OUTPUT_FORMATS = ("wav", "flac", "ogg", "mimi")
+OUTPUT_FORMATS = ("wav", "flac", "ogg", "opus", "mimi")
 WORD_FORMATS = ("json", "srt", "vtt")
 TEXT_EXTENSIONS = (".txt",)
 

@@ -60,6 +60,21 @@ def test_text_to_wav_with_words(capsys, tmp_path):
     np.testing.assert_allclose(sf.read(again)[0], audio, atol=1e-4)  # flac: 16-bit as the wav
 
 
+def test_opus_output(capsys, tmp_path):
+    import soundfile as sf
+
+    code, _, err = run(capsys, "Hello there.", "-o", str(tmp_path / "a.wav"), "--seed", "4")
+    assert code == 0, err
+    code, _, err = run(capsys, "Hello there.", "-o", str(tmp_path / "a.opus"), "--seed", "4")
+    assert code == 0, err
+    info = sf.info(str(tmp_path / "a.opus"))
+    assert (info.format, info.subtype, info.samplerate) == ("OGG", "OPUS", 24000)
+    ref, opus = sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "a.opus")[0]
+    # The same speech's length, and sound (random weights speak near-Nyquist noise, which Opus
+    # mostly drops, so no waveform comparison here: tests/test_audio.py compares a tone).
+    assert abs(opus.size - ref.size) <= 960 and np.abs(opus).max() > 0.05
+
+
 def test_file_stdin_ogg_mimi_srt_vtt(capsys, tmp_path, monkeypatch):
     text = tmp_path / "chapter.txt"
     text.write_text("First line here.\n\nSecond one!\n", encoding="utf-8")
