@@ -52,6 +52,9 @@ def speak(
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
     backend: Annotated[str, typer.Option("--backend", "-b", metavar="NAME",
                                          help="torch (Kyutai TTS through moshi), or auto: the platform's choice.")] = "auto",
+    batch: Annotated[Optional[int], typer.Option(
+        "--batch", min=1, show_default=False,
+        help="For a directory of texts: how many to speak at once (default: 32 on a GPU, 4 on a CPU).")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = Dtype.auto,
     revision: RevisionOpt = None,
@@ -96,7 +99,10 @@ def speak(
 
     settings = Settings(temp=temp, cfg=cfg, padding_bonus=bonus, seed=seed)
     if text is not None and text != "-" and Path(text).is_dir():
-        return _tree(out, text, output, words, voice, model, backend, device, dtype, revision, overwrite, settings)
+        return _tree(out, text, output, words, voice, model, backend, device, dtype, revision, overwrite, settings,
+                     batch)
+    if batch is not None:
+        raise UsageError("--batch goes with a directory of texts")
     from ..tts.files import output_format, words_format
 
     if output is not None:
@@ -243,7 +249,7 @@ def _one(out, m, chunks, voices, output, words, settings, speaker, source, strea
 
 
 def _tree(out, directory, output, words, voice, model, backend, device, dtype, revision, overwrite,
-          settings) -> None:
+          settings, batch) -> None:
     from pathlib import Path
 
     from .. import codec
@@ -270,7 +276,10 @@ def _tree(out, directory, output, words, voice, model, backend, device, dtype, r
         raise typer.Exit(ExitStatus.FAILED)
     m = _load(out, model, backend, device, dtype, revision)
     voices = [m.resolve_voice(voice)]
-    opts = BatchOptions(suffix=f".{fmt}", words=wfmt, overwrite=overwrite, settings=settings)
+    from ..tts.files import default_batch
+
+    opts = BatchOptions(suffix=f".{fmt}", words=wfmt, overwrite=overwrite, settings=settings,
+                        batch=batch or default_batch(m))
     summary = run_batch(out, "speak", len(jobs), None, lambda tick: speak_files(jobs, m, voices, opts, tick), failed)
     if summary["failed"]:
         raise typer.Exit(ExitStatus.FAILED)
