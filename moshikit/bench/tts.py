@@ -31,6 +31,7 @@ class TtsPlan:
     seed: int = 0
     max_steps: int | None = None  # a cap on generation steps (random full-size weights never finish a text)
     dtype: str | None = None
+    warmup: bool = True  # one unmeasured run of each row first (minutes on a CPU at full size: skipped there)
 
 
 def _sync() -> None:
@@ -105,7 +106,7 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
                 ref()
                 return ref.first, ref.samples
             subjects.append(("moshi TTSModel.generate (reference)", batch, theirs))
-    for _, _, fn in subjects:  # warm-up
+    for _, _, fn in subjects if plan.warmup else ():
         fn()
     walls: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
     firsts: dict[int, list[float]] = {i: [] for i in range(len(subjects))}

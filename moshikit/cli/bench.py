@@ -299,7 +299,7 @@ def tts(
         chosen = str(ensure_full_tts())
         max_steps = 16 + 2 + round(words / 2.5 * 12.5)  # random weights never finish: a normal pace's steps
     plan = bench_tts.TtsPlan(chosen, device_value(device), reference, _ints(batch_sizes), words, repeats,
-                             max_steps=max_steps, dtype=dtype)
+                             max_steps=max_steps, dtype=dtype, warmup=lm_size != "full")
     result = bench.BenchResult(env=bench.environment({"tts": plan.model}), synthetic=synthetic)
     render(result, lambda: bench_tts.bench_tts(plan), json_file, compare, None)
 
