@@ -48,6 +48,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "moshi_mlx's Lm on MLX"),
     BackendSpec("torch", "tts", "moshikit.backends.torch_tts", "pip install moshikit",
                 "Kyutai TTS through moshi's TTSModel in PyTorch (CUDA, MPS or CPU)"),
+    BackendSpec("mlx", "tts", "moshikit.backends.mlx_tts", "pip install 'moshikit[mlx]'",
+                "Kyutai TTS through moshi_mlx's Lm and TTS state machine on MLX (Apple silicon; CPU elsewhere)"),
 )
 
 

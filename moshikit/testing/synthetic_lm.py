@@ -68,9 +68,12 @@ TINY_OVERRIDES = {
 #: LMGen's own defaults (what moshi's server uses for Moshi), recorded in config.json.
 LM_GEN_CONFIG = {"temp": 0.8, "temp_text": 0.7, "top_k": 250, "top_k_text": 25}
 
-# Name pairs (StreamingMultiheadAttention's state-dict name, published name).
+# Name pairs (StreamingMultiheadAttention's state-dict name, published name). The TTS models'
+# cross-attention is published under the same names (moshi_mlx's loader reads only those).
 _ATTN_RENAMES = ((".self_attn.in_projs.", ".self_attn.in_proj_weight"),
-                 (".self_attn.out_projs.", ".self_attn.out_proj.weight"))
+                 (".self_attn.out_projs.", ".self_attn.out_proj.weight"),
+                 (".cross_attention.in_projs.", ".cross_attention.in_proj_weight"),
+                 (".cross_attention.out_projs.", ".cross_attention.out_proj.weight"))
 
 _ST_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 _POOL_SIZE = 4_194_301  # a prime, so the pool's period never lines up with a row length

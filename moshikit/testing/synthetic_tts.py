@@ -305,7 +305,8 @@ def ensure_synthetic_tts(seed: int = 0, *, mimi_path: str | os.PathLike | None =
     """The tiny TTS repo in moshikit's cache, written on first use (seconds; Mimi aside)."""
     from .synthetic import ensure_synthetic_mimi, synthetic_dir
 
-    dest = synthetic_dir() / f"seed{seed}" / "tts-tiny-pytorch"
+    # "-v2": cross-attention weights under their published names (older caches had the state-dict names)
+    dest = synthetic_dir() / f"seed{seed}" / "tts-tiny-pytorch-v2"
     if not (dest / CONFIG_NAME).exists():
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
         write_tts_repo(tmp, seed=seed, mimi_path=mimi_path or ensure_synthetic_mimi())

@@ -142,26 +142,36 @@ def checkpoint_voices(model: str | None = None, *, revision: str | None = None) 
 _LAST: dict = {}
 
 
-def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype: str | None = None,
-                   revision: str | None = None, n_q: int | None = None) -> TtsModel:
-    """Resolve ``model`` (``tts``, ``tts-public``, a repo id, a local folder or ``synthetic``) and load it
-    through moshi's ``TTSModel.from_checkpoint_info`` on torch (``device``: cpu, cuda, mps)."""
-    import torch
-    from moshi.models.loaders import CheckpointInfo
-    from moshi.models.tts import TTSModel
+@dataclass
+class TtsCheckpoint:
+    """A TTS checkpoint's files, resolved the same way for every backend (no weights read)."""
 
-    from .. import hub, platform
+    name: str  # what to call the model (the --model given, the repo, or "synthetic")
+    source: str  # how errors name it
+    folder: Path
+    repo: str | None
+    config: dict
+    config_path: Path
+    files: dict  # moshi_name, mimi_name, tokenizer_name -> Path
+    synthetic: bool
 
-    dev = platform.real_device("torch", device) or "auto"
-    if dev == "auto":
-        dev = "cuda" if platform.detect().cuda else "cpu"
+    def cache_key(self, *extra) -> tuple:
+        paths = tuple(str(p) for p in self.files.values())
+        return (paths, tuple(Path(p).stat().st_mtime_ns for p in paths), self.name, *extra)
+
+
+def resolve_tts_checkpoint(model: str | None = None, *, revision: str | None = None) -> TtsCheckpoint:
+    """Resolve ``model`` (``tts``, ``tts-public``, a repo id, a local folder or ``synthetic``) to its
+    config.json, LM weights, Mimi and tokenizer; one clear line for anything missing."""
+    import json
+
+    from .. import hub
+
     resolved = hub.resolve_model(model, kind="tts", revision=revision)
     folder = resolved.path if resolved.path.is_dir() else resolved.path.parent
     config = resolved.config
     source = str(model if model not in (None, hub.SYNTHETIC) else folder)
     if config is None and (folder / "config.json").is_file():
-        import json
-
         config = json.loads((folder / "config.json").read_text())
     check_tts_config(config, source)
     files = {}
@@ -172,16 +182,35 @@ def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype
         if not Path(path).is_file():
             raise ModelError(f"{source}: missing {config.get(key) or key} (named by config.json's {key})")
         files[key] = path
-    key = (tuple(str(p) for p in files.values()), tuple(Path(p).stat().st_mtime_ns for p in files.values()),
-           dev, dtype, n_q, str(model))
+    name = str(model) if model not in (None, hub.SYNTHETIC) else (
+        "synthetic" if model == hub.SYNTHETIC else str(resolved.repo or folder))
+    return TtsCheckpoint(name, source, folder, resolved.repo, config,
+                         Path(resolved.config_path or folder / "config.json"), files, model == hub.SYNTHETIC)
+
+
+def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype: str | None = None,
+                   revision: str | None = None, n_q: int | None = None) -> TtsModel:
+    """Resolve ``model`` (``tts``, ``tts-public``, a repo id, a local folder or ``synthetic``) and load it
+    through moshi's ``TTSModel.from_checkpoint_info`` on torch (``device``: cpu, cuda, mps)."""
+    import torch
+    from moshi.models.loaders import CheckpointInfo
+    from moshi.models.tts import TTSModel
+
+    from .. import platform
+
+    dev = platform.real_device("torch", device) or "auto"
+    if dev == "auto":
+        dev = "cuda" if platform.detect().cuda else "cpu"
+    ckpt = resolve_tts_checkpoint(model, revision=revision)
+    config, files, source = ckpt.config, ckpt.files, ckpt.source
+    key = ckpt.cache_key(dev, dtype, n_q)
     if _LAST.get("key") == key:
         return _LAST["model"]
     torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}.get(
         dtype or "auto", torch.bfloat16 if dev.startswith("cuda") else torch.float32)
     info = CheckpointInfo.from_hf_repo("local", moshi_weights=files["moshi_name"], mimi_weights=files["mimi_name"],
-                                       tokenizer=files["tokenizer_name"], config_path=resolved.config_path or
-                                       folder / "config.json")
+                                       tokenizer=files["tokenizer_name"], config_path=ckpt.config_path)
     lm_n_q = int(config.get("n_q", 32))
     if n_q is not None and not 1 <= n_q <= lm_n_q:
         raise UsageError(f"--codebooks {n_q}: this model generates 1 to {lm_n_q} codebooks")
@@ -192,9 +221,7 @@ def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise ModelError(f"{source}: its config.json does not describe a Kyutai TTS model "
                          f"({type(exc).__name__}: {first})") from None
-    name = str(model) if model not in (None, hub.SYNTHETIC) else (
-        "synthetic" if model == hub.SYNTHETIC else str(resolved.repo or folder))
-    loaded = TtsModel(tts, name, folder, resolved.repo, synthetic=model == hub.SYNTHETIC)
+    loaded = TtsModel(tts, ckpt.name, ckpt.folder, ckpt.repo, synthetic=ckpt.synthetic)
     _LAST.clear()
     _LAST.update(key=key, model=loaded)
     return loaded
