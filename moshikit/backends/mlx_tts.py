@@ -82,11 +82,8 @@ class MlxTtsModel:
         return f".{mid['sig']}@{mid['epoch']}.safetensors"
 
     def describe(self) -> dict:
-        out = {"name": self.name, "backend": self.backend, "device": self.device, "n_q": self.n_q,
-               "delay_steps": self.delay_steps, "multi_speaker": self.multi_speaker, "dtype": self.dtype}
-        if not self.cfg_values:
-            out["cfg"] = "not applied: moshi_mlx has no text-free guidance for audio-prefix models"
-        return out
+        return {"name": self.name, "backend": self.backend, "device": self.device, "n_q": self.n_q,
+                "delay_steps": self.delay_steps, "multi_speaker": self.multi_speaker, "dtype": self.dtype}
 
     def list_voices(self) -> tuple[list[str], str]:
         from ..tts.voices import list_voices

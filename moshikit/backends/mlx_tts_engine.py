@@ -112,6 +112,44 @@ def roll(gen) -> None:
     gen.step_idx = keep
 
 
+class TextFreeGuidance:
+    """moshi_mlx's ``Lm`` as ``LmGen`` sees it, with moshi's classifier-free guidance for models that have
+    no distilled CFG (the audio-prefix ones): ``LMGen(cfg_coef, cfg_is_no_text=True,
+    cfg_is_masked_until=...)``. The null half of the batch gets no text (the zero token once past
+    the initial one) and, until ``masked_until`` + a codebook's delay, no audio; text is sampled from
+    the conditioned half alone, audio from ``null + cfg * (cond - null)`` in the depth transformer
+    (moshi_mlx's own ``cfg_coef`` path only repeats identical inputs, which guides nothing)."""
+
+    def __init__(self, lm, masked_until: int | None) -> None:
+        self.lm, self.cfg, self.masked_until = lm, lm.cfg, masked_until
+        self.step = 0
+
+    def _sample(self, text_ids, audio_ids, text_sampler, audio_sampler, ct=None, cross_attention_src=None,
+                cfg_coef: float = 1.0, on_text_hook=None, on_audio_hook=None):
+        import mlx.core as mx
+
+        lm, step = self.lm, self.step
+        self.step += 1
+        zero = mx.full(text_ids.shape, -1, dtype=text_ids.dtype)
+        xs = lm.text_emb(text_ids)
+        null = lm.text_emb(text_ids if step == 0 else zero)
+        for ids, emb, delay in zip(audio_ids, lm.audio_embs, lm.delays):
+            masked = self.masked_until is not None and delay < step <= delay + self.masked_until
+            xs = xs + emb(ids).transpose(1, 0, 2)
+            null = null + emb(mx.full(ids.shape, -1, dtype=ids.dtype) if masked else ids).transpose(1, 0, 2)
+        xs = mx.concatenate([xs, null], axis=0)
+        if ct is not None:
+            xs = xs + mx.expand_dims(ct.tensor, axis=1)
+        out = lm.out_norm(lm.transformer(xs, cache=lm.transformer_cache, cross_attention_src=cross_attention_src))
+        text_token, _ = text_sampler(lm.text_linear(out[:1]))
+        if on_text_hook is not None:
+            on_text_hook(text_token)
+        audio = lm.depformer.sample(out, audio_sampler, text_token, lm.depformer_cache, cfg_coef=cfg_coef)
+        if on_audio_hook is not None:
+            on_audio_hook(audio)
+        return text_token, audio, out
+
+
 def entries_of(model, chunk: Chunk) -> list:
     """A chunk as moshi_mlx's script entries; the speaker token opens each turn."""
     from moshi_mlx.models.tts import script_to_entries
@@ -195,6 +233,11 @@ def generate(model, chunks: Iterable[Chunk], voices: list, settings: Settings | 
     if s.padding_bonus:
         text_sampler = PadBonus(text_sampler, ids.pad, lm.cfg.text_out_vocab_size, s.padding_bonus)
     limit = s.max_steps or model.max_gen_length
+    guided = not model.cfg_values and s.cfg != 1.0  # CFG at inference, as moshi does (not distilled)
+    if guided and lm.condition_provider is not None:
+        raise UsageError(f"--cfg {s.cfg:g}: the mlx backend guides only audio-prefix models; use --cfg 1 or -b torch")
+    driven = TextFreeGuidance(lm, prefix_frames + model.delay_steps if prefix is not None else None) \
+        if guided else lm
     fill()
     if not state.entries:
         raise UsageError("nothing to say: the text is empty")
@@ -203,8 +246,8 @@ def generate(model, chunks: Iterable[Chunk], voices: list, settings: Settings | 
         for c in lm.transformer_cache + lm.depformer_cache:
             c.reset()
         model.codec.reset_stream(1)
-        gen = LmGen(lm, max_steps=BUFFER_STEPS, text_sampler=text_sampler, audio_sampler=Sampler(temp=s.temp),
-                    batch_size=1, cfg_coef=1.0, on_text_hook=on_text, on_audio_hook=on_audio)
+        gen = LmGen(driven, max_steps=BUFFER_STEPS, text_sampler=text_sampler, audio_sampler=Sampler(temp=s.temp),
+                    batch_size=1, cfg_coef=s.cfg if guided else 1.0, on_text_hook=on_text, on_audio_hook=on_audio)
         inputs = mx.full((1, lm.n_q - lm.dep_q), ids.zero, dtype=mx.int32)
         while True:
             fill()

@@ -32,10 +32,14 @@ class TtsPlan:
     max_steps: int | None = None  # a cap on generation steps (random full-size weights never finish a text)
     dtype: str | None = None
     warmup: bool = True  # one unmeasured run of each row first (minutes on a CPU at full size: skipped there)
+    backends: list[str] = field(default_factory=lambda: ["torch"])  # moshikit's rows, one per backend
 
 
 def _sync() -> None:
-    import torch
+    try:
+        import torch
+    except ImportError:  # an MLX-only install
+        return
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -79,24 +83,37 @@ class _Reference:
 def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) -> Iterator[Row]:
     from ..tts import Settings, chunks, load_tts
 
-    model = load_tts(plan.model, backend="torch", device=plan.device, dtype=plan.dtype)
-    voice = model.resolve_voice(None)
     text = " ".join(TEXT.split()[: plan.words])
     subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]]]] = []
+    devices: list[str] = []
+    model = voice = None
+    for backend in plan.backends:  # torch's row is "moshikit speak", another backend's "moshikit speak -b NAME"
+        mine = load_tts(plan.model, backend=backend, dtype=plan.dtype,
+                        device=plan.device if backend == "torch" or plan.device == "cpu" else None)
+        mine_voice = mine.resolve_voice(None)
+        if backend == "torch":
+            model, voice = mine, mine_voice
 
-    def ours():
-        speech = model.generate(chunks([text]), [voice], Settings(seed=plan.seed, max_steps=plan.max_steps))
-        _sync()
-        return speech.first_audio, speech.samples
-
-    subjects.append(("moshikit speak", 1, ours))
-    for batch in [b for b in plan.batch_sizes if b > 1]:
-        def ours_batch(batch=batch):
-            speeches = model.generate_batch([chunks([text]) for _ in range(batch)], [[voice]] * batch,
-                                            Settings(seed=plan.seed, max_steps=plan.max_steps))
+        def ours(mine=mine, mine_voice=mine_voice):
+            speech = mine.generate(chunks([text]), [mine_voice], Settings(seed=plan.seed, max_steps=plan.max_steps))
             _sync()
-            return min(s.first_audio for s in speeches), speeches[0].samples
-        subjects.append(("moshikit speak DIR --batch", batch, ours_batch))
+            return speech.first_audio, speech.samples
+
+        subjects.append(("moshikit speak" + ("" if backend == "torch" else f" -b {backend}"), 1, ours))
+        devices.append(str(mine.describe().get("device")))
+        if backend != "torch" or not hasattr(mine, "generate_batch"):
+            continue
+        for batch in [b for b in plan.batch_sizes if b > 1]:
+            def ours_batch(batch=batch):
+                speeches = model.generate_batch([chunks([text]) for _ in range(batch)], [[voice]] * batch,
+                                                Settings(seed=plan.seed, max_steps=plan.max_steps))
+                _sync()
+                return min(s.first_audio for s in speeches), speeches[0].samples
+            subjects.append(("moshikit speak DIR --batch", batch, ours_batch))
+            devices.append(model.device)
+    if plan.reference and model is None:
+        model = load_tts(plan.model, backend="torch", device=plan.device, dtype=plan.dtype)
+        voice = model.resolve_voice(None)
     if plan.reference:
         for batch in plan.batch_sizes:
             ref = _Reference(model, voice, text, batch)
@@ -106,6 +123,7 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
                 ref()
                 return ref.first, ref.samples
             subjects.append(("moshi TTSModel.generate (reference)", batch, theirs))
+            devices.append(model.device)
     for _, _, fn in subjects if plan.warmup else ():
         fn()
     walls: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
@@ -121,7 +139,7 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
             audio[i] = samples / 24000 * batch
     task = f"speak {len(text.split())} words"
     for i, (name, batch, _) in enumerate(subjects):
-        params = dict(batch=batch, device=model.device, words=len(text.split()))
+        params = dict(batch=batch, device=devices[i], words=len(text.split()))
         yield throughput_row("tts", name, task, audio[i], walls[i], **params)
         if firsts[i]:
             yield latency_row("tts", name, "time to first audio", firsts[i], **params)

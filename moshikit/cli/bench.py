@@ -280,6 +280,8 @@ def tts(
     device: DeviceOpt = None,
     json_file: JsonFileOpt = None,
     compare: CompareOpt = None,
+    backend: Annotated[str, typer.Option("--backend", "-b", help="moshikit's TTS backends: comma-separated, or "
+                                         "'all' (those installed).")] = "torch",
 ) -> None:
     """Text to speech: time to first audio and x real time, next to moshi's TTSModel.generate."""
     from .. import bench
@@ -299,7 +301,8 @@ def tts(
         chosen = str(ensure_full_tts())
         max_steps = 16 + 2 + round(words / 2.5 * 12.5)  # random weights never finish: a normal pace's steps
     plan = bench_tts.TtsPlan(chosen, device_value(device), reference, _ints(batch_sizes), words, repeats,
-                             max_steps=max_steps, dtype=dtype, warmup=lm_size != "full")
+                             max_steps=max_steps, dtype=dtype, warmup=lm_size != "full",
+                             backends=_backends(backend, "tts"))
     result = bench.BenchResult(env=bench.environment({"tts": plan.model}), synthetic=synthetic)
     render(result, lambda: bench_tts.bench_tts(plan), json_file, compare, None)
 

@@ -167,19 +167,39 @@ def test_streams_decoded_frames_as_torch_mimi_decodes_them(mlx_model, voice, mim
     assert 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum()) > 30
 
 
-def test_audio_prefix_model(tmp_path_factory, mimi_weights, write_wav):
-    """The 0.75B-public kind: the voice is an audio prefix encoded by the MLX Mimi; greedy with --cfg 1
-    it equals torch. moshi_mlx has no text-free guidance, so CFG is not applied (describe() says so)."""
+@pytest.fixture(scope="module")
+def public(tmp_path_factory, mimi_weights, write_wav):
+    """(mlx model, torch model, voice sample) of a tiny 0.75B-public-like checkpoint."""
     from moshikit.testing.synthetic_tts import write_public_repo
 
     path = write_public_repo(tmp_path_factory.mktemp("pub") / "tts-public", mimi_path=mimi_weights)
-    ours_model = load_tts(str(path), backend="mlx", device="cpu")
-    torch_model = load_tts(str(path), backend="torch")
     sample = write_wav(tmp_path_factory.mktemp("v") / "me.wav", (0.1 * np.sin(np.arange(24000) / 9)).astype(np.float32))
-    assert not ours_model.multi_speaker and "not applied" in ours_model.describe()["cfg"]
-    settings = Settings(temp=0.0, cfg=1.0, keep_codes=True, decode=False)
-    ours = ours_model.generate(chunks(["Hello there."]), [ours_model.resolve_voice(str(sample))], settings)
-    theirs = torch_model.generate(chunks(["Hello there."]), [torch_model.resolve_voice(str(sample))], settings)
+    return load_tts(str(path), backend="mlx", device="cpu"), load_tts(str(path), backend="torch"), str(sample)
+
+
+def greedy_pair(public, cfg: float):
+    ours_model, torch_model, sample = public
+    settings = Settings(temp=0.0, cfg=cfg, keep_codes=True, decode=False)
+    ours = ours_model.generate(chunks(["Hello there."]), [ours_model.resolve_voice(sample)], settings)
+    theirs = torch_model.generate(chunks(["Hello there."]), [torch_model.resolve_voice(sample)], settings)
     np.testing.assert_array_equal(codes_of(ours), codes_of(theirs))
     assert [w.text for w in ours.words] == ["Hello", "there."]
     assert [(w.start, w.end) for w in ours.words] == [(w.start, w.end) for w in theirs.words]
+    return ours
+
+
+def test_audio_prefix_model(public):
+    """The 0.75B-public kind: the voice is an audio prefix encoded by the MLX Mimi; greedy, the codes and
+    word times equal torch's."""
+    assert not public[0].multi_speaker and not public[0].cfg_values
+    assert public[0].resolve_voice(public[2]).kind == "audio"
+    greedy_pair(public, 1.0)
+
+
+@pytest.mark.slow  # ~35 s on a loaded 2-core CPU (guidance doubles the batch)
+def test_audio_prefix_guidance_is_moshis(public):
+    """CFG at inference as moshi runs it (no text in the null half, the prefix masked): greedy, the codes
+    equal torch's at --cfg 2, and guidance changes them."""
+    guided = greedy_pair(public, 2.0)
+    plain = greedy_pair(public, 1.0)
+    assert len(plain.codes) != len(guided.codes) or (codes_of(plain) != codes_of(guided)).any()
