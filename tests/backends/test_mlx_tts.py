@@ -79,6 +79,17 @@ def test_it_is_a_registered_tts_backend(mlx_model):
     assert mlx_model.cfg_values == [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
 
 
+def test_the_default_on_apple_silicon():
+    from dataclasses import replace
+
+    from moshikit import platform
+
+    here = platform.detect()
+    assert platform.default_tts(replace(here, apple_silicon=True, cuda=[])).backend == "mlx"
+    assert platform.default_tts(replace(here, apple_silicon=False, cuda=[])) == platform.Choice(
+        "torch", "cpu", "no GPU: PyTorch on the CPU")
+
+
 def test_equals_moshi_mlx_tts_generate(mlx_model, voice):
     """Cut into sentences and fed lazily, the stream is exactly moshi_mlx's generate on the whole text."""
     ref_codes, ref = kyutai_reference(TEXT, voice.path, seed=7)
