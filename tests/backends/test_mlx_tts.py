@@ -214,3 +214,20 @@ def test_audio_prefix_guidance_is_moshis(public):
     guided = greedy_pair(public, 2.0)
     plain = greedy_pair(public, 1.0)
     assert len(plain.codes) != len(guided.codes) or (codes_of(plain) != codes_of(guided)).any()
+
+
+def test_fewer_codebooks_as_torch(mimi_weights):
+    """n_q=4 (moshi's TTSModel n_q): only the first codebooks are generated, the rest fed as zeros;
+    greedy, the codes equal torch's."""
+    settings = Settings(temp=0.0, keep_codes=True, decode=False)
+    ours_model = mlx_tts.load("synthetic", device="cpu", n_q=4)
+    from moshikit.backends import torch_tts
+
+    torch_model = torch_tts.load("synthetic", device="cpu", n_q=4)
+    assert ours_model.n_q == torch_model.n_q == 4
+    ours = ours_model.generate(chunks(["Hello there."]), [ours_model.resolve_voice(None)], settings)
+    theirs = torch_model.generate(chunks(["Hello there."]), [torch_model.resolve_voice(None)], settings)
+    assert codes_of(ours).shape[0] == 4
+    np.testing.assert_array_equal(codes_of(ours), codes_of(theirs))
+    with pytest.raises(UsageError, match="--codebooks 9: this model generates 1 to 8 codebooks"):
+        mlx_tts.load("synthetic", device="cpu", n_q=9)
