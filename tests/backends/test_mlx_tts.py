@@ -231,3 +231,19 @@ def test_fewer_codebooks_as_torch(mimi_weights):
     np.testing.assert_array_equal(codes_of(ours), codes_of(theirs))
     with pytest.raises(UsageError, match="--codebooks 9: this model generates 1 to 8 codebooks"):
         mlx_tts.load("synthetic", device="cpu", n_q=9)
+
+
+@pytest.mark.slow  # ~80 s on a loaded 2-core CPU (MLX's Mimi)
+def test_bench_tts_has_an_mlx_row(tmp_path, capsys):
+    import json
+
+    from moshikit.cli.app import main
+
+    out = tmp_path / "tts.json"
+    code = main(["bench", "tts", "--synthetic", "-b", "mlx", "--no-reference", "--words", "1", "--repeats", "1",
+                 "--json", str(out)])
+    assert code in (0, None), capsys.readouterr().err
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["name"], r["task"]) for r in rows} == {("moshikit speak -b mlx", "speak 1 words"),
+                                                      ("moshikit speak -b mlx", "time to first audio")}
+    assert all(r["params"]["device"] == "cpu" and r["stats"]["p50"] > 0 for r in rows)
