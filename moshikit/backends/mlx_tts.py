@@ -21,7 +21,7 @@ def probe() -> str:
     from importlib.metadata import version
 
     import mlx.core  # noqa: F401  (fails without the runtime: libmlx.so)
-    from moshi_mlx.models.tts import StateMachine  # noqa: F401  (moshi_mlx >= 0.2.9)
+    import moshi_mlx.models.tts  # noqa: F401  (moshi_mlx >= 0.2.9)
 
     return f"mlx {version('mlx')}, moshi_mlx {version('moshi_mlx')}"
 
@@ -94,6 +94,11 @@ class MlxTtsModel:
         from ..tts.voices import resolve_voice
 
         return resolve_voice(self, voice)
+
+    def check_text(self, text: str) -> None:
+        from ..tts.text import check_chunk
+
+        check_chunk(text, self.tokenizer)
 
     def generate(self, chunks, voices, settings=None, *, on_pcm=None, on_word=None):
         from .mlx_tts_engine import generate

@@ -287,7 +287,7 @@ def ensure_full_tts(seed: int = 0) -> Path:
     from .synthetic import ensure_synthetic_mimi, synthetic_dir
     from .synthetic_lm import PoolSource, published_shapes
 
-    dest = synthetic_dir() / f"seed{seed}" / "tts-full-pytorch"
+    dest = synthetic_dir() / f"seed{seed}" / "tts-full-pytorch-v2"  # -v2: cross-attention under published names
     if not (dest / CONFIG_NAME).exists():
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)

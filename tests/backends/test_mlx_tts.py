@@ -77,6 +77,9 @@ def test_it_is_a_registered_tts_backend(mlx_model):
     assert mlx_model.list_voices() == torch_model.list_voices()
     assert mlx_tts.voices("synthetic")[1] == mlx_model.list_voices()[0]
     assert mlx_model.cfg_values == [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
+    mlx_model.check_text("Hello there.")
+    with pytest.raises(UsageError, match="characters this model cannot speak: '日' '本'"):
+        mlx_model.check_text("Hello 日本")
 
 
 def test_the_default_on_apple_silicon():

@@ -73,7 +73,8 @@ def test_mimi_tokens_and_dialogue(capsys, tmp_path, mlx_model):
                                 Settings(seed=4, keep_codes=True, decode=False))
     np.testing.assert_array_equal(tokens.codes[0], np.stack(direct.codes, axis=-1))
     talk = tmp_path / "talk.jsonl"
-    talk.write_text('{"speaker": "Ann", "text": "Hi."}\n{"speaker": "Bob", "text": "Yo!", "voice": "vctk/p225_023.wav"}\n')
+    talk.write_text('{"speaker": "Ann", "text": "Hi."}\n'
+                    '{"speaker": "Bob", "text": "Yo!", "voice": "vctk/p225_023.wav"}\n')
     code, out, err = run(capsys, "--dialogue", str(talk), "-o", str(tmp_path / "talk.wav"), "--json")
     assert code == 0, err
     summary = json.loads(out)
