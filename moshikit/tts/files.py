@@ -65,7 +65,8 @@ def speak_to_file(model, chunks: Iterable[Chunk], voices, output: str | Path | N
         if not model.n_q:
             raise UsageError(f"{output}: the {model.backend} backend makes no Mimi tokens",
                              hint="write audio (.wav, .flac, .ogg, .opus), or use Kyutai TTS (-b torch)")
-        settings.keep_codes = True
+        # Tokens only: no audio to decode unless it is also played (MLX's Mimi is slow on a CPU).
+        settings = replace(settings, keep_codes=True, decode=on_pcm is not None)
 
     def fan_out(writer):
         def push(pcm):
