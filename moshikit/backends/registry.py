@@ -48,6 +48,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "moshi_mlx's Lm on MLX"),
     BackendSpec("torch", "tts", "moshikit.backends.torch_tts", "pip install moshikit",
                 "Kyutai TTS through moshi's TTSModel in PyTorch (CUDA, MPS or CPU)"),
+    BackendSpec("pocket", "tts", "moshikit.backends.pocket_tts", "pip install 'moshikit[pocket]'",
+                "Kyutai's Pocket TTS (~100M, CPU, voice cloning) through the pocket-tts package"),
 )
 
 

@@ -18,7 +18,7 @@ def load_tts(model: str | None = None, *, backend: str | None = None, device: st
     from .. import platform
     from ..backends import registry
 
-    choice = platform.resolve("tts", backend, device)
+    choice = platform.resolve("tts", pocket_backend(model, backend), device)
     dev = None if choice.device in (None, "auto") else choice.device
     return registry.module("tts", choice.backend).load(model, device=dev, dtype=dtype, revision=revision,
                                                        **options)
@@ -30,5 +30,18 @@ def voices_of(model: str | None = None, *, backend: str | None = None,
     from .. import platform
     from ..backends import registry
 
-    choice = platform.resolve("tts", backend, None)
+    choice = platform.resolve("tts", pocket_backend(model, backend), None)
     return registry.module("tts", choice.backend).voices(model, revision=revision)
+
+
+def pocket_backend(model: str | None, backend: str | None) -> str | None:
+    """A Pocket TTS model name (``pocket-tts``, ``pocket``) implies ``-b pocket``; another backend cannot run it."""
+    from .pocket import is_pocket_name
+
+    if not is_pocket_name(model):
+        return backend
+    if backend not in (None, "auto", "pocket"):
+        from ..errors import UsageError
+
+        raise UsageError(f"--model {model} runs on the pocket backend, not {backend}", hint="use -b pocket")
+    return "pocket"
