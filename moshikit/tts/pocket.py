@@ -77,7 +77,7 @@ def locate(model: str | None, *, revision: str | None = None) -> PocketFiles:
 
 
 def _fetch(repo: str, name: str, revision: str | None) -> Path:
-    from ..download import fetch_file  # one line for gated, offline, missing files
+    from ..download.hubapi import fetch_file  # one line for gated, offline, missing files
 
     try:
         return fetch_file(repo, name, revision)
@@ -230,9 +230,16 @@ class PocketModel:
         """pocket-tts's model state for ``voice`` (kept: encoding a voice sample costs a second or so)."""
         key = str(voice.path)
         if key not in self.states:
+            source = Path(voice.path)
+            if voice.kind == "audio":  # moshikit reads it (pocket-tts's reader takes only 16-bit wav, not float)
+                import torch
+
+                from ..audio import read_24k
+
+                source = torch.from_numpy(read_24k(voice.path).reshape(-1).copy())[None]
             try:
-                self.states[key] = self.tts.get_state_for_audio_prompt(Path(voice.path))
-            except (ValueError, KeyError, RuntimeError, OSError) as exc:
+                self.states[key] = self.tts.get_state_for_audio_prompt(source)
+            except (AssertionError, ValueError, KeyError, RuntimeError, OSError) as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
                 raise UsageError(f"{voice.name}: Pocket TTS cannot use this voice ({first})") from None
             self.states = {key: self.states[key]} if len(self.states) > 4 else self.states
