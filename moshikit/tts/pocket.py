@@ -26,7 +26,7 @@ LANGUAGE_DIR = "languages/english"
 WEIGHTS = f"{LANGUAGE_DIR}/model.safetensors"
 TOKENIZER = f"{LANGUAGE_DIR}/tokenizer.json"
 #: Names that mean Pocket TTS (catalog family and its alias).
-MODEL_NAMES = ("pocket-tts", "pocket")
+MODEL_NAMES = ("pocket-tts", "pocket", "pocket-tts-open")
 #: pocket-tts 4.0.1's predefined voices (``embeddings/<name>.safetensors`` in the open repo).
 PREDEFINED_VOICES = ("alba", "marius", "javert", "jean", "fantine", "cosette", "eponine", "azelma", "anna",
                      "vera", "charles", "paul", "george", "mary", "jane", "michael", "eve", "bill_boerst",
@@ -60,7 +60,7 @@ def locate(model: str | None, *, revision: str | None = None) -> PocketFiles:
     from .. import hub
 
     if model is None or is_pocket_name(model):
-        return _published(revision)
+        return _published(revision, open_only=str(model).lower() == "pocket-tts-open")
     if model == hub.SYNTHETIC:
         from ..testing.synthetic_pocket import ensure_synthetic_pocket
 
@@ -88,7 +88,7 @@ def _fetch(repo: str, name: str, revision: str | None) -> Path:
         raise
 
 
-def _published(revision: str | None) -> PocketFiles:
+def _published(revision: str | None, open_only: bool = False) -> PocketFiles:
     """The published English model through moshikit's cache: the gated weights if they can be had,
     else the open ones (and why not)."""
     import yaml
@@ -100,6 +100,8 @@ def _published(revision: str | None) -> PocketFiles:
     tokenizer = _fetch(OPEN_REPO, TOKENIZER, None)
     cloning, why = True, None
     try:
+        if open_only:
+            raise ModelError("--model pocket-tts-open has none")
         weights = _fetch(GATED_REPO, WEIGHTS, revision)
     except ModelError as exc:
         cloning, why = False, str(exc)
@@ -111,7 +113,8 @@ def _published(revision: str | None) -> PocketFiles:
     folder = synthetic_dir().parent / "pocket"
     folder.mkdir(parents=True, exist_ok=True)
     config = write_config(folder / f"english-{'cloning' if cloning else 'open'}.yaml", cfg, weights, tokenizer)
-    return PocketFiles("pocket-tts", config, weights.parent, cloning=cloning, no_cloning=why)
+    return PocketFiles("pocket-tts-open" if open_only else "pocket-tts", config, weights.parent, cloning=cloning,
+                       no_cloning=why)
 
 
 _LAST: dict = {}

@@ -191,3 +191,37 @@ def test_model_name_picks_the_backend():
         from moshikit.tts.pocket import locate
 
         locate("tts")
+
+
+def test_gated_repo_through_the_hub(monkeypatch, tmp_path):
+    """Online, kyutai/pocket-tts gated (terms not accepted): `download` says so in one line, and the
+    pocket backend loads the open weights and says why it cannot clone."""
+    from hubserver import HubServer, patch_hub
+
+    from moshikit import download as dl
+    from moshikit.tts import pocket as P
+
+    server = HubServer().start()
+    try:
+        patch_hub(monkeypatch, server, tmp_path / "hub")
+        files = {"languages/english/model.safetensors": b"weights", "languages/english/tokenizer.json": b"{}",
+                 "languages/english/embeddings/alba.safetensors": b"state"}
+        server.add(P.GATED_REPO, {"languages/english/model.safetensors": b"gated weights"})
+        server.add(P.OPEN_REPO, files)
+        server.gated.add(P.GATED_REPO)
+        with pytest.raises(ModelError, match="kyutai/pocket-tts is gated: accept its conditions"):
+            dl.download(dl.plan("pocket-tts"))
+        got = dl.download(dl.plan("pocket-tts-open"))
+        assert sorted(f.name for f in got.files) == sorted(files)
+        found = P.locate("pocket-tts")
+        assert not found.cloning and "kyutai/pocket-tts is gated" in found.no_cloning
+        assert "pocket-tts-without-voice-cloning" in found.config.read_text()
+        opened = P.locate("pocket-tts-open")
+        assert not opened.cloning and opened.name == "pocket-tts-open"
+        server.gated.clear()
+        assert P.locate("pocket-tts").cloning
+    finally:
+        from huggingface_hub.utils import reset_sessions
+
+        server.stop()
+        reset_sessions()
