@@ -29,6 +29,8 @@ class TtsPlan:
     words: int = 20  # words of TEXT spoken per measurement
     repeats: int = 2
     seed: int = 0
+    pocket: str | None = None  # a Pocket TTS model: adds its rows (bench/tts_pocket.py)
+    kyutai: bool = True  # the Kyutai TTS rows
 
 
 def _sync() -> None:
@@ -71,19 +73,30 @@ class _Reference:
 
 
 def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) -> Iterator[Row]:
+    text = " ".join(TEXT.split()[: plan.words])
+    subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]], str]] = []
+    if plan.pocket:
+        from .tts_pocket import pocket_subjects
+
+        subjects += pocket_subjects(plan.pocket, text)
+    if plan.kyutai:
+        subjects += _kyutai_subjects(plan, text)
+    yield from _measure(subjects, plan, text, clock)
+
+
+def _kyutai_subjects(plan: TtsPlan, text: str) -> list:
     from ..tts import Settings, chunks, load_tts
 
     model = load_tts(plan.model, backend="torch", device=plan.device)
     voice = model.resolve_voice(None)
-    text = " ".join(TEXT.split()[: plan.words])
-    subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]]]] = []
+    subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]], str]] = []
 
     def ours():
         speech = model.generate(chunks([text]), [voice], Settings(seed=plan.seed))
         _sync()
         return speech.first_audio, speech.samples
 
-    subjects.append(("moshikit speak", 1, ours))
+    subjects.append(("moshikit speak", 1, ours, model.device))
     if plan.reference:
         for batch in plan.batch_sizes:
             ref = _Reference(model, voice, text, batch)
@@ -91,14 +104,18 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
             def theirs(ref=ref):
                 ref()
                 return ref.first, ref.samples
-            subjects.append(("moshi TTSModel.generate (reference)", batch, theirs))
-    for _, _, fn in subjects:  # warm-up
+            subjects.append(("moshi TTSModel.generate (reference)", batch, theirs, model.device))
+    return subjects
+
+
+def _measure(subjects: list, plan: TtsPlan, text: str, clock: Callable[[], float]) -> Iterator[Row]:
+    for _, _, fn, _ in subjects:  # warm-up
         fn()
     walls: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
     firsts: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
     audio: dict[int, float] = {}
     for _ in range(plan.repeats):
-        for i, (_, batch, fn) in enumerate(subjects):
+        for i, (_, batch, fn, _) in enumerate(subjects):
             t = clock()
             first, samples = fn()
             walls[i].append(clock() - t)
@@ -106,8 +123,8 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
                 firsts[i].append(first)
             audio[i] = samples / 24000 * batch
     task = f"speak {len(text.split())} words"
-    for i, (name, batch, _) in enumerate(subjects):
-        params = dict(batch=batch, device=model.device, words=len(text.split()))
+    for i, (name, batch, _, device) in enumerate(subjects):
+        params = dict(batch=batch, device=device, words=len(text.split()))
         yield throughput_row("tts", name, task, audio[i], walls[i], **params)
         if firsts[i]:
             yield latency_row("tts", name, "time to first audio", firsts[i], **params)

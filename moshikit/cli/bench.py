@@ -276,15 +276,19 @@ def tts(
     device: DeviceOpt = None,
     json_file: JsonFileOpt = None,
     compare: CompareOpt = None,
+    pocket: Annotated[Optional[str], typer.Option(
+        "--pocket", metavar="MODEL", show_default=False,
+        help="Also Pocket TTS (pocket-tts, synthetic, or a folder), next to pocket-tts's own API.")] = None,
+    kyutai: Annotated[bool, typer.Option("--kyutai/--no-kyutai", help="The Kyutai TTS rows.")] = True,
 ) -> None:
-    """Text to speech: time to first audio and x real time, next to moshi's TTSModel.generate."""
+    """Text to speech: time to first audio and x real time, next to moshi's TTSModel.generate (and Pocket TTS)."""
     from .. import bench
     from ..bench import tts as bench_tts
     from .bench_render import render
 
     plan = bench_tts.TtsPlan("synthetic" if synthetic else model, device_value(device), reference,
-                             _ints(batch_sizes), words, repeats)
-    result = bench.BenchResult(env=bench.environment({"tts": plan.model}), synthetic=synthetic)
+                             _ints(batch_sizes), words, repeats, pocket=pocket, kyutai=kyutai)
+    result = bench.BenchResult(env=bench.environment({"tts": plan.model, "pocket": pocket}), synthetic=synthetic)
     render(result, lambda: bench_tts.bench_tts(plan), json_file, compare, None)
 
 

@@ -95,6 +95,10 @@ def write_tokenizer(path: Path, vocab_size: int = 256) -> int:
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<unk>"], unk_token="<unk>",
                                       initial_alphabet=list(_CHARS), show_progress=False)
     tok.train_from_iterator(_CORPUS.splitlines() * 20 + [" ".join(_CHARS)], trainer=trainer)
+    # the corpus is small: unused pieces fill the vocabulary to the size asked (4000 as published)
+    missing = vocab_size - tok.get_vocab_size()
+    if missing > 0:
+        tok.add_special_tokens([f"<unused{i}>" for i in range(missing)])
     path.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(path))
     return tok.get_vocab_size()
