@@ -130,6 +130,10 @@ def _load(out, model, backend, device, dtype, revision):
                  dtype=dtype.value if dtype.value != "auto" else None, revision=revision)
     info = m.describe()
     out.message(f"[dim]model: {m.name} ({m.backend} on {info['device']})[/]")
+    if info.get("no_cloning_reason"):  # Pocket TTS on its open weights: say so, never silently
+        from rich.markup import escape
+
+        out.message(f"[yellow]no voice cloning: {escape(info['no_cloning_reason'])}; predefined voices only[/]")
     return m
 
 
@@ -248,6 +252,8 @@ def _one(out, m, chunks, voices, output, words, settings, speaker, source, strea
     }
     if speaker is not None:
         summary["underruns"] = speaker.underruns
+    if "voice_cloning" in m.describe():
+        summary["voice_cloning"] = m.describe()["voice_cloning"]
     if out.json_mode:
         out.json(summary)
         return

@@ -84,7 +84,8 @@ def _fetch(repo: str, name: str, revision: str | None) -> Path:
     except ModelError as exc:
         from ..download import download_command
 
-        exc.hint = exc.hint or f"run `{download_command('pocket-tts')}` when connected"
+        exc.hint = exc.hint or (f"run `{download_command('pocket-tts')}` when connected (or "
+                                f"`{download_command('pocket-tts-open')}`: without voice cloning)")
         raise
 
 

@@ -133,3 +133,24 @@ def test_stream_from_stdin_speaks_before_the_input_ends(tmp_path):
     summary = json.loads(out)
     assert summary["stream"] and summary["characters"] > 40 and summary["time_to_first_audio"] > 0
     assert wav.stat().st_size > summary["audio_seconds"] * 24000 * 2 * 0.9
+
+
+def test_open_weights_are_reported_and_cloning_refused(capsys, tmp_path, monkeypatch, speech, write_wav,
+                                                       pocket_model):
+    """The gated weights could not be had: every run says so, and a voice sample is one line."""
+    from dataclasses import replace
+
+    from moshikit.tts import pocket as P
+
+    files = replace(pocket_model.files, cloning=False,
+                    no_cloning="kyutai/pocket-tts is gated: accept its conditions on the hub and set HF_TOKEN")
+    monkeypatch.setattr(P, "load_pocket", lambda *a, **k: P.PocketModel(pocket_model.tts, files))
+    code, out, err = run(capsys, "Hello there.", "-o", str(tmp_path / "a.wav"))
+    assert code == 0 and "no voice cloning: kyutai/pocket-tts is gated" in err
+    code, out, err = run(capsys, "Hello there.", "-o", str(tmp_path / "b.wav"), "--json")
+    assert code == 0 and json.loads(out)["voice_cloning"] is False
+    me = write_wav(tmp_path / "me.wav", speech[:24000])
+    code, out, err = run(capsys, "Hello there.", "-o", str(tmp_path / "c.wav"), "--voice", str(me))
+    assert code == 2 and "voice cloning needs the gated weights of kyutai/pocket-tts" in err
+    assert "huggingface.co/kyutai/pocket-tts" in err and "hf auth login" in err
+    assert not (tmp_path / "c.wav").exists()
