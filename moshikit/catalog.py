@@ -21,6 +21,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+from .catalog_pocket import POCKET_ALIASES, POCKET_ENTRIES, POCKET_FAMILIES
 from .errors import ModelError, UsageError
 from .platform import GPU, PlatformInfo
 
@@ -88,8 +89,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("tts-1.6b-en_fr", "tts", "Kyutai TTS ~1.6B, English and French, voices from kyutai/tts-voices"),
     Family("tts-0.75b-en-public", "tts", "Kyutai TTS ~0.75B, English, public data only, voice from an audio prefix"),
     Family("tts-voices", "voices", "Voices for Kyutai TTS: reference clips and their embeddings"),
-    Family("pocket-tts", "tts", "Pocket TTS ~100M, English, made for CPUs, voice cloning from a sample (gated)"),
-    Family("pocket-tts-open", "tts", "Pocket TTS ~100M without voice cloning: its predefined voices only"),
+    *(Family(*f) for f in POCKET_FAMILIES),
 )}
 
 #: Short names users type. A family name is an alias of itself.
@@ -100,7 +100,7 @@ ALIASES: dict[str, str] = {
     "hibiki": "hibiki-1b", "hibiki-1b": "hibiki-1b", "hibiki-2b": "hibiki-2b",
     "tts": "tts-1.6b-en_fr", "tts-public": "tts-0.75b-en-public", "tts-1.6b-en_fr": "tts-1.6b-en_fr",
     "tts-0.75b-en-public": "tts-0.75b-en-public", "tts-voices": "tts-voices",
-    "pocket-tts": "pocket-tts", "pocket": "pocket-tts", "pocket-tts-open": "pocket-tts-open",
+    **POCKET_ALIASES,
 }
 
 
@@ -155,30 +155,6 @@ def _hibiki(name: str, size_gb: float, min_gb: float) -> list[Entry]:
     ]
 
 
-#: Pocket TTS (pocket-tts 4.0.1's config/english.yaml): the weights with voice cloning are gated
-#: (accept the terms on the hub); the open repo holds the same model without it, the tokenizer
-#: and the predefined voices' states.
-POCKET_OPEN_REPO = "kyutai/pocket-tts-without-voice-cloning"
-POCKET_FILES = ("languages/english/model.safetensors",
-                f"hf://{POCKET_OPEN_REPO}/languages/english/tokenizer.json",
-                f"hf://{POCKET_OPEN_REPO}/languages/english/embeddings/alba.safetensors")
-
-
-def _pocket() -> list[Entry]:
-    return [
-        Entry("pocket-tts", "any-fp32", "kyutai/pocket-tts", "any", "fp32", POCKET_FILES, 0.4, 1,
-              FAMILIES["pocket-tts"].purpose,
-              notes="GATED: accept the terms at https://huggingface.co/kyutai/pocket-tts, then `hf auth login`; "
-                    "without access speak -b pocket uses pocket-tts-open and says so. Needs pip install "
-                    "'moshikit[pocket]'"),
-        Entry("pocket-tts-open", "any-fp32", POCKET_OPEN_REPO, "any", "fp32",
-              tuple(f.replace(f"hf://{POCKET_OPEN_REPO}/", "") for f in POCKET_FILES), 0.4, 1,
-              FAMILIES["pocket-tts-open"].purpose,
-              notes="open; voices: `moshikit download pocket-tts-open --file languages/english/embeddings/NAME"
-                    ".safetensors`"),
-    ]
-
-
 ENTRIES: tuple[Entry, ...] = (
     *_moshi("moshiko"),
     *_moshi("moshika"),
@@ -203,7 +179,7 @@ ENTRIES: tuple[Entry, ...] = (
           FAMILIES["tts-voices"].purpose,
           notes="the default voice; every other voice: `moshikit download kyutai/tts-voices --file NAME`. "
                 "Each voice's licence is in the repo (some are CC-BY-NC)"),
-    *_pocket(),
+    *(Entry(**e, purpose=FAMILIES[e["family"]].purpose) for e in POCKET_ENTRIES),
 )
 
 
