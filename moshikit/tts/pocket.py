@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..catalog_pocket import OPEN_REPO  # the catalog's rows name the same repos
 from ..errors import ModelError, UsageError
 from .voices import Voice
 
 GATED_REPO = "kyutai/pocket-tts"
-OPEN_REPO = "kyutai/pocket-tts-without-voice-cloning"
 LANGUAGE_DIR = "languages/english"
 WEIGHTS = f"{LANGUAGE_DIR}/model.safetensors"
 TOKENIZER = f"{LANGUAGE_DIR}/tokenizer.json"

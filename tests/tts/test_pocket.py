@@ -225,3 +225,25 @@ def test_gated_repo_through_the_hub(monkeypatch, tmp_path):
 
         server.stop()
         reset_sessions()
+
+
+def test_names_match_pocket_tts_own_config():
+    """The repos, file names and voice names moshikit uses are those pocket-tts 4.0.1 reads."""
+    import re
+
+    import yaml
+    from pocket_tts.models.tts_model import VOICE_CLONING_UNSUPPORTED
+    from pocket_tts.utils.config import CONFIGS_DIR
+
+    from moshikit import catalog
+    from moshikit.tts import pocket as P
+
+    cfg = yaml.safe_load((CONFIGS_DIR / "english.yaml").read_text())
+    assert cfg["weights_path"].startswith(f"hf://{P.GATED_REPO}/{P.WEIGHTS}@")
+    assert cfg["weights_path_without_voice_cloning"].startswith(f"hf://{P.OPEN_REPO}/{P.WEIGHTS}@")
+    assert cfg["flow_lm"]["lookup_table"]["tokenizer_path"].startswith(f"hf://{P.OPEN_REPO}/{P.TOKENIZER}@")
+    listed = re.search(r"\[(.*?)\]", VOICE_CLONING_UNSUPPORTED).group(1)
+    assert sorted(P.PREDEFINED_VOICES) == sorted(n.strip(" '") for n in listed.split(","))
+    gated, open_ = catalog.by_repo(P.GATED_REPO), catalog.by_repo(P.OPEN_REPO)
+    assert gated.files[0] == open_.files[0] == P.WEIGHTS and f"hf://{P.OPEN_REPO}/{P.TOKENIZER}" in gated.files
+    assert P.TOKENIZER in open_.files and "GATED" in gated.notes and "GATED" not in open_.notes
