@@ -23,7 +23,11 @@ from .errors import AudioError
 TARGET_RATE = 24000
 #: Extensions a directory walk picks up by default.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".oga", ".aiff", ".aif", ".au", ".m4a", ".aac", ".webm")
-WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
+WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "opus": "OGG", "mp3": "MP3"}
+#: libsndfile subtypes where the container's default is not the one wanted (.opus: Ogg Opus).
+WRITE_SUBTYPES = {"wav": "PCM_16", "flac": "PCM_16", "opus": "OPUS"}
+#: The sample rates the Opus codec takes.
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 _BLOCK_SECONDS = 10.0
 
 
@@ -186,6 +190,10 @@ class AudioWriter:
     def __init__(self, path: Path, sample_rate: int, channels: int, fmt: str | None = None) -> None:
         self.path = Path(path)
         self._fmt = audio_format(self.path, fmt)
+        if self._fmt == "opus" and sample_rate not in OPUS_RATES:
+            raise AudioError(f"{path}: Opus cannot store {sample_rate} Hz audio "
+                             f"(it takes {', '.join(str(r) for r in OPUS_RATES)} Hz)",
+                             hint="write .ogg (Vorbis), .flac or .wav instead")
         self._rate, self._channels = sample_rate, channels
         self._ctx = atomic_path(self.path)
         self._raw: CheckedFile | None = None
@@ -197,7 +205,7 @@ class AudioWriter:
         tmp = self._ctx.__enter__()
         try:
             self._raw = CheckedFile(tmp)
-            subtype = "PCM_16" if self._fmt in ("wav", "flac") else None
+            subtype = WRITE_SUBTYPES.get(self._fmt)
             self._file = sf.SoundFile(self._raw, "w", samplerate=self._rate, channels=self._channels,
                                       format=WRITE_FORMATS[self._fmt], subtype=subtype)
             self._check()

@@ -40,7 +40,7 @@ FRAME = 1920
 SAMPLE_RATE = 24000
 FRAME_SECONDS = FRAME / SAMPLE_RATE
 TEXT_FORMATS = ("json", "srt", "vtt", "txt")
-AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
+AUDIO_FORMATS = ("wav", "flac", "ogg", "opus", "mp3")
 
 
 def check_hibiki_config(config: dict | None, source: str) -> dict:

@@ -74,3 +74,23 @@ def test_writer_is_atomic(tmp_path):
     info = sf.info(out)
     assert (info.frames, info.channels, info.format) == (100, 2, "FLAC")
     assert [p.name for p in tmp_path.iterdir()] == ["o.wav"]
+
+
+def test_opus_is_ogg_opus_and_sounds_like_its_input(tmp_path):
+    x = tone(24000, 2.0)
+    out = tmp_path / "a.opus"
+    with AudioWriter(out, 24000, 1) as w:
+        w.write(x[:, :30000])
+        w.write(x[:, 30000:])
+    info = sf.info(str(out))
+    assert (info.format, info.subtype) == ("OGG", "OPUS")
+    y = read_24k(out)[0]
+    assert abs(y.size - x.shape[1]) <= 960
+    n = min(y.size, x.shape[1]) - 2000
+    assert np.corrcoef(x[0, 1000:n], y[1000:n])[0, 1] > 0.95  # lossy, but the same tone
+
+
+def test_opus_refuses_a_rate_it_cannot_store(tmp_path):
+    with pytest.raises(AudioError, match="Opus cannot store 44100 Hz"):
+        AudioWriter(tmp_path / "a.opus", 44100, 1)
+    assert not list(tmp_path.iterdir())

@@ -258,6 +258,10 @@ class TTSBackend(Protocol):
 
     def generate(self, chunks, voices: list, settings, *, on_pcm=None, on_word=None): ...
 
+    def check_text(self, text: str) -> None:
+        """One-line ``UsageError`` for text this model cannot speak (characters its tokenizer lacks...)."""
+        ...
+
 
 @runtime_checkable
 class BatchTTS(TTSBackend, Protocol):

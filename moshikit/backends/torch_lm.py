@@ -192,8 +192,7 @@ class TorchLM:
 
             quantize_lm(self.model)
             self.dtype = torch.float32
-        #: What the weights run in: int8, bf16, fp16 or fp32.
-        self.precision = "int8" if int8 else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+        precision = "int8" if int8 else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
         cp = self.model.condition_provider
         #: Hibiki's ``description`` conditioner: "very_good", and "very_bad" for classifier-free guidance.
         self.conditioned = bool(cp is not None and cp.conditioners)
@@ -207,7 +206,7 @@ class TorchLM:
         self.info = LMInfo(backend="torch", device=dev, n_q=int(m.n_q), dep_q=int(m.dep_q),
                            text_card=int(m.text_card), card=int(m.card), delays=tuple(int(d) for d in m.delays),
                            context=int(m.context) if m.context is not None else 0,
-                           extra_heads=len(getattr(m, "extra_heads", None) or ()), precision=self.precision)
+                           extra_heads=len(getattr(m, "extra_heads", None) or ()), precision=precision)
         self._gen = None
         self._stream: ExitStack | None = None
         self._batch = 0

@@ -3,9 +3,9 @@ moshi's ``TTSModel.generate`` driven directly as Kyutai's scripts/tts_pytorch.py
 same run, round-robin (a busy machine slows every row alike).
 
 Both sides speak the same text with the same voice and seed, so they produce the same audio
-(the parity the tests check): the rows differ only by how the work is driven. The reference
-also runs at larger batches (moshi's generate takes a batch of texts); moshikit's own
-directory mode speaks files one after another.
+(the parity the tests check): the rows differ only by how the work is driven. Both run at
+each batch size of the sweep: moshi's generate over a batch of texts, and moshikit's
+``generate_batch`` (what ``speak DIR`` runs with ``--batch``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ class TtsPlan:
     words: int = 20  # words of TEXT spoken per measurement
     repeats: int = 2
     seed: int = 0
+    max_steps: int | None = None  # a cap on generation steps (random full-size weights never finish a text)
+    dtype: str | None = None
+    warmup: bool = True  # one unmeasured run of each row first (minutes on a CPU at full size: skipped there)
     pocket: str | None = None  # a Pocket TTS model: adds its rows (bench/tts_pocket.py)
     kyutai: bool = True  # the Kyutai TTS rows
 
@@ -50,12 +53,15 @@ class _Reference:
         self.attributes = [tts.make_condition_attributes([voice.path], cfg_coef=2.0)] * batch
         self.first: float | None = None
         self.samples = 0
+        self.max_steps: int | None = None
 
     def __call__(self) -> None:
         import torch
 
         tts = self.model.tts
         tts.temp, tts.padding_bonus, tts.cfg_coef = 0.6, 0.0, 1.0
+        if self.max_steps:
+            tts.max_gen_length = self.max_steps
         self.first, self.samples = None, 0
         started = time.perf_counter()
 
@@ -87,19 +93,27 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
 def _kyutai_subjects(plan: TtsPlan, text: str) -> list:
     from ..tts import Settings, chunks, load_tts
 
-    model = load_tts(plan.model, backend="torch", device=plan.device)
+    model = load_tts(plan.model, backend="torch", device=plan.device, dtype=plan.dtype)
     voice = model.resolve_voice(None)
     subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]], str]] = []
 
     def ours():
-        speech = model.generate(chunks([text]), [voice], Settings(seed=plan.seed))
+        speech = model.generate(chunks([text]), [voice], Settings(seed=plan.seed, max_steps=plan.max_steps))
         _sync()
         return speech.first_audio, speech.samples
 
     subjects.append(("moshikit speak", 1, ours, model.device))
+    for batch in [b for b in plan.batch_sizes if b > 1]:
+        def ours_batch(batch=batch):
+            speeches = model.generate_batch([chunks([text]) for _ in range(batch)], [[voice]] * batch,
+                                            Settings(seed=plan.seed, max_steps=plan.max_steps))
+            _sync()
+            return min(s.first_audio for s in speeches), speeches[0].samples
+        subjects.append(("moshikit speak DIR --batch", batch, ours_batch, model.device))
     if plan.reference:
         for batch in plan.batch_sizes:
             ref = _Reference(model, voice, text, batch)
+            ref.max_steps = plan.max_steps
 
             def theirs(ref=ref):
                 ref()
@@ -109,7 +123,7 @@ def _kyutai_subjects(plan: TtsPlan, text: str) -> list:
 
 
 def _measure(subjects: list, plan: TtsPlan, text: str, clock: Callable[[], float]) -> Iterator[Row]:
-    for _, _, fn, _ in subjects:  # warm-up
+    for _, _, fn, _ in subjects if plan.warmup else ():  # warm-up
         fn()
     walls: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
     firsts: dict[int, list[float]] = {i: [] for i in range(len(subjects))}

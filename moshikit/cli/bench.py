@@ -270,9 +270,13 @@ def tts(
     model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
                                                  help="A TTS checkpoint (default: tts).")] = None,
     reference: ReferenceOpt = True,
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes of the reference.")] = "1",
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes (moshikit's and the reference's).")
+                           ] = "1",
     words: Annotated[int, typer.Option("--words", min=1, help="Words spoken per measurement.")] = 20,
     repeats: RepeatsOpt = 2,
+    lm_size: Annotated[str, typer.Option("--lm-size", help="With --synthetic: tiny (seconds to build) or full "
+                                                           "(the tts-1.6b-en_fr architecture, ~3.7 GB).")] = "tiny",
+    dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     json_file: JsonFileOpt = None,
     compare: CompareOpt = None,
@@ -283,11 +287,23 @@ def tts(
 ) -> None:
     """Text to speech: time to first audio and x real time, next to moshi's TTSModel.generate (and Pocket TTS)."""
     from .. import bench
+    from ..errors import UsageError
     from ..bench import tts as bench_tts
     from .bench_render import render
 
-    plan = bench_tts.TtsPlan("synthetic" if synthetic else model, device_value(device), reference,
-                             _ints(batch_sizes), words, repeats, pocket=pocket, kyutai=kyutai)
+    if lm_size not in ("tiny", "full"):
+        raise UsageError(f"--lm-size must be tiny or full, not {lm_size!r}")
+    if lm_size == "full" and not synthetic:
+        raise UsageError("--lm-size full goes with --synthetic")
+    chosen = "synthetic" if synthetic else model
+    max_steps = None
+    if lm_size == "full":
+        from ..testing.synthetic_tts import ensure_full_tts
+
+        chosen = str(ensure_full_tts())
+        max_steps = 16 + 2 + round(words / 2.5 * 12.5)  # random weights never finish: a normal pace's steps
+    plan = bench_tts.TtsPlan(chosen, device_value(device), reference, _ints(batch_sizes), words, repeats,
+                             max_steps=max_steps, dtype=dtype, warmup=lm_size != "full", pocket=pocket, kyutai=kyutai)
     result = bench.BenchResult(env=bench.environment({"tts": plan.model, "pocket": pocket}), synthetic=synthetic)
     render(result, lambda: bench_tts.bench_tts(plan), json_file, compare, None)
 

@@ -45,7 +45,10 @@ def _fmt(row) -> tuple[str, str, str, str]:
         return (f"≥{low} streams" if missed is None else f"{low}-{missed - 1} streams"), "", "", ""
     if row.unit == "ms":
         return f"{s.p50:.1f} ms", f"{s.p90:.1f}", f"{s.p99:.1f}", f"{s.mean:.1f}"
-    return f"{s.p50:,.1f}x", f"{s.p90:,.1f}", f"{s.p99:,.1f}", f"{s.mean:,.1f}"
+    def x(v: float) -> str:  # two significant digits below 1 (0.034x, not 0.0x)
+        return f"{v:,.1f}" if abs(v) >= 1 or v == 0 else f"{v:.2g}"
+
+    return f"{x(s.p50)}x", x(s.p90), x(s.p99), x(s.mean)
 
 
 def _table(con, result) -> None:

@@ -16,6 +16,7 @@ class AudioFormat(str, Enum):
     wav = "wav"
     flac = "flac"
     ogg = "ogg"
+    opus = "opus"
 
 
 def decode(

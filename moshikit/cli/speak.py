@@ -18,7 +18,8 @@ def speak(
         show_default=False)] = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", show_default=False,
-        help="Audio file (.wav, .flac, .ogg) or Mimi tokens (.mimi); a directory for a directory of texts.")] = None,
+        help="Audio file (.wav, .flac, .ogg Vorbis, .opus) or Mimi tokens (.mimi); a directory for a directory of "
+             "texts.")] = None,
     text_file: Annotated[Optional[str], typer.Option(
         "--file", "-f", metavar="FILE", show_default=False, help="Read the text from this file (any length).")] = None,
     words: Annotated[Optional[str], typer.Option(
@@ -54,6 +55,9 @@ def speak(
     backend: Annotated[str, typer.Option("--backend", "-b", metavar="NAME",
                                          help="torch (Kyutai TTS through moshi), pocket (Pocket TTS, CPU, voice "
                                               "cloning), or auto: the platform's choice.")] = "auto",
+    batch: Annotated[Optional[int], typer.Option(
+        "--batch", min=1, show_default=False,
+        help="For a directory of texts: how many to speak at once (default: 32 on a GPU, 4 on a CPU).")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = Dtype.auto,
     revision: RevisionOpt = None,
@@ -89,7 +93,7 @@ def speak(
     if output_device is not None and not play:
         raise UsageError("--output-device goes with --play")
     if not list_voices and output is None and not play:
-        raise UsageError("where to? give -o FILE (.wav, .flac, .ogg, .mimi) or --play")
+        raise UsageError("where to? give -o FILE (.wav, .flac, .ogg, .opus, .mimi) or --play")
     if text is not None and text != "-" and not text.strip():
         raise UsageError("nothing to say: the text is empty")
     from pathlib import Path
@@ -99,7 +103,9 @@ def speak(
     settings = Settings(cfg=cfg, padding_bonus=bonus, seed=seed, **({} if temp is None else {"temp": temp}))
     if text is not None and text != "-" and Path(text).is_dir():
         return _tree(out, text, output, words, voice, model, backend, device, dtype, revision, overwrite, settings,
-                     temp=temp)
+                     batch, temp=temp)
+    if batch is not None:
+        raise UsageError("--batch goes with a directory of texts")
     from ..tts.files import output_format, words_format
 
     if output is not None:
@@ -264,7 +270,7 @@ def _one(out, m, chunks, voices, output, words, settings, speaker, source, strea
 
 
 def _tree(out, directory, output, words, voice, model, backend, device, dtype, revision, overwrite,
-          settings, temp=None) -> None:
+          settings, batch, temp=None) -> None:
     from pathlib import Path
 
     from .. import codec
@@ -292,7 +298,10 @@ def _tree(out, directory, output, words, voice, model, backend, device, dtype, r
     m = _load(out, model, backend, device, dtype, revision)
     _fit(m, settings, temp, words)
     voices = [m.resolve_voice(voice)]
-    opts = BatchOptions(suffix=f".{fmt}", words=wfmt, overwrite=overwrite, settings=settings)
+    from ..tts.files import default_batch
+
+    opts = BatchOptions(suffix=f".{fmt}", words=wfmt, overwrite=overwrite, settings=settings,
+                        batch=batch or default_batch(m))
     summary = run_batch(out, "speak", len(jobs), None, lambda tick: speak_files(jobs, m, voices, opts, tick), failed)
     if summary["failed"]:
         raise typer.Exit(ExitStatus.FAILED)

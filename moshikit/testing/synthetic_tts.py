@@ -199,7 +199,8 @@ def write_voices(dest: str | os.PathLike, config: dict, names=VOICES) -> Path:
 
     dest = Path(dest)
     for i, name in enumerate(names):
-        write_voice(dest / (name + voice_suffix(config)), seed=1000 + i)
+        dim = config["conditioners"]["speaker_wavs"]["tensor"]["dim"]
+        write_voice(dest / (name + voice_suffix(config)), seed=1000 + i, dim=dim)
         t = np.arange(24000, dtype=np.float32) / 24000
         with AudioWriter(dest / name, 24000, 1, "wav") as w:
             w.write((0.1 * np.sin(2 * np.pi * (150 + 40 * i) * t))[None].astype(np.float32))
@@ -249,6 +250,57 @@ def write_public_repo(dest: str | os.PathLike, *, seed: int = 0, mimi_path: str 
     return dest
 
 
+#: The LM part of kyutai/tts-1.6b-en_fr's config.json, from public readers of that file (read on
+#: 2026-12-03): a 16-layer, 16-head, 2048-wide backbone (FFN 2048 x 4.125, context 500, RoPE,
+#: RMSNorm f32, SiLU gating), a 4-layer 1024-wide depformer with per-step weights shared by a
+#: schedule (11 distinct), rank-128 codebook embeddings, 32 codebooks, 8000 text tokens, a
+#: 512-wide speaker embedding read by cross-attention, the cfg and control LUTs summed in. The
+#: published schedule's exact values were not available: the first ten codebooks get their own
+#: weights, the rest share the eleventh (the count of distinct weights, which sets the size, is
+#: the published one).
+FULL_TTS_LM = {
+    "card": 2048, "n_q": 32, "dep_q": 32, "delays": [0, 0] + [2] * 31, "dim": 2048, "text_card": 8000,
+    "existing_text_padding_id": 3, "num_heads": 16, "num_layers": 16, "hidden_scale": 4.125, "causal": True,
+    "layer_scale": None, "context": 500, "max_period": 10000, "gating": "silu", "norm": "rms_norm_f32",
+    "positional_embedding": "rope", "depformer_dim": 1024, "depformer_num_heads": 16,
+    "depformer_num_layers": 4, "depformer_dim_feedforward": 3072, "depformer_multi_linear": True,
+    "depformer_pos_emb": "none", "depformer_weights_per_step": True, "depformer_low_rank_embeddings": 128,
+    "depformer_weights_per_step_schedule": list(range(10)) + [10] * 22, "demux_second_stream": True,
+    "text_card_out": None, "cross_attention": True,
+}
+FULL_SPEAKER_DIM = 512
+
+
+def full_tts_config_json() -> dict:
+    """config.json of kyutai/tts-1.6b-en_fr at full size (see ``FULL_TTS_LM``)."""
+    config = tts_config_json(n_q=32)
+    config.update(FULL_TTS_LM)
+    config["conditioners"]["speaker_wavs"]["tensor"]["dim"] = FULL_SPEAKER_DIM
+    config["conditioners"]["control"]["lut"]["dim"] = FULL_TTS_LM["dim"]
+    return config
+
+
+def ensure_full_tts(seed: int = 0) -> Path:
+    """A full-size random-weight kyutai/tts-1.6b-en_fr layout in moshikit's cache (~3.7 GB in bf16,
+    streamed to disk from a random pool, a minute or two), with its voices. Random weights never
+    take the next word as a trained model does: runs on it are capped in steps (speed only)."""
+    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+    from .synthetic_lm import PoolSource, published_shapes
+
+    dest = synthetic_dir() / f"seed{seed}" / "tts-full-pytorch"
+    if not (dest / CONFIG_NAME).exists():
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        config = full_tts_config_json()
+        source = PoolSource(published_shapes(config=config), seed)
+        write_repo_files(tmp, config, source, "pytorch", "bfloat16", f"synthetic-tts full seed={seed}",
+                         ensure_synthetic_mimi())
+        write_tts_tokenizer(tmp / config["tokenizer_name"], config["text_card"])
+        write_voices(tmp / "voices", config)
+        tmp.rename(dest)
+    return dest
+
+
 def ensure_synthetic_tts(seed: int = 0, *, mimi_path: str | os.PathLike | None = None) -> Path:
     """The tiny TTS repo in moshikit's cache, written on first use (seconds; Mimi aside)."""
     from .synthetic import ensure_synthetic_mimi, synthetic_dir
@@ -266,6 +318,6 @@ def ensure_synthetic_tts(seed: int = 0, *, mimi_path: str | os.PathLike | None =
     return dest
 
 
-__all__ = ["CFG_VALUES", "DEFAULT_VOICE", "MODEL_ID", "TTS_TOKENIZER_NAME", "VOICES", "ensure_synthetic_tts",
+__all__ = ["CFG_VALUES", "DEFAULT_VOICE", "FULL_TTS_LM", "ensure_full_tts", "full_tts_config_json", "MODEL_ID", "TTS_TOKENIZER_NAME", "VOICES", "ensure_synthetic_tts",
            "write_public_repo",
            "tts_config_json", "voice_suffix", "write_tts_repo", "write_voice", "write_voices"]

@@ -60,8 +60,8 @@ class Settings:
 
 
 def condition_attributes(model, voices: list[Voice], cfg: float):
-    """(moshi's ``ConditionAttributes`` for ``voices`` at CFG strength ``cfg``, None); for
-    audio-prefix models ([], the voice as a prefix of codes)."""
+    """(moshi's ``ConditionAttributes`` for one row spoken with ``voices`` at CFG strength ``cfg``, None);
+    for audio-prefix models ([], the voice as a prefix of codes)."""
     tts = model.tts
     if not model.multi_speaker:
         return [], [tts.get_prefix(voices[0].path)] if voices else None
@@ -89,6 +89,59 @@ def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Sett
              on_word: Callable[[str, float], None] | None = None) -> Speech:
     """Speak ``chunks`` (one continuous stream) with ``voices``; audio frames of 1920 float32
     samples go to ``on_pcm`` as soon as they are decoded."""
+    return generate_batch(model, [chunks], [voices], settings,
+                          on_pcm=None if on_pcm is None else (lambda _, pcm: on_pcm(pcm)),
+                          on_word=None if on_word is None else (lambda _, word, at: on_word(word, at)))[0]
+
+
+class _Row:
+    """One text of a batch: its script fed lazily into the state machine, its prefix, its result."""
+
+    def __init__(self, model, chunks: Iterable[Chunk], prefix, ahead: int) -> None:
+        self.model, self.ahead = model, ahead
+        self.state = model.tts.machine.new_state([])
+        self.source: Iterator[Chunk] = iter(chunks)
+        self.exhausted = False
+        self.first_text: float | None = None
+        self.result = Speech()
+        self.text_prefix = self.audio_prefix = None
+        self.prefix_frames = 0
+        if prefix is not None:
+            from collections import deque
+
+            tts = model.tts
+            self.prefix_frames = prefix.shape[-1]
+            self.text_prefix = deque(prefix[0].cpu().tolist())
+            delays = [d + tts.delay_steps for d in tts.lm.delays[tts.lm.audio_offset:]]
+            self.audio_prefix = deque(delayed(prefix[tts.lm.audio_offset:], delays,
+                                              tts.machine.token_ids.ungenerated).to(tts.lm.device).t())
+
+    def fill(self) -> None:
+        """Queue words until the model's look-ahead is covered (or the text is all in)."""
+        state = self.state
+        while not self.exhausted and sum(1 for e in state.entries if e.tokens) < self.ahead:
+            chunk = next(self.source, None)
+            if chunk is None:
+                self.exhausted = True
+                return
+            check_chunk(chunk.text, self.model.tts.tokenizer)
+            if self.first_text is None:
+                self.first_text = time.perf_counter()
+            self.result.characters += len(chunk.text)
+            state.entries.extend(entries_of(self.model, chunk))
+
+    def done(self, offset: int) -> bool:
+        tts = self.model.tts
+        end = self.state.end_step
+        return end is not None and offset >= end + tts.delay_steps + tts.final_padding
+
+
+def generate_batch(model, scripts: list[Iterable[Chunk]], voices: list[list[Voice]], settings: Settings | None = None,
+                   *, on_pcm: Callable[[int, np.ndarray], None] | None = None,
+                   on_word: Callable[[int, str, float], None] | None = None) -> list[Speech]:
+    """Speak several scripts at once, one batch row each (moshi's ``TTSModel.generate`` over a
+    batch, fed lazily): row ``i`` speaks ``scripts[i]`` with ``voices[i]``; its audio goes to
+    ``on_pcm(i, pcm)`` until its own end. All rows run until the longest ends."""
     import torch
     from moshi.conditioners import dropout_all_conditions
     from moshi.models.lm import LMGen
@@ -96,7 +149,11 @@ def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Sett
     s = settings or Settings()
     tts = model.tts
     tts.temp, tts.padding_bonus = s.temp, s.padding_bonus
-    attributes, prefixes = condition_attributes(model, voices, s.cfg)
+    attributes, prefixes = [], []
+    for row_voices in voices:
+        row_attributes, row_prefixes = condition_attributes(model, row_voices, s.cfg)
+        attributes += row_attributes
+        prefixes.append(row_prefixes[0] if row_prefixes else None)
     if not tts.valid_cfg_conditionings:  # CFG done at inference (no distilled strengths), as moshi does
         tts.cfg_coef = s.cfg
     if tts.cfg_coef != 1.0 and attributes:
@@ -105,40 +162,14 @@ def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Sett
     if s.seed is not None:
         torch.manual_seed(s.seed)
 
-    machine, ids = tts.machine, tts.machine.token_ids
-    state = machine.new_state([])
-    ahead = machine.second_stream_ahead + 1
+    ids = tts.machine.token_ids
+    ahead = tts.machine.second_stream_ahead + 1
     device = tts.lm.device
-    result = Speech()
-    source: Iterator[Chunk] = iter(chunks)
-    exhausted = False
+    rows = [_Row(model, script, prefix, ahead) for script, prefix in zip(scripts, prefixes)]
+    batch = len(rows)
     offset = 0
-
-    first_text: float | None = None
-
-    def fill() -> None:
-        nonlocal exhausted, first_text
-        while not exhausted and sum(1 for e in state.entries if e.tokens) < ahead:
-            chunk = next(source, None)
-            if chunk is None:
-                exhausted = True
-                return
-            check_chunk(chunk.text, tts.tokenizer)
-            if first_text is None:
-                first_text = time.perf_counter()
-            result.characters += len(chunk.text)
-            state.entries.extend(entries_of(model, chunk))
-
-    text_prefix, audio_prefix, masked_until, prefix_frames = None, None, None, 0
-    if prefixes:
-        from collections import deque
-
-        prefix = prefixes[0]
-        prefix_frames = prefix.shape[-1]
-        masked_until = [prefix_frames + tts.delay_steps]
-        text_prefix = deque(prefix[0].cpu().tolist())
-        delays = [d + tts.delay_steps for d in tts.lm.delays[tts.lm.audio_offset:]]
-        audio_prefix = deque(delayed(prefix[tts.lm.audio_offset:], delays, ids.ungenerated).to(device).t())
+    masked_until = [r.prefix_frames + tts.delay_steps for r in rows] if any(p is not None for p in prefixes) \
+        else None
 
     def on_text_logits(logits):
         if tts.padding_bonus:
@@ -148,19 +179,24 @@ def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Sett
         for q in range(tokens.shape[1]):
             if offset < tts.lm.delays[q + tts.lm.audio_offset] + tts.delay_steps:
                 tokens[:, q] = ids.zero
-        if audio_prefix:
-            codes = audio_prefix.popleft()
-            tokens[0] = torch.where(codes != ids.ungenerated, codes, tokens[0])
+        for b, row in enumerate(rows):
+            if row.audio_prefix:
+                codes = row.audio_prefix.popleft()
+                tokens[b] = torch.where(codes != ids.ungenerated, codes, tokens[b])
 
     def on_text(tokens):
-        if text_prefix:
-            out = text_prefix.popleft()
-        else:
+        outs = []
+        for b, (row, token) in enumerate(zip(rows, tokens.tolist())):
+            if row.text_prefix:
+                outs.append(row.text_prefix.popleft())
+                continue
+            state = row.state
             before = len(state.transcript)
-            out, _ = machine.process(offset, state, int(tokens[0]))
+            out, _ = tts.machine.process(offset, state, token)
             if on_word is not None and len(state.transcript) > before:
-                on_word(state.transcript[-1][0], state.transcript[-1][1] / tts.mimi.frame_rate)
-        tokens[:] = torch.tensor([out], dtype=torch.long, device=tokens.device)
+                on_word(b, state.transcript[-1][0], state.transcript[-1][1] / tts.mimi.frame_rate)
+            outs.append(out)
+        tokens[:] = torch.tensor(outs, dtype=torch.long, device=tokens.device)
 
     if not tts.multistream:
         tts.lm.dep_q = tts.n_q
@@ -168,24 +204,28 @@ def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Sett
                    condition_tensors=condition_tensors, on_text_logits_hook=on_text_logits,
                    on_text_hook=on_text, on_audio_hook=on_audio, cfg_is_masked_until=masked_until,
                    cfg_is_no_text=True)
-    no_depformer = torch.full((1, tts.lm.dep_q, 1), ids.zero, dtype=torch.long, device=device)
+    no_depformer = torch.full((batch, tts.lm.dep_q, 1), ids.zero, dtype=torch.long, device=device)
     missing = tts.lm.n_q - tts.lm.dep_q
-    inputs = torch.full((1, missing, 1), ids.zero, dtype=torch.long, device=device)
+    inputs = torch.full((batch, missing, 1), ids.zero, dtype=torch.long, device=device)
     limit = s.max_steps or tts.max_gen_length
     started = time.perf_counter()
     frame_index = 0
-    fill()
-    if not state.entries:
-        from ..errors import UsageError
+    for row in rows:
+        row.fill()
+        if not row.state.entries:
+            from ..errors import UsageError
 
-        raise UsageError("nothing to say: the text is empty")
-    with torch.no_grad(), lm_gen.streaming(1), tts.mimi.streaming(1):
+            raise UsageError("nothing to say: the text is empty")
+    with torch.no_grad(), lm_gen.streaming(batch), tts.mimi.streaming(batch):
         while True:
-            fill()
-            if state.end_step is not None and offset >= state.end_step + tts.delay_steps + tts.final_padding:
+            for row in rows:
+                row.fill()
+            live = [not row.done(offset) for row in rows]
+            if not any(live):
                 break
             if offset >= limit:
-                result.ended = False
+                for row, on in zip(rows, live):
+                    row.result.ended = not on
                 break
             frame = lm_gen.step(inputs, depformer_replace_tokens=no_depformer if offset < tts.delay_steps else None)
             offset += 1
@@ -195,24 +235,31 @@ def generate(model, chunks: Iterable[Chunk], voices: list[Voice], settings: Sett
             if frame_index <= tts.delay_steps:
                 continue
             codes = frame[:, 1:, :]
-            if s.keep_codes:
-                result.codes.append(codes[0, :, 0].cpu().numpy().astype(np.int64))
-            if s.decode:
-                pcm = np.clip(tts.mimi.decode(codes).cpu().numpy()[0, 0], -1, 1).astype(np.float32)
-                if frame_index - tts.delay_steps <= prefix_frames:
+            pcm = np.clip(tts.mimi.decode(codes).cpu().numpy()[:, 0], -1, 1).astype(np.float32) if s.decode else None
+            kept = codes[:, :, 0].cpu().numpy().astype(np.int64) if s.keep_codes else None
+            for b, row in enumerate(rows):
+                if not live[b]:
                     continue
-                if result.first_audio is None:
-                    result.first_audio = time.perf_counter() - (first_text or started)
-                result.samples += pcm.size
-                if on_pcm is not None:
-                    on_pcm(pcm)
-            result.frames += 1
-    result.steps = offset
-    result.seconds = time.perf_counter() - started
-    if not s.decode:
-        result.samples = result.frames * 1920
-    result.words = word_times(state, tts.mimi.frame_rate, prefix_frames, state.end_step or offset)
-    return result
+                result = row.result
+                if kept is not None:
+                    result.codes.append(kept[b])
+                if pcm is not None:
+                    if frame_index - tts.delay_steps <= row.prefix_frames:
+                        continue
+                    if result.first_audio is None:
+                        result.first_audio = time.perf_counter() - (row.first_text or started)
+                    result.samples += pcm.shape[-1]
+                    if on_pcm is not None:
+                        on_pcm(b, pcm[b])
+                result.frames += 1
+    seconds = time.perf_counter() - started
+    for row in rows:
+        result = row.result
+        result.steps, result.seconds = offset, seconds
+        if not s.decode:
+            result.samples = result.frames * 1920
+        result.words = word_times(row.state, tts.mimi.frame_rate, row.prefix_frames, row.state.end_step or offset)
+    return [row.result for row in rows]
 
 
 def delayed(codes, delays: list[int], fill: int):

@@ -1,4 +1,4 @@
-"""Speech to files: audio (wav, flac, ogg) or Mimi tokens (``.mimi``), word timings (json, srt, vtt),
+"""Speech to files: audio (wav, flac, ogg, opus) or Mimi tokens (``.mimi``), word timings (json, srt, vtt),
 atomically; many text files in one run, resumable."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..errors import MoshikitError, UsageError
 from .engine import Settings, Speech
 from .text import Chunk
 
-OUTPUT_FORMATS = ("wav", "flac", "ogg", "mimi")
+OUTPUT_FORMATS = ("wav", "flac", "ogg", "opus", "mimi")
 WORD_FORMATS = ("json", "srt", "vtt")
 TEXT_EXTENSIONS = (".txt",)
 
@@ -108,32 +108,113 @@ class BatchOptions:
     words: str | None = None  # a word-timings format written beside each output (json, srt, vtt)
     overwrite: bool = False
     settings: Settings = field(default_factory=Settings)
+    batch: int = 1  # texts spoken at once (one batch row each) by a backend that can (``BatchTTS``)
 
 
 def word_path(output: Path, fmt: str | None) -> Path | None:
     return output.with_suffix(f".{fmt}") if fmt else None
 
 
+def default_batch(model) -> int:
+    """Texts spoken at once when ``--batch`` is not given: 32 on a GPU (as Kyutai's own script),
+    4 on a CPU (see README: measured with ``moshikit bench tts``)."""
+    return 32 if str(model.describe().get("device", "cpu")).startswith(("cuda", "mps", "gpu")) else 4
+
+
 def speak_files(jobs: Sequence, model, voices, opts: BatchOptions,
                 on_audio: Callable[[float], None] | None = None) -> Iterator:
     """Speak planned jobs (``codec.plan`` over .txt files); yield FileResults. Finished outputs are
-    skipped (a rerun resumes), a bad file fails alone, outputs appear only complete."""
-    from ..codec import FileResult, job_failed
-    from .text import chunks, read_blocks
+    skipped (a rerun resumes), a bad file fails alone, outputs appear only complete. With
+    ``opts.batch`` > 1 and a backend that batches, texts of similar length are spoken
+    ``opts.batch`` at a time."""
+    from ..backends.base import BatchTTS
+    from ..codec import FileResult
 
+    todo = []
     for job in jobs:
         words = word_path(job.output, opts.words)
         if not opts.overwrite and job.output.exists() and (words is None or words.exists()):
             yield FileResult(job.source, str(job.output), "skipped")
-            continue
-        started = time.perf_counter()
-        settings = replace(opts.settings, keep_codes=False)
+        else:
+            todo.append(job)
+    if opts.batch > 1 and isinstance(model, BatchTTS):
+        yield from _batched(todo, model, voices, opts, on_audio)
+        return
+    for job in todo:
+        yield _one_file(job, model, voices, opts, on_audio)
+
+
+def _one_file(job, model, voices, opts: BatchOptions, on_audio):
+    from ..codec import FileResult
+    from .text import chunks, read_blocks
+
+    started = time.perf_counter()
+    settings = replace(opts.settings, keep_codes=False)
+    try:
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        speech = speak_to_file(model, chunks(read_blocks(job.source)), voices, job.output, settings,
+                               words=word_path(job.output, opts.words), source=job.source, on_audio=on_audio)
+    except MoshikitError as exc:
+        return _failed(job, exc)
+    return FileResult(job.source, str(job.output), "done", audio_seconds=speech.duration, frames=speech.frames,
+                      seconds=time.perf_counter() - started)
+
+
+def _failed(job, exc: MoshikitError):
+    """The job's failure, its message naming the text file (the text's own errors say "text: ...")."""
+    from ..codec import FileResult, job_failed
+    from ..errors import OutputError
+
+    message = str(exc)
+    if isinstance(exc, OutputError) or message.startswith(str(job.source)):
+        return job_failed(job, exc)
+    return FileResult(job.source, str(job.output), "failed", f"{job.source}: {message.removeprefix('text: ')}")
+
+
+def _batched(jobs: Sequence, model, voices, opts: BatchOptions, on_audio) -> Iterator:
+    """Texts read and checked first (a bad one fails alone), sorted by length (a batch runs
+    until its longest text ends), then spoken ``opts.batch`` at a time into atomic writers."""
+    import contextlib
+
+    from ..audio import AudioWriter
+    from ..codec import FileResult
+    from .text import chunks, read_blocks
+
+    ready = []
+    for job in jobs:
         try:
-            job.output.parent.mkdir(parents=True, exist_ok=True)
-            speech = speak_to_file(model, chunks(read_blocks(job.source)), voices, job.output, settings,
-                                   words=words, source=job.source, on_audio=on_audio)
+            script = list(chunks(read_blocks(job.source)))
+            if not script:
+                raise UsageError("nothing to say: the text is empty")
+            for chunk in script:
+                model.check_text(chunk.text)
         except MoshikitError as exc:
-            yield job_failed(job, exc)
+            yield _failed(job, exc)
             continue
-        yield FileResult(job.source, str(job.output), "done", audio_seconds=speech.duration, frames=speech.frames,
-                         seconds=time.perf_counter() - started)
+        ready.append((sum(len(c.text) for c in script), job, script))
+    ready.sort(key=lambda r: r[0])
+    settings = replace(opts.settings, keep_codes=False)
+    fmt = opts.suffix.lstrip(".")
+    for i in range(0, len(ready), opts.batch):
+        group = ready[i:i + opts.batch]
+        started = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            writers = []
+            for _, job, _ in group:
+                job.output.parent.mkdir(parents=True, exist_ok=True)
+                writers.append(stack.enter_context(AudioWriter(job.output, model.sample_rate, 1, fmt)))
+
+            def push(b: int, pcm) -> None:
+                writers[b].write(pcm[None])
+                if on_audio is not None:
+                    on_audio(pcm.size / model.sample_rate)
+
+            speeches = model.generate_batch([s for _, _, s in group], [voices] * len(group), settings, on_pcm=push)
+            for (_, job, _), speech in zip(group, speeches):
+                words = word_path(job.output, opts.words)
+                if words is not None:
+                    write_words(speech, words, job.source, model.describe())
+        seconds = (time.perf_counter() - started) / len(group)  # spoken together: an equal share each
+        for (_, job, _), speech in zip(group, speeches):
+            yield FileResult(job.source, str(job.output), "done", audio_seconds=speech.duration,
+                             frames=speech.frames, seconds=seconds)

@@ -95,6 +95,16 @@ class TtsModel:
 
         return generate(self, chunks, voices, settings, on_pcm=on_pcm, on_word=on_word)
 
+    def generate_batch(self, scripts, voices, settings=None, *, on_pcm=None):
+        from .engine import generate_batch
+
+        return generate_batch(self, scripts, voices, settings, on_pcm=on_pcm)
+
+    def check_text(self, text: str) -> None:
+        from .text import check_chunk
+
+        check_chunk(text, self.tts.tokenizer)
+
 
 @dataclass
 class CheckpointVoices:

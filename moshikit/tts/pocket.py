@@ -230,6 +230,17 @@ class PocketModel:
             return Voice(name, self.files.voices_dir / f"{name}.safetensors", "state")
         return Voice(name, _fetch(OPEN_REPO, f"{LANGUAGE_DIR}/embeddings/{name}.safetensors", None), "state")
 
+    def clean(self, text: str) -> str:
+        """pocket-tts's own character replacements (curly apostrophes...), from its config."""
+        for a, b in (getattr(self.tts, "replace_characters", None) or {}).items():
+            text = text.replace(a, b)
+        return text
+
+    def check_text(self, text: str) -> None:
+        from .text import check_chunk
+
+        check_chunk(self.clean(text), Vocabulary(self.tts.flow_lm.conditioner.tokenizer))
+
     def voice_state(self, voice: Voice):
         """pocket-tts's model state for ``voice`` (kept: encoding a voice sample costs a second or so)."""
         key = str(voice.path)

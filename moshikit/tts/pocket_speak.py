@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import UsageError
 from .engine import Settings, Speech
 from .model import DEFAULT_CFG
-from .text import BREAK_RE, Chunk, check_chunk, sentences
+from .text import BREAK_RE, Chunk, sentences
 
 FRAME = 1920  # samples per latent frame (12.5 Hz at 24 kHz)
 
@@ -48,14 +48,12 @@ def generate(model, chunks: Iterable[Chunk], voices: list, settings: Settings | 
 
     import torch
 
-    from .pocket import Vocabulary, clock
+    from .pocket import clock
 
     s = settings or Settings()
     check_settings(s)
     tts = model.tts
     state = model.voice_state(voices[0] if voices else model.resolve_voice(None))
-    vocab = Vocabulary(tts.flow_lm.conditioner.tokenizer)
-    replace = dict(getattr(tts, "replace_characters", {}) or {})
     tts.temp = s.temp
     tts.max_decoder_frames_per_call = 1 if s.seed is not None else 0
     if s.seed is not None:
@@ -68,12 +66,9 @@ def generate(model, chunks: Iterable[Chunk], voices: list, settings: Settings | 
         for chunk in chunks:
             if not first_text:
                 first_text.append(clock())
-            text = chunk.text
-            for a, b in replace.items():
-                text = text.replace(a, b)
-            check_chunk(text, vocab)
+            model.check_text(chunk.text)
             result.characters += len(chunk.text)
-            yield text + " "
+            yield model.clean(chunk.text) + " "
 
     def emit(pcm: np.ndarray) -> None:
         if result.first_audio is None:

@@ -60,7 +60,7 @@ def _logits(lm, seq: np.ndarray) -> np.ndarray:
 def test_random_weights_logits_within_30_db_of_fp32(random_repo):
     ref = torch_lm.load(random_repo, device="cpu", dtype="fp32", sampling=None)
     q8 = torch_lm.load(random_repo, device="cpu", dtype="int8", sampling=None)
-    assert (ref.precision, q8.precision) == ("fp32", "int8")
+    assert (ref.info.precision, q8.info.precision) == ("fp32", "int8")
     rng = np.random.default_rng(1)
     seq = np.concatenate([rng.integers(0, 64, size=(40, 2, 1)), rng.integers(0, 2048, size=(40, 2, 32))], 2)
     lr, lq = _logits(ref, seq), _logits(q8, seq)

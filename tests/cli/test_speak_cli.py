@@ -60,6 +60,21 @@ def test_text_to_wav_with_words(capsys, tmp_path):
     np.testing.assert_allclose(sf.read(again)[0], audio, atol=1e-4)  # flac: 16-bit as the wav
 
 
+def test_opus_output(capsys, tmp_path):
+    import soundfile as sf
+
+    code, _, err = run(capsys, "Hello there.", "-o", str(tmp_path / "a.wav"), "--seed", "4")
+    assert code == 0, err
+    code, _, err = run(capsys, "Hello there.", "-o", str(tmp_path / "a.opus"), "--seed", "4")
+    assert code == 0, err
+    info = sf.info(str(tmp_path / "a.opus"))
+    assert (info.format, info.subtype, info.samplerate) == ("OGG", "OPUS", 24000)
+    ref, opus = sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "a.opus")[0]
+    # The same speech's length, and sound (random weights speak near-Nyquist noise, which Opus
+    # mostly drops, so no waveform comparison here: tests/test_audio.py compares a tone).
+    assert abs(opus.size - ref.size) <= 960 and np.abs(opus).max() > 0.05
+
+
 def test_file_stdin_ogg_mimi_srt_vtt(capsys, tmp_path, monkeypatch):
     text = tmp_path / "chapter.txt"
     text.write_text("First line here.\n\nSecond one!\n", encoding="utf-8")
@@ -113,6 +128,33 @@ def test_directory_is_resumable(capsys, tmp_path):
     code, out, err = run(capsys, str(src), "-o", str(out_dir), "--words", "json", "--json")
     assert code == 0 and json.loads(out)["skipped"] == 2
     assert not list(out_dir.rglob(".*"))  # no partial files left
+
+
+def test_directory_in_batches_equals_one_by_one(capsys, tmp_path):
+    """Greedy, a batch of texts speaks each as it would alone; a bad text fails alone; a rerun resumes."""
+    import soundfile as sf
+
+    src = tmp_path / "texts"
+    src.mkdir()
+    texts = {"a": "One.", "b": "Two words here, then more. And more!", "c": "Three?", "d": "A fourth one."}
+    for name, text in texts.items():
+        (src / f"{name}.txt").write_text(text)
+    (src / "bad.txt").write_text("Hello 日本")
+    code, out, err = run(capsys, str(src), "-o", str(tmp_path / "one"), "--temp", "0", "--batch", "1", "--json")
+    assert code == 1 and json.loads(out)["done"] == 4 and "bad.txt" in err and "日" in err
+    code, out, err = run(capsys, str(src), "-o", str(tmp_path / "three"), "--temp", "0", "--batch", "3",
+                         "--words", "json", "--json")
+    summary = json.loads(out)
+    assert code == 1 and summary["done"] == 4 and summary["failed"] == 1
+    for name, text in texts.items():
+        alone, batched = (sf.read(tmp_path / d / f"{name}.wav")[0] for d in ("one", "three"))
+        np.testing.assert_allclose(batched, alone, atol=1e-4)
+        assert json.loads((tmp_path / "three" / f"{name}.json").read_text())["text"] == text
+    (src / "bad.txt").unlink()
+    code, out, err = run(capsys, str(src), "-o", str(tmp_path / "three"), "--batch", "3", "--words", "json", "--json")
+    assert code == 0 and json.loads(out)["skipped"] == 4
+    code, _, err = run(capsys, "hi", "-o", str(tmp_path / "x.wav"), "--batch", "2")
+    assert code == 2 and "--batch goes with a directory of texts" in err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -154,3 +154,21 @@ def test_open_weights_are_reported_and_cloning_refused(capsys, tmp_path, monkeyp
     assert code == 2 and "voice cloning needs the gated weights of kyutai/pocket-tts" in err
     assert "huggingface.co/kyutai/pocket-tts" in err and "hf auth login" in err
     assert not (tmp_path / "c.wav").exists()
+
+
+def test_directory_of_texts(capsys, tmp_path):
+    """A tree of .txt spoken file by file (Pocket TTS does not batch); a rerun skips finished files."""
+    import soundfile as sf
+
+    src = tmp_path / "texts"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("Hello there.")
+    (src / "sub" / "b.txt").write_text("How are you?")
+    code, out, err = run(capsys, str(src), "-o", str(tmp_path / "audio"), "--seed", "0")
+    assert code in (0, None), err
+    a, b = tmp_path / "audio" / "a.wav", tmp_path / "audio" / "sub" / "b.wav"
+    assert sf.info(a).samplerate == 24000 and sf.info(b).frames > 0
+    before = a.stat().st_mtime_ns
+    code, out, err = run(capsys, str(src), "-o", str(tmp_path / "audio"), "--seed", "0")
+    assert code in (0, None), err
+    assert a.stat().st_mtime_ns == before

@@ -174,3 +174,44 @@ def test_long_text_is_read_with_flat_memory(tmp_path):
     tracemalloc.stop()
     assert n == 3 * 2000 * 10 and book.stat().st_size > 1e6
     assert peak < 0.5e6  # a 64 KB block and its sentences, not the book
+
+
+BATCH = ["Hi there.", "A longer line to speak, with more words. And a second sentence!", "Yes?"]
+
+
+def test_batch_equals_moshi_tts_model_generate_on_a_batch(tts_model, voice):
+    """Three texts in one batch are moshi's generate on the same batch, row for row, each cut at its own end."""
+    import torch
+
+    from moshikit.tts.engine import generate_batch
+
+    tts = tts_model.tts
+    tts.temp, tts.padding_bonus, tts.cfg_coef = 0.6, 0.0, 1.0
+    entries = [tts.prepare_script([t], padding_between=1) for t in BATCH]
+    attributes = [tts.make_condition_attributes([voice.path], cfg_coef=2.0) for _ in BATCH]
+    torch.manual_seed(11)
+    ref = tts.generate(entries, attributes)
+    ref_codes = torch.cat(ref.frames[tts.delay_steps:], dim=-1)[:, 1:].numpy()  # [B, K, T]
+
+    got: dict[int, list] = {b: [] for b in range(len(BATCH))}
+    speeches = generate_batch(tts_model, [chunks([t]) for t in BATCH], [[voice]] * len(BATCH),
+                              Settings(seed=11, keep_codes=True), on_pcm=lambda b, pcm: got[b].append(pcm))
+    lengths = [len(s.codes) for s in speeches]
+    assert lengths[1] == ref_codes.shape[-1] and lengths[0] < lengths[1] and lengths[2] < lengths[1]
+    for b, speech in enumerate(speeches):
+        np.testing.assert_array_equal(np.stack(speech.codes, axis=-1), ref_codes[b, :, :lengths[b]])
+        assert [w.text for w in speech.words] == [w for w, _ in ref.all_transcripts[b]]
+        assert sum(p.size for p in got[b]) == speech.samples == lengths[b] * 1920 and speech.ended
+    # Each row stops at its own end (its last word, then the model's final padding), the longest with moshi.
+    assert [n - lengths[1] for n in lengths] == [e - ref.end_steps[1] for e in ref.end_steps]
+
+
+def test_batch_rows_are_the_texts_spoken_alone_when_greedy(tts_model, voice):
+    from moshikit.tts.engine import generate_batch
+
+    alone = [generate(tts_model, chunks([t]), [voice], Settings(temp=0.0, keep_codes=True)) for t in BATCH]
+    together = generate_batch(tts_model, [chunks([t]) for t in BATCH], [[voice]] * len(BATCH),
+                              Settings(temp=0.0, keep_codes=True))
+    for a, t in zip(alone, together):
+        assert [w.text for w in a.words] == [w.text for w in t.words]
+        np.testing.assert_array_equal(np.stack(a.codes, axis=-1), np.stack(t.codes, axis=-1))
