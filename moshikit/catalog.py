@@ -21,6 +21,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+from .catalog_pocket import POCKET_ALIASES, POCKET_ENTRIES, POCKET_FAMILIES
 from .errors import ModelError, UsageError
 from .platform import GPU, PlatformInfo
 
@@ -88,6 +89,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("tts-1.6b-en_fr", "tts", "Kyutai TTS ~1.6B, English and French, voices from kyutai/tts-voices"),
     Family("tts-0.75b-en-public", "tts", "Kyutai TTS ~0.75B, English, public data only, voice from an audio prefix"),
     Family("tts-voices", "voices", "Voices for Kyutai TTS: reference clips and their embeddings"),
+    *(Family(*f) for f in POCKET_FAMILIES),
 )}
 
 #: Short names users type. A family name is an alias of itself.
@@ -98,6 +100,7 @@ ALIASES: dict[str, str] = {
     "hibiki": "hibiki-1b", "hibiki-1b": "hibiki-1b", "hibiki-2b": "hibiki-2b",
     "tts": "tts-1.6b-en_fr", "tts-public": "tts-0.75b-en-public", "tts-1.6b-en_fr": "tts-1.6b-en_fr",
     "tts-0.75b-en-public": "tts-0.75b-en-public", "tts-voices": "tts-voices",
+    **POCKET_ALIASES,
 }
 
 
@@ -176,6 +179,7 @@ ENTRIES: tuple[Entry, ...] = (
           FAMILIES["tts-voices"].purpose,
           notes="the default voice; every other voice: `moshikit download kyutai/tts-voices --file NAME`. "
                 "Each voice's licence is in the repo (some are CC-BY-NC)"),
+    *(Entry(**e, purpose=FAMILIES[e["family"]].purpose) for e in POCKET_ENTRIES),
 )
 
 

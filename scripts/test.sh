@@ -8,4 +8,9 @@ cd "$(dirname "$0")/.."
 bash scripts/system-packages.sh
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e ".[mlx,test]"
+# Pocket TTS without its own dependency list (it asks for sentencepiece>=0.2.1, which moshi_mlx's pin of
+# 0.2.0 forbids, and for a web server moshikit does not use): only what `import pocket_tts` needs.
+.venv/bin/pip install -q --no-deps pocket-tts==4.0.1
+.venv/bin/pip install -q "einops>=0.4" "pydantic>=2" "pyyaml>=6" "requests>=2.20" "scipy>=1.5" "tokenizers>=0.21" \
+  "typing-extensions>=4.10"
 exec .venv/bin/python -m pytest "$@"

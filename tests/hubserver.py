@@ -13,7 +13,7 @@ It speaks what ``huggingface_hub`` 0.28 uses to fetch files and list a repositor
   ``EntryNotFound``) so the client raises its typed errors.
 
 ``cut[path] = n`` makes the next ``GET`` of that file send ``n`` bytes of its body and
-drop the connection. ``private`` repos want ``Authorization: Bearer <token>``.
+drop the connection. ``private`` repos want ``Authorization: Bearer <token>``; ``gated`` ones answer 403 ``GatedRepo``.
 Every request is logged in ``requests`` (method, path, Range, Authorization).
 """
 
@@ -79,6 +79,7 @@ class HubServer:
         self.blobs: dict[str, bytes] = {}
         self.cut: dict[str, int] = {}
         self.private: dict[str, str] = {}  # repo -> token it wants
+        self.gated: set[str] = set()  # repos whose terms this client has not accepted (403 GatedRepo)
         self.requests: list[dict] = []
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -168,6 +169,9 @@ class _Handler(BaseHTTPRequestHandler):
         token = self.hub.private.get(repo_id)
         if repo is None or (token and self.headers.get("Authorization") != f"Bearer {token}"):
             self._error(401 if token else 404, "RepoNotFound", "Repository not found", head=head)
+            return None
+        if repo_id in self.hub.gated:
+            self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted", head=head)
             return None
         return repo
 

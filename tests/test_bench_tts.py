@@ -46,3 +46,21 @@ def test_full_size_goes_with_synthetic(capsys):
     code = main(["bench", "tts", "--lm-size", "full"])
     err = capsys.readouterr().err
     assert code == 2 and "--lm-size full goes with --synthetic" in err
+
+
+def test_bench_tts_pocket_rows(tmp_path, capsys, _isolated_env):
+    """The Pocket TTS rows alone: moshikit's pocket backend and pocket-tts's own API, same run."""
+    pytest.importorskip("pocket_tts")
+    pytest.importorskip("tokenizers")
+    out = tmp_path / "tts.json"
+    code = main(["bench", "tts", "--no-kyutai", "--pocket", "synthetic", "--words", "4", "--repeats", "1",
+                 "--json", str(out)])
+    assert code in (0, None), capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    got = {(r["name"], r["task"]): r for r in doc["rows"]}
+    assert set(got) == {("moshikit speak -b pocket", "speak 4 words"), ("moshikit speak -b pocket", "time to first audio"),
+                        ("pocket-tts generate_audio_stream (reference)", "speak 4 words"),
+                        ("pocket-tts generate_audio_stream (reference)", "time to first audio")}
+    for r in doc["rows"]:
+        assert r["stage"] == "tts" and r["stats"]["p50"] > 0 and r["params"]["device"] == "cpu"
+    assert doc["env"]["pocket"] == "synthetic"

@@ -20,7 +20,7 @@ EXPECTED = {  # (platform, alias) -> variant
     ("apple-16", "stt"): "mlx-bf16", ("cuda-16", "stt"): "pytorch-bf16", ("cpu", "stt-en"): "pytorch-bf16",
     ("apple-64", "mimi"): "fp32", ("cuda-80", "mimi"): "fp32",
     ("cpu", "tts"): "pytorch-bf16", ("apple-16", "tts"): "pytorch-bf16", ("cuda-16", "tts-public"): "pytorch-bf16",
-    ("cpu", "tts-voices"): "any-fp32",
+    ("cpu", "tts-voices"): "any-fp32", ("apple-16", "pocket"): "any-fp32", ("cuda-80", "pocket-tts-open"): "any-fp32",
 }
 
 
@@ -53,6 +53,12 @@ def test_catalog_is_consistent():
         assert e.backend in catalog.BACKENDS and e.precision in catalog.PRECISION_ORDER
         if e.kind == "voices":  # voice clips and their embeddings (kyutai/tts-voices)
             assert any(f.endswith(".wav") for f in e.files) and any(f.endswith(".safetensors") for f in e.files)
+            continue
+        if e.family.startswith("pocket-tts"):  # pocket-tts's layout: weights, tokenizer.json, voice states
+            assert e.files[0] == "languages/english/model.safetensors" and e.variant == "any-fp32"
+            assert any(f.endswith("/tokenizer.json") for f in e.files)
+            assert any(f.endswith("/embeddings/alba.safetensors") for f in e.files)
+            assert ("GATED" in e.notes) == (e.repo == "kyutai/pocket-tts")
             continue
         if e.family != "mimi":
             assert e.variant == f"{e.backend}-{e.precision}"

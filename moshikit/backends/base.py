@@ -234,6 +234,12 @@ class TTSBackend(Protocol):
     name: str
     backend: str  # the registry name: torch, mlx, pocket
     synthetic: bool
+    word_timings: bool  # whether ``Speech.words`` has each word's times (``--words``)
+
+    @property
+    def default_temp(self) -> float:
+        """The sampling temperature the model is meant to run at (``--temp`` not given)."""
+        ...
 
     @property
     def sample_rate(self) -> int: ...

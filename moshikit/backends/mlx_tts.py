@@ -51,6 +51,8 @@ class MlxTtsModel:
     delay_steps: int
     synthetic: bool = False
     backend: str = "mlx"
+    word_timings: bool = True
+    default_temp: float = 0.6
     final_padding: int = FINAL_PADDING
     max_gen_length: int = MAX_GEN_LENGTH
 

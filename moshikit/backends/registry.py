@@ -50,6 +50,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "Kyutai TTS through moshi's TTSModel in PyTorch (CUDA, MPS or CPU)"),
     BackendSpec("mlx", "tts", "moshikit.backends.mlx_tts", "pip install 'moshikit[mlx]'",
                 "Kyutai TTS through moshi_mlx's Lm and TTS state machine on MLX (Apple silicon; CPU elsewhere)"),
+    BackendSpec("pocket", "tts", "moshikit.backends.pocket_tts", "pip install 'moshikit[pocket]'",
+                "Kyutai's Pocket TTS (~100M, CPU, voice cloning) through the pocket-tts package"),
 )
 
 

@@ -33,6 +33,8 @@ class TtsPlan:
     dtype: str | None = None
     warmup: bool = True  # one unmeasured run of each row first (minutes on a CPU at full size: skipped there)
     backends: list[str] = field(default_factory=lambda: ["torch"])  # moshikit's rows, one per backend
+    pocket: str | None = None  # a Pocket TTS model: adds its rows (bench/tts_pocket.py)
+    kyutai: bool = True  # the Kyutai TTS rows
 
 
 def _sync() -> None:
@@ -81,13 +83,24 @@ class _Reference:
 
 
 def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) -> Iterator[Row]:
+    text = " ".join(TEXT.split()[: plan.words])
+    subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]], str]] = []
+    if plan.pocket:
+        from .tts_pocket import pocket_subjects
+
+        subjects += pocket_subjects(plan.pocket, text)
+    if plan.kyutai:
+        subjects += _kyutai_subjects(plan, text)
+    yield from _measure(subjects, plan, text, clock)
+
+
+def _kyutai_subjects(plan: TtsPlan, text: str) -> list:
     from ..tts import Settings, chunks, load_tts
 
-    text = " ".join(TEXT.split()[: plan.words])
-    subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]]]] = []
-    devices: list[str] = []
+    subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]], str]] = []
     model = voice = None
-    for backend in plan.backends:  # torch's row is "moshikit speak", another backend's "moshikit speak -b NAME"
+    # torch's row is "moshikit speak", another backend's "moshikit speak -b NAME"; Pocket TTS is --pocket
+    for backend in [b for b in plan.backends if b != "pocket"]:
         mine = load_tts(plan.model, backend=backend, dtype=plan.dtype,
                         device=plan.device if backend == "torch" or plan.device == "cpu" else None)
         mine_voice = mine.resolve_voice(None)
@@ -99,8 +112,8 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
             _sync()
             return speech.first_audio, speech.samples
 
-        subjects.append(("moshikit speak" + ("" if backend == "torch" else f" -b {backend}"), 1, ours))
-        devices.append(str(mine.describe().get("device")))
+        subjects.append(("moshikit speak" + ("" if backend == "torch" else f" -b {backend}"), 1, ours,
+                         str(mine.describe().get("device"))))
         if backend != "torch" or not hasattr(mine, "generate_batch"):
             continue
         for batch in [b for b in plan.batch_sizes if b > 1]:
@@ -109,8 +122,7 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
                                                 Settings(seed=plan.seed, max_steps=plan.max_steps))
                 _sync()
                 return min(s.first_audio for s in speeches), speeches[0].samples
-            subjects.append(("moshikit speak DIR --batch", batch, ours_batch))
-            devices.append(model.device)
+            subjects.append(("moshikit speak DIR --batch", batch, ours_batch, model.device))
     if plan.reference and model is None:
         model = load_tts(plan.model, backend="torch", device=plan.device, dtype=plan.dtype)
         voice = model.resolve_voice(None)
@@ -122,15 +134,18 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
             def theirs(ref=ref):
                 ref()
                 return ref.first, ref.samples
-            subjects.append(("moshi TTSModel.generate (reference)", batch, theirs))
-            devices.append(model.device)
-    for _, _, fn in subjects if plan.warmup else ():
+            subjects.append(("moshi TTSModel.generate (reference)", batch, theirs, model.device))
+    return subjects
+
+
+def _measure(subjects: list, plan: TtsPlan, text: str, clock: Callable[[], float]) -> Iterator[Row]:
+    for _, _, fn, _ in subjects if plan.warmup else ():  # warm-up
         fn()
     walls: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
     firsts: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
     audio: dict[int, float] = {}
     for _ in range(plan.repeats):
-        for i, (_, batch, fn) in enumerate(subjects):
+        for i, (_, batch, fn, _) in enumerate(subjects):
             t = clock()
             first, samples = fn()
             walls[i].append(clock() - t)
@@ -138,8 +153,8 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
                 firsts[i].append(first)
             audio[i] = samples / 24000 * batch
     task = f"speak {len(text.split())} words"
-    for i, (name, batch, _) in enumerate(subjects):
-        params = dict(batch=batch, device=devices[i], words=len(text.split()))
+    for i, (name, batch, _, device) in enumerate(subjects):
+        params = dict(batch=batch, device=device, words=len(text.split()))
         yield throughput_row("tts", name, task, audio[i], walls[i], **params)
         if firsts[i]:
             yield latency_row("tts", name, "time to first audio", firsts[i], **params)

@@ -280,10 +280,14 @@ def tts(
     device: DeviceOpt = None,
     json_file: JsonFileOpt = None,
     compare: CompareOpt = None,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="moshikit's TTS backends: comma-separated, or "
-                                         "'all' (those installed).")] = "torch",
+    backend: Annotated[str, typer.Option("--backend", "-b", help="moshikit's Kyutai TTS backends: comma-separated, "
+                                         "or 'all' (those installed; Pocket TTS is --pocket).")] = "torch",
+    pocket: Annotated[Optional[str], typer.Option(
+        "--pocket", metavar="MODEL", show_default=False,
+        help="Also Pocket TTS (pocket-tts, synthetic, or a folder), next to pocket-tts's own API.")] = None,
+    kyutai: Annotated[bool, typer.Option("--kyutai/--no-kyutai", help="The Kyutai TTS rows.")] = True,
 ) -> None:
-    """Text to speech: time to first audio and x real time, next to moshi's TTSModel.generate."""
+    """Text to speech: time to first audio and x real time, next to moshi's TTSModel.generate (and Pocket TTS)."""
     from .. import bench
     from ..errors import UsageError
     from ..bench import tts as bench_tts
@@ -302,8 +306,8 @@ def tts(
         max_steps = 16 + 2 + round(words / 2.5 * 12.5)  # random weights never finish: a normal pace's steps
     plan = bench_tts.TtsPlan(chosen, device_value(device), reference, _ints(batch_sizes), words, repeats,
                              max_steps=max_steps, dtype=dtype, warmup=lm_size != "full",
-                             backends=_backends(backend, "tts"))
-    result = bench.BenchResult(env=bench.environment({"tts": plan.model}), synthetic=synthetic)
+                             backends=_backends(backend, "tts"), pocket=pocket, kyutai=kyutai)
+    result = bench.BenchResult(env=bench.environment({"tts": plan.model, "pocket": pocket}), synthetic=synthetic)
     render(result, lambda: bench_tts.bench_tts(plan), json_file, compare, None)
 
 

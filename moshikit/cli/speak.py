@@ -40,7 +40,9 @@ def speak(
         help="tts (kyutai/tts-1.6b-en_fr, the default), tts-public (kyutai/tts-0.75b-en-public), a hub repo "
              "id, a local directory, or 'synthetic' (generated test weights).")] = None,
     speed: Annotated[float, typer.Option("--speed", help="Speaking pace, 0.5 to 2 (Kyutai's padding bonus).")] = 1.0,
-    temp: Annotated[float, typer.Option("--temp", min=0.0, help="Sampling temperature (0: greedy).")] = 0.6,
+    temp: Annotated[Optional[float], typer.Option(
+        "--temp", min=0.0, show_default=False,
+        help="Sampling temperature (0: greedy); default: the model's own (0.6 Kyutai TTS, 0.3 Pocket TTS).")] = None,
     cfg: Annotated[float, typer.Option("--cfg", help="How closely to follow the voice: 1 to 4 in steps of 0.5.")] = 2.0,
     seed: Annotated[Optional[int], typer.Option("--seed", show_default=False,
                                                 help="Seed the sampling: the same text speaks the same.")] = None,
@@ -51,7 +53,8 @@ def speak(
         "--output-device", show_default=False, help="Speaker for --play: index or (part of) its name.")] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
     backend: Annotated[str, typer.Option("--backend", "-b", metavar="NAME",
-                                         help="torch (Kyutai TTS through moshi), or auto: the platform's choice.")] = "auto",
+                                         help="torch (Kyutai TTS through moshi), pocket (Pocket TTS, CPU, voice "
+                                              "cloning), or auto: the platform's choice.")] = "auto",
     batch: Annotated[Optional[int], typer.Option(
         "--batch", min=1, show_default=False,
         help="For a directory of texts: how many to speak at once (default: 32 on a GPU, 4 on a CPU).")] = None,
@@ -97,10 +100,10 @@ def speak(
 
     from ..tts.engine import Settings
 
-    settings = Settings(temp=temp, cfg=cfg, padding_bonus=bonus, seed=seed)
+    settings = Settings(cfg=cfg, padding_bonus=bonus, seed=seed, **({} if temp is None else {"temp": temp}))
     if text is not None and text != "-" and Path(text).is_dir():
         return _tree(out, text, output, words, voice, model, backend, device, dtype, revision, overwrite, settings,
-                     batch)
+                     batch, temp=temp)
     if batch is not None:
         raise UsageError("--batch goes with a directory of texts")
     from ..tts.files import output_format, words_format
@@ -121,6 +124,7 @@ def speak(
 
         return _list_voices(out, voices_of(model, backend=backend, revision=revision))
     m = _load(out, model, backend, device, dtype, revision)
+    _fit(m, settings, temp, words)
     turns, voices, chunks, source = _script(out, m, text, text_file, dialogue, voice, stream)
     _one(out, m, chunks, voices, output, words, settings, speaker, source, stream)
 
@@ -132,7 +136,22 @@ def _load(out, model, backend, device, dtype, revision):
                  dtype=dtype.value if dtype.value != "auto" else None, revision=revision)
     info = m.describe()
     out.message(f"[dim]model: {m.name} ({m.backend} on {info['device']})[/]")
+    if info.get("no_cloning_reason"):  # Pocket TTS on its open weights: say so, never silently
+        from rich.markup import escape
+
+        out.message(f"[yellow]no voice cloning: {escape(info['no_cloning_reason'])}; predefined voices only[/]")
     return m
+
+
+def _fit(m, settings, temp, words) -> None:
+    """The model's own default temperature; --words refused by a model without word timings."""
+    from ..errors import UsageError
+
+    if temp is None:
+        settings.temp = m.default_temp
+    if words is not None and not m.word_timings:
+        raise UsageError(f"--words: the {m.backend} backend has no word timings (the model has no alignment)",
+                         hint="drop --words, or use Kyutai TTS (-b torch)")
 
 
 def _list_voices(out, found) -> None:
@@ -239,6 +258,8 @@ def _one(out, m, chunks, voices, output, words, settings, speaker, source, strea
     }
     if speaker is not None:
         summary["underruns"] = speaker.underruns
+    if "voice_cloning" in m.describe():
+        summary["voice_cloning"] = m.describe()["voice_cloning"]
     if out.json_mode:
         out.json(summary)
         return
@@ -249,7 +270,7 @@ def _one(out, m, chunks, voices, output, words, settings, speaker, source, strea
 
 
 def _tree(out, directory, output, words, voice, model, backend, device, dtype, revision, overwrite,
-          settings, batch) -> None:
+          settings, batch, temp=None) -> None:
     from pathlib import Path
 
     from .. import codec
@@ -275,6 +296,7 @@ def _tree(out, directory, output, words, voice, model, backend, device, dtype, r
             out.error(r.error)
         raise typer.Exit(ExitStatus.FAILED)
     m = _load(out, model, backend, device, dtype, revision)
+    _fit(m, settings, temp, words)
     voices = [m.resolve_voice(voice)]
     from ..tts.files import default_batch
 

@@ -18,7 +18,7 @@ def load_tts(model: str | None = None, *, backend: str | None = None, device: st
     from .. import platform
     from ..backends import registry
 
-    choice = platform.resolve("tts", backend, device)
+    choice = platform.resolve("tts", choose_backend(model, backend), device)
     dev = None if choice.device in (None, "auto") else choice.device
     return registry.module("tts", choice.backend).load(model, device=dev, dtype=dtype, revision=revision,
                                                        **options)
@@ -30,5 +30,32 @@ def voices_of(model: str | None = None, *, backend: str | None = None,
     from .. import platform
     from ..backends import registry
 
-    choice = platform.resolve("tts", backend, None)
+    choice = platform.resolve("tts", choose_backend(model, backend), None)
     return registry.module("tts", choice.backend).voices(model, revision=revision)
+
+
+def pocket_backend(model: str | None, backend: str | None) -> str | None:
+    """A Pocket TTS model name (``pocket-tts``, ``pocket``) implies ``-b pocket``; another backend cannot run it."""
+    from .pocket import is_pocket_name
+
+    if not is_pocket_name(model):
+        return backend
+    if backend not in (None, "auto", "pocket"):
+        from ..errors import UsageError
+
+        raise UsageError(f"--model {model} runs on the pocket backend, not {backend}", hint="use -b pocket")
+    return "pocket"
+
+
+def choose_backend(model: str | None, backend: str | None) -> str | None:
+    """The backend for ``model``: a Pocket TTS name implies pocket; with no model and no backend
+    on a machine without a GPU, Pocket TTS when it is installed (made for CPUs: Kyutai TTS 1.6B
+    runs far below real time there, see README); otherwise ``backend`` (auto: the platform's)."""
+    backend = pocket_backend(model, backend)
+    if model is None and backend in (None, "auto"):
+        from .. import platform
+        from ..backends import registry
+
+        if platform.default_tts().device == "cpu" and registry.probe("tts", "pocket")[0]:
+            return "pocket"
+    return backend

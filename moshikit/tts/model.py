@@ -46,6 +46,8 @@ class TtsModel:
     repo: str | None  # hub repo id, None for a local folder
     synthetic: bool = False
     backend: str = "torch"
+    word_timings: bool = True  # the model's own alignment (``--words``)
+    default_temp: float = DEFAULT_TEMP
 
     @property
     def multi_speaker(self) -> bool:
