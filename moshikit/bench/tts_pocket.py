@@ -14,13 +14,10 @@ def pocket_subjects(model_name: str, text: str) -> list[tuple[str, int, Callable
     """(row name, batch, run -> (first audio seconds, samples), device) for the pocket rows. Both run
     on one torch thread, as pocket-tts sets on import (its decoder runs in a second thread); the
     other rows keep the process's setting."""
-    import torch
-
     from ..tts import Settings, chunks, load_tts
+    from ..tts.pocket import one_thread
 
-    threads = torch.get_num_threads()
     model = load_tts(model_name, backend="pocket")
-    torch.set_num_threads(threads)
     voice = model.resolve_voice(None)
     tts = model.tts
     temp = model.default_temp
@@ -40,15 +37,11 @@ def pocket_subjects(model_name: str, text: str) -> list[tuple[str, int, Callable
             samples += audio.shape[-1]
         return first, samples
 
-    def one_thread(fn):
+    def on_one_thread(fn):
         def run():
-            before = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
+            with one_thread():
                 return fn()
-            finally:
-                torch.set_num_threads(before)
         return run
 
-    return [("moshikit speak -b pocket", 1, one_thread(ours), "cpu"),
-            ("pocket-tts generate_audio_stream (reference)", 1, one_thread(theirs), "cpu")]
+    return [("moshikit speak -b pocket", 1, ours, "cpu"),  # generate runs on one thread itself
+            ("pocket-tts generate_audio_stream (reference)", 1, on_one_thread(theirs), "cpu")]

@@ -121,6 +121,10 @@ def _build_model(cfg: dict, tokenizer: Path, seed: int):
     import logging
 
     import torch
+
+    from ..tts.pocket import import_pocket_tts
+
+    import_pocket_tts()
     from pocket_tts import TTSModel
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,6 +152,10 @@ def write_pocket_repo(folder: str | os.PathLike, *, size: str = "tiny", seed: in
     import numpy as np
     import safetensors.torch
     import torch
+
+    from ..tts.pocket import import_pocket_tts
+
+    import_pocket_tts()
     from pocket_tts import export_model_state
 
     from .synthetic import speech_sample
@@ -161,10 +169,13 @@ def write_pocket_repo(folder: str | os.PathLike, *, size: str = "tiny", seed: in
     sample = speech_sample()
     emb = folder / LANGUAGE_DIR / "embeddings"
     emb.mkdir(parents=True, exist_ok=True)
+    from ..tts.pocket import one_thread
+
     for i, name in enumerate(VOICES):
         start = i * 3 * SAMPLE_RATE
         clip = torch.from_numpy(np.ascontiguousarray(sample[start:start + 3 * SAMPLE_RATE]))[None]
-        export_model_state(model.get_state_for_audio_prompt(clip), emb / f"{name}.safetensors")
+        with one_thread():  # as moshikit computes a voice's state (same kernels, same bits)
+            export_model_state(model.get_state_for_audio_prompt(clip), emb / f"{name}.safetensors")
     return write_config(folder / CONFIG, cfg, weights, folder / TOKENIZER)
 
 

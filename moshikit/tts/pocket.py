@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,37 @@ PREDEFINED_VOICES = ("alba", "marius", "javert", "jean", "fantine", "cosette", "
 DEFAULT_VOICE = "alba"
 GATED_HINT = ("accept the terms at https://huggingface.co/kyutai/pocket-tts, then log in with `hf auth login` "
               "(or set HF_TOKEN) and load again; the predefined voices work without it (--list-voices)")
+
+
+def import_pocket_tts():
+    """``import pocket_tts`` without its side effect on the process: its import runs
+    ``torch.set_num_threads(1)``, which would slow every other model in the process (and change
+    its kernels' rounding). The thread count is put back; Pocket TTS's own runs take one thread
+    (``one_thread``), as its authors set it up (its decoder runs in a thread of its own)."""
+    import sys
+
+    if "pocket_tts" not in sys.modules:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            import pocket_tts  # noqa: F401
+        finally:
+            torch.set_num_threads(threads)
+    return sys.modules["pocket_tts"]
+
+
+@contextmanager
+def one_thread():
+    """Run Pocket TTS on one torch thread, as pocket-tts configures itself; the count is put back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def is_pocket_name(model) -> bool:
@@ -93,6 +125,8 @@ def _published(revision: str | None, open_only: bool = False) -> PocketFiles:
     """The published English model through moshikit's cache: the gated weights if they can be had,
     else the open ones (and why not)."""
     import yaml
+
+    import_pocket_tts()
     from pocket_tts.utils.config import CONFIGS_DIR
 
     from ..testing.synthetic_pocket import write_config
@@ -133,6 +167,7 @@ def load_pocket(model: str | None = None, *, device: str | None = None, dtype: s
         return _LAST["model"]
     import logging
 
+    import_pocket_tts()
     from pocket_tts import TTSModel
 
     if files.synthetic:  # random weights never emit EOS: pocket-tts warns on every sentence
@@ -263,7 +298,8 @@ class PocketModel:
     def generate(self, chunks, voices, settings=None, *, on_pcm=None, on_word=None):
         from .pocket_speak import generate
 
-        return generate(self, chunks, voices, settings, on_pcm=on_pcm)
+        with one_thread():
+            return generate(self, chunks, voices, settings, on_pcm=on_pcm)
 
 
 def voice_names(files: PocketFiles) -> tuple[list[str], str]:

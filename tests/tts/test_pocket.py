@@ -7,8 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("pocket_tts")
-pytest.importorskip("tokenizers")
+try:  # moshikit's import, which leaves the process's torch thread count alone (pocket_tts sets 1)
+    from moshikit.tts.pocket import import_pocket_tts
+
+    import_pocket_tts()
+    import tokenizers  # noqa: F401
+except ImportError:
+    pytest.skip("pocket-tts is not installed", allow_module_level=True)
 
 from moshikit.errors import ModelError, UsageError  # noqa: E402
 from moshikit.tts.engine import Settings  # noqa: E402
@@ -267,3 +272,20 @@ def test_no_model_on_a_cpu_machine_is_pocket_tts(monkeypatch):
     monkeypatch.setattr(platform, "default_tts", lambda plat=None: cpu)
     monkeypatch.setattr(registry, "probe", lambda kind, name: (False, "not installed"))
     assert choose_backend(None, None) is None
+
+
+def test_pocket_leaves_the_process_thread_count_alone(tmp_path, _isolated_env):
+    """pocket_tts's import sets torch to one thread for the whole process; moshikit's import and
+    generation put the count back (a fresh process: this one imported pocket_tts already)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2)\n"
+            "from moshikit.tts.pocket import import_pocket_tts; import_pocket_tts()\n"
+            "assert torch.get_num_threads() == 2, torch.get_num_threads()\n"
+            "import pocket_tts; from moshikit.tts import load_tts, chunks\n"
+            "m = load_tts('synthetic', backend='pocket')\n"
+            "m.generate(chunks(['Hi.']), [m.resolve_voice(None)], None)\n"
+            "assert torch.get_num_threads() == 2, torch.get_num_threads()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
