@@ -103,7 +103,7 @@ def test_token_decisions():
 def test_wrong_or_missing_token_never_reaches_the_model(guarded, conv):
     url, server, logs = guarded
     base = url.replace("ws://", "http://").removesuffix("/api/chat")
-    before = len(logs)
+    before, sessions = len(logs), server.stats["sessions"]  # the server is the module's: count our own
     with Spy(conv) as spy:
         assert _http(base + "/")[0] == 401
         status, body = _http(base + "/?token=wrong")
@@ -115,7 +115,7 @@ def test_wrong_or_missing_token_never_reaches_the_model(guarded, conv):
         with pytest.raises(RemoteError, match="unauthorized"):
             remote.connect(url + "?token=nope", timeout=5)
         assert spy.steps == 0 and spy.resets == 0
-    assert server.stats["sessions"] == 0
+    assert server.stats["sessions"] == sessions
     refusals = logs[before:]
     assert len(refusals) == 7 and all(line.startswith("refused 127.0.0.1") for line in refusals), refusals
     assert "no token" in refusals[0] and "wrong token" in refusals[1]
