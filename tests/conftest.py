@@ -145,11 +145,8 @@ def tts_model(mimi_weights):
     """A tiny synthetic Kyutai TTS model, loaded once for the TTS tests (tests/tts/). It lives here,
     not in a tests/tts/conftest.py: a second module named ``conftest`` would shadow this one for
     the tests that import ``_write_wav`` from it."""
-    import torch
-
     from moshikit.tts import load_tts
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: threads only slow it down on a shared 2-core machine
+    # No thread setting here: a session fixture's would last the rest of the session (one thread
+    # for every later test). The modules that use it take ``one_torch_thread`` (module scope).
     yield load_tts("synthetic")
-    torch.set_num_threads(before)

@@ -11,6 +11,8 @@ from moshikit import catalog, hub
 from moshikit.cli.app import main
 from moshikit.testing import synthetic_tts
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # a tiny model: threads only cost
+
 
 def test_synthetic_tts_layout(mimi_weights):
     path = hub.resolve_model("synthetic", kind="tts").path

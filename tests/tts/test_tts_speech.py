@@ -11,6 +11,8 @@ from moshikit.tts import Settings, chunks, generate, resolve_voice, sentences
 from moshikit.tts.model import padding_bonus
 from moshikit.tts.text import Chunk, check_chunk, words_as_they_come
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # a tiny model: threads only cost
+
 TEXT = "Hi there. Yes! Ça va?"
 
 
