@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..catalog_pocket import OPEN_REPO  # the catalog's rows name the same repos
 from ..errors import ModelError, UsageError
-from .voices import Voice
+from .voices import Voice, check_audio
 
 GATED_REPO = "kyutai/pocket-tts"
 LANGUAGE_DIR = "languages/english"
@@ -249,7 +249,7 @@ class PocketModel:
         if local.is_file():
             if local.suffix == ".safetensors":
                 return Voice(name, local, "state")
-            check_audio(local, name)
+            check_audio(local, name, "a predefined voice (--list-voices -b pocket)")
             if not self.files.cloning:
                 raise UsageError(f"{name}: voice cloning needs the gated weights of {GATED_REPO}, which could not "
                                  f"be downloaded ({self.files.no_cloning})", hint=GATED_HINT)
@@ -306,18 +306,6 @@ def voice_names(files: PocketFiles) -> tuple[list[str], str]:
     if files.voices_dir is not None:
         return sorted(p.stem for p in files.voices_dir.glob("*.safetensors")), str(files.voices_dir)
     return list(PREDEFINED_VOICES), f"{OPEN_REPO} (pocket-tts's predefined voices)"
-
-
-def check_audio(path: Path, shown: str) -> None:
-    from ..audio import open_audio
-    from ..errors import MoshikitError
-
-    try:
-        open_audio(path)
-    except MoshikitError:
-        raise UsageError(f"{shown}: not an audio file moshikit can read",
-                         hint="give a .wav, .flac, .mp3 or .ogg voice sample, or a predefined voice "
-                              "(--list-voices -b pocket)") from None
 
 
 def clock() -> float:

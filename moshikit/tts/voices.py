@@ -95,7 +95,8 @@ def _check_embedding(path: Path, shown: str) -> None:
         raise UsageError(f"{shown}: not a voice embedding (no speaker_wavs tensor)")
 
 
-def _check_audio(path: Path, shown: str) -> None:
+def check_audio(path: Path, shown: str, instead: str = "a catalog voice name (see --list-voices)") -> None:
+    """A voice sample that moshikit cannot read as audio is one line (``instead``: what else to give)."""
     from ..audio import open_audio
     from ..errors import MoshikitError
 
@@ -103,8 +104,7 @@ def _check_audio(path: Path, shown: str) -> None:
         open_audio(path)
     except MoshikitError:
         raise UsageError(f"{shown}: not an audio file moshikit can read",
-                         hint="give a .wav, .flac, .mp3 or .ogg voice sample, or a catalog voice name "
-                              "(see --list-voices)") from None
+                         hint=f"give a .wav, .flac, .mp3 or .ogg voice sample, or {instead}") from None
 
 
 def resolve_voice(model, voice: str | None) -> Voice:
@@ -120,7 +120,7 @@ def resolve_voice(model, voice: str | None) -> Voice:
                                  hint="give an audio file with --voice")
             _check_embedding(local, name)
             return Voice(name, local, "embedding")
-        _check_audio(local, name)
+        check_audio(local, name)
         if model.multi_speaker:
             beside = local.with_name(local.name + model.voice_suffix)
             if beside.is_file():
