@@ -37,8 +37,9 @@ def speak(
              "one voice each.")] = None,
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", show_default=False,
-        help="tts (kyutai/tts-1.6b-en_fr, the default), tts-public (kyutai/tts-0.75b-en-public), a hub repo "
-             "id, a local directory, or 'synthetic' (generated test weights).")] = None,
+        help="tts (kyutai/tts-1.6b-en_fr; the default with a GPU), tts-public (kyutai/tts-0.75b-en-public), "
+             "pocket-tts (the default without a GPU, if installed), a hub repo id, a local directory, or "
+             "'synthetic' (generated test weights).")] = None,
     speed: Annotated[float, typer.Option("--speed", help="Speaking pace, 0.5 to 2 (Kyutai's padding bonus).")] = 1.0,
     temp: Annotated[Optional[float], typer.Option(
         "--temp", min=0.0, show_default=False,
