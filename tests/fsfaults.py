@@ -49,7 +49,7 @@ class _FullFile:
         self._f, self._disk = f, disk
 
     def write(self, data) -> int:
-        n = len(memoryview(data).cast("B"))
+        n = len(data.encode()) if isinstance(data, str) else len(memoryview(data).cast("B"))
         if self._disk.used + n > self._disk.budget:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self._disk.used += n
@@ -109,3 +109,68 @@ def read_only_dir(path: Path):
 def partials(root: Path) -> list[Path]:
     """Hidden partial files left anywhere under ``root``."""
     return sorted(p for p in Path(root).rglob(".*partial*"))
+
+
+@contextmanager
+def full_disk_for_libraries(kind: str, path: Path, size_kb: int, monkeypatch):
+    """A folder with about ``size_kb`` kB free for writers moshikit does not open itself (pyarrow,
+    torch.onnx, huggingface_hub): a real tmpfs, or injected where mounting is not permitted. The
+    injected disk reports ``size_kb`` free to ``os.statvfs``/``shutil.disk_usage`` under ``path``
+    and makes any file under ``path`` raise ENOSPC once ``size_kb`` have been written to it (the
+    libraries' own writers: pyarrow's C++ writer is replaced by one that writes through Python)."""
+    if kind == "tmpfs":
+        with tmpfs(path, f"{size_kb}k"):
+            yield path
+        return
+    import builtins
+    import io
+
+    root = Path(path).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    disk = InjectedDisk(root, size_kb * 1024)
+    real_open, real_statvfs, real_usage = builtins.open, os.statvfs, shutil.disk_usage
+
+    def under(p) -> bool:
+        try:
+            return Path(os.path.abspath(os.fspath(p))).is_relative_to(root)
+        except TypeError:  # a file descriptor
+            return False
+
+    def fake_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return _FullFile(f, disk) if any(c in mode for c in "wax+") and under(file) else f
+
+    def fake_statvfs(p):
+        st = real_statvfs(p)
+        if not under(p):
+            return st
+        free = max(0, disk.budget - disk.used) // st.f_frsize
+        return os.statvfs_result((*st[:4], free, free, *st[6:]))
+
+    def fake_usage(p):
+        u = real_usage(p)
+        return u if not under(p) else type(u)(disk.budget, disk.used, max(0, disk.budget - disk.used))
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(os, "statvfs", fake_statvfs)
+    monkeypatch.setattr(shutil, "disk_usage", fake_usage)
+    try:
+        import pyarrow.parquet as pq
+
+        real_write_table = pq.write_table
+
+        def write_table(table, where, *a, **k):
+            if not under(where):
+                return real_write_table(table, where, *a, **k)
+            import pyarrow as pa
+
+            sink = pa.BufferOutputStream()
+            real_write_table(table, sink, *a, **k)
+            with fake_open(where, "wb") as f:
+                f.write(sink.getvalue().to_pybytes())
+
+        monkeypatch.setattr(pq, "write_table", write_table)
+    except ImportError:
+        pass
+    yield path
