@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("livekit.rtc")
+import livekit.rtc  # noqa: F401  (a core dependency: a broken install fails, never skips)
 
 from moshikit import aec  # noqa: E402
 

@@ -14,7 +14,6 @@ from moshikit.testing.synthetic_stt import FULL_STT, full_stt_config_json
 @pytest.mark.parametrize("name, billions, layers, text_card, delay", [
     ("stt", 0.99, 16, 8000, 0.5), ("stt-en", 2.62, 48, 4000, 2.5)])
 def test_full_size_stt_configs_are_the_published_architectures(name, billions, layers, text_card, delay):
-    pytest.importorskip("moshi")
     from moshikit.stt import check_stt_config
     from moshikit.testing.synthetic_lm import published_shapes
 

@@ -4,6 +4,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from deps import ONNX_IS_CORE
 import soundfile as sf
 import torch
 
@@ -193,6 +194,8 @@ def onnx_files_codec(mimi_weights):
     from moshikit.backends import registry
 
     if not registry.probe("codec", "onnx")[0]:
+        if ONNX_IS_CORE:
+            pytest.fail("onnxruntime is a core dependency on x86 and does not load")
         pytest.skip("onnxruntime not installed")
     codec = ops.load_codec("onnx", mimi_weight=mimi_weights)
     if codec.backend.parallel_streams < 2:
@@ -222,9 +225,10 @@ def test_parallel_files_equal_one_at_a_time(tmp_path, onnx_files_codec, speech, 
     seq = list(ops.encode_files(jobs, onnx_files_codec))
     assert [r.source for r in seq] == sorted(r.source for r in seq)  # one at a time keeps the order
     for i in range(5):
-        a, b = read_tokens(tmp_path / "par" / f"{i}.mimi"), read_tokens(tmp_path / "seq" / f"{i}.mimi")
-        np.testing.assert_array_equal(a.codes, b.codes)
-        assert a.header.frames == b.header.frames == -(-int(24000 * (0.5, 12.5, 2.0, 3.3, 1.0)[i]) // 1920)
+        par_file, seq_file = tmp_path / "par" / f"{i}.mimi", tmp_path / "seq" / f"{i}.mimi"
+        assert read_tokens(par_file).header.frames == -(-int(24000 * (0.5, 12.5, 2.0, 3.3, 1.0)[i]) // 1920)
+        # As the README says: byte-identical files (same onnx graph and thread count per stream).
+        assert par_file.read_bytes() == seq_file.read_bytes()
 
 
 def test_parallel_interrupted_then_resumed(tmp_path, onnx_files_codec, speech, write_wav):

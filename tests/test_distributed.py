@@ -19,8 +19,8 @@ from moshikit.errors import UsageError
 from moshikit.cli.app import main
 from moshikit.codec import EncodeOptions
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
+import pyarrow as pa  # noqa: E402  (the test extra: installed with the tests, never skipped)
+import pyarrow.parquet as pq  # noqa: E402
 
 
 def run(capsys, *argv):

@@ -12,7 +12,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_a_short_file_costs_its_frames_not_whole_chunks(tmp_path, mimi_weights, speech):
-    pytest.importorskip("torch")
     repo = write_stt_repo(tmp_path / "r", kind="random", mimi_path=mimi_weights)
     model = stt.load_stt(str(repo), backend="torch", device="cpu")
     calls = []

@@ -7,10 +7,9 @@ decoded audio within 60 dB SNR of the reference's.
 
 import numpy as np
 import pytest
+from deps import needs_onnx
 
-from moshikit.backends import registry
-
-pytestmark = pytest.mark.skipif(not registry.probe("codec", "onnx")[0], reason="onnxruntime not installed")
+pytestmark = needs_onnx
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
+from deps import needs_onnx
 
-from moshikit.backends import registry
 
-pytestmark = pytest.mark.skipif(not registry.probe("codec", "onnx")[0], reason="onnxruntime not installed")
+pytestmark = needs_onnx
 
 
 def test_blocks_round_trip_within_half_a_step():

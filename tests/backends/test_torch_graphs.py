@@ -82,7 +82,13 @@ def test_long_file_encode_and_decode_keep_graph_shapes(tmp_path, torch_codec, ch
     assert res.status == "done", res.error
     audio, _ = sf.read(tmp_path / "graphed-decoded.wav", dtype="float32")
     assert audio.shape == plain_audio.shape == (long_clip.size,)
-    np.testing.assert_array_equal(audio, plain_audio)
+    # The graphed run decodes in other chunk shapes than the plain one, so its float sums round
+    # in another order (how much is the CPU's kernel choice: AVX-512 here, AVX2 there). Both land
+    # in a 16-bit PCM wav: a sample straddling a rounding boundary may move by one step (an AMD
+    # EPYC moved 3 of 51,140), never more; almost every sample stays equal.
+    step = 1 / 32768
+    np.testing.assert_allclose(audio, plain_audio, rtol=0, atol=step * 1.001)
+    assert np.mean(audio == plain_audio) > 0.99
 
 
 def test_own_state_encoder_keeps_graph_shapes(torch_codec, chunk_frames, monkeypatch):

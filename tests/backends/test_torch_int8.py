@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (a core dependency)
 
 from moshikit import cpu_precision, stt  # noqa: E402
 from moshikit.backends import torch_lm  # noqa: E402

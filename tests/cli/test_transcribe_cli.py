@@ -47,7 +47,7 @@ def test_tree_to_every_format_then_resume(tree, capsys):
 
 
 def test_single_input_streams_text_and_prints_to_stdout(tree, capsys):
-    srt = pytest.importorskip("srt")
+    import srt
     code, out, err = run(capsys, "transcribe", str(tree / "in/a.wav"), "-m", "synthetic", "-o", "-", "-f", "srt")
     assert code == 0, err
     subs = list(srt.parse(out))
