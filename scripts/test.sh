@@ -2,7 +2,7 @@
 # The README's test command: on a fresh machine with only python3 it installs the system packages the
 # suite needs (scripts/system-packages.sh), a virtual environment with moshikit and its test extras,
 # then runs pytest (in random order: pytest-randomly; pass -p no:randomly for the file order).
-# Extra arguments go to pytest.
+# Extra arguments go to pytest (and then only that one run is made).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-packages.sh
@@ -13,4 +13,13 @@ bash scripts/system-packages.sh
 .venv/bin/pip install -q --no-deps pocket-tts==4.0.1
 .venv/bin/pip install -q "einops>=0.4" "pydantic>=2" "pyyaml>=6" "requests>=2.20" "scipy>=1.5" "tokenizers>=0.21" \
   "typing-extensions>=4.10"
-exec .venv/bin/python -m pytest "$@"
+if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
+# The whole suite on this CPU's best kernels, then the tests that compare two code paths' numbers
+# (marker `numerics`, tests/conftest.py) again with another kernel set forced: AVX2 for ATen, oneDNN
+# and MKL (no AVX-512, no AMX) on one thread (ONNX Runtime follows torch's thread count). An assert
+# that holds only on the CPU it was written on fails here, on any machine.
+status=0
+.venv/bin/python -m pytest || status=$?
+ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1 \
+  .venv/bin/python -m pytest -m "numerics and not slow" -p no:randomly || status=$?
+exit $status

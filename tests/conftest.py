@@ -119,7 +119,40 @@ def portaudio() -> None:
         pytest.skip(reason)
 
 
+#: Modules that compare two code paths' floats or codes (moshikit against moshi, graphed against
+#: plain, batched against alone...). scripts/test.sh runs them a second time with another CPU kernel
+#: set forced (AVX2 instead of AVX-512/AMX for ATen, oneDNN and MKL, one thread): rounding that
+#: differs between machines shows on any machine, before it reaches a user's CPU.
+NUMERICS_MODULES = frozenset({
+    "test_torch_graphs.py", "test_pocket.py", "test_codec_backends.py", "test_onnx_codec.py",
+    "test_mimi_graph.py", "test_torch_int8.py", "test_tts_speech.py", "test_translate_parity.py",
+    "test_lm.py", "test_codec.py", "test_stt_streams.py",
+})
+
+
+def pytest_report_header(config):
+    """The CPU and kernel set the suite runs on: equal numbers on one machine may differ on another."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    forced = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                                         "OMP_NUM_THREADS") if k in os.environ}
+    return f"cpu: {cpu}; kernel set forced: {forced or 'none, the best this CPU has'}"
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in NUMERICS_MODULES:
+            item.add_marker(pytest.mark.numerics)
+    skip_cuda_without_gpu(items)
+
+
+def skip_cuda_without_gpu(items):
     """Tests marked ``cuda`` run only where PyTorch sees a CUDA GPU (or, for a dry run of
     their code, with MOSHIKIT_TEST_CUDA_DEVICE=cpu); elsewhere they are skipped. torch is
     imported only when such tests were collected; ``is_available`` asks the driver for a
