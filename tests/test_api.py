@@ -37,7 +37,9 @@ def test_the_readme_examples_run(tmp_path, monkeypatch, mimi_weights, capsys):
     assert scope["back"].shape == (72000,) and scope["back"].dtype == np.float32
     assert (tmp_path / "clip.mimi").is_file()
     assert scope["frame"].pcm.shape == (1, 1920)
-    assert isinstance(scope["result"].text, str)
+    # the synthetic STT's random weights, read greedily, say words on a sine (a pad-only result would
+    # leave the snippet's print untested)
+    assert scope["result"].text.strip() and scope["result"].words
 
 
 def test_api_codes_equal_the_encode_command(tmp_path, mimi_weights, speech, write_wav):

@@ -148,9 +148,9 @@ def test_live_chat_through_file_backed_portaudio_devices(home, repo, tmp_path):
     doc = json.loads(wavs[0].with_suffix(".json").read_text())
     assert set(doc) == {"duration", "text", "pieces"} and doc["duration"] == pytest.approx(audio.shape[0] / 24000,
                                                                                            abs=0.01)
-    # Recording from the first frame: the recording's transcript is the chat's whole text
-    # (the tiny model's sampled text may be empty: then both are).
-    assert doc["text"] == summary["text"]
+    # Recording from the first frame: the recording's transcript is the chat's whole text. The tiny
+    # model's random text head samples pieces other than padding at most steps: 6 s say something.
+    assert doc["text"].strip() and doc["text"] == summary["text"]
     assert doc["text"] == "".join(p["text"] for p in doc["pieces"]).strip()
     times = [p["time"] for p in doc["pieces"]]
     assert times == sorted(times) and all(t >= 0 for t in times)

@@ -119,6 +119,7 @@ def test_busy_refusal_then_free_again(served):
     try:
         with pytest.raises(RemoteError, match="refused the session: busy"):
             remote.connect(url, timeout=5)
+        assert asyncio.run(_close_code(url)) == 1013  # "try again later", as the README says
     finally:
         first.close()
     assert server.stats["refused"] >= 1
@@ -144,6 +145,18 @@ async def _expect_close(url: str, *messages, text: str | None = None) -> tuple[i
                     return ws.close_code, got
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     got.append(msg.data)
+
+
+async def _close_code(url: str) -> int | None:
+    """The close code a plain WebSocket client gets, reading until the server closes."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url) as ws:
+            while True:
+                msg = await asyncio.wait_for(ws.receive(), 10)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                    return ws.close_code
 
 
 def _wait_idle(server, seconds: float = 10.0) -> None:

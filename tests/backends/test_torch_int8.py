@@ -65,7 +65,12 @@ def test_random_weights_logits_within_30_db_of_fp32(random_repo):
     seq = np.concatenate([rng.integers(0, 64, size=(40, 2, 1)), rng.integers(0, 2048, size=(40, 2, 32))], 2)
     lr, lq = _logits(ref, seq), _logits(q8, seq)
     assert lr.shape == lq.shape == (80, 1, 1, 64)
-    assert snr_db(lr, lq) >= 30.0  # measured 32.8 dB (bf16 weights: 34.7 dB)
+    assert snr_db(lr, lq) >= 30.0  # measured 32.8 dB on the Xeon
+    # bf16 keeps 8 bits of mantissa (~48 dB for one rounding); a few layers of matmuls and norms
+    # add their errors up: the same 30 dB bound (measured 34.7 dB on the Xeon).
+    bf = torch_lm.load(random_repo, device="cpu", dtype="bf16", sampling=None)
+    assert bf.info.precision == "bf16"
+    assert snr_db(lr, _logits(bf, seq)) >= 30.0
 
 
 def test_scripted_stt_text_equals_fp32_in_int8(tmp_path, mimi_weights, speech):
