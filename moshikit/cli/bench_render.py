@@ -27,7 +27,7 @@ def render(result, rows: Callable[[], Iterator], json_file: str | None, compare:
         err.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
     _histograms(con, result)
     if old is not None:
-        _comparison(con, bench.compare(result, old))
+        compare_table(con, bench.compare(result, old))
     if json_file:
         bench.save(result, json_file)
         err.print(f"[dim]wrote {json_file}[/]")
@@ -82,7 +82,9 @@ def report(con, result) -> None:
     if Measurement.get(con, con.options.update_width(10_000), t).maximum <= con.width:
         con.print(t)
     else:
-        _blocks(con, result, f"moshikit bench{label}")
+        stages = {stage: {name: [_cells(r) for r in rs] for name, rs in subjects.items()}
+                  for stage, subjects in by_stage(result.rows).items()}
+        _blocks(con, f"moshikit bench{label}", stages, list(COLUMNS[2:]), OPTIONAL, result.convention)
     for r in result.rows:
         if r.unit == "streams":
             con.print(f"{r.name}: {r.task}: {bench.capacity_text(r)}")
@@ -103,8 +105,10 @@ def by_stage(rows) -> dict[str, dict[str, list]]:
             for stage, subjects in stages.items()}
 
 
-def _blocks(con, result, title: str) -> None:
-    """The narrow layout: plain lines no wider than the console (markup-free, so widths are exact)."""
+def _blocks(con, title: str, stages: dict[str, dict[str, list[dict[str, str]]]], columns: list[str],
+            optional: tuple[str, ...], footer: str | None = None) -> None:
+    """The narrow layout: ``{stage: {subject: [cells]}}`` as plain lines no wider than the console
+    (markup-free, so widths are exact); ``optional`` columns go, in order, before a task wraps."""
     import textwrap
 
     from rich.text import Text
@@ -120,18 +124,16 @@ def _blocks(con, result, title: str) -> None:
 
     wrapped(title, "", "bold")
     dropped: list[str] = []
-    for stage, subjects in by_stage(result.rows).items():
-        rows = [r for rs in subjects.values() for r in rs]
-        cells = [_cells(r) for r in rows]
-        cols = ["task", "batch", "p50", "p90", "p99", "mean", "n", "peak MB"]
-        cols = [c for c in cols if c == "task" or any(x[c] for x in cells)]  # e.g. no batch in this stage
+    for stage, subjects in stages.items():
+        cells = [x for xs in subjects.values() for x in xs]
+        cols = [c for c in columns if c == "task" or any(x[c] for x in cells)]  # e.g. no batch in this stage
 
         def widths(cols):
             return {c: max([len(c)] + [len(x[c]) for x in cells]) for c in cols}
 
         w = widths(cols)
         task_room = lambda cols, w: width - 4 - sum(w[c] + 2 for c in cols if c != "task")  # noqa: E731
-        for c in OPTIONAL:
+        for c in optional:
             if task_room(cols, w) >= w["task"] or c not in cols:  # a column goes before a task wraps
                 continue
             cols.remove(c)
@@ -148,14 +150,14 @@ def _blocks(con, result, title: str) -> None:
         line("")
         line(stage, "bold")
         line(row_lines({c: c for c in cols})[0], "dim")
-        for name, rs in subjects.items():
+        for name, xs in subjects.items():
             wrapped(name, "  ", "bold")
-            for r in rs:
-                for text in row_lines(_cells(r)):
+            for x in xs:
+                for text in row_lines(x):
                     line(text)
-    if result.convention:
+    if footer:
         line("")
-        wrapped(result.convention, "", "dim")
+        wrapped(footer, "", "dim")
     if dropped:
         wrapped(f"({', '.join(dropped)}: not shown at this width; in --json, or on a wider terminal)", "", "dim")
 
@@ -171,15 +173,26 @@ def _histograms(con, result) -> None:
             con.print(f"  {lo:8.1f} - {hi:8.1f} │{bar} {count}")
 
 
-def _comparison(con, pairs) -> None:
+def compare_table(con, pairs) -> None:
+    """The speed-up of each row against an earlier run (``--compare``), fitted to ``con``'s width."""
+    from rich.measure import Measurement
     from rich.table import Table
 
     t = Table(title="against the earlier run (speed-up: >1 is faster now)")
     for col in ("what", "task", "batch", "now", "before", "speed-up"):
         t.add_column(col)
-    for new, old, ratio in pairs:
-        t.add_row(new.name, new.task, str(new.params.get("batch", "")), _fmt(new)[0], _fmt(old)[0], f"{ratio:.2f}x")
-    con.print(t)
+    cells = [(new.name, new.task, str(new.params.get("batch", "")), _fmt(new)[0], _fmt(old)[0], f"{ratio:.2f}x")
+             for new, old, ratio in pairs]
+    for row in cells:
+        t.add_row(*row)
+    if Measurement.get(con, con.options.update_width(10_000), t).maximum <= con.width:
+        con.print(t)
+        return
+    stages: dict[str, dict[str, list[dict[str, str]]]] = {}
+    for (new, _, _), x in zip(pairs, cells):
+        stages.setdefault(new.stage, {}).setdefault(new.name, []).append(dict(zip(("task", "batch", "now", "before",
+                                                                                   "speed-up"), x[1:])))
+    _blocks(con, t.title, stages, ["task", "batch", "now", "before", "speed-up"], ("before",))
 
 
 def _plot(result, path: str, err) -> None:

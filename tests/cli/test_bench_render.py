@@ -13,6 +13,7 @@ from rich.console import Console
 
 from moshikit import bench
 from moshikit.bench.core import Row, Stats
+from moshikit.cli import bench_render
 from moshikit.cli.bench_render import report
 
 SUBJECTS = {
@@ -92,3 +93,19 @@ def test_json_keeps_the_full_names(tmp_path):
     bench.save(_result(), str(path))
     names = {r["name"] for r in json.loads(path.read_text())["rows"]}
     assert names == {n for ns in SUBJECTS.values() for n in ns}
+
+
+@pytest.mark.parametrize("width", [80, 220])
+def test_the_comparison_with_an_earlier_run_fits_too(width, tmp_path):
+    """`--compare run.json`: the speed-up table, whole names at 80 columns as at 220."""
+    now, before = _result(), _result()
+    path = tmp_path / "before.json"
+    bench.save(before, str(path))
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, highlight=False, no_color=True)
+    bench_render.compare_table(con, bench.compare(now, bench.load(str(path))))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= width and "…" not in text
+    for name in {n for ns in SUBJECTS.values() for n in ns}:
+        assert name in text
+    assert "1.00x" in text
