@@ -32,10 +32,10 @@ def test_a_broken_anchor_fails_the_build(tmp_path):
     import shutil
 
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
-    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
-    shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
+    config = (ROOT / "mkdocs.yml").read_text()
+    (tmp_path / "mkdocs.yml").write_text(config.replace("hooks:\n  - scripts/mkdocs_hooks.py\n", ""))  # faster
     (tmp_path / "docs" / "chat.md").write_text("# Chat\n\nSee [faults](faults.md#no-such-section).\n")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode != 0 and "no-such-section" in res.stdout + res.stderr
