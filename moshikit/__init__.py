@@ -1,6 +1,6 @@
 """moshikit: one toolkit for Kyutai's Moshi stack (Mimi codec, Moshi, Kyutai STT).
 
-The Python API (see ``moshikit.api`` and the README) is imported on first use, so
+The Python API (see ``moshikit.api`` and docs/api.md) is imported on first use, so
 ``import moshikit`` loads neither torch nor mlx:
 
     import moshikit

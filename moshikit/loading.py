@@ -36,12 +36,13 @@ def load_lm_and_codec(model: str | None, *, kind: str, check_config: Callable[[d
                       backend: str | None = None, device: str | None = None, dtype: str | None = None,
                       sampling=None, codec_backend: str | None = None, revision: str | None = None,
                       variant: str | None = None,
-                      choose_dtype: Callable[[str | None, str | None, Any, str], str | None] | None = None
-                      ) -> LoadedModel:
+                      choose_dtype: Callable[[str | None, str | None, Any, str], str | None] | None = None,
+                      default: Callable[[], Any] | None = None) -> LoadedModel:
     """Resolve ``model`` as a checkpoint of ``kind`` (``moshi``, ``stt``), check its config with
     ``check_config(config, source)`` before any weights are read, and load LM and codec.
     ``choose_dtype(dtype, device, repo, backend)``, if given, picks the LM's dtype once the
-    checkpoint's files are known (e.g. int8 weights for a large model on a CPU).
+    checkpoint's files are known (e.g. int8 weights for a large model on a CPU). ``default``: the
+    command's entry of ``platform.DEFAULTS`` when no backend is given (the LM's otherwise).
 
     A config.json that moshi's builder cannot build is one ``ModelError`` naming the source.
     """
@@ -50,7 +51,7 @@ def load_lm_and_codec(model: str | None, *, kind: str, check_config: Callable[[d
     from .backends.lm_repo import resolve_repo
     from .codec import load_codec
 
-    choice = platform.resolve("lm", backend, device)
+    choice = platform.resolve("lm", backend, device, default)
     dev = None if choice.device in (None, "auto") else choice.device
     resolved = hub.resolve_model(model, kind=kind, variant=variant, revision=revision,
                                  any_platform=choice.backend == "mlx")

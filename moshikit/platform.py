@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform as _platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
@@ -183,28 +184,56 @@ def default_lm(plat: PlatformInfo | None = None) -> Choice:
     plat = plat or detect()
     if plat.cuda:
         return Choice("torch", "cuda", f"CUDA GPU found ({plat.cuda[0].name})")
-    return Choice("torch", "cpu", "no GPU: PyTorch on the CPU (only tiny or local checkpoints run usefully)")
+    return Choice("torch", "cpu", "no GPU: PyTorch on the CPU (live Moshi 7B needs a GPU; small or local "
+                  "checkpoints run)")
 
 
-def default_tts(plat: PlatformInfo | None = None) -> Choice:
-    """Apple silicon: MLX (Metal). CUDA: torch on cuda. Otherwise torch on the CPU."""
+def default_stt(plat: PlatformInfo | None = None) -> Choice:
+    """``transcribe``: the LM's choice; on a CPU full-size checkpoints run with int8 weights
+    (``cpu_precision``), which brings stt-1b close to real time on 2 cores (docs/benchmarks.md)."""
+    choice = default_lm(plat)
+    if choice.device != "cpu":
+        return choice
+    return Choice("torch", "cpu", "no GPU: PyTorch on the CPU, int8 weights for stt and stt-en (--dtype auto)")
+
+
+def default_translate(plat: PlatformInfo | None = None) -> Choice:
+    """``translate``: Hibiki runs on the torch LM backend only (its conditioning, guidance and
+    end-of-input step), on the GPU PyTorch finds (CUDA, else Apple's MPS), else the CPU."""
+    plat = plat or detect()
+    device = "cuda" if plat.cuda else "mps" if plat.mps else "cpu"
+    where = {"cuda": f"CUDA GPU found ({plat.cuda[0].name})" if plat.cuda else "", "mps": "Apple MPS",
+             "cpu": "no GPU: on the CPU"}[device]
+    return Choice("torch", device, f"Hibiki runs on the torch backend only; {where}")
+
+
+def default_tts(plat: PlatformInfo | None = None, model: str | None = None) -> Choice:
+    """``speak``: Apple silicon: MLX (Metal). CUDA: torch on cuda. Otherwise, with no ``--model``,
+    Pocket TTS when it is installed (made for CPUs: Kyutai TTS 1.6B runs far below real time
+    there, docs/benchmarks.md), else Kyutai TTS on torch on the CPU."""
     apple = is_apple_silicon() if plat is None else plat.apple_silicon
     if apple and "mlx" in registry.names("tts") and registry.probe("tts", "mlx")[0]:
         return Choice("mlx", "gpu", "Apple silicon: Metal through MLX")
     plat = plat or detect()
     if plat.cuda:
         return Choice("torch", "cuda", f"CUDA GPU found ({plat.cuda[0].name})")
+    if model is None and "pocket" in registry.names("tts") and registry.probe("tts", "pocket")[0]:
+        return Choice("pocket", "cpu", "no GPU: Pocket TTS, made for CPUs (a --model of Kyutai TTS runs on torch)")
     return Choice("torch", "cpu", "no GPU: PyTorch on the CPU")
 
 
-DEFAULTS = {"encode": default_codec, "decode": default_codec, "chat": default_lm, "transcribe": default_lm,
-            "speak": default_tts}
+#: What each command runs on when no --backend/--device is given: the very functions the commands
+#: resolve with (``resolve(..., default=...)``), and the rows of ``moshikit info``.
+DEFAULTS = {"encode": default_codec, "decode": default_codec, "transcribe": default_stt,
+            "translate": default_translate, "speak": default_tts, "chat": default_lm, "serve": default_lm}
 
 
-def resolve(kind: str, backend: str | None, device: str | None) -> Choice:
-    """``--backend``/``--device`` if given, else the platform default."""
+def resolve(kind: str, backend: str | None, device: str | None,
+            default: Callable[[], Choice] | None = None) -> Choice:
+    """``--backend``/``--device`` if given, else ``default()`` (the kind's platform default:
+    a command passes its own entry of ``DEFAULTS``)."""
     if backend in (None, "auto"):
-        choice = {"codec": default_codec, "tts": default_tts}.get(kind, default_lm)()
+        choice = (default or {"codec": default_codec, "tts": default_tts}.get(kind, default_lm))()
         if device not in (None, "auto"):
             choice = Choice(choice.backend, real_device(choice.backend, device), f"{choice.reason}; device from --device")
         return choice

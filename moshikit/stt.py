@@ -92,9 +92,9 @@ class SttModel:
 def load_stt(model: str | None = None, *, backend: str | None = None, codec_backend: str | None = None,
              device: str | None = None, dtype: str | None = None, revision: str | None = None) -> SttModel:
     """Resolve (``--model``: path, catalog name such as ``stt``/``stt-en``, or repo id) and load."""
-    from .loading import load_lm_and_codec
-
+    from . import platform
     from .cpu_precision import choose
+    from .loading import load_lm_and_codec
 
     picked: list = []
 
@@ -104,7 +104,7 @@ def load_stt(model: str | None = None, *, backend: str | None = None, codec_back
 
     loaded = load_lm_and_codec(model, kind="stt", check_config=check_stt_config, backend=backend, device=device,
                                dtype=dtype, codec_backend=codec_backend, revision=revision,
-                               choose_dtype=choose_dtype)
+                               choose_dtype=choose_dtype, default=platform.default_stt)
     lm, repo, stt_config = loaded.lm, loaded.repo, loaded.config_check
     if lm.info.dep_q != 0:
         raise ModelError(f"{repo.source} is not a speech-to-text checkpoint (it generates audio)")

@@ -1,7 +1,7 @@
 """The reliability suite: the faults users meet, for every command that writes or reads files.
 
-Each test names a row of the README's "Reliability: what happens when things go wrong"
-table. Every fault must end well: one line saying what and where, a non-zero exit,
+Each test names a row of the "Reliability: what happens when things go wrong" table in
+docs/faults.md. Every fault must end well: one line saying what and where, a non-zero exit,
 nothing half written under a final name, finished outputs kept.
 """
 

@@ -68,7 +68,7 @@ def _root(
 
 @app.command(rich_help_panel="Setup")
 def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish")]) -> None:
-    """Print the shell completion script (see completions/ and the README)."""
+    """Print the shell completion script (see completions/ and docs/info.md)."""
     from .completion import script
 
     Out().write(script(shell))

@@ -8,17 +8,17 @@ from .text import Chunk, chunks, dialogue_chunks, read_dialogue, sentences
 from .voices import Voice, list_voices, resolve_voice
 
 __all__ = ["Chunk", "Settings", "Speech", "TtsModel", "Voice", "WordTime", "chunks", "dialogue_chunks",
-           "generate", "list_voices", "load_tts", "read_dialogue", "resolve_voice", "sentences", "voices_of"]
+           "generate", "list_voices", "load_tts", "read_dialogue", "resolve_voice", "sentences", "tts_choice",
+           "voices_of"]
 
 
 def load_tts(model: str | None = None, *, backend: str | None = None, device: str | None = None,
              dtype: str | None = None, revision: str | None = None, **options):
     """Load a TTS model on ``backend`` (None/``auto``: the platform's choice; see
     ``platform.default_tts``) through the registry: a ``backends.base.TTSBackend``."""
-    from .. import platform
     from ..backends import registry
 
-    choice = platform.resolve("tts", choose_backend(model, backend), device)
+    choice = tts_choice(model, backend, device)
     dev = None if choice.device in (None, "auto") else choice.device
     return registry.module("tts", choice.backend).load(model, device=dev, dtype=dtype, revision=revision,
                                                        **options)
@@ -27,10 +27,9 @@ def load_tts(model: str | None = None, *, backend: str | None = None, device: st
 def voices_of(model: str | None = None, *, backend: str | None = None,
               revision: str | None = None) -> tuple[str, list[str], str]:
     """(model name, voice names, where they were found) without loading any weights (``--list-voices``)."""
-    from .. import platform
     from ..backends import registry
 
-    choice = platform.resolve("tts", choose_backend(model, backend), None)
+    choice = tts_choice(model, backend, None)
     return registry.module("tts", choice.backend).voices(model, revision=revision)
 
 
@@ -47,15 +46,11 @@ def pocket_backend(model: str | None, backend: str | None) -> str | None:
     return "pocket"
 
 
-def choose_backend(model: str | None, backend: str | None) -> str | None:
-    """The backend for ``model``: a Pocket TTS name implies pocket; with no model and no backend
-    on a machine without a GPU, Pocket TTS when it is installed (made for CPUs: Kyutai TTS 1.6B
-    runs far below real time there, see README); otherwise ``backend`` (auto: the platform's)."""
-    backend = pocket_backend(model, backend)
-    if model is None and backend in (None, "auto"):
-        from .. import platform
-        from ..backends import registry
+def tts_choice(model: str | None, backend: str | None, device: str | None):
+    """The backend and device ``speak`` runs ``model`` on: a Pocket TTS name implies pocket; with
+    no backend, ``platform.default_tts`` for this model (with no model on a machine without a GPU:
+    Pocket TTS when it is installed), the function ``moshikit info`` shows too."""
+    from .. import platform
 
-        if platform.default_tts().device == "cpu" and registry.probe("tts", "pocket")[0]:
-            return "pocket"
-    return backend
+    return platform.resolve("tts", pocket_backend(model, backend), device,
+                            default=lambda: platform.default_tts(model=model))

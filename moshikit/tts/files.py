@@ -118,7 +118,7 @@ def word_path(output: Path, fmt: str | None) -> Path | None:
 
 def default_batch(model) -> int:
     """Texts spoken at once when ``--batch`` is not given: 32 on a GPU (as Kyutai's own script),
-    4 on a CPU (see README: measured with ``moshikit bench tts``)."""
+    4 on a CPU (see docs/benchmarks.md: measured with ``moshikit bench tts``)."""
     return 32 if str(model.describe().get("device", "cpu")).startswith(("cuda", "mps", "gpu")) else 4
 
 

@@ -89,7 +89,7 @@ def test_the_default_on_apple_silicon():
 
     here = platform.detect()
     assert platform.default_tts(replace(here, apple_silicon=True, cuda=[])).backend == "mlx"
-    assert platform.default_tts(replace(here, apple_silicon=False, cuda=[])) == platform.Choice(
+    assert platform.default_tts(replace(here, apple_silicon=False, cuda=[]), model="tts") == platform.Choice(
         "torch", "cpu", "no GPU: PyTorch on the CPU")
 
 

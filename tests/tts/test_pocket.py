@@ -259,21 +259,27 @@ def test_names_match_pocket_tts_own_config():
 def test_no_model_on_a_cpu_machine_is_pocket_tts(monkeypatch):
     """`speak "..."` with no --model on a machine without a GPU runs Pocket TTS (made for CPUs) when it is
     installed; a named Kyutai model, a GPU, or pocket missing keep the platform's backend."""
+    from dataclasses import replace
+
     from moshikit import platform
     from moshikit.backends import registry
-    from moshikit.tts import choose_backend
+    from moshikit.tts import tts_choice
 
-    cpu, cuda = platform.Choice("torch", "cpu", "no GPU"), platform.Choice("torch", "cuda", "CUDA")
+    cpu = replace(platform.detect(gpus=False), apple_silicon=False, cuda=[], mps=False)
+    cuda = replace(cpu, cuda=[platform.GPU(0, "L4", 24.0)])
+    monkeypatch.setattr(platform, "is_apple_silicon", lambda: False)
     monkeypatch.setattr(registry, "probe", lambda kind, name: (True, "x"))
-    monkeypatch.setattr(platform, "default_tts", lambda plat=None: cpu)
-    assert choose_backend(None, None) == "pocket" and choose_backend(None, "auto") == "pocket"
-    assert choose_backend("synthetic", None) is None and choose_backend("tts", "auto") == "auto"
-    assert choose_backend(None, "torch") == "torch" and choose_backend("pocket-tts", None) == "pocket"
-    monkeypatch.setattr(platform, "default_tts", lambda plat=None: cuda)
-    assert choose_backend(None, None) is None
-    monkeypatch.setattr(platform, "default_tts", lambda plat=None: cpu)
-    monkeypatch.setattr(registry, "probe", lambda kind, name: (False, "not installed"))
-    assert choose_backend(None, None) is None
+    monkeypatch.setattr(platform, "detect", lambda gpus=True: cpu)
+    backend = lambda model, b: tts_choice(model, b, None).backend  # noqa: E731
+    assert backend(None, None) == "pocket" and backend(None, "auto") == "pocket"
+    assert backend("synthetic", None) == "torch" and backend("tts", "auto") == "torch"
+    assert backend(None, "torch") == "torch" and backend("pocket-tts", None) == "pocket"
+    assert tts_choice(None, None, None) == platform.default_tts(cpu)  # what `moshikit info` shows
+    monkeypatch.setattr(platform, "detect", lambda gpus=True: cuda)
+    assert tts_choice(None, None, None) == platform.Choice("torch", "cuda", "CUDA GPU found (L4)")
+    monkeypatch.setattr(platform, "detect", lambda gpus=True: cpu)
+    monkeypatch.setattr(registry, "probe", lambda kind, name: (name != "pocket", "not installed"))
+    assert backend(None, None) == "torch"
 
 
 def test_pocket_leaves_the_process_thread_count_alone(tmp_path, _isolated_env):
