@@ -10,6 +10,7 @@ import math
 from dataclasses import replace
 
 from .backends.base import SamplingConfig
+from .clienttext import shown
 
 #: query name -> (SamplingConfig field, type, smallest, largest)
 FIELDS = {
@@ -34,9 +35,9 @@ def requested(query) -> dict:
         try:
             value = kind(float(raw)) if kind is int and float(raw).is_integer() else kind(raw)
         except (TypeError, ValueError):
-            raise BadParameter(f"{name}={raw!r} is not a number") from None
+            raise BadParameter(f"{name}={shown(raw, 40)!r} is not a number") from None
         if isinstance(value, float) and not math.isfinite(value) or not lo <= value <= hi:
-            raise BadParameter(f"{name}={raw} is out of range ({lo} to {hi})")
+            raise BadParameter(f"{name}={shown(raw, 40)} is out of range ({lo} to {hi})")
         out[field] = value
     return out
 

@@ -412,3 +412,140 @@ def test_the_server_decodes_live_frames_with_the_int8_graph(served, speech):
         conv.reset()  # the state the next session starts from
     snr = float(10 * np.log10((fp32**2).sum() / ((live - fp32) ** 2).sum()))
     assert 60 < snr < 120, snr
+
+
+# --------------------------------------------------------------------------- slow and greedy clients
+
+
+@pytest.fixture(scope="module")
+def limited(served):
+    """A server with small bounds (its own; the model is the module's, idle meanwhile)."""
+    from moshikit import serve
+
+    logs: list[str] = []
+    cfg = serve.ServeConfig(port=0, idle_timeout=20, max_message=4096, header_timeout=1.0, max_connections=6,
+                            max_connections_per_client=4)
+    with serve.RunningServer(serve.ChatServer(served[1].conv, cfg, log=logs.append)) as running:
+        yield running.url, running.server, logs
+
+
+def _port(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+def _closed_within(s: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed ``s`` within ``seconds``, and what it wrote before."""
+    s.settimeout(0.2)
+    got, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = s.recv(4096)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return True, got
+        if not data:
+            return True, got
+        got += data
+    return False, got
+
+
+def test_slow_headers_are_cut_off(limited, speech):
+    """Clients sending one header line every 0.3 s (a slowloris): each is closed once its
+    request head has taken the header timeout (1 s here), with a 408."""
+    url, server, logs = limited
+    socks = [socket.create_connection(("127.0.0.1", _port(url)), timeout=5) for _ in range(3)]
+    t0 = time.monotonic()
+    try:
+        for s in socks:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        for i in range(4):  # 1.2 s of trickling, past the timeout
+            time.sleep(0.3)
+            for s in socks:
+                try:
+                    s.sendall(b"X-Slow-%d: 1\r\n" % i)
+                except OSError:
+                    pass
+        results = [_closed_within(s, 3.0) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    assert all(closed for closed, _ in results), results
+    assert all(got.startswith(b"HTTP/1.1 408") for _, got in results), results
+    assert time.monotonic() - t0 < 5.0
+    assert server.stats["slow_clients"] >= 3
+    assert any("request head took over 1 s (--header-timeout)" in line for line in logs), logs
+    _healthy(url, speech)  # a client that is not slow is served as before
+
+
+def test_connection_caps_per_client_and_in_total(limited):
+    """4 connections from one address are held; the 5th is refused (503) as it arrives. Another
+    address (127.0.0.2, where the system has it) gets the rest of the total of 6."""
+    import urllib.request
+
+    url, server, logs = limited
+    port = _port(url)
+    held = []
+    try:
+        for _ in range(4):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        closed, got = _closed_within(extra, 0.5)
+        extra.close()
+        assert closed and got.startswith(b"HTTP/1.1 503") and b"4 connections from this address" in got, got
+        assert not any(_closed_within(s, 0.1)[0] for s in held)  # the first four are held
+        try:
+            others = []
+            for _ in range(3):
+                s = socket.socket()
+                s.bind(("127.0.0.2", 0))
+                s.connect(("127.0.0.1", port))
+                others.append(s)
+        except OSError:
+            others = []  # no 127.0.0.2 here (macOS): the per-client cap was tested
+        if others:
+            held += others
+            closed, got = _closed_within(others[2], 0.5)
+            assert closed and b"the server holds its most connections (6)" in got, got
+            assert not _closed_within(others[0], 0.1)[0]
+    finally:
+        for s in held:
+            s.close()
+    assert any(line.startswith("refused 127.0.0.1: 4 connections") for line in logs), logs
+    # the closed connections are counted out: a new one is served
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url.replace("ws://", "http://").removesuffix("/api/chat") + "/api/info",
+                                          timeout=5) as r:
+                assert r.status == 200
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        raise AssertionError("the server did not free the closed connections")
+
+
+def test_a_frame_announcing_two_to_the_63_bytes_is_cut_at_once(limited, speech):
+    import struct
+
+    url, server, logs = limited
+    s = socket.create_connection(("127.0.0.1", _port(url)), timeout=5)
+    try:
+        s.sendall(b"GET /api/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101")
+        t0 = time.monotonic()
+        s.sendall(b"\x82\xff" + struct.pack(">Q", (1 << 63) - 1) + b"mask" + bytes(100))
+        closed, got = _closed_within(s, 3.0)
+    finally:
+        s.close()
+    assert closed and time.monotonic() - t0 < 1.0  # not at the idle timeout (20 s here)
+    assert b"\x88" in got and (1009).to_bytes(2, "big") + b"a WebSocket frame of" in got  # close: 1009, too big
+    assert any("a WebSocket frame of 9223372036854775807 bytes announced (the most is 4096)" in line
+               for line in logs), logs
+    _wait_idle(server)
+    _healthy(url, speech)

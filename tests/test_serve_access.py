@@ -18,7 +18,7 @@ from moshikit.errors import RemoteError
 
 GREEDY = SamplingConfig(temp=0.0, temp_text=0.0)
 F = wire.FRAME
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -96,7 +96,7 @@ def test_token_decisions():
     made = access.token_for("0.0.0.0")
     assert made and len(made) >= 20 and made != access.token_for("0.0.0.0")
     assert access.token_for("192.168.1.5", no_auth=True) is None
-    assert access.token_for("127.0.0.1", token="given") == "given"
+    assert access.token_for("127.0.0.1", token="given-0123456789") == "given-0123456789"
     assert access.token_ok("abc", "abc") and not access.token_ok("abc", "abd") and not access.token_ok("abc", "")
 
 
@@ -119,8 +119,10 @@ def test_wrong_or_missing_token_never_reaches_the_model(guarded, conv):
     refusals = logs[before:]
     assert len(refusals) == 7 and all(line.startswith("refused 127.0.0.1") for line in refusals), refusals
     assert "no token" in refusals[0] and "wrong token" in refusals[1]
-    # what the page needs without the token: its own scripts (public, the same for everyone)
-    assert _http(base + "/app.js")[0] == 200
+    # every path is guarded alike, however it is spelled (the page's scripts too: the page sets a cookie)
+    for path in ("/app.js", "/./index.html", "/index.html/", "//index.html", "/%2e/index.html", "/api/info",
+                 "/api/../index.html"):
+        assert _http(base + path)[0] == 401, path
 
 
 def test_right_token_serves_page_and_chat(guarded, speech):
@@ -132,6 +134,40 @@ def test_right_token_serves_page_and_chat(guarded, speech):
     assert asyncio.run(_ws(url, {"Authorization": f"Bearer {TOKEN}"})) == (None, [b"\x00"])
     out, transcript = remote.chat_file(url + f"?token={TOKEN}", speech[: 8 * F], tail_seconds=0.0, quiet_seconds=1.0)
     assert np.count_nonzero(out) > 5 * F and transcript
+
+
+def test_every_file_of_a_static_client_needs_the_token(conv, tmp_path):
+    """--static (another web client): each of its files is guarded, not only index.html; the page
+    opened with the token sets a cookie (HttpOnly, SameSite=Strict, this port's) that its files
+    then load with."""
+    from moshikit import serve
+
+    site = tmp_path / "dist"
+    (site / "assets").mkdir(parents=True)
+    (site / "index.html").write_text("<html>moshi web client</html>")
+    (site / "assets" / "app.js").write_text("console.log(1)")
+    server = serve.ChatServer(conv, serve.ServeConfig(port=0, static=str(site), token=TOKEN))
+    with serve.RunningServer(server) as running:
+        base = running.url.replace("ws://", "http://").removesuffix("/api/chat")
+        port = int(base.rsplit(":", 1)[1])
+        for path in ("/assets/app.js", "/assets/../assets/app.js", "/assets//app.js", "/index.html", "/"):
+            assert _http(base + path)[0] == 401, path
+        with urllib.request.urlopen(base + f"/?token={TOKEN}", timeout=5) as r:
+            assert r.read() == b"<html>moshi web client</html>"
+            cookie = r.headers["Set-Cookie"]
+        assert cookie.startswith(f"moshikit_token_{port}={TOKEN};") and "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie and "Path=/" in cookie
+        assert _http(base + "/assets/app.js", {"Cookie": f"moshikit_token_{port}={TOKEN}"}) == (200, b"console.log(1)")
+        assert _http(base + "/assets/app.js", {"Cookie": f"moshikit_token_{port + 1}={TOKEN}"})[0] == 401
+        assert _http(base + "/assets/app.js", {"Cookie": f"moshikit_token_{port}=wrong"})[0] == 401
+
+
+def test_a_short_token_is_refused(conv):
+    from moshikit import serve
+    from moshikit.errors import UsageError
+
+    with pytest.raises(UsageError, match="at least 16 characters"):
+        serve.ChatServer(conv, serve.ServeConfig(port=0, token="a"))
 
 
 # --------------------------------------------------------------------------- sampling from the query
@@ -225,3 +261,146 @@ def test_cli_loopback_and_no_auth(fake_serve, capsys):
     out, err = capsys.readouterr()
     assert fake_serve["config"].token is None and "?token" not in out
     assert "warning: --no-auth on 0.0.0.0: anyone who reaches this port can use the model" in " ".join(err.split())
+
+
+def test_token_rules_on_the_command_line(fake_serve, tmp_path, monkeypatch):
+    """A token under 16 characters is refused in one line (however it is given); --token-file
+    reads one (a token on the command line is visible to every user through ps)."""
+    import io
+
+    from moshikit.cli.app import main
+    from moshikit.cli.output import Env
+
+    def run(*argv):
+        env = Env(stdout=io.StringIO(), stderr=io.StringIO())
+        return main(list(argv), env), env.stdout.getvalue(), " ".join(env.stderr.getvalue().split())
+
+    monkeypatch.setenv("MOSHIKIT_SERVE_TOKEN", "a")
+    code, out, err = run("serve", "--host", "0.0.0.0")
+    assert code == 2 and "a token needs at least 16 characters (this one has 1)" in err and "Traceback" not in err
+    assert "config" not in fake_serve  # refused before the model loads
+    monkeypatch.delenv("MOSHIKIT_SERVE_TOKEN")
+    assert run("serve", "--token", "short-token")[0] == 2
+    secret = tmp_path / "token"
+    secret.write_text("file-token-0123456789abcdef\n")
+    code, out, err = run("serve", "--host", "0.0.0.0", "--token-file", str(secret))
+    assert code == 0, err
+    assert fake_serve["config"].token == "file-token-0123456789abcdef" and out.strip().endswith("?token=file-token-0123456789abcdef")
+    code, _, err = run("serve", "--token-file", str(tmp_path / "missing"))
+    assert code == 2 and "no such file" in err
+    code, _, err = run("serve", "--token", "x" * 20, "--token-file", str(secret))
+    assert code == 2 and "one at a time" in err
+    code, _, err = run("serve", "--allow-origin", "example.org")
+    assert code == 2 and "--allow-origin 'example.org': not an origin" in err
+
+
+# --------------------------------------------------------------------------- origins
+
+
+async def _ws_full(url: str, headers: dict | None = None) -> tuple[int, int | None, str, list[bytes]]:
+    """(HTTP status, close code, close reason, binary messages) of a WebSocket attempt; a session
+    that starts (the handshake byte) is closed by the client at once."""
+    import aiohttp
+
+    got = []
+    async with aiohttp.ClientSession() as session:
+        try:
+            ws = await session.ws_connect(url, headers=headers or {})
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status, None, "", got
+        async with ws:
+            while True:
+                msg = await asyncio.wait_for(ws.receive(), 10)
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    got.append(msg.data)
+                    if msg.data == b"\x00":
+                        return 101, None, "", got
+                else:
+                    return 101, ws.close_code, msg.extra or "", got
+
+
+@pytest.fixture(scope="module")
+def open_server(conv):
+    """On loopback, no token: what `moshikit serve` is by default."""
+    from moshikit import serve
+
+    logs: list[str] = []
+    server = serve.ChatServer(conv, serve.ServeConfig(port=0, allow_origins=("https://friend.example",)),
+                              log=logs.append)
+    with serve.RunningServer(server) as running:
+        yield running.url, server, logs
+
+
+def test_a_page_from_another_origin_is_refused(open_server, conv):
+    url, server, logs = open_server
+    port = int(url.split(":")[2].split("/")[0])
+    base = url.replace("ws://", "http://").removesuffix("/api/chat")
+    before, sessions = len(logs), server.stats["sessions"]
+    with Spy(conv) as spy:
+        for evil in ("https://evil.example", "null", f"http://localhost:{port + 1}", f"http://127.0.0.1.nip.io:{port}"):
+            assert asyncio.run(_ws_full(url, {"Origin": evil}))[0] == 403, evil
+        assert spy.steps == 0 and spy.resets == 0
+    assert server.stats["sessions"] == sessions
+    refusals = logs[before:]
+    assert len(refusals) == 4 and all(line.startswith("refused 127.0.0.1 GET /api/chat: a page from")
+                                      for line in refusals), refusals
+    assert "'https://evil.example' is not this server's" in refusals[0]
+    # the server's own pages (every spelling of its address), --allow-origin's and clients without an Origin
+    for mine in (f"http://localhost:{port}", f"http://127.0.0.1:{port}", f"https://localhost:{port}",
+                 "https://friend.example", None):
+        assert asyncio.run(_ws_full(url, {"Origin": mine} if mine else {})) == (101, None, "", [b"\x00"]), mine
+        _wait_idle(server)
+    # a state-changing request from a foreign page is refused too; reading is not (the browser keeps the answer)
+    req = urllib.request.Request(base + "/api/info", method="POST", headers={"Origin": "https://evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=5)
+    assert refused.value.code == 403
+    assert _http(base + "/api/info", {"Origin": "https://evil.example"})[0] == 200
+
+
+def _wait_idle(server, seconds: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(s is not None for s in server.slots) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(s is None for s in server.slots)
+
+
+# --------------------------------------------------------------------------- what clients send, in the log
+
+
+def test_client_text_is_never_read_as_markup(conv, monkeypatch):
+    """`moshikit serve`'s own log (Rich on stderr): a parameter value with markup in it is one
+    plain log line and a close 1008 that says what was wrong (not a 500, not a styled line)."""
+    import io
+
+    from moshikit import serve as lib
+    from moshikit.cli.app import main
+    from moshikit.cli.output import Env
+
+    seen = {}
+    monkeypatch.setattr(lib, "load_conversation", lambda *a, **k: conv)
+
+    def serve_forever(server, ready, ssl_ctx=None):
+        with lib.RunningServer(server) as running:
+            ready(running.url)
+            token = "?token=0123456789abcdef-token&"
+            seen["markup"] = asyncio.run(_ws_full(running.url + token + "text_temperature=[/x]"))
+            seen["styled"] = asyncio.run(_ws_full(running.url + token + "audio_topk=[bold red]1[/bold red]"))
+            seen["path"] = _http(running.url.replace("ws://", "http://").removesuffix("/api/chat") +
+                                 "/[bold%20red]x%1b[31m")
+
+    monkeypatch.setattr(lib, "serve_forever", serve_forever)
+    env = Env(stdout=io.StringIO(), stderr=io.StringIO())
+    assert main(["serve", "--port", "0", "--token", "0123456789abcdef-token"], env) == 0
+    err = env.stderr.getvalue()
+    assert "Traceback" not in err and "MarkupError" not in err
+    assert seen["markup"][:3] == (101, access.CLOSE_REFUSED, "bad parameter: text_temperature='[/x]' is not a number")
+    assert seen["markup"][3][-1] == wire.error_message("bad parameter: text_temperature='[/x]' is not a number")
+    assert seen["styled"][:3] == (101, 1008, "bad parameter: audio_topk='[bold red]1[/bold red]' is not a number")
+    assert seen["path"][0] == 401  # no token: refused, its path logged as text
+    lines = [line for line in err.splitlines() if line.startswith("refused")]
+    assert lines[:2] == ["refused 127.0.0.1: bad parameter: text_temperature='[/x]' is not a number",
+                         "refused 127.0.0.1: bad parameter: audio_topk='[bold red]1[/bold red]' is not a number"], err
+    assert lines[2] == "refused 127.0.0.1 /[bold red]x\\x1b[31m: no token" and len(lines) == 3

@@ -95,6 +95,14 @@ class Out:
         if not self.quiet and not self.json_mode:
             self.err.print(text)
 
+    def log(self, text: str) -> None:
+        """One dimmed line of a server's log on stderr, as plain text (never read as markup: it
+        holds what clients sent)."""
+        if not self.quiet and not self.json_mode:
+            from rich.text import Text
+
+            self.err.print(Text(text, style="dim"))
+
     def error(self, text: str, hint: str | None = None) -> None:
         from rich.markup import escape
 

@@ -38,7 +38,27 @@ def serve(
                                                             "(anyone who reaches the port can use the model).")] = False,
     token: Annotated[Optional[str], typer.Option("--token", envvar="MOSHIKIT_SERVE_TOKEN", metavar="TOKEN",
                                                  help="The access token to require (default: a new one when "
-                                                      "--host is not loopback).", show_default=False)] = None,
+                                                      "--host is not loopback; at least 16 characters). "
+                                                      "Visible to other users in `ps`: prefer --token-file "
+                                                      "or the environment variable.", show_default=False)] = None,
+    token_file: Annotated[Optional[str], typer.Option("--token-file", metavar="PATH",
+                                                      help="Read the access token from the first line of this "
+                                                           "file.", show_default=False)] = None,
+    allow_origin: Annotated[Optional[list[str]], typer.Option("--allow-origin", metavar="ORIGIN",
+                                                              help="Also let pages from this origin "
+                                                                   "(https://example.org) open sessions; repeatable; "
+                                                                   "* for any page. Pages of the server's own "
+                                                                   "addresses, and clients that are not browsers, "
+                                                                   "need none.", show_default=False)] = None,
+    max_connections: Annotated[int, typer.Option("--max-connections", min=1, help="Connections held open at "
+                                                                                 "once; more are refused (503).")] = 200,
+    max_per_client: Annotated[int, typer.Option("--max-per-client", min=1,
+                                                help="Connections held open at once from one client "
+                                                     "address.")] = 32,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.1,
+                                                  help="Seconds a client has to send a request's headers "
+                                                       "(and finish a TLS handshake) before it is cut "
+                                                       "off.")] = 10.0,
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", min=0.1, help="Close a session that sends no "
                                                                                 "audio for this many seconds.")] = 30.0,
     revision: RevisionOpt = None,
@@ -57,6 +77,15 @@ def serve(
     out = Out()
     if (ssl_cert is None) != (ssl_key is None):
         raise UsageError("--ssl-cert and --ssl-key go together")
+    if token_file is not None:
+        if token:
+            raise UsageError("--token and --token-file (or MOSHIKIT_SERVE_TOKEN) go one at a time")
+        token = access.read_token_file(token_file)
+    elif token:
+        access.check_token(token, "--token (or MOSHIKIT_SERVE_TOKEN)")
+    from ..origins import OriginPolicy
+
+    OriginPolicy(host, (), allow_origin or ())  # a bad --allow-origin: one line before the model loads
     sampling = sampling or None  # nothing given: the model's own settings
     ctx = None
     if ssl or ssl_cert:
@@ -72,8 +101,10 @@ def serve(
     required = access.token_for(host, no_auth=no_auth, token=token)
     if no_auth and not access.is_loopback(host):
         out.message(f"[yellow]warning:[/] --no-auth on {host}: anyone who reaches this port can use the model")
-    cfg = lib.ServeConfig(host=host, port=port, static=static, idle_timeout=idle_timeout, token=required)
-    server = lib.ChatServer(conv, cfg, log=lambda m: out.message(f"[dim]{m}[/]"))
+    cfg = lib.ServeConfig(host=host, port=port, static=static, idle_timeout=idle_timeout, token=required,
+                          allow_origins=tuple(allow_origin or ()), max_connections=max_connections,
+                          max_connections_per_client=max_per_client, header_timeout=header_timeout)
+    server = lib.ChatServer(conv, cfg, log=out.log)  # plain text: the lines hold what clients sent
 
     def ready(url: str) -> None:
         page = webpage.page_url(url, host, required)

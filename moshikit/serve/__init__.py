@@ -31,7 +31,12 @@ parameters in the URL (``text_temperature``, ``text_topk``, ``audio_temperature`
 session with ``batch=1``; a batch shares one sampling, so there they are ignored (logged).
 
 The web page (``webpage``) is served at ``/`` unless ``static`` names another client; a
-``token`` (``access``) guards the page and ``/api/chat``.
+``token`` (``access``) guards every path. A WebSocket or state-changing request from a web
+page of another origin is refused with 403 (``origins``); clients that send no ``Origin``
+pass. Connections are bounded in number, in total and per client address, and a request's
+head must arrive within ``header_timeout``; a WebSocket frame announcing more than
+``max_message`` bytes closes its connection when its header arrives (``serve.limits``). The
+rules are plain functions and classes; ``serve.web`` applies them to aiohttp.
 """
 
 from .model import check_moshi_config, load_conversation

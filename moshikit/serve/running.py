@@ -64,25 +64,28 @@ async def serve_async(server: ChatServer, on_ready: Callable[[str], None], stop:
     """Serve until ``stop`` is set; ``on_ready(url)`` once listening (with the real port)."""
     from aiohttp import web
 
+    from .web import KEEPALIVE_SECONDS, listen
+
     cfg = server.cfg
-    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None)
+    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS)
     await runner.setup()
+    listening = None
     try:
-        site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ssl_ctx)
         try:
-            await site.start()
+            listening = await listen(runner, server, cfg.host, cfg.port, ssl_ctx=ssl_ctx)
         except OSError as exc:
             raise MoshikitError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
                                 hint="pick another --port, or stop what is using it") from None
-        port = cfg.port
-        for sock in getattr(site._server, "sockets", None) or ():  # the real port when 0 was asked
-            port = sock.getsockname()[1]
-            break
+        ports = sorted({sock.getsockname()[1] for sock in listening.sockets}) or [cfg.port]
+        server.listening(ports)
+        port = ports[0]  # the real port when 0 was asked
         host = cfg.host if ":" not in cfg.host else f"[{cfg.host}]"
         shown = "localhost" if cfg.host in ("127.0.0.1", "localhost") else host
         on_ready(f"{'wss' if ssl_ctx else 'ws'}://{shown}:{port}/api/chat")
         await stop.wait()
     finally:
+        if listening is not None:
+            listening.close()
         await runner.cleanup()
 
 

@@ -12,10 +12,11 @@ from typing import Callable
 
 import numpy as np
 
-from .. import wire
+from .. import access, wire
 from ..backends.base import SamplingControl
 from ..conversation import Conversation
 from ..errors import UsageError
+from ..origins import OriginPolicy
 from .session import Drop, FRAME, FRAMES_PER_SECOND, ServeConfig, Session
 
 
@@ -29,7 +30,11 @@ class ChatServer:
         self.batch = conv.batch_size
         self.slots: list[Session | None] = [None] * self.batch
         self.stats: collections.Counter = collections.Counter()
-        self._log = log or (lambda msg: None)
+        #: where one plain-text line per event goes (never read as markup: it holds client text)
+        self.log: Callable[[str], None] = log or (lambda msg: None)
+        if self.cfg.token:
+            access.check_token(self.cfg.token)
+        self.origin_policy: OriginPolicy | None = None  # known once listening (listening())
         self._executor: ThreadPoolExecutor | None = None
         self._wake: asyncio.Event | None = None
         self._engine: asyncio.Task | None = None
@@ -41,11 +46,12 @@ class ChatServer:
     def app(self):
         from aiohttp import web
 
-        # --- web page and access (moshikit.webpage, moshikit.access)
-        from .. import access, webpage
+        # --- web page, origins and access (moshikit.webpage, moshikit.origins, moshikit.access)
+        from .. import webpage
+        from .web import middlewares
 
-        middlewares = [access.middleware(self.cfg.token, self._log)] if self.cfg.token else []
-        app = web.Application(client_max_size=self.cfg.max_message, middlewares=middlewares)
+        OriginPolicy("127.0.0.1", (), self.cfg.allow_origins)  # a bad --allow-origin is an error before listening
+        app = web.Application(client_max_size=self.cfg.max_message, middlewares=middlewares(self))
         app.router.add_get("/api/chat", self.handle_chat)
         app.router.add_get("/api/info", self._info)
         static = self.cfg.static
@@ -56,6 +62,10 @@ class ChatServer:
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
         return app
+
+    def listening(self, ports) -> None:
+        """Called once the server listens on ``ports``: pages from its own origins may use it."""
+        self.origin_policy = OriginPolicy(self.cfg.host, ports, self.cfg.allow_origins)
 
     async def _info(self, request):
         from aiohttp import web
@@ -90,17 +100,19 @@ class ChatServer:
         from aiohttp import web
 
         # --- per-session sampling (moshikit.chatparams)
-        from .. import access, chatparams
+        from .. import chatparams
+        from .web import refuse_websocket
 
         peer = request.remote or "?"
         try:
             sampling = (chatparams.session_sampling(self.base_sampling, request.query)
                         if self.base_sampling is not None else None)
         except chatparams.BadParameter as exc:
-            self._log(f"refused {peer}: {exc}")
-            return await access.refuse_websocket(request, f"bad parameter: {exc}")
+            self.stats["refused_parameter"] += 1
+            self.log(f"refused {peer}: bad parameter: {exc}")
+            return await refuse_websocket(request, f"bad parameter: {exc}")
         if sampling is not None and self.batch > 1:
-            self._log(f"{peer}: sampling parameters ignored (the {self.batch} sessions of a batch share one)")
+            self.log(f"{peer}: sampling parameters ignored (the {self.batch} sessions of a batch share one)")
             sampling = None
         # --- end of per-session sampling
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message, heartbeat=self.cfg.heartbeat)
@@ -108,7 +120,7 @@ class ChatServer:
         slot = next((i for i, s in enumerate(self.slots) if s is None), None)
         if slot is None:
             self.stats["refused"] += 1
-            self._log(f"refused {peer}: all {self.batch} session(s) in use")
+            self.log(f"refused {peer}: all {self.batch} session(s) in use")
             what = "another session is running" if self.batch == 1 else f"all {self.batch} sessions are in use"
             try:
                 await asyncio.wait_for(ws.send_bytes(wire.error_message(f"busy: {what}, try again later")), 2.0)
@@ -122,7 +134,7 @@ class ChatServer:
         sess.sampling = sampling
         self.slots[slot] = sess
         self.stats["sessions"] += 1
-        self._log(f"session from {peer} on slot {slot}")
+        self.log(f"session from {peer} on slot {slot}")
         reason = "client left"
         try:
             await ws.send_bytes(wire.message(wire.HANDSHAKE))
@@ -146,7 +158,7 @@ class ChatServer:
         finally:
             self._release(sess)
             secs = time.monotonic() - sess.started
-            self._log(f"session from {peer} ended after {secs:.1f} s ({sess.frames_in} frames in, "
+            self.log(f"session from {peer} ended after {secs:.1f} s ({sess.frames_in} frames in, "
                       f"{sess.frames_out} out, {sess.late} late): {reason}")
         return ws
 
@@ -290,7 +302,7 @@ class ChatServer:
                 own = occupants[0].sampling if self.batch == 1 and occupants[0] is not None else None
                 frame = await loop.run_in_executor(self._executor, self._step, frames, fresh, own)
             except Exception as exc:  # noqa: BLE001 (a model failure ends the sessions, not the server)
-                self._log(f"model step failed: {type(exc).__name__}: {exc}")
+                self.log(f"model step failed: {type(exc).__name__}: {exc}")
                 for s in occupants:
                     if s is not None:
                         self._drop(s, 1011, "the model failed")

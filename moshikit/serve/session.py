@@ -29,7 +29,11 @@ class ServeConfig:
     max_output_seconds: float = 10.0
     late_seconds: float = 0.2
     heartbeat: float | None = 20.0  # WebSocket pings; a peer that stops answering is dropped
-    token: str | None = None  # required on / and /api/chat when set (see access)
+    token: str | None = None  # required on every path when set (see access)
+    allow_origins: tuple[str, ...] = ()  # pages of other origins allowed to use the server (see origins)
+    max_connections: int = 200  # open at once, in total (see serve.limits)
+    max_connections_per_client: int = 32  # open at once from one client address
+    header_timeout: float = 10.0  # seconds for a request's head (and a TLS handshake) to arrive
 
 
 @dataclass

@@ -27,7 +27,8 @@ def test_help_lists_the_options(capsys):
     assert main(["serve", "--help"]) == 0
     text = capsys.readouterr().out
     for opt in ("--host", "--port", "--model", "--backend", "--device", "--ssl", "--ssl-cert", "--ssl-key", "--batch",
-                "--temp", "--temp-text", "--top-k", "--seed", "--static"):
+                "--temp", "--temp-text", "--top-k", "--seed", "--static", "--token-file", "--allow-origin",
+                "--max-connections", "--max-per-client", "--header-timeout"):
         assert opt in text
     assert "127.0.0.1" in text
 

@@ -232,6 +232,49 @@ def test_busy_no_microphone_no_webcodecs_say_so(browser, local):
         p.context.close()
 
 
+TRY_SESSION = """(url) => new Promise((done) => {
+    const ws = new WebSocket(url);
+    ws.binaryType = "arraybuffer";
+    let opened = false;
+    ws.onopen = () => { opened = true; };
+    ws.onmessage = (e) => { done({ opened, first: Array.from(new Uint8Array(e.data)) }); ws.close(); };
+    ws.onclose = (e) => done({ opened, code: e.code });
+    setTimeout(() => done({ opened, timeout: true }), 10000);
+})"""
+
+
+def test_a_page_from_another_origin_cannot_open_a_session(browser, local, tmp_path):
+    """A web page the user visits (here one served by a second local server, on another port)
+    tries to drive the server on loopback: its WebSocket is refused before a session starts; the
+    same script on the server's own page gets a session."""
+    import functools
+    import http.server
+
+    base, server, _ = local
+    wait_idle(server)
+    (tmp_path / "other.html").write_text("<!doctype html><title>another site</title><p>hello</p>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    chat = base.replace("http://", "ws://") + "/api/chat"
+    before = dict(server.stats)
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{other.server_address[1]}/other.html", mic=False)
+        got = page.evaluate(TRY_SESSION, chat)
+        assert got == {"opened": False, "code": 1006}, got  # the handshake failed (403): no session
+        page.context.close()
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert server.stats["sessions"] == before.get("sessions", 0)
+    assert server.stats["refused_origin"] - before.get("refused_origin", 0) == 1
+    own = open_page(browser, base + "/", mic=False)
+    assert own.evaluate(TRY_SESSION, chat) == {"opened": True, "first": [0]}  # the handshake byte
+    own.context.close()
+    wait_idle(server)
+    assert server.stats["sessions"] - before.get("sessions", 0) == 1
+
+
 class ServeProcess:
     """`moshikit serve` as a user runs it; its stderr collected on a thread."""
 
