@@ -549,3 +549,56 @@ def test_a_frame_announcing_two_to_the_63_bytes_is_cut_at_once(limited, speech):
                for line in logs), logs
     _wait_idle(server)
     _healthy(url, speech)
+
+
+def test_a_client_is_not_read_past_two_seconds_of_queued_input(served, speech):
+    """A client sending faster than the model steps: past ``max_input_seconds`` (2 s) of queued
+    frames its socket is no longer read (TCP back-pressure) until the model takes frames."""
+    import sphn
+    from aiohttp import WSMsgType
+
+    from moshikit import serve
+
+    srv = serve.ChatServer(served[1].conv, serve.ServeConfig())
+    assert srv.cfg.max_input_seconds == 2.0  # the documented default
+    enc = wire.OpusEncoder()
+    messages = [b"\x01" + enc.encode(speech[i * F:(i + 1) * F]) for i in range(75)]  # 6 s, a frame each
+    consumed = []
+
+    class Msg:
+        type = WSMsgType.BINARY
+
+        def __init__(self, data):
+            self.data = data
+
+    class FakeSocket:
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            if len(consumed) == len(messages):
+                raise StopAsyncIteration
+            consumed.append(1)
+            return Msg(messages[len(consumed) - 1])
+
+    async def run():
+        s = serve.Session(0, FakeSocket(), "peer", sphn.OpusStreamReader(24000), None, asyncio.Queue(4))
+        reader = asyncio.ensure_future(srv._recv_loop(s))
+        await asyncio.sleep(0.5)
+        held, read_then = len(s.inbox), len(consumed)
+        blocked = not reader.done()
+        for _ in range(10):  # the model takes ten frames
+            s.inbox.popleft()
+        s.space.set()
+        await asyncio.sleep(0.5)
+        read_later = len(consumed)
+        s.closed = True
+        s.space.set()
+        reader.cancel()
+        return blocked, held, read_then, read_later
+
+    blocked, held, read_then, read_later = asyncio.run(run())
+    frames = int(2.0 * 12.5)
+    assert blocked and frames < held <= frames + 2  # one message's frames past the bound at most
+    assert read_then <= frames + 4  # Opus's decoder delay may hold a frame or two back
+    assert read_then < read_later < len(messages)  # reading resumed, and stopped again
