@@ -52,11 +52,13 @@ def test_encode_matches_moshi_reference(tmp_path, moshi_mimi, torch_codec, speec
     clip = speech[: 24000 * 6 + 777]
     t = encode_one(tmp_path, torch_codec, clip)
     want = reference_codes(moshi_mimi, clip)
-    # Exact on some machines; elsewhere kernels of other shapes round differently and
-    # flip a rare near-tie (1 of 2504 codes, in codebook 0, with torch 2.9.1 here).
+    # Exact on some machines; elsewhere kernels of other shapes round differently and flip a
+    # rare near-tie (1 of 2504 codes with AVX-512 here; 7 with AVX2 forced). A flip in codebook k
+    # changes the residual the codebooks after it quantize, so the rest of that frame may follow;
+    # frames stay independent (the encoder never sees codes). So: count frames, allow 1%.
     # Without the widened KV cache, chunks past 10 s lose context and far more flip.
     assert (t.codes[0][0] == want[0]).mean() >= 0.99
-    assert (t.codes[0] == want).mean() >= 0.999
+    assert (t.codes[0] == want).all(axis=0).mean() >= 0.99
     assert t.header.num_samples == len(clip)
     assert t.header.frames == -(-len(clip) // 1920)
 
@@ -66,11 +68,13 @@ def test_long_file_chunked_equals_whole_file(tmp_path, moshi_mimi, torch_codec, 
     clip = np.concatenate([speech, speech[: 24000 * 10]])[: 24000 * 25]
     t = encode_one(tmp_path, torch_codec, clip)
     want = reference_codes(moshi_mimi, clip)
-    # Exact on some machines; elsewhere kernels of other shapes round differently and
-    # flip a rare near-tie (1 of 2504 codes, in codebook 0, with torch 2.9.1 here).
+    # Exact on some machines; elsewhere kernels of other shapes round differently and flip a
+    # rare near-tie (1 of 2504 codes with AVX-512 here; 7 with AVX2 forced). A flip in codebook k
+    # changes the residual the codebooks after it quantize, so the rest of that frame may follow;
+    # frames stay independent (the encoder never sees codes). So: count frames, allow 1%.
     # Without the widened KV cache, chunks past 10 s lose context and far more flip.
     assert (t.codes[0][0] == want[0]).mean() >= 0.99
-    assert (t.codes[0] == want).mean() >= 0.999
+    assert (t.codes[0] == want).all(axis=0).mean() >= 0.99
 
 
 def test_batch_of_unequal_lengths_equals_alone(tmp_path, moshi_mimi, torch_codec, speech, write_wav, monkeypatch):
