@@ -21,8 +21,14 @@ def probe() -> str:
 
 
 def pick_device(device: str | None) -> str:
+    """The torch device for ``--device``: ``gpu`` means this machine's CUDA GPU, else MPS
+    (refused where there is none: torch itself knows no ``gpu`` device)."""
     import torch
 
+    if device == "gpu":
+        from ..platform import real_device
+
+        return real_device("torch", device)
     if device and device != "auto":
         return device
     if torch.cuda.is_available():
