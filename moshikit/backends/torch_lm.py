@@ -250,9 +250,17 @@ class TorchLM:
     def set_sampling(self, sampling: SamplingConfig) -> None:
         """Sample with ``sampling`` from the next step (the seed applies at the next ``reset``)."""
         self.sampling = sampling
-        if self._gen is not None:
-            for name in ("temp", "temp_text", "top_k", "top_k_text"):
-                setattr(self._gen, name, getattr(sampling, name))
+        if self._gen is None:
+            return
+        audio = [(self._gen.temp, self._gen.top_k), (sampling.temp, sampling.top_k)]
+        for name in ("temp", "temp_text", "top_k", "top_k_text"):
+            setattr(self._gen, name, getattr(sampling, name))
+        state = self._gen._streaming_state
+        if audio[0] != audio[1] and state is not None and state.graphed_depth is not None:
+            # moshi samples audio inside the depth transformer's step, which CUDA graphs: a
+            # replay keeps the temperature and top-k it was captured with. Capture it again
+            # (at its next call); text is sampled outside the graphs and needs nothing.
+            state.graphed_depth.reset()
 
     def set_guidance(self, cfg_coef: float) -> None:
         """Classifier-free guidance strength of a conditioned (Hibiki) model; 1 turns it off.
