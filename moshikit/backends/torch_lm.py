@@ -112,6 +112,22 @@ def _file_dtype(path) -> str | None:
     return "fp32" if "F32" in kinds else "bf16"
 
 
+def stream_state_bytes(model) -> int:
+    """The memory one more stream of ``model`` (a moshi ``LMModel``) takes while it runs: its
+    attention KV caches (keys and values, ``context`` steps of each layer) at the model's
+    dtype, doubled for the step's activations. An estimate for sizing batches."""
+    import torch
+    from moshi.modules.transformer import StreamingMultiheadAttention
+
+    size = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
+    kv = 0
+    for m in model.modules():
+        if isinstance(m, StreamingMultiheadAttention):
+            kv_dim = (m.embed_dim // m.num_heads) * (m.num_heads // getattr(m, "kv_repeat", 1))
+            kv += 2 * (m.context or 16) * kv_dim * size
+    return 2 * kv
+
+
 class _Rng:
     """A private random stream for LMGen's sampling, swapped in around each step.
 
@@ -215,6 +231,10 @@ class TorchLM:
     @property
     def input_codebooks(self) -> int:
         return self.info.input_codebooks
+
+    def stream_bytes(self) -> int:
+        """Estimated memory of one more stream in a batch (see ``stream_state_bytes``)."""
+        return stream_state_bytes(self.model) * (2 if self.cfg_coef != 1.0 else 1)
 
     def text_tokenizer(self):
         """The repo's SentencePiece model (``sentencepiece.SentencePieceProcessor``)."""
