@@ -53,3 +53,37 @@ def test_full_cpu_dry_run(tmp_path, mimi_weights):
     report = json.loads((tmp_path / "gpu-proof.json").read_text())
     assert [s["status"] for s in report["steps"]] == ["passed"] * 5
     assert all(s["rows"] for s in report["steps"][1:])
+
+
+def _row(task, batch, p50, name="moshikit torch"):
+    return {"name": name, "task": task, "params": {"batch": batch}, "stats": {"p50": p50}}
+
+
+def test_thresholds_judge_the_cuda_rows():
+    steps = [gpu_proof.Step("bench lm", [], rows=[_row("step (temporal + depth)", 1, 12.0),
+                                                  _row("step (temporal + depth)", 8, 95.0)]),
+             gpu_proof.Step("bench codec", [], rows=[_row("encode", 1, 300.0), _row("encode", 8, 2500.0)]),
+             gpu_proof.Step("bench stt", [], rows=[_row("transcribe 64 x 10 s", 64, 40.0, "moshikit torch bf16")])]
+    limits = gpu_proof.thresholds()
+    gpu_proof.judge(limits, steps)
+    assert {(t.step, t.batch): (t.status, t.seen) for t in limits} == {
+        ("bench lm", 1): ("passed", 12.0), ("bench lm", 8): ("failed", 95.0),
+        ("bench codec", 8): ("passed", 2500.0), ("bench stt", 64): ("failed", 40.0)}
+    assert all(t.reason for t in limits)
+
+
+def test_a_cuda_run_that_measured_nothing_fails_and_optional_parts_are_notes(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(gpu_proof, "plan_steps", lambda device, out, run_tests=None: [
+        gpu_proof.Step("bench lm", [sys.executable, "-c", "print('ok')"])])
+    report = gpu_proof.run("cuda", tmp_path)
+    assert report["steps"][0]["status"] == "passed" and not report["ok"]  # the 7B step rows are missing
+    assert [t["status"] for t in report["thresholds"] if t["step"] == "bench lm"] == ["missing", "missing"]
+    assert any(n.startswith("q8 LM steps") and "bitsandbytes is not installed" in n for n in report["notes"])
+    md = (tmp_path / "gpu-proof.md").read_text()
+    assert "| missing |" in md and "- note: q8 LM steps" in md
+    dry = gpu_proof.run("cpu", tmp_path / "dry")  # the dry run's tiny models are not judged
+    assert dry["ok"] and {t["status"] for t in dry["thresholds"]} == {"not judged"}
