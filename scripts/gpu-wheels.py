@@ -47,9 +47,10 @@ PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x8
 LIMIT_MIB = 50
 
 
-def pip_download(specs, dest: Path) -> list[str]:
-    argv = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps", "--python-version", "3.12",
-            "--implementation", "cp", "--abi", "cp312", "--abi", "abi3", "--abi", "none", "--dest", str(dest)]
+def pip_download(specs, dest: Path, python: str = "3.12") -> list[str]:
+    abi = "cp" + python.replace(".", "")
+    argv = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps", "--python-version", python,
+            "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none", "--dest", str(dest)]
     for p in PLATFORMS:
         argv += ["--platform", p]
     return argv + list(specs)
@@ -59,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dest", default="gpu-wheels", help="folder for the wheels (default %(default)s, git-ignored)")
     p.add_argument("--print", action="store_true", help="print the pip command, download nothing")
+    p.add_argument("--python-version", default="3.12", help="the lent machine's Python (default %(default)s; "
+                   "another only to simulate that machine with the interpreter at hand)")
     args = p.parse_args(argv)
     dest = Path(args.dest)
     specs = WHEELS
-    cmd = pip_download(specs, dest)
+    cmd = pip_download(specs, dest, args.python_version)
     if args.print:
         print(" ".join(cmd))
         return 0
