@@ -87,3 +87,46 @@ def test_a_cuda_run_that_measured_nothing_fails_and_optional_parts_are_notes(tmp
     assert "| missing |" in md and "- note: q8 LM steps" in md
     dry = gpu_proof.run("cpu", tmp_path / "dry")  # the dry run's tiny models are not judged
     assert dry["ok"] and {t["status"] for t in dry["thresholds"]} == {"not judged"}
+
+
+def _wheels_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gpu-wheels.py"
+    spec = importlib.util.spec_from_file_location("gpu_wheels", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, path.parents[1]
+
+
+def test_the_wheel_script_asks_for_the_lent_machine_exactly():
+    """cp312 manylinux x86_64 binaries, no dependencies resolved (moshi pins torch<2.10; the lent
+    torch is 2.11), nothing the lent machine has (torch, numpy, onnxruntime, huggingface_hub),
+    no optional part, into a folder git ignores."""
+    mod, root = _wheels_script()
+    cmd = mod.pip_download(mod.WHEELS, root / "gpu-wheels")
+    assert cmd[cmd.index("--python-version") + 1] == "3.12" and "cp312" in cmd and "--no-deps" in cmd
+    assert "--only-binary=:all:" in cmd and all(p.endswith("x86_64") for p in mod.PLATFORMS)
+    names = {w.split("==")[0] for w in mod.WHEELS}
+    assert all("==" in w for w in mod.WHEELS)  # pinned: exactly these
+    assert not names & {"torch", "numpy", "onnxruntime", "huggingface_hub", "bitsandbytes", "livekit"}
+    assert {"moshi", "sphn", "typer", "pytest", "aiohttp", "soundfile"} <= names
+    assert "/gpu-wheels/" in (root / ".gitignore").read_text().split()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("MOSHIKIT_LENT_PYTHON"),
+                    reason="set MOSHIKIT_LENT_PYTHON to a clean interpreter with torch and the gpu-wheels set only")
+def test_dry_run_with_only_the_carried_wheels(tmp_path):
+    """The lent machine simulated: a clean environment holding torch, numpy, onnxruntime,
+    huggingface_hub 1.x and the wheels of scripts/gpu-wheels.py, nothing else."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(root)}
+    proc = subprocess.run([os.environ["MOSHIKIT_LENT_PYTHON"], "-m", "moshikit.testing.gpu_proof", "--device", "cpu",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=root, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
