@@ -206,8 +206,13 @@ def accelerator(plat: PlatformInfo) -> tuple[str, float | None, str]:
     if plat.apple_silicon:
         return "apple", plat.ram_gb, f"Apple silicon with {_gb(plat.ram_gb)} of unified memory"
     if plat.cuda:
+        # The free memory, not the total: a card that drives a display or runs another job
+        # has less room than its size (free is known from NVML: pip install nvidia-ml-py).
         g = plat.cuda[0]
-        return "cuda", g.total_gb, f"a CUDA GPU ({g.name + ', ' if g.name else ''}{_gb(g.total_gb)})"
+        name = g.name + ", " if g.name else ""
+        if g.free_gb is None:
+            return "cuda", g.total_gb, f"a CUDA GPU ({name}{_gb(g.total_gb)}; free memory unknown, the total used)"
+        return "cuda", g.free_gb, f"a CUDA GPU ({name}{_gb(g.free_gb)} free of {_gb(g.total_gb)})"
     return "cpu", plat.ram_gb, f"no GPU ({plat.system} {plat.machine}, {_gb(plat.ram_gb)} of RAM)"
 
 

@@ -128,6 +128,28 @@ def auto_dtype(device: str | None, plat: PlatformInfo | None = None) -> str:
     return "bf16" if int(gpu.capability.split(".")[0]) >= 8 else "fp16"
 
 
+#: The share of a GPU's free memory a batch may fill (the allocator's fragmentation, Mimi's
+#: activations and the CUDA graphs' pools take the rest).
+BATCH_MEMORY_SHARE = 0.8
+
+
+def fit_batch(device: str | None, wanted: int, per_item_bytes: int, what: str = "streams") -> tuple[int, str]:
+    """(batch, why): ``wanted`` items at once, or as many as the *free* memory of the CUDA
+    ``device`` holds at ``per_item_bytes`` each (at least 1). Asked after the model is loaded,
+    so its weights are already counted out; off CUDA, or with no estimate, ``wanted``."""
+    if not device or str(device).split(":")[0] != "cuda" or per_item_bytes <= 0:
+        return wanted, f"{wanted} {what} at once (the default on {device or 'this device'})"
+    import torch
+
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    fits = int(free * BATCH_MEMORY_SHARE // per_item_bytes)
+    n = max(1, min(wanted, fits))
+    room = f"{free / 1e9:.1f} GB free of {total / 1e9:.1f} GB on {device}, ~{per_item_bytes / 1e6:.0f} MB each"
+    if n < wanted:
+        return n, f"{n} {what} at once, not {wanted}: {room} (set the batch size to choose)"
+    return n, f"{n} {what} at once ({room})"
+
+
 def real_device(backend: str, device: str | None, plat: PlatformInfo | None = None) -> str | None:
     """``--device gpu`` names MLX's GPU; for the PyTorch backends it means the GPU this
     machine has (CUDA, else MPS), and is refused where there is none."""

@@ -215,6 +215,22 @@ class Stream:
 
 # ---------------------------------------------------------------- many streams, one batch
 
+#: Files transcribed at once when no batch size is given: on a GPU (fewer when its free memory
+#: holds fewer streams), on a CPU.
+GPU_BATCH, CPU_BATCH = 16, 4
+
+
+def default_batch(model: SttModel) -> tuple[int, str]:
+    """(batch size, why) for ``transcribe`` without ``--batch-size``."""
+    from .platform import fit_batch
+
+    device = model.lm.info.device
+    if device in ("cpu", None):
+        return CPU_BATCH, f"{CPU_BATCH} streams at once (the default on a CPU)"
+    per = getattr(model.lm, "stream_bytes", lambda: 0)()
+    return fit_batch(device, GPU_BATCH, per)
+
+
 
 def run_streams(model: SttModel, streams: Iterable[Stream], batch_size: int = 1, *,
                 chunk: int = 1) -> Iterator[Stream]:

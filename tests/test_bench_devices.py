@@ -77,3 +77,39 @@ def test_stt_reference_feeds_the_mimi_device():
     loop.live(np.zeros(4 * 1920, np.float32), frames=2, clock=lambda: 0.0, sleep=lambda s: None)
     assert seen and all(s[1] == "meta" for s in seen), seen
     assert [s for s in seen if s[0] == "mimi"][:3] == [("mimi", "meta", (1, 1, 1920))] * 3
+
+
+def _platform_with(monkeypatch, cuda: bool):
+    from moshikit import platform
+
+    gpus = [platform.GPU(0, "Stand-in GPU", 80.0, 79.0, "9.0")] if cuda else []
+    monkeypatch.setattr(platform, "detect", lambda gpus_=True, **kw: platform.PlatformInfo(
+        "Linux", "x86_64", "3.12", "cpu", 2, 16.0, False, cuda=gpus, mps=False))
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["cuda-machine", "no-gpu"])
+def test_gpu_means_the_torch_gpu_for_every_torch_subject(monkeypatch, cuda):
+    """``--device gpu`` reaches the torch reference rows (moshi's Mimi, LMGen, STT loop) and
+    moshikit's torch backends through ``pick_device``: it names CUDA there (torch knows no
+    "gpu" device: the reference rows once ended in a traceback), and is a one-line refusal
+    where there is no GPU."""
+    from moshikit.backends.torch_codec import pick_device
+    from moshikit.errors import MoshikitError
+
+    _platform_with(monkeypatch, cuda)
+    if cuda:
+        assert pick_device("gpu") == "cuda"
+    else:
+        with pytest.raises(MoshikitError, match="no GPU that PyTorch can use"):
+            pick_device("gpu")
+    assert pick_device("cpu") == "cpu" and pick_device("cuda:1") == "cuda:1"
+
+
+def test_bench_codec_device_gpu_without_gpu_is_one_line(mimi_weights, capsys, monkeypatch):
+    from moshikit.cli.app import main
+
+    _platform_with(monkeypatch, False)
+    rc = main(["bench", "codec", "--synthetic", "--device", "gpu", "--seconds", "0.5", "-n", "1",
+               "--stream-frames", "0"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err and "no GPU that PyTorch can use" in err, err

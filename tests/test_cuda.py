@@ -57,6 +57,7 @@ def test_long_file_encode_decode_with_cuda_graphs(tmp_path, cuda_codec, torch_co
 
 
 def test_q8_steps_on_cuda(tmp_path):
+    pytest.importorskip("bitsandbytes", reason="q8 is optional: bitsandbytes (61 MB) is not installed")
     import torch
 
     from moshikit.backends import torch_lm
@@ -98,19 +99,36 @@ def test_serve_batch_on_cuda():
     assert frames[5].tokens is not None and frames[5].tokens[0] == -1  # the restarted stream waits its delay
 
 
-def test_transcribe_batching_on_cuda(speech):
+def test_transcribe_batching_on_cuda(speech, monkeypatch):
+    """On CUDA a batch of files shares one batched Mimi stream (the fast path there), and
+    batched kernels round differently from batch 1: a file's near-tie codes, and the words
+    that follow them, may differ from its lone run (torch Mimi batched on a CPU: 59% of one
+    stream's codes equal; word counts [14, 32, 24] alone against [9, 20, 18]), so word counts
+    are not compared across batch sizes. What holds, and is tested: every file comes back
+    once, with all its audio and ordered words inside it, at batch 1 and 3; and a file's words
+    do not depend on its batch mates: the same audio in every slot of one batch gets the same
+    words (one batch's rows run the same kernels in the same order)."""
     from moshikit import stt
 
     model = stt.load_stt("synthetic", device=DEVICE)
+    if not ON_CUDA:  # the dry run takes CUDA's path: one batched codec stream, not a state per file
+        monkeypatch.setattr(model.codec, "batch_gain", True)
     audio = [np.resize(np.roll(speech, 24000 * i), 24000 * 4).astype(np.float32) for i in range(3)]
 
-    def run(batch):
-        streams = [stt.Stream(model, f"s{i}", [a]) for i, a in enumerate(audio)]
+    def run(batch, clips):
+        streams = [stt.Stream(model, f"s{i}", [a]) for i, a in enumerate(clips)]
         done = {s.source: s.finish() for s in stt.run_streams(model, streams, batch)}
-        return [[w.text for w in done[f"s{i}"].words] for i in range(3)]
+        assert sorted(done) == [f"s{i}" for i in range(len(clips))]
+        for t in done.values():
+            assert abs(t.duration - 4.0) < 1e-9
+            assert all(0 <= w.start <= w.end <= t.duration for w in t.words)
+            assert [w.start for w in t.words] == sorted(w.start for w in t.words)
+        return [[w.text for w in done[f"s{i}"].words] for i in range(len(clips))]
 
-    one, three = run(1), run(3)
-    assert [len(w) for w in one] == [len(w) for w in three]
+    run(1, audio), run(3, audio)
+    same = run(3, [audio[1]] * 3)
+    assert same[0] == same[1] == same[2], same
+    assert sum(len(w) for w in same) > 0, "the synthetic model says something"
 
 
 def test_bench_rows_on_cuda(mimi_weights):

@@ -21,8 +21,14 @@ def probe() -> str:
 
 
 def pick_device(device: str | None) -> str:
+    """The torch device for ``--device``: ``gpu`` means this machine's CUDA GPU, else MPS
+    (refused where there is none: torch itself knows no ``gpu`` device)."""
     import torch
 
+    if device == "gpu":
+        from ..platform import real_device
+
+        return real_device("torch", device)
     if device and device != "auto":
         return device
     if torch.cuda.is_available():
@@ -49,6 +55,7 @@ class TorchCodec:
         self._device = torch.device(dev)
         self._mimi = loaders.get_mimi(str(weights), device=dev, num_codebooks=num_codebooks)
         self._stream: ExitStack | None = None
+        self._batch = 0
         # Measured on a 2-core x86 CPU: 8 clips of 3 s as one batch ran at 11x real
         # time, one by one at 21x (big activations fall out of cache). Batch on GPUs only.
         self.batch_gain = dev != "cpu"
@@ -90,8 +97,21 @@ class TorchCodec:
             return self._mimi.decode(self._codes(codes))[:, 0].float().cpu().numpy()
 
     def reset_stream(self, batch_size: int = 1) -> None:
+        """Start ``batch_size`` fresh streams. A stream of the same batch size is reset in place,
+        as moshi's own server does (``reset_streaming``): its CUDA graphs stay captured, so a
+        new session (chat after its warm-up, each ``serve`` session) does not pay capture again."""
+        if self._stream is not None and self._batch == batch_size:
+            with self._torch.inference_mode():
+                self._mimi.reset_streaming()
+            state = self._mimi.get_streaming_state()[""]
+            self._enc_steps = self._enc_steps.restarted(
+                lambda: _recapture(state.graphed_encoder, state.graphed_tr_enc))
+            self._dec_steps = self._dec_steps.restarted(
+                lambda: _recapture(state.graphed_decoder, state.graphed_tr_dec))
+            return
         self._end_stream()
         self._stream = self._mimi.streaming(batch_size)
+        self._batch = batch_size
         _widen_kv_caches(self._mimi, 2 * MAX_STEP_FRAMES)
         graphed = cuda_graphed(self._mimi)
         self._enc_steps, self._dec_steps = StepShapes(graphed), StepShapes(graphed)
@@ -147,6 +167,16 @@ class StepShapes:
         self.graphed = graphed
         self.frames: int | None = None  # the one call size of a graphed stream
         self.ended = False
+        self._captured: int | None = None  # a reset stream's size, still captured from before
+        self._recapture = None
+
+    def restarted(self, recapture) -> "StepShapes":
+        """The plan of a stream reset in place, its graphs kept: its first call keeps the
+        captured size when that is the size it wants (a live loop's one frame), else
+        ``recapture()`` makes the graphs capture the new size."""
+        new = StepShapes(self.graphed)
+        new._captured, new._recapture = self.frames, recapture
+        return new
 
     def plan(self, n: int) -> list[tuple[int, int, int]]:
         """(start, stop, pad) of each Mimi call for ``n`` more frames."""
@@ -156,6 +186,9 @@ class StepShapes:
             raise RuntimeError("this CUDA-graphed Mimi stream ended with a padded call; call reset_stream() first")
         if self.frames is None and n:
             self.frames = min(n, MAX_STEP_FRAMES)
+            if self._captured is not None and self._captured != self.frames:
+                self._recapture()
+            self._captured = self._recapture = None
         size = self.frames or MAX_STEP_FRAMES
         calls = []
         for i in range(0, n, size):
@@ -164,6 +197,13 @@ class StepShapes:
         if calls and calls[-1][2]:
             self.ended = True
         return calls
+
+
+def _recapture(*graphs) -> None:
+    """Make moshi's graph wrappers capture again at their next call (a new call size)."""
+    for g in graphs:
+        if g is not None:
+            g.reset()
 
 
 def cuda_graphed(mimi) -> bool:

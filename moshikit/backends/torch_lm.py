@@ -112,6 +112,22 @@ def _file_dtype(path) -> str | None:
     return "fp32" if "F32" in kinds else "bf16"
 
 
+def stream_state_bytes(model) -> int:
+    """The memory one more stream of ``model`` (a moshi ``LMModel``) takes while it runs: its
+    attention KV caches (keys and values, ``context`` steps of each layer) at the model's
+    dtype, doubled for the step's activations. An estimate for sizing batches."""
+    import torch
+    from moshi.modules.transformer import StreamingMultiheadAttention
+
+    size = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
+    kv = 0
+    for m in model.modules():
+        if isinstance(m, StreamingMultiheadAttention):
+            kv_dim = (m.embed_dim // m.num_heads) * (m.num_heads // getattr(m, "kv_repeat", 1))
+            kv += 2 * (m.context or 16) * kv_dim * size
+    return 2 * kv
+
+
 class _Rng:
     """A private random stream for LMGen's sampling, swapped in around each step.
 
@@ -216,6 +232,10 @@ class TorchLM:
     def input_codebooks(self) -> int:
         return self.info.input_codebooks
 
+    def stream_bytes(self) -> int:
+        """Estimated memory of one more stream in a batch (see ``stream_state_bytes``)."""
+        return stream_state_bytes(self.model) * (2 if self.cfg_coef != 1.0 else 1)
+
     def text_tokenizer(self):
         """The repo's SentencePiece model (``sentencepiece.SentencePieceProcessor``)."""
         return self.checkpoint.get_text_tokenizer()
@@ -250,9 +270,17 @@ class TorchLM:
     def set_sampling(self, sampling: SamplingConfig) -> None:
         """Sample with ``sampling`` from the next step (the seed applies at the next ``reset``)."""
         self.sampling = sampling
-        if self._gen is not None:
-            for name in ("temp", "temp_text", "top_k", "top_k_text"):
-                setattr(self._gen, name, getattr(sampling, name))
+        if self._gen is None:
+            return
+        audio = [(self._gen.temp, self._gen.top_k), (sampling.temp, sampling.top_k)]
+        for name in ("temp", "temp_text", "top_k", "top_k_text"):
+            setattr(self._gen, name, getattr(sampling, name))
+        state = self._gen._streaming_state
+        if audio[0] != audio[1] and state is not None and state.graphed_depth is not None:
+            # moshi samples audio inside the depth transformer's step, which CUDA graphs: a
+            # replay keeps the temperature and top-k it was captured with. Capture it again
+            # (at its next call); text is sampled outside the graphs and needs nothing.
+            state.graphed_depth.reset()
 
     def set_guidance(self, cfg_coef: float) -> None:
         """Classifier-free guidance strength of a conditioned (Hibiki) model; 1 turns it off.

@@ -301,8 +301,11 @@ def _tree(out, directory, output, words, voice, model, backend, device, dtype, r
     voices = [m.resolve_voice(voice)]
     from ..tts.files import default_batch
 
-    opts = BatchOptions(suffix=f".{fmt}", words=wfmt, overwrite=overwrite, settings=settings,
-                        batch=batch or default_batch(m))
+    if not batch:
+        batch, why = default_batch(m)
+        if len(jobs) > 1:
+            out.message(f"[dim]batch: {why}[/]")
+    opts = BatchOptions(suffix=f".{fmt}", words=wfmt, overwrite=overwrite, settings=settings, batch=batch)
     summary = run_batch(out, "speak", len(jobs), None, lambda tick: speak_files(jobs, m, voices, opts, tick), failed)
     if summary["failed"]:
         raise typer.Exit(ExitStatus.FAILED)

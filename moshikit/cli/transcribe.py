@@ -145,7 +145,9 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
             raise typer.Exit(ExitStatus.FAILED)
         m = _load(out, model, backend, device, revision)
         if batch_size is None:
-            batch_size = 16 if m.lm.info.device not in ("cpu", None) else 4
+            batch_size, why = stt.default_batch(m)
+            if len(jobs) > 1:
+                out.message(f"[dim]batch: {why}[/]")
         opts = stt.TranscribeOptions(formats=formats, batch_size=min(batch_size, len(jobs)),
                                      overwrite=overwrite or to_stdout)
         live = len(jobs) == 1 and not out.json_mode and not to_stdout

@@ -116,10 +116,17 @@ def word_path(output: Path, fmt: str | None) -> Path | None:
     return output.with_suffix(f".{fmt}") if fmt else None
 
 
-def default_batch(model) -> int:
-    """Texts spoken at once when ``--batch`` is not given: 32 on a GPU (as Kyutai's own script),
-    4 on a CPU (see docs/benchmarks.md: measured with ``moshikit bench tts``)."""
-    return 32 if str(model.describe().get("device", "cpu")).startswith(("cuda", "mps", "gpu")) else 4
+def default_batch(model) -> tuple[int, str]:
+    """(texts spoken at once, why) when ``--batch`` is not given: 32 on a GPU (as Kyutai's own
+    script; on CUDA fewer when its free memory holds fewer streams), 4 on a CPU (see docs/benchmarks.md:
+    measured with ``moshikit bench tts``)."""
+    from ..platform import fit_batch
+
+    device = str(model.describe().get("device", "cpu"))
+    if not device.startswith(("cuda", "mps", "gpu")):
+        return 4, "4 texts at once (the default on a CPU)"
+    per = getattr(model, "stream_bytes", lambda: 0)()
+    return fit_batch(device, 32, per, "texts")
 
 
 def speak_files(jobs: Sequence, model, voices, opts: BatchOptions,

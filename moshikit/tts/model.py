@@ -78,6 +78,12 @@ class TtsModel:
     def n_q(self) -> int:
         return int(self.tts.n_q)
 
+    def stream_bytes(self) -> int:
+        """Estimated memory of one more text in a batch (its LM's KV caches and activations)."""
+        from ..backends.torch_lm import stream_state_bytes
+
+        return stream_state_bytes(self.tts.lm)
+
     def describe(self) -> dict:
         return {"name": self.name, "backend": self.backend, "device": self.device, "n_q": self.n_q,
                 "delay_steps": self.tts.delay_steps, "multi_speaker": self.multi_speaker}
@@ -190,6 +196,11 @@ def resolve_tts_checkpoint(model: str | None = None, *, revision: str | None = N
                          Path(resolved.config_path or folder / "config.json"), files, model == hub.SYNTHETIC)
 
 
+#: ``--dtype`` names the torch TTS runs in, and torch's names for them.
+TORCH_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+                "float16": "float16", "fp16": "float16"}
+
+
 def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype: str | None = None,
                    revision: str | None = None, n_q: int | None = None) -> TtsModel:
     """Resolve ``model`` (``tts``, ``tts-public``, a repo id, a local folder or ``synthetic``) and load it
@@ -200,6 +211,9 @@ def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype
 
     from .. import platform
 
+    if dtype not in (None, "auto", *TORCH_DTYPES):
+        raise UsageError(f"--dtype {dtype}: Kyutai TTS on PyTorch runs in bf16, fp16 or fp32",
+                         hint="8-bit weights are for the Moshi and STT models on a CPU; use --dtype auto")
     dev = platform.real_device("torch", device) or "auto"
     if dev == "auto":
         dev = "cuda" if platform.detect().cuda else "cpu"
@@ -208,9 +222,8 @@ def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype
     key = ckpt.cache_key(dev, dtype, n_q)
     if _LAST.get("key") == key:
         return _LAST["model"]
-    torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                   "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}.get(
-        dtype or "auto", torch.bfloat16 if dev.startswith("cuda") else torch.float32)
+    torch_dtype = getattr(torch, TORCH_DTYPES[dtype]) if dtype in TORCH_DTYPES else (
+        torch.bfloat16 if dev.startswith("cuda") else torch.float32)
     info = CheckpointInfo.from_hf_repo("local", moshi_weights=files["moshi_name"], mimi_weights=files["mimi_name"],
                                        tokenizer=files["tokenizer_name"], config_path=ckpt.config_path)
     lm_n_q = int(config.get("n_q", 32))

@@ -39,6 +39,16 @@ def _encode(tmp_path, codec, pcm, name):
     return res.output
 
 
+@pytest.fixture(autouse=True)
+def fresh_streams(torch_codec):
+    """The session's codec starts and leaves each test with no stream open: a stream of the
+    same batch size is kept across ``reset_stream`` (its graphs too), so one built under the
+    stand-in would otherwise outlive the test that enforced it."""
+    torch_codec.backend._end_stream()
+    yield
+    torch_codec.backend._end_stream()
+
+
 def test_the_harness_raises_what_cuda_raises(torch_codec, monkeypatch):
     cuda_graph_rules.enforce(monkeypatch)
     codec = torch_codec.backend
@@ -67,7 +77,8 @@ def test_long_file_encode_and_decode_keep_graph_shapes(tmp_path, torch_codec, ch
     plain_audio, _ = sf.read(tmp_path / "plain-decoded.wav", dtype="float32")
 
     # Now moshi's Mimi streams are built by the strict wrapper (it replaces CUDAGraphed when
-    # a stream starts), as on CUDA.
+    # a stream starts), as on CUDA: a fresh stream, not the plain run's kept one.
+    torch_codec.backend._end_stream()
     graphed = cuda_graph_rules.enforce(monkeypatch)
     graphed_tokens = _encode(tmp_path, torch_codec, long_clip, "graphed")
     assert graphed.instances and all(not g.disable for g in graphed.instances)
@@ -119,3 +130,40 @@ def test_step_plans():
     with pytest.raises(RuntimeError):
         files.plan(125)
     assert files.plan(0) == []
+
+
+def test_reset_keeps_captured_graphs(torch_codec, speech, monkeypatch):
+    """A new session on the same batch size (chat after its warm-up, each serve session)
+    resets the stream in place and replays the graphs captured before, as moshi's server
+    does; its codes and audio are those of a fresh stream. A session that calls at another
+    size captures that size (the encoder here), and a new batch size starts new graphs."""
+    import torch
+
+    graphs = cuda_graph_rules.enforce(monkeypatch)
+    codec = torch_codec.backend
+    frames = np.resize(speech, 6 * 1920).astype(np.float32).reshape(6, 1, 1920)
+
+    def session():
+        codes = [codec.encode_step(f) for f in frames]
+        return np.concatenate(codes, -1), np.concatenate([codec.decode_step(c) for c in codes], -1)
+
+    codec.reset_stream(1)
+    first = session()
+    state = codec._mimi.get_streaming_state()[""]
+    captures = {name: getattr(state, name).captures for name in ("graphed_encoder", "graphed_decoder")}
+    assert captures == {"graphed_encoder": 1, "graphed_decoder": 1}
+    codec.reset_stream(1)
+    second = session()
+    assert codec._mimi.get_streaming_state()[""] is state
+    assert {name: getattr(state, name).captures for name in captures} == captures  # nothing captured again
+    np.testing.assert_array_equal(second[0], first[0])
+    np.testing.assert_array_equal(second[1], first[1])
+
+    codec.reset_stream(1)
+    two = codec.encode_step(frames[:2].reshape(1, -1))  # another size: the encoder captures it
+    assert state.graphed_encoder.captures == 2 and state.graphed_decoder.captures == 1
+    np.testing.assert_array_equal(two, first[0][..., :2])
+    codec.reset_stream(2)
+    assert codec._mimi.get_streaming_state()[""] is not state
+    with torch.inference_mode():
+        assert all(g.captures <= 2 for g in graphs.instances)
