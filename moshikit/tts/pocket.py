@@ -94,7 +94,7 @@ def locate(model: str | None, *, revision: str | None = None) -> PocketFiles:
     if model is None or is_pocket_name(model):
         return _published(revision, open_only=str(model).lower() == "pocket-tts-open")
     if model == hub.SYNTHETIC:
-        from ..testing.synthetic_pocket import ensure_synthetic_pocket
+        from ..synthetic.pocket import ensure_synthetic_pocket
 
         folder = ensure_synthetic_pocket()
         return PocketFiles("synthetic", folder / "config.yaml", folder, synthetic=True,
@@ -129,7 +129,7 @@ def _published(revision: str | None, open_only: bool = False) -> PocketFiles:
     import_pocket_tts()
     from pocket_tts.utils.config import CONFIGS_DIR
 
-    from ..testing.synthetic_pocket import write_config
+    from ..synthetic.pocket import write_config
 
     cfg = yaml.safe_load((CONFIGS_DIR / "english.yaml").read_text(encoding="utf-8"))
     tokenizer = _fetch(OPEN_REPO, TOKENIZER, None)
@@ -143,7 +143,7 @@ def _published(revision: str | None, open_only: bool = False) -> PocketFiles:
         weights = _fetch(OPEN_REPO, WEIGHTS, revision)
     cfg.pop("weights_path_without_voice_cloning", None)
     cfg.pop("weights_path", None)
-    from ..testing.synthetic import synthetic_dir
+    from ..synthetic.core import synthetic_dir
 
     folder = synthetic_dir().parent / "pocket"
     folder.mkdir(parents=True, exist_ok=True)

@@ -158,7 +158,7 @@ def write_pocket_repo(folder: str | os.PathLike, *, size: str = "tiny", seed: in
     import_pocket_tts()
     from pocket_tts import export_model_state
 
-    from .synthetic import speech_sample
+    from .core import speech_sample
 
     folder = Path(folder)
     n_bins = write_tokenizer(folder / TOKENIZER, 256 if size == "tiny" else 4000)
@@ -181,7 +181,7 @@ def write_pocket_repo(folder: str | os.PathLike, *, size: str = "tiny", seed: in
 
 def ensure_synthetic_pocket(size: str = "tiny", seed: int = 0) -> Path:
     """``--model synthetic -b pocket``: the synthetic Pocket TTS folder, built on first use (seconds)."""
-    from .synthetic import synthetic_dir
+    from .core import synthetic_dir
 
     folder = synthetic_dir() / f"pocket-{size}-seed{seed}"
     if not (folder / CONFIG).is_file():

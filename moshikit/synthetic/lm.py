@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Literal, Protocol
 
 import numpy as np
 
-from .synthetic import MIMI_NAME
+from .core import MIMI_NAME
 
 #: File names as published in kyutai/moshiko-pytorch-bf16 / kyutai/moshiko-mlx-bf16.
 MOSHI_NAME = "model.safetensors"
@@ -469,7 +469,7 @@ def write_repo_files(dest: Path, config: dict, source: _Source, layout: Layout, 
 def ensure_synthetic_moshi(seed: int = 0, *, layout: Layout = "pytorch",
                            mimi_path: str | os.PathLike | None = None) -> Path:
     """The tiny synthetic Moshi repo in moshikit's cache, written on first use (seconds)."""
-    from .synthetic import synthetic_dir
+    from .core import synthetic_dir
 
     dest = synthetic_dir() / f"seed{seed}" / f"moshi-tiny-{layout}"
     if not (dest / CONFIG_NAME).exists():

@@ -35,8 +35,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .synthetic import MIMI_NAME
-from .synthetic_lm import (CONFIG_NAME, MOSHI_NAME, DictSource, lm_config_of, lm_kwargs, to_published,
+from .core import MIMI_NAME
+from .lm import (CONFIG_NAME, MOSHI_NAME, DictSource, lm_config_of, lm_kwargs, to_published,
                            write_repo_files)
 
 #: File names as published in kyutai/stt-1b-en_fr.
@@ -161,7 +161,7 @@ def write_stt_repo(dest: str | os.PathLike, *, kind: Kind = "random", seed: int 
 def ensure_synthetic_stt(seed: int = 0, *, layout: str = "pytorch",
                          mimi_path: str | os.PathLike | None = None) -> Path:
     """The tiny random-weight STT repo in moshikit's cache, written on first use (seconds)."""
-    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+    from .core import ensure_synthetic_mimi, synthetic_dir
 
     dest = synthetic_dir() / f"seed{seed}" / f"stt-tiny-{layout}"
     if not (dest / CONFIG_NAME).exists():
@@ -222,7 +222,7 @@ def write_full_stt_repo(dest: str | os.PathLike, name: str = "stt", *, seed: int
     """A full-size random-weight STT repo (the published architecture of ``name``), its tensors
     streamed to disk from a shared random pool (never all in memory): ~2 GB (stt) or ~5 GB (stt-en)
     in bf16, a minute or two. Random weights: valid for speed and mechanics, never for quality."""
-    from .synthetic_lm import PoolSource, published_shapes
+    from .lm import PoolSource, published_shapes
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -234,7 +234,7 @@ def write_full_stt_repo(dest: str | os.PathLike, name: str = "stt", *, seed: int
 
 def ensure_full_stt(name: str = "stt", seed: int = 0) -> Path:
     """The full-size synthetic STT repo ``name`` in moshikit's cache, written on first use."""
-    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+    from .core import ensure_synthetic_mimi, synthetic_dir
 
     dest = synthetic_dir() / f"{name}-full-pytorch"
     if not (dest / CONFIG_NAME).exists():

@@ -34,8 +34,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .synthetic import MIMI_NAME
-from .synthetic_lm import CONFIG_NAME, MOSHI_NAME, DictSource, lm_config_of, lm_kwargs, to_published, \
+from .core import MIMI_NAME
+from .lm import CONFIG_NAME, MOSHI_NAME, DictSource, lm_config_of, lm_kwargs, to_published, \
     write_repo_files
 
 #: File names as published in kyutai/hibiki-1b-pytorch-bf16.
@@ -99,7 +99,7 @@ def write_hibiki_repo(dest: str | os.PathLike, *, seed: int = 0, mimi_path: str 
 
 def ensure_synthetic_hibiki(seed: int = 0, *, mimi_path: str | os.PathLike | None = None) -> Path:
     """The tiny synthetic Hibiki repo in moshikit's cache, written on first use (seconds)."""
-    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+    from .core import ensure_synthetic_mimi, synthetic_dir
 
     dest = synthetic_dir() / f"seed{seed}" / "hibiki-tiny-pytorch"
     if not (dest / CONFIG_NAME).exists():

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .synthetic import MIMI_NAME
-from .synthetic_lm import CONFIG_NAME, DictSource, lm_config_of, lm_kwargs, to_published, write_repo_files
+from .core import MIMI_NAME
+from .lm import CONFIG_NAME, DictSource, lm_config_of, lm_kwargs, to_published, write_repo_files
 
 #: Names as published in kyutai/tts-1.6b-en_fr.
 TTS_TOKENIZER_NAME = "tokenizer_spm_8k_en_fr_audio.model"
@@ -284,8 +284,8 @@ def ensure_full_tts(seed: int = 0) -> Path:
     """A full-size random-weight kyutai/tts-1.6b-en_fr layout in moshikit's cache (~3.7 GB in bf16,
     streamed to disk from a random pool, a minute or two), with its voices. Random weights never
     take the next word as a trained model does: runs on it are capped in steps (speed only)."""
-    from .synthetic import ensure_synthetic_mimi, synthetic_dir
-    from .synthetic_lm import PoolSource, published_shapes
+    from .core import ensure_synthetic_mimi, synthetic_dir
+    from .lm import PoolSource, published_shapes
 
     dest = synthetic_dir() / f"seed{seed}" / "tts-full-pytorch-v2"  # -v2: cross-attention under published names
     if not (dest / CONFIG_NAME).exists():
@@ -303,7 +303,7 @@ def ensure_full_tts(seed: int = 0) -> Path:
 
 def ensure_synthetic_tts(seed: int = 0, *, mimi_path: str | os.PathLike | None = None) -> Path:
     """The tiny TTS repo in moshikit's cache, written on first use (seconds; Mimi aside)."""
-    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+    from .core import ensure_synthetic_mimi, synthetic_dir
 
     # "-v2": cross-attention weights under their published names (older caches had the state-dict names)
     dest = synthetic_dir() / f"seed{seed}" / "tts-tiny-pytorch-v2"
