@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 
 from moshikit import cpu_precision, stt  # noqa: E402
 from moshikit.backends import torch_lm  # noqa: E402
-from moshikit.backends.torch_int8 import Int8Linear, int8_supported  # noqa: E402
+from moshikit.backends.torch_int8 import Int8Linear  # noqa: E402
+from moshikit.cpu_precision import int8_supported  # noqa: E402
 from moshikit.synthetic.stt import write_stt_repo  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
