@@ -13,7 +13,7 @@ from moshikit.errors import ModelError
 from moshikit.synthetic import lm as synthetic_lm
 from moshikit.synthetic.stt import write_stt_repo
 
-# Tiny tokenizer pieces (moshikit.synthetic.lm.write_text_tokenizer).
+# Tiny tokenizer pieces (moshikit.synthetic.lm.write_tokenizer).
 GOOD, S, EA, THE = 35, 8, 21, 11
 FR = 12.5
 

@@ -36,8 +36,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from .core import MIMI_NAME
-from .lm import (CONFIG_NAME, MOSHI_NAME, DictSource, lm_config_of, lm_kwargs, to_published,
-                           write_repo_files)
+from .lm import CONFIG_NAME, MOSHI_NAME, DictSource, lm_kwargs, random_state, to_published, write_repo_files
 
 #: File names as published in kyutai/stt-1b-en_fr.
 STT_TOKENIZER_NAME = "tokenizer_en_fr_audio_8000.model"
@@ -65,15 +64,6 @@ def stt_config_json(*, delay: float = 0.5, prefix: float = 0.0, extra_heads: int
     }
 
 
-def _random_state(config: dict, seed: int) -> dict:
-    import torch
-    from moshi.models import loaders
-
-    torch.manual_seed(seed)
-    model = loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def scripted_state(config: dict, script: Sequence[tuple[int, int]], *, pause_from: int | None = None,
                    default: int = 3) -> dict:
     """State dict whose greedy text output at step ``t`` follows ``script``.
@@ -85,7 +75,7 @@ def scripted_state(config: dict, script: Sequence[tuple[int, int]], *, pause_fro
     """
     import torch
 
-    state = _random_state(config, 0)
+    state = random_state(config, 0)
     for key in state:
         state[key].zero_()
     for key in state:
@@ -144,7 +134,7 @@ def write_stt_repo(dest: str | os.PathLike, *, kind: Kind = "random", seed: int 
     dest.mkdir(parents=True, exist_ok=True)
     config = stt_config_json(delay=delay, prefix=prefix, extra_heads=extra_heads)
     if kind == "random":
-        state = _random_state(config, seed)
+        state = random_state(config, seed)
         dtype = "bfloat16"
     elif kind == "scripted":
         state = scripted_state(config, script, pause_from=pause_from)

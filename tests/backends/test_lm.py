@@ -136,7 +136,7 @@ def test_tokenizer_has_text_card_pieces(repo, config):
 def test_tokenizer_for_full_vocab(tmp_path):
     import sentencepiece as spm
 
-    path = synthetic_lm.write_text_tokenizer(tmp_path / "t.model", 32000)
+    path = synthetic_lm.write_tokenizer(tmp_path / "t.model", 32000)
     assert spm.SentencePieceProcessor(str(path)).get_piece_size() == 32000
 
 
