@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Before any moshikit module can import moshi: moshi reads its switches at import time.
 from .backends import torch_env as _torch_env  # noqa: E402

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .audio import AUDIO_EXTENSIONS, AudioSource, AudioWriter, open_audio, stream_24k
 from .backends import registry
 from .backends.base import CodecBackend, ParallelStreams
@@ -25,6 +24,7 @@ from .errors import MoshikitError, OutputError, TokenFileError, UsageError
 from .hub import Weights, resolve_mimi
 from .platform import Choice, resolve
 from .tokens import TokenHeader, Tokens, is_complete, read_tokens, write_tokens
+from .version import __version__
 
 #: Frames per streaming call and the longest clip that goes through the batch path (10 s).
 CHUNK_FRAMES = 125

@@ -43,12 +43,19 @@ def cpu_kernels(flags: frozenset[str] | None = None) -> list[str]:
     return [label for flag, label in names if flag in flags]
 
 
+def int8_supported() -> bool:
+    """Whether this PyTorch build has an int8 CPU engine (fbgemm on x86, qnnpack on Arm)."""
+    import torch
+
+    engines = getattr(torch.backends.quantized, "supported_engines", [])
+    return any(e in engines for e in ("x86", "fbgemm", "onednn", "qnnpack"))
+
+
 def int8_available() -> bool:
     try:
-        from .backends.torch_int8 import int8_supported
+        return int8_supported()
     except ImportError:
         return False
-    return int8_supported()
 
 
 @dataclass(frozen=True)

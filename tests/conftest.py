@@ -47,7 +47,7 @@ def _isolated_env():
 @pytest.fixture(scope="session")
 def mimi_weights(_isolated_env) -> Path:
     """The fitted synthetic Mimi, also placed where ``--model synthetic`` finds it."""
-    from moshikit.testing import synthetic
+    from moshikit.synthetic import core as synthetic
 
     reuse = os.environ.get("MOSHIKIT_TEST_MIMI")  # a developer may point at a prebuilt file
     path = synthetic.synthetic_dir() / "seed0" / synthetic.MIMI_NAME
@@ -60,7 +60,7 @@ def mimi_weights(_isolated_env) -> Path:
 
 @pytest.fixture(scope="session")
 def speech() -> np.ndarray:
-    from moshikit.testing.synthetic import speech_sample
+    from moshikit.synthetic.core import speech_sample
 
     return speech_sample()
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from moshikit.bench import stt as bench_stt
-from moshikit.testing.synthetic_stt import FULL_STT, full_stt_config_json
+from moshikit.synthetic.stt import FULL_STT, full_stt_config_json
 
 
 @pytest.mark.parametrize("name, billions, layers, text_card, delay", [
     ("stt", 0.99, 16, 8000, 0.5), ("stt-en", 2.62, 48, 4000, 2.5)])
 def test_full_size_stt_configs_are_the_published_architectures(name, billions, layers, text_card, delay):
     from moshikit.stt import check_stt_config
-    from moshikit.testing.synthetic_lm import published_shapes
+    from moshikit.synthetic.lm import published_shapes
 
     cfg = full_stt_config_json(name)
     assert check_stt_config(cfg, name)["audio_delay_seconds"] == delay

@@ -35,8 +35,8 @@ def test_full_size_architecture_is_the_published_size():
     (see FULL_TTS_LM) are the likely difference."""
     import math
 
-    from moshikit.testing.synthetic_lm import published_shapes
-    from moshikit.testing.synthetic_tts import full_tts_config_json
+    from moshikit.synthetic.lm import published_shapes
+    from moshikit.synthetic.tts import full_tts_config_json
 
     params = sum(math.prod(s) for s in published_shapes(config=full_tts_config_json()).values())
     assert abs(params * 2 / 3_683_719_712 - 1) < 0.005

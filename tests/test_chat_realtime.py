@@ -80,7 +80,7 @@ def pulse(tmp_path_factory, speech, write_wav, portaudio):
 
 @pytest.fixture(scope="module")
 def repo(mimi_weights):
-    from moshikit.testing import synthetic_lm
+    from moshikit.synthetic import lm as synthetic_lm
 
     return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)
 

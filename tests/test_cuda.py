@@ -61,7 +61,7 @@ def test_q8_steps_on_cuda(tmp_path):
     import torch
 
     from moshikit.backends import torch_lm
-    from moshikit.testing import synthetic_lm, synthetic_q8
+    from moshikit.synthetic import lm as synthetic_lm, q8 as synthetic_q8
 
     src = synthetic_lm.write_moshi_repo(tmp_path / "f", seed=0)
     lm = torch_lm.load(synthetic_q8.write_q8_repo(src, tmp_path / "q8"), device=DEVICE)

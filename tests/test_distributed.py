@@ -128,7 +128,7 @@ def cluster(mimi_weights):
     ray = pytest.importorskip("ray")
     from moshikit.testing.ray_cluster import LocalCluster
 
-    from moshikit.testing.synthetic_stt import ensure_synthetic_stt
+    from moshikit.synthetic.stt import ensure_synthetic_stt
 
     ensure_synthetic_stt()  # written once here, not raced by two workers
     with LocalCluster(workers=1, cpus=1, object_store_mb=200) as c:

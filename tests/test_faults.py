@@ -368,7 +368,7 @@ def _batch_inputs(tmp_path, speech, write_wav, capsys, command, n):
 
 
 def mimi_path() -> str:
-    from moshikit.testing import synthetic
+    from moshikit.synthetic import core as synthetic
 
     return str(synthetic.synthetic_dir() / "seed0" / synthetic.MIMI_NAME)
 
@@ -483,14 +483,14 @@ def test_signal_mid_batch_then_again_in_a_subprocess(command, sig, tmp_path, spe
 
 @pytest.fixture(scope="module")
 def moshi_dir(mimi_weights):
-    from moshikit.testing import synthetic_lm
+    from moshikit.synthetic import lm as synthetic_lm
 
     return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)
 
 
 @pytest.fixture(scope="module")
 def stt_dir(mimi_weights):
-    from moshikit.testing import synthetic_stt
+    from moshikit.synthetic import stt as synthetic_stt
 
     return synthetic_stt.ensure_synthetic_stt(mimi_path=mimi_weights)
 

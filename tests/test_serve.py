@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def repo(mimi_weights):
-    from moshikit.testing import synthetic_lm
+    from moshikit.synthetic import lm as synthetic_lm
 
     return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)  # written once per test session
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def conv(mimi_weights):
     from moshikit import serve
-    from moshikit.testing import synthetic_lm
+    from moshikit.synthetic import lm as synthetic_lm
 
     repo = synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)
     return serve.load_conversation(str(repo), backend="torch", device="cpu", sampling=GREEDY)

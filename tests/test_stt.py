@@ -10,10 +10,10 @@ import pytest
 
 from moshikit import codec, stt
 from moshikit.errors import ModelError
-from moshikit.testing import synthetic_lm
-from moshikit.testing.synthetic_stt import write_stt_repo
+from moshikit.synthetic import lm as synthetic_lm
+from moshikit.synthetic.stt import write_stt_repo
 
-# Tiny tokenizer pieces (moshikit.testing.synthetic_lm.write_text_tokenizer).
+# Tiny tokenizer pieces (moshikit.synthetic.lm.write_tokenizer).
 GOOD, S, EA, THE = 35, 8, 21, 11
 FR = 12.5
 

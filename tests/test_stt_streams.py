@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from moshikit import stt
-from moshikit.testing.synthetic_stt import write_stt_repo
+from moshikit.synthetic.stt import write_stt_repo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,8 +9,8 @@ import soundfile as sf
 
 from moshikit import translate
 from moshikit.errors import ModelError
-from moshikit.testing import synthetic_lm
-from moshikit.testing.synthetic_hibiki import write_hibiki_repo
+from moshikit.synthetic import lm as synthetic_lm
+from moshikit.synthetic.hibiki import write_hibiki_repo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FRAME = 1920

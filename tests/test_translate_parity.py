@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from moshikit import translate
-from moshikit.testing.synthetic_hibiki import HIBIKI_MIMI_NAME, HIBIKI_TOKENIZER_NAME, write_hibiki_repo
+from moshikit.synthetic.hibiki import HIBIKI_MIMI_NAME, HIBIKI_TOKENIZER_NAME, write_hibiki_repo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..download.paths import is_other_repo_ref, split_ref
 from ..errors import ModelError
 from .base import SamplingConfig, SamplingOverrides
 
@@ -85,20 +86,6 @@ def resolve_repo(repo_dir_or_config, *, moshi_weights: str | os.PathLike | None 
         mimi_weights=mimi_path(names.get("mimi_name", MIMI_NAME), root),
         config_path=config_path, config=config, source=str(path),
     )
-
-
-def is_other_repo_ref(name: str) -> bool:
-    """``hf://<org>/<repo>/<path>``: a file of another hub repo, as moshi's export script
-    writes for the Mimi and tokenizer of the ``-q8`` repos (they live in the bf16 repo)."""
-    return isinstance(name, str) and name.startswith("hf://")
-
-
-def split_ref(name: str) -> tuple[str, str]:
-    """``hf://org/repo/path/file`` -> (``org/repo``, ``path/file``)."""
-    parts = name.removeprefix("hf://").split("/")
-    if len(parts) < 3 or not all(parts):
-        raise ModelError(f"{name}: not a file reference of the form hf://<org>/<repo>/<file>")
-    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def other_repo_file(name: str) -> Path:

@@ -28,12 +28,6 @@ from torch import nn
 _WEIGHT_DTYPE = torch.qint8
 
 
-def int8_supported() -> bool:
-    """Whether this PyTorch build has an int8 CPU engine (fbgemm on x86, qnnpack on Arm)."""
-    engines = getattr(torch.backends.quantized, "supported_engines", [])
-    return any(e in engines for e in ("x86", "fbgemm", "onednn", "qnnpack"))
-
-
 class Int8Linear(nn.Linear):
     """A bias-free ``nn.Linear`` whose weight is stored packed in int8.
 

@@ -149,7 +149,7 @@ def bench_codec(plan: CodecPlan, *, clock: Clock = time.perf_counter) -> Iterato
     Subjects are timed round-robin, repeat by repeat, so that a noisy machine slows
     them alike and the ratios between rows hold.
     """
-    from ..testing.synthetic import speech_sample
+    from ..synthetic.core import speech_sample
 
     speech = speech_sample()
     codecs: dict = {}

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 
 
 SCHEMA = "moshikit.bench/1"

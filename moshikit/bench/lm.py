@@ -30,8 +30,8 @@ class LMPlan:
 
 def synthetic_moshi_repo(size: str, layout: str = "pytorch") -> str:
     """A synthetic Moshi checkpoint directory (``tiny``: seconds; ``full``: the 7B, ~15 GB, minutes)."""
-    from ..testing import synthetic_lm
-    from ..testing.synthetic import ensure_synthetic_mimi, synthetic_dir
+    from ..synthetic import lm as synthetic_lm
+    from ..synthetic.core import ensure_synthetic_mimi, synthetic_dir
 
     if size == "tiny":
         return str(synthetic_lm.ensure_synthetic_moshi(layout=layout, mimi_path=ensure_synthetic_mimi()))
@@ -183,7 +183,7 @@ def bench_chat(codec_backend: str | None, lm_backend: str | None, weights: str, 
     from ..backends import registry
     from ..codec import load_codec
     from ..platform import codec_beside_lm
-    from ..testing.synthetic import speech_sample
+    from ..synthetic.core import speech_sample
 
     lm_backend, lm_device = chat_lm(lm_backend, device)
     lm = registry.module("lm", lm_backend).load(repo, device=lm_device)

@@ -47,7 +47,7 @@ class SttPlan:
 
 def synthetic_stt_repo(size: str, name: str | None) -> str:
     """``--synthetic``: the tiny test STT, or (``full``) the published architecture of ``name``."""
-    from ..testing import synthetic_stt
+    from ..synthetic import stt as synthetic_stt
 
     if size == "tiny":
         return "synthetic"
@@ -142,7 +142,7 @@ def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter, sleep=time.sle
     """Throughput per batch size for every subject, then the live row of each."""
     from .. import stt
     from ..backends import registry
-    from ..testing.synthetic import speech_sample
+    from ..synthetic.core import speech_sample
 
     speech = speech_sample()
     models = []

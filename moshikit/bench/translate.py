@@ -61,7 +61,7 @@ class RunInferenceReference:
 def bench_translate(plan: TranslatePlan, *, clock=time.perf_counter) -> Iterator[Row]:
     """Rows: moshikit's translation and run_inference's, x real time, same audio and run."""
     from .. import translate
-    from ..testing.synthetic import speech_sample
+    from ..synthetic.core import speech_sample
 
     tr = translate.load_translator(plan.model, backend=plan.backend, device=plan.device, cfg=plan.cfg,
                                    seed=plan.seed)

@@ -300,7 +300,7 @@ def tts(
     chosen = "synthetic" if synthetic else model
     max_steps = None
     if lm_size == "full":
-        from ..testing.synthetic_tts import ensure_full_tts
+        from ..synthetic.tts import ensure_full_tts
 
         chosen = str(ensure_full_tts())
         max_steps = 16 + 2 + round(words / 2.5 * 12.5)  # random weights never finish: a normal pace's steps

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import catalog
+from ..errors import ModelError
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -19,6 +20,31 @@ DEFAULT_NAMES = {"moshi_name": "model.safetensors", "mimi_name": catalog.MIMI_FI
 
 
 # ---------------------------------------------------------------- cache locations
+
+
+def moshikit_cache() -> Path:
+    """moshikit's own cache (``MOSHIKIT_CACHE``, else ``$XDG_CACHE_HOME/moshikit``): generated and
+    derived files (synthetic checkpoints, Pocket TTS configs), never the hub's files."""
+    import os
+
+    base = os.environ.get("MOSHIKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "moshikit"
+    )
+    return Path(base)
+
+
+def is_other_repo_ref(name: str) -> bool:
+    """``hf://<org>/<repo>/<path>``: a file of another hub repo, as moshi's export script
+    writes for the Mimi and tokenizer of the ``-q8`` repos (they live in the bf16 repo)."""
+    return isinstance(name, str) and name.startswith("hf://")
+
+
+def split_ref(name: str) -> tuple[str, str]:
+    """``hf://org/repo/path/file`` -> (``org/repo``, ``path/file``)."""
+    parts = name.removeprefix("hf://").split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ModelError(f"{name}: not a file reference of the form hf://<org>/<repo>/<file>")
+    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def cache_dir() -> Path:

@@ -12,7 +12,8 @@ from .. import catalog
 from ..catalog import Choice, Entry
 from ..errors import ModelError, UsageError
 from ..platform import PlatformInfo
-from .paths import DEFAULT_NAMES, SHA1, SHA256, cache_dir, download_command, offline, read_json, repo_dir
+from .paths import (DEFAULT_NAMES, SHA1, SHA256, cache_dir, download_command, is_other_repo_ref, offline, read_json,
+                    repo_dir, split_ref)
 from .hubapi import fetch_file, model_info
 
 
@@ -202,18 +203,6 @@ def plan(model: str, *, variant: str | None = None, revision: str | None = None,
             f.cached = blob.is_file() and (f.size is None or blob.stat().st_size == f.size)
         p.files.append(f)
     return p
-
-
-def is_other_repo_ref(name: str) -> bool:
-    from ..backends.lm_repo import is_other_repo_ref as check
-
-    return check(name)
-
-
-def split_ref(name: str) -> tuple[str, str]:
-    from ..backends.lm_repo import split_ref as split
-
-    return split(name)
 
 
 def _ref_file(name: str, **kw) -> "PlannedFile":

@@ -117,7 +117,7 @@ def resolve_mimi(mimi_weight: str | os.PathLike | None = None, model: str | None
         return Weights(path)
     model = model or DEFAULT_MIMI_REPO
     if model == SYNTHETIC:
-        from ..testing.synthetic import SYNTHETIC_REPO
+        from ..synthetic.core import SYNTHETIC_REPO
 
         return Weights(synthetic_checkpoint("codec"), repo=SYNTHETIC_REPO, revision="seed0")
     local = Path(model).expanduser()

@@ -16,22 +16,22 @@ def synthetic_checkpoint(kind: str | None) -> Path:
     """``--model synthetic``, one source among the others: generated weights of ``kind`` in the
     published layout (Mimi for ``codec``/None, a Moshi or STT folder), built on first use.
     Valid for speed and mechanics, never for quality."""
-    from ..testing import synthetic
+    from ..synthetic import core as synthetic
 
     if kind == "tts":
-        from ..testing.synthetic_tts import ensure_synthetic_tts
+        from ..synthetic.tts import ensure_synthetic_tts
 
         return ensure_synthetic_tts(mimi_path=synthetic.ensure_synthetic_mimi())
     if kind == "stt":
-        from ..testing.synthetic_stt import ensure_synthetic_stt
+        from ..synthetic.stt import ensure_synthetic_stt
 
         return ensure_synthetic_stt()
     if kind == "hibiki":
-        from ..testing.synthetic_hibiki import ensure_synthetic_hibiki
+        from ..synthetic.hibiki import ensure_synthetic_hibiki
 
         return ensure_synthetic_hibiki(mimi_path=synthetic.ensure_synthetic_mimi())
     if kind == "moshi":
-        from ..testing.synthetic_lm import ensure_synthetic_moshi
+        from ..synthetic.lm import ensure_synthetic_moshi
 
         return ensure_synthetic_moshi(mimi_path=synthetic.ensure_synthetic_mimi())
     return synthetic.ensure_synthetic_mimi()

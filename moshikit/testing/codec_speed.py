@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ..backends import registry
     from ..codec import load_codec
-    from .synthetic import ensure_synthetic_mimi, speech_sample
+    from ..synthetic.core import ensure_synthetic_mimi, speech_sample
 
     weights = args.weights or str(ensure_synthetic_mimi())
     n = int(args.seconds * 24000)

@@ -26,7 +26,7 @@ def _clips(root: Path, files: int, seconds: float) -> float:
     import numpy as np
     import soundfile as sf
 
-    from .synthetic import speech_sample
+    from ..synthetic.core import speech_sample
 
     speech = speech_sample()
     n = int(seconds * 24000)
@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from .ray_cluster import LocalCluster
-    from .synthetic import ensure_synthetic_mimi
+    from ..synthetic.core import ensure_synthetic_mimi
 
     env = dict(os.environ, NO_TORCH_COMPILE="1", NO_CUDA_GRAPH="1", HF_HUB_OFFLINE="1")
     weights = str(ensure_synthetic_mimi())
     if args.command == "transcribe":
-        from .synthetic_stt import ensure_synthetic_stt
+        from ..synthetic.stt import ensure_synthetic_stt
 
         ensure_synthetic_stt()
         model_args = ["--model", "synthetic", "--backend", "torch", "--device", "cpu"]

@@ -86,8 +86,8 @@ def speak_to_file(model, chunks: Iterable[Chunk], voices, output: str | Path | N
         with AudioWriter(Path(output), model.sample_rate, 1, fmt) as writer:
             speech = model.generate(chunks, voices, settings, on_pcm=fan_out(writer), on_word=on_word)
     if fmt == "mimi":
-        from .. import __version__
         from ..tokens import TokenHeader, write_tokens
+        from ..version import __version__
 
         codes = np.stack(speech.codes, axis=-1) if speech.codes else np.zeros((model.n_q, 0), np.int64)
         header = TokenHeader(num_codebooks=int(codes.shape[0]), frames=int(codes.shape[1]),

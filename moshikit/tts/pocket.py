@@ -13,19 +13,15 @@ through its public ``generate_audio_stream``.
 from __future__ import annotations
 
 import difflib
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..catalog_pocket import OPEN_REPO  # the catalog's rows name the same repos
 from ..errors import ModelError, UsageError
+from .pocket_config import LANGUAGE_DIR, TOKENIZER, WEIGHTS, config_dir, import_pocket_tts, one_thread, write_config
 from .voices import Voice, check_audio
 
 GATED_REPO = "kyutai/pocket-tts"
-LANGUAGE_DIR = "languages/english"
-WEIGHTS = f"{LANGUAGE_DIR}/model.safetensors"
-TOKENIZER = f"{LANGUAGE_DIR}/tokenizer.json"
 #: Names that mean Pocket TTS (catalog family and its alias).
 MODEL_NAMES = ("pocket-tts", "pocket", "pocket-tts-open")
 #: pocket-tts 4.0.1's predefined voices (``embeddings/<name>.safetensors`` in the open repo).
@@ -36,37 +32,6 @@ PREDEFINED_VOICES = ("alba", "marius", "javert", "jean", "fantine", "cosette", "
 DEFAULT_VOICE = "alba"
 GATED_HINT = ("accept the terms at https://huggingface.co/kyutai/pocket-tts, then log in with `hf auth login` "
               "(or set HF_TOKEN) and load again; the predefined voices work without it (--list-voices)")
-
-
-def import_pocket_tts():
-    """``import pocket_tts`` without its side effect on the process: its import runs
-    ``torch.set_num_threads(1)``, which would slow every other model in the process (and change
-    its kernels' rounding). The thread count is put back; Pocket TTS's own runs take one thread
-    (``one_thread``), as its authors set it up (its decoder runs in a thread of its own)."""
-    import sys
-
-    if "pocket_tts" not in sys.modules:
-        import torch
-
-        threads = torch.get_num_threads()
-        try:
-            import pocket_tts  # noqa: F401
-        finally:
-            torch.set_num_threads(threads)
-    return sys.modules["pocket_tts"]
-
-
-@contextmanager
-def one_thread():
-    """Run Pocket TTS on one torch thread, as pocket-tts configures itself; the count is put back."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def is_pocket_name(model) -> bool:
@@ -94,7 +59,7 @@ def locate(model: str | None, *, revision: str | None = None) -> PocketFiles:
     if model is None or is_pocket_name(model):
         return _published(revision, open_only=str(model).lower() == "pocket-tts-open")
     if model == hub.SYNTHETIC:
-        from ..testing.synthetic_pocket import ensure_synthetic_pocket
+        from ..synthetic.pocket import ensure_synthetic_pocket
 
         folder = ensure_synthetic_pocket()
         return PocketFiles("synthetic", folder / "config.yaml", folder, synthetic=True,
@@ -129,8 +94,6 @@ def _published(revision: str | None, open_only: bool = False) -> PocketFiles:
     import_pocket_tts()
     from pocket_tts.utils.config import CONFIGS_DIR
 
-    from ..testing.synthetic_pocket import write_config
-
     cfg = yaml.safe_load((CONFIGS_DIR / "english.yaml").read_text(encoding="utf-8"))
     tokenizer = _fetch(OPEN_REPO, TOKENIZER, None)
     cloning, why = True, None
@@ -143,9 +106,7 @@ def _published(revision: str | None, open_only: bool = False) -> PocketFiles:
         weights = _fetch(OPEN_REPO, WEIGHTS, revision)
     cfg.pop("weights_path_without_voice_cloning", None)
     cfg.pop("weights_path", None)
-    from ..testing.synthetic import synthetic_dir
-
-    folder = synthetic_dir().parent / "pocket"
+    folder = config_dir()
     folder.mkdir(parents=True, exist_ok=True)
     config = write_config(folder / f"english-{'cloning' if cloning else 'open'}.yaml", cfg, weights, tokenizer)
     return PocketFiles("pocket-tts-open" if open_only else "pocket-tts", config, weights.parent, cloning=cloning,
@@ -306,7 +267,3 @@ def voice_names(files: PocketFiles) -> tuple[list[str], str]:
     if files.voices_dir is not None:
         return sorted(p.stem for p in files.voices_dir.glob("*.safetensors")), str(files.voices_dir)
     return list(PREDEFINED_VOICES), f"{OPEN_REPO} (pocket-tts's predefined voices)"
-
-
-def clock() -> float:
-    return time.perf_counter()

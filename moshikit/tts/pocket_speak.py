@@ -11,6 +11,7 @@ thread timing and changes the last bits of the output).
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -47,8 +48,6 @@ def generate(model, chunks: Iterable[Chunk], voices: list, settings: Settings | 
     import threading
 
     import torch
-
-    from .pocket import clock
 
     s = settings or Settings()
     check_settings(s)
@@ -100,3 +99,7 @@ def generate(model, chunks: Iterable[Chunk], voices: list, settings: Settings | 
     result.steps = result.frames
     result.seconds = clock() - started
     return result
+
+
+def clock() -> float:
+    return time.perf_counter()

@@ -12,7 +12,7 @@ import pytest
 
 from moshikit.backends.base import LMBackend, SamplingConfig
 from moshikit.errors import ModelError
-from moshikit.testing import synthetic_lm
+from moshikit.synthetic import lm as synthetic_lm
 
 GREEDY = SamplingConfig(temp=0.0, temp_text=0.0)
 STEPS = 30
@@ -136,7 +136,7 @@ def test_tokenizer_has_text_card_pieces(repo, config):
 def test_tokenizer_for_full_vocab(tmp_path):
     import sentencepiece as spm
 
-    path = synthetic_lm.write_text_tokenizer(tmp_path / "t.model", 32000)
+    path = synthetic_lm.write_tokenizer(tmp_path / "t.model", 32000)
     assert spm.SentencePieceProcessor(str(path)).get_piece_size() == 32000
 
 
@@ -224,7 +224,7 @@ def test_resolve_repo_forms(repo, tmp_path):
 
 def test_load_from_hf_cache_by_repo_id(repo):
     from moshikit.backends import torch_lm
-    from moshikit.testing.synthetic import place_in_hf_cache
+    from moshikit.synthetic.core import place_in_hf_cache
 
     place_in_hf_cache(repo, "moshikit-tests/moshi-tiny", os.environ["HF_HUB_CACHE"])
     lm = torch_lm.load("moshikit-tests/moshi-tiny", device="cpu", sampling=GREEDY)

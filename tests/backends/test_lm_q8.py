@@ -13,7 +13,7 @@ import pytest
 from hubserver import HubServer, go_offline, patch_hub
 
 from moshikit.backends import lm_repo, torch_lm
-from moshikit.testing import synthetic_lm, synthetic_q8
+from moshikit.synthetic import lm as synthetic_lm, q8 as synthetic_q8
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BF16_REPO = "kyutai/moshiko-pytorch-bf16"

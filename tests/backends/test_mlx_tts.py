@@ -184,7 +184,7 @@ def test_streams_decoded_frames_as_torch_mimi_decodes_them(mlx_model, voice, mim
 @pytest.fixture(scope="module")
 def public(tmp_path_factory, mimi_weights, write_wav):
     """(mlx model, torch model, voice sample) of a tiny 0.75B-public-like checkpoint."""
-    from moshikit.testing.synthetic_tts import write_public_repo
+    from moshikit.synthetic.tts import write_public_repo
 
     path = write_public_repo(tmp_path_factory.mktemp("pub") / "tts-public", mimi_path=mimi_weights)
     sample = write_wav(tmp_path_factory.mktemp("v") / "me.wav", (0.1 * np.sin(np.arange(24000) / 9)).astype(np.float32))

@@ -77,7 +77,7 @@ def test_quiet_library_logs_hides_torch_warnings_unless_debug():
 
 @pytest.fixture(scope="module")
 def repo(mimi_weights):
-    from moshikit.testing import synthetic_lm
+    from moshikit.synthetic import lm as synthetic_lm
 
     return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)
 

@@ -10,8 +10,9 @@ import torch  # noqa: E402  (a core dependency)
 
 from moshikit import cpu_precision, stt  # noqa: E402
 from moshikit.backends import torch_lm  # noqa: E402
-from moshikit.backends.torch_int8 import Int8Linear, int8_supported  # noqa: E402
-from moshikit.testing.synthetic_stt import write_stt_repo  # noqa: E402
+from moshikit.backends.torch_int8 import Int8Linear  # noqa: E402
+from moshikit.cpu_precision import int8_supported  # noqa: E402
+from moshikit.synthetic.stt import write_stt_repo  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.skipif(not int8_supported(), reason="no int8 CPU engine in this torch")]

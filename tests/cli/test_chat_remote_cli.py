@@ -15,7 +15,7 @@ from moshikit.cli.app import main
 def served(mimi_weights):
     from moshikit import serve
     from moshikit.backends.base import SamplingConfig
-    from moshikit.testing import synthetic_lm
+    from moshikit.synthetic import lm as synthetic_lm
 
     repo = synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)
     conv = serve.load_conversation(str(repo), backend="torch", device="cpu",

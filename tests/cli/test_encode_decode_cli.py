@@ -175,7 +175,7 @@ def test_model_synthetic_and_hf_cache(tree, capsys, mimi_weights):
     """--model synthetic and a repo id resolved from the HF cache, offline."""
     import os
 
-    from moshikit.testing.synthetic import place_in_hf_cache
+    from moshikit.synthetic.core import place_in_hf_cache
 
     code, _, err = run(capsys, "encode", str(tree / "in/a.wav"), "-o", str(tree / "s"), "--model", "synthetic")
     assert code == 0, err

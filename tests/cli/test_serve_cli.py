@@ -18,7 +18,7 @@ from moshikit.cli.app import main
 
 @pytest.fixture(scope="module")
 def repo(mimi_weights):
-    from moshikit.testing import synthetic_lm
+    from moshikit.synthetic import lm as synthetic_lm
 
     return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)  # written once per test session
 

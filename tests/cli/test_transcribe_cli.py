@@ -84,7 +84,7 @@ def test_usage_errors(tree, capsys, argv, code, message):
 
 
 def test_a_chat_checkpoint_is_refused(tmp_path, capsys, mimi_weights):
-    from moshikit.testing.synthetic_lm import write_moshi_repo
+    from moshikit.synthetic.lm import write_moshi_repo
 
     repo = write_moshi_repo(tmp_path / "moshiko", mimi_path=mimi_weights)
     (tmp_path / "a.wav").write_bytes(b"")

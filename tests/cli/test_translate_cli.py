@@ -78,7 +78,7 @@ def test_usage_errors_are_one_line(tmp_path, capsys, argv, message, write_wav):
 
 
 def test_a_chat_checkpoint_is_refused(tmp_path, capsys, write_wav, mimi_weights):
-    from moshikit.testing.synthetic_lm import write_moshi_repo
+    from moshikit.synthetic.lm import write_moshi_repo
 
     repo = write_moshi_repo(tmp_path / "moshiko", mimi_path=mimi_weights)
     src = write_wav(tmp_path / "a.wav", np.zeros(24000, np.float32))

@@ -165,7 +165,7 @@ def test_published_model_falls_back_and_says_why(tmp_path, monkeypatch):
     """Offline with only the open repo cached: loaded from it, cloning off with the reason."""
     from huggingface_hub import constants
 
-    from moshikit.testing.synthetic import place_in_hf_cache
+    from moshikit.synthetic.core import place_in_hf_cache
     from moshikit.tts import pocket as P
 
     src = tmp_path / "open" / "languages" / "english"

@@ -9,7 +9,7 @@ import pytest
 
 from moshikit import catalog, hub
 from moshikit.cli.app import main
-from moshikit.testing import synthetic_tts
+from moshikit.synthetic import tts as synthetic_tts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # a tiny model: threads only cost
 

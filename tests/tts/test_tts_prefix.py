@@ -12,7 +12,7 @@ from moshikit.tts import Settings, chunks, generate, load_tts, resolve_voice
 
 @pytest.fixture(scope="module")
 def public(tmp_path_factory, mimi_weights, one_torch_thread):
-    from moshikit.testing.synthetic_tts import write_public_repo
+    from moshikit.synthetic.tts import write_public_repo
 
     return load_tts(str(write_public_repo(tmp_path_factory.mktemp("pub") / "tts-public", mimi_path=mimi_weights)))
 
@@ -33,6 +33,6 @@ def test_audio_prefix_voice_equals_moshi(public, tmp_path, write_wav):
     np.testing.assert_allclose(ours[2 * 1920: 2 * 1920 + theirs.numel()], theirs.numpy(), atol=1e-6)
     assert [w.text for w in speech.words] == ["Hello", "there."] and speech.words[0].start >= 0
     with pytest.raises(UsageError, match="takes its voice from an audio sample, not an embedding"):
-        from moshikit.testing.synthetic_tts import write_voice
+        from moshikit.synthetic.tts import write_voice
 
         resolve_voice(public, str(write_voice(tmp_path / "v.safetensors", 0)))

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .synthetic import MIMI_NAME
-from .synthetic_lm import CONFIG_NAME, DictSource, lm_config_of, lm_kwargs, to_published, write_repo_files
+from .core import MIMI_NAME
+from .lm import CONFIG_NAME, DictSource, lm_kwargs, random_model, to_published, write_repo_files
 
 #: Names as published in kyutai/tts-1.6b-en_fr.
 TTS_TOKENIZER_NAME = "tokenizer_spm_8k_en_fr_audio.model"
@@ -77,7 +77,7 @@ def tts_config_json(*, n_q: int = 8, model_id: dict | None = None) -> dict:
 #: Characters the tiny tokenizer must cover (the real one covers English and French text).
 TOKENIZER_CHARS = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                    ".,;:!?'\"-()&%$€@/+=*#’“”«»àâäçéèêëîïôöùûüÿœæÀÂÇÉÈÊÎÔÙÛŒ")
-_CORPUS = """\
+TTS_CORPUS = """\
 Hello, how are you doing today? I am fine, thank you.
 The quick brown fox jumps over the lazy dog.
 Bonjour, comment allez-vous ? Très bien, merci beaucoup.
@@ -87,40 +87,10 @@ Le petit chat dort sur la chaise, près de la fenêtre.
 """
 
 
-def write_tts_tokenizer(path: str | os.PathLike, vocab_size: int) -> Path:
-    """A SentencePiece BPE model with exactly ``vocab_size`` pieces that covers ``TOKENIZER_CHARS``
-    (ids 0-3 ``<unk> <s> </s> <pad>``, as in Kyutai's tokenizers)."""
-    import io
-
-    import sentencepiece as spm
-
-    def train(extra: list[str]) -> bytes:
-        out = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(_CORPUS.splitlines() * 20 + [" ".join(TOKENIZER_CHARS)]), model_writer=out,
-            vocab_size=vocab_size,
-            model_type="bpe", character_coverage=1.0, required_chars=TOKENIZER_CHARS, unk_id=0, bos_id=1,
-            eos_id=2, pad_id=3, num_threads=1, hard_vocab_limit=False, user_defined_symbols=extra, minloglevel=2)
-        return out.getvalue()
-
-    proto = train([])
-    n = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
-    if n < vocab_size:
-        proto = train([f"<extra_{i}>" for i in range(vocab_size - n)])
-    n = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
-    if n != vocab_size:
-        raise RuntimeError(f"trained tokenizer has {n} pieces, wanted {vocab_size}")
-    path = Path(path)
-    path.write_bytes(proto)
-    return path
-
-
 def _random_state(config: dict, seed: int) -> dict:
     import torch
-    from moshi.models import loaders
 
-    torch.manual_seed(seed)
-    model = loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
+    model = random_model(config, seed)
     with torch.no_grad():
         _fit_text_head(model, config, seed)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -218,8 +188,8 @@ def write_tts_repo(dest: str | os.PathLike, *, seed: int = 0, mimi_path: str | o
     state = _random_state(config, seed)
     with torch.no_grad():
         source = DictSource(to_published(state))
-    write_repo_files(dest, config, source, "pytorch", "float32", f"synthetic-tts seed={seed}", mimi_path)
-    write_tts_tokenizer(dest / config["tokenizer_name"], config["text_card"])
+    write_repo_files(dest, config, source, "pytorch", "float32", f"synthetic-tts seed={seed}", mimi_path,
+                     corpus=TTS_CORPUS, chars=TOKENIZER_CHARS)
     if voices:
         write_voices(dest / "voices", config)
     return dest
@@ -239,14 +209,10 @@ def write_public_repo(dest: str | os.PathLike, *, seed: int = 0, mimi_path: str 
     config["conditioners"] = {}
     config.pop("fuser")
     config["cross_attention"] = False
-    torch.manual_seed(seed)
-    from moshi.models import loaders
-
-    model = loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
     with torch.no_grad():
-        source = DictSource(to_published(model.state_dict()))
-    write_repo_files(dest, config, source, "pytorch", "float32", f"synthetic-tts-public seed={seed}", mimi_path)
-    write_tts_tokenizer(dest / config["tokenizer_name"], config["text_card"])
+        source = DictSource(to_published(random_model(config, seed).state_dict()))
+    write_repo_files(dest, config, source, "pytorch", "float32", f"synthetic-tts-public seed={seed}", mimi_path,
+                     corpus=TTS_CORPUS, chars=TOKENIZER_CHARS)
     return dest
 
 
@@ -284,8 +250,8 @@ def ensure_full_tts(seed: int = 0) -> Path:
     """A full-size random-weight kyutai/tts-1.6b-en_fr layout in moshikit's cache (~3.7 GB in bf16,
     streamed to disk from a random pool, a minute or two), with its voices. Random weights never
     take the next word as a trained model does: runs on it are capped in steps (speed only)."""
-    from .synthetic import ensure_synthetic_mimi, synthetic_dir
-    from .synthetic_lm import PoolSource, published_shapes
+    from .core import ensure_synthetic_mimi, synthetic_dir
+    from .lm import PoolSource, published_shapes
 
     dest = synthetic_dir() / f"seed{seed}" / "tts-full-pytorch-v2"  # -v2: cross-attention under published names
     if not (dest / CONFIG_NAME).exists():
@@ -294,8 +260,7 @@ def ensure_full_tts(seed: int = 0) -> Path:
         config = full_tts_config_json()
         source = PoolSource(published_shapes(config=config), seed)
         write_repo_files(tmp, config, source, "pytorch", "bfloat16", f"synthetic-tts full seed={seed}",
-                         ensure_synthetic_mimi())
-        write_tts_tokenizer(tmp / config["tokenizer_name"], config["text_card"])
+                         ensure_synthetic_mimi(), corpus=TTS_CORPUS, chars=TOKENIZER_CHARS)
         write_voices(tmp / "voices", config)
         tmp.rename(dest)
     return dest
@@ -303,7 +268,7 @@ def ensure_full_tts(seed: int = 0) -> Path:
 
 def ensure_synthetic_tts(seed: int = 0, *, mimi_path: str | os.PathLike | None = None) -> Path:
     """The tiny TTS repo in moshikit's cache, written on first use (seconds; Mimi aside)."""
-    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+    from .core import ensure_synthetic_mimi, synthetic_dir
 
     # "-v2": cross-attention weights under their published names (older caches had the state-dict names)
     dest = synthetic_dir() / f"seed{seed}" / "tts-tiny-pytorch-v2"

@@ -21,9 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-LANGUAGE_DIR = "languages/english"
-WEIGHTS = f"{LANGUAGE_DIR}/model.safetensors"
-TOKENIZER = f"{LANGUAGE_DIR}/tokenizer.json"
+from ..tts.pocket_config import LANGUAGE_DIR, TOKENIZER, WEIGHTS, import_pocket_tts, one_thread, write_config
+
 CONFIG = "config.yaml"
 #: Predefined voices written beside the synthetic model (names as in pocket-tts).
 VOICES = ("alba", "marius", "javert")
@@ -104,25 +103,12 @@ def write_tokenizer(path: Path, vocab_size: int = 256) -> int:
     return tok.get_vocab_size()
 
 
-def write_config(path: Path, cfg: dict, weights: Path, tokenizer: Path) -> Path:
-    """``cfg`` as pocket_tts's YAML with ``weights_path`` and ``tokenizer_path`` set to files on disk."""
-    import yaml
-
-    cfg = copy.deepcopy(cfg)
-    cfg["weights_path"] = str(weights)
-    cfg["flow_lm"]["lookup_table"]["tokenizer_path"] = str(tokenizer)
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
-
-
 def _build_model(cfg: dict, tokenizer: Path, seed: int):
     """pocket_tts builds the model from the config (no weights path: its own init), then every
     tensor keeps its (seeded) initial value; EOS never fires, so each sentence runs to its length bound."""
     import logging
 
     import torch
-
-    from ..tts.pocket import import_pocket_tts
 
     import_pocket_tts()
     from pocket_tts import TTSModel
@@ -153,12 +139,10 @@ def write_pocket_repo(folder: str | os.PathLike, *, size: str = "tiny", seed: in
     import safetensors.torch
     import torch
 
-    from ..tts.pocket import import_pocket_tts
-
     import_pocket_tts()
     from pocket_tts import export_model_state
 
-    from .synthetic import speech_sample
+    from .core import speech_sample
 
     folder = Path(folder)
     n_bins = write_tokenizer(folder / TOKENIZER, 256 if size == "tiny" else 4000)
@@ -169,8 +153,6 @@ def write_pocket_repo(folder: str | os.PathLike, *, size: str = "tiny", seed: in
     sample = speech_sample()
     emb = folder / LANGUAGE_DIR / "embeddings"
     emb.mkdir(parents=True, exist_ok=True)
-    from ..tts.pocket import one_thread
-
     for i, name in enumerate(VOICES):
         start = i * 3 * SAMPLE_RATE
         clip = torch.from_numpy(np.ascontiguousarray(sample[start:start + 3 * SAMPLE_RATE]))[None]
@@ -181,7 +163,7 @@ def write_pocket_repo(folder: str | os.PathLike, *, size: str = "tiny", seed: in
 
 def ensure_synthetic_pocket(size: str = "tiny", seed: int = 0) -> Path:
     """``--model synthetic -b pocket``: the synthetic Pocket TTS folder, built on first use (seconds)."""
-    from .synthetic import synthetic_dir
+    from .core import synthetic_dir
 
     folder = synthetic_dir() / f"pocket-{size}-seed{seed}"
     if not (folder / CONFIG).is_file():

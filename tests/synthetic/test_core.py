@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from moshikit.testing.synthetic import place_in_hf_cache
+from moshikit.synthetic.core import place_in_hf_cache
 
 
 def test_published_key_layout(mimi_weights):

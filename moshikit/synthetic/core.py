@@ -138,10 +138,9 @@ class SyntheticRepo:
 
 def synthetic_dir() -> Path:
     """Where ``--model synthetic`` keeps its generated checkpoint."""
-    base = os.environ.get("MOSHIKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "moshikit"
-    )
-    return Path(base) / "synthetic"
+    from ..download.paths import moshikit_cache
+
+    return moshikit_cache() / "synthetic"
 
 
 def ensure_synthetic_mimi(seed: int = 0) -> Path:

@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Literal, Protocol
 
 import numpy as np
 
-from .synthetic import MIMI_NAME
+from .core import MIMI_NAME
 
 #: File names as published in kyutai/moshiko-pytorch-bf16 / kyutai/moshiko-mlx-bf16.
 MOSHI_NAME = "model.safetensors"
@@ -357,8 +357,9 @@ good morning good evening good night see you soon
 """
 
 
-def write_text_tokenizer(path: str | os.PathLike, vocab_size: int) -> Path:
-    """Train a SentencePiece BPE model with exactly ``vocab_size`` pieces and write it.
+def write_tokenizer(path: str | os.PathLike, vocab_size: int, *, corpus: str = _CORPUS, chars: str = "") -> Path:
+    """Train a SentencePiece BPE model with exactly ``vocab_size`` pieces on ``corpus`` (covering
+    every character of ``chars``) and write it: the one tokenizer of every synthetic checkpoint.
 
     Ids 0-3 are ``<unk> <s> </s> <pad>`` as in Kyutai's tokenizers (moshi treats 0 and 3
     as padding). Vocabularies larger than the tiny corpus supports are filled with
@@ -366,16 +367,20 @@ def write_text_tokenizer(path: str | os.PathLike, vocab_size: int) -> Path:
     """
     import sentencepiece as spm
 
-    lines = _CORPUS.splitlines() * 20
-    trained = min(vocab_size, 120)  # normal pieces the corpus can supply
-    extra = [f"<extra_{i}>" for i in range(vocab_size - trained)]
-    out = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type="bpe",
-        character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3, num_threads=1,
-        user_defined_symbols=extra, minloglevel=2,
-    )
-    proto = out.getvalue()
+    lines = corpus.splitlines() * 20 + ([" ".join(chars)] if chars else [])
+
+    def train(extra: list[str]) -> bytes:
+        out = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type="bpe",
+            character_coverage=1.0, required_chars=chars, unk_id=0, bos_id=1, eos_id=2, pad_id=3, num_threads=1,
+            hard_vocab_limit=False, user_defined_symbols=extra, minloglevel=2)
+        return out.getvalue()
+
+    proto = train([])
+    n = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+    if n < vocab_size:
+        proto = train([f"<extra_{i}>" for i in range(vocab_size - n)])
     n = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
     if n != vocab_size:
         raise RuntimeError(f"trained tokenizer has {n} pieces, wanted {vocab_size}")
@@ -388,15 +393,19 @@ def write_text_tokenizer(path: str | os.PathLike, vocab_size: int) -> Path:
 # --------------------------------------------------------------------------- repos
 
 
-def _tiny_source(config: dict, seed: int) -> _Source:
-    """moshi's own random init (fp32), renamed to the published layout."""
+def random_model(config: dict, seed: int):
+    """moshi's own random init of the LM of ``config`` (fp32, CPU), seeded: the one random-init
+    loader of every synthetic checkpoint built from a model."""
     import torch
     from moshi.models import loaders
 
     torch.manual_seed(seed)
-    model = loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
-    with torch.no_grad():
-        return DictSource(to_published(model.state_dict()))
+    return loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
+
+
+def random_state(config: dict, seed: int) -> dict:
+    """``random_model``'s state dict (its own tensors, detached)."""
+    return {k: v.detach().clone() for k, v in random_model(config, seed).state_dict().items()}
 
 
 def _items(source: _Source, config: dict, layout: Layout, dtype: str) -> list[_Item]:
@@ -445,7 +454,7 @@ def write_moshi_repo(dest: str | os.PathLike, *, size: Size = "tiny", seed: int 
     config = config_json(size)
     init = init or ("model" if size == "tiny" else "pool")
     if init == "model":
-        source = _tiny_source(config, seed)
+        source = DictSource(to_published(random_state(config, seed)))
     elif init == "pool":
         source = PoolSource(published_shapes(config=config), seed)
     else:
@@ -454,12 +463,13 @@ def write_moshi_repo(dest: str | os.PathLike, *, size: Size = "tiny", seed: int 
 
 
 def write_repo_files(dest: Path, config: dict, source: _Source, layout: Layout, dtype: str, label: str,
-                     mimi_path: str | os.PathLike | None) -> Path:
-    """The files of a published LM repo: weights (in ``layout``), tokenizer, Mimi, config.json."""
+                     mimi_path: str | os.PathLike | None, *, corpus: str = _CORPUS, chars: str = "") -> Path:
+    """The files of a published LM repo: weights (in ``layout``), tokenizer (``write_tokenizer`` of
+    ``corpus`` and ``chars``), Mimi, config.json."""
     fmt = "pt" if layout == "pytorch" else "mlx"
     _write_safetensors(dest / config["moshi_name"], _items(source, config, layout, dtype), dtype,
                        {"format": fmt, "moshikit": label})
-    write_text_tokenizer(dest / config["tokenizer_name"], config["text_card"])
+    write_tokenizer(dest / config["tokenizer_name"], config["text_card"], corpus=corpus, chars=chars)
     if mimi_path is not None:
         _place(Path(mimi_path), dest / config["mimi_name"])
     (dest / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -469,7 +479,7 @@ def write_repo_files(dest: Path, config: dict, source: _Source, layout: Layout, 
 def ensure_synthetic_moshi(seed: int = 0, *, layout: Layout = "pytorch",
                            mimi_path: str | os.PathLike | None = None) -> Path:
     """The tiny synthetic Moshi repo in moshikit's cache, written on first use (seconds)."""
-    from .synthetic import synthetic_dir
+    from .core import synthetic_dir
 
     dest = synthetic_dir() / f"seed{seed}" / f"moshi-tiny-{layout}"
     if not (dest / CONFIG_NAME).exists():

@@ -35,9 +35,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .synthetic import MIMI_NAME
-from .synthetic_lm import (CONFIG_NAME, MOSHI_NAME, DictSource, lm_config_of, lm_kwargs, to_published,
-                           write_repo_files)
+from .core import MIMI_NAME
+from .lm import CONFIG_NAME, MOSHI_NAME, DictSource, lm_kwargs, random_state, to_published, write_repo_files
 
 #: File names as published in kyutai/stt-1b-en_fr.
 STT_TOKENIZER_NAME = "tokenizer_en_fr_audio_8000.model"
@@ -65,15 +64,6 @@ def stt_config_json(*, delay: float = 0.5, prefix: float = 0.0, extra_heads: int
     }
 
 
-def _random_state(config: dict, seed: int) -> dict:
-    import torch
-    from moshi.models import loaders
-
-    torch.manual_seed(seed)
-    model = loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def scripted_state(config: dict, script: Sequence[tuple[int, int]], *, pause_from: int | None = None,
                    default: int = 3) -> dict:
     """State dict whose greedy text output at step ``t`` follows ``script``.
@@ -85,7 +75,7 @@ def scripted_state(config: dict, script: Sequence[tuple[int, int]], *, pause_fro
     """
     import torch
 
-    state = _random_state(config, 0)
+    state = random_state(config, 0)
     for key in state:
         state[key].zero_()
     for key in state:
@@ -144,7 +134,7 @@ def write_stt_repo(dest: str | os.PathLike, *, kind: Kind = "random", seed: int 
     dest.mkdir(parents=True, exist_ok=True)
     config = stt_config_json(delay=delay, prefix=prefix, extra_heads=extra_heads)
     if kind == "random":
-        state = _random_state(config, seed)
+        state = random_state(config, seed)
         dtype = "bfloat16"
     elif kind == "scripted":
         state = scripted_state(config, script, pause_from=pause_from)
@@ -161,7 +151,7 @@ def write_stt_repo(dest: str | os.PathLike, *, kind: Kind = "random", seed: int 
 def ensure_synthetic_stt(seed: int = 0, *, layout: str = "pytorch",
                          mimi_path: str | os.PathLike | None = None) -> Path:
     """The tiny random-weight STT repo in moshikit's cache, written on first use (seconds)."""
-    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+    from .core import ensure_synthetic_mimi, synthetic_dir
 
     dest = synthetic_dir() / f"seed{seed}" / f"stt-tiny-{layout}"
     if not (dest / CONFIG_NAME).exists():
@@ -222,7 +212,7 @@ def write_full_stt_repo(dest: str | os.PathLike, name: str = "stt", *, seed: int
     """A full-size random-weight STT repo (the published architecture of ``name``), its tensors
     streamed to disk from a shared random pool (never all in memory): ~2 GB (stt) or ~5 GB (stt-en)
     in bf16, a minute or two. Random weights: valid for speed and mechanics, never for quality."""
-    from .synthetic_lm import PoolSource, published_shapes
+    from .lm import PoolSource, published_shapes
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -234,7 +224,7 @@ def write_full_stt_repo(dest: str | os.PathLike, name: str = "stt", *, seed: int
 
 def ensure_full_stt(name: str = "stt", seed: int = 0) -> Path:
     """The full-size synthetic STT repo ``name`` in moshikit's cache, written on first use."""
-    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+    from .core import ensure_synthetic_mimi, synthetic_dir
 
     dest = synthetic_dir() / f"{name}-full-pytorch"
     if not (dest / CONFIG_NAME).exists():

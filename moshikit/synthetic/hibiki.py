@@ -34,9 +34,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .synthetic import MIMI_NAME
-from .synthetic_lm import CONFIG_NAME, MOSHI_NAME, DictSource, lm_config_of, lm_kwargs, to_published, \
-    write_repo_files
+from .core import MIMI_NAME
+from .lm import CONFIG_NAME, MOSHI_NAME, DictSource, lm_kwargs, random_state, to_published, write_repo_files
 
 #: File names as published in kyutai/hibiki-1b-pytorch-bf16.
 HIBIKI_TOKENIZER_NAME = "tokenizer_spm_48k_multi6_2.model"
@@ -69,12 +68,7 @@ def hibiki_config_json(*, codebooks: int = 8) -> dict:
 
 def hibiki_state(config: dict, seed: int) -> dict:
     """moshi's random init for ``config`` plus the wired end-of-input -> EOS behaviour."""
-    import torch
-    from moshi.models import loaders
-
-    torch.manual_seed(seed)
-    model = loaders.get_moshi_lm(None, lm_kwargs=lm_config_of(config), device="cpu", dtype=torch.float32)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = random_state(config, seed)
     card, dep_q = config["card"], config["dep_q"]
     # The first source codebook is embedding dep_q of the LM's audio embeddings.
     state[f"emb.{dep_q}.weight"][card] = 0.0
@@ -99,7 +93,7 @@ def write_hibiki_repo(dest: str | os.PathLike, *, seed: int = 0, mimi_path: str 
 
 def ensure_synthetic_hibiki(seed: int = 0, *, mimi_path: str | os.PathLike | None = None) -> Path:
     """The tiny synthetic Hibiki repo in moshikit's cache, written on first use (seconds)."""
-    from .synthetic import ensure_synthetic_mimi, synthetic_dir
+    from .core import ensure_synthetic_mimi, synthetic_dir
 
     dest = synthetic_dir() / f"seed{seed}" / "hibiki-tiny-pytorch"
     if not (dest / CONFIG_NAME).exists():

@@ -7,7 +7,7 @@ import sentencepiece
 from safetensors import safe_open
 
 from moshikit import hub
-from moshikit.testing.synthetic_hibiki import (DESCRIPTIONS, EOS_ID, HIBIKI_MIMI_NAME, HIBIKI_TOKENIZER_NAME,
+from moshikit.synthetic.hibiki import (DESCRIPTIONS, EOS_ID, HIBIKI_MIMI_NAME, HIBIKI_TOKENIZER_NAME,
                                                write_hibiki_repo)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
