@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,25 +30,24 @@ from moshikit.tokens import TokenHeader, decode_mimi_bytes, encode_mimi_bytes, r
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_hang")
 
 
-_FIFO_WRITERS: list[threading.Event] = []
+_FIFO_WRITERS: list[subprocess.Popen] = []
+_UNBLOCK = """
+import os, sys, time
+while True:  # open for writing (only succeeds while a reader waits) and close: the reader sees EOF
+    try:
+        os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+    time.sleep(0.3)
+"""
 
 
 def mkfifo(path: Path) -> Path:
-    """A FIFO at ``path`` that never blocks a reader for long: while the test runs, a thread
-    opens it for writing (which only succeeds when a reader waits) and closes it at once."""
+    """A FIFO at ``path`` that never blocks a reader for long: while the test runs, another
+    process opens it for writing whenever a reader waits, and closes it at once (a process, not
+    a thread: a library may wait in ``open`` holding the GIL)."""
     os.mkfifo(path)
-    stop = threading.Event()
-
-    def unblock() -> None:
-        while not stop.wait(0.5):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: no reader waits (or the FIFO is gone)
-                continue
-            os.close(fd)
-
-    threading.Thread(target=unblock, daemon=True, name=f"fifo-writer-{path.name}").start()
-    _FIFO_WRITERS.append(stop)
+    _FIFO_WRITERS.append(subprocess.Popen([sys.executable, "-c", _UNBLOCK, str(path)]))
     return path
 
 
@@ -65,7 +63,9 @@ def no_hang():
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
     while _FIFO_WRITERS:
-        _FIFO_WRITERS.pop().set()
+        writer = _FIFO_WRITERS.pop()
+        writer.kill()
+        writer.wait()
 
 
 def run_limited(*argv, cwd: Path) -> subprocess.CompletedProcess:
