@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,6 +106,31 @@ def prepare(path: Path) -> None:
         raise err from None
     if path.is_dir():
         raise OutputError(f"cannot write {path}: is a directory", hint=_HINTS[errno.EISDIR])
+
+
+def finished(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds an output a rerun may keep: a regular file, not empty, that can be
+    read. Missing, empty or unreadable: False (the work is done again, the write replaces it).
+    A directory, or another kind of non-file, where the file goes: the ``OutputError`` that
+    writing it would end in, raised now (never reported as already there)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # missing, a dangling link, a folder on the way is a file...
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"cannot write {path}: is a directory", hint=_HINTS[errno.EISDIR])
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"cannot write {path}: is not a regular file",
+                          hint="move it away or choose another output name")
+    if st.st_size == 0:
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError:
+        return False
+    return True
 
 
 def check_room(path: str | os.PathLike, need: int) -> None:

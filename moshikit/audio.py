@@ -19,6 +19,7 @@ import numpy as np
 
 from .atomic import CheckedFile, atomic_path, clean_stale_partials, output_error, partial_path  # noqa: F401
 from .errors import AudioError
+from .inputs import check_regular
 
 TARGET_RATE = 24000
 #: Extensions a directory walk picks up by default.
@@ -92,6 +93,7 @@ def open_audio(path: str | os.PathLike) -> AudioSource:
             raise AudioError(f"{name}: no such file")
         if os.path.isdir(name):
             raise AudioError(f"{name}: is a directory")
+        check_regular(name, AudioError)  # a FIFO would block the open, a device never end
         target = name
     try:
         f = sf.SoundFile(target)
@@ -111,6 +113,17 @@ def open_audio(path: str | os.PathLike) -> AudioSource:
         src.close()
         raise AudioError(f"{name}: the audio is empty (0 samples)")
     return src
+
+
+def is_audio_file(path: str | os.PathLike) -> bool:
+    """Whether libsndfile reads ``path``'s header as audio (a kept output, checked on a rerun)."""
+    import soundfile as sf
+
+    try:
+        sf.info(os.fspath(path))
+    except Exception:  # noqa: BLE001 - libsndfile raises several kinds for a file it cannot read
+        return False
+    return True
 
 
 def _reason(exc: Exception) -> str:

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AUDIO_EXTENSIONS, AudioSource, AudioWriter, open_audio, stream_24k
+from .atomic import finished
+from .audio import AUDIO_EXTENSIONS, AudioSource, AudioWriter, is_audio_file, open_audio, stream_24k
 from .backends import registry
 from .backends.base import CodecBackend, ParallelStreams
 from .errors import MoshikitError, OutputError, TokenFileError, UsageError
 from .hub import Weights, resolve_mimi
+from .inputs import not_regular
 from .platform import Choice, resolve
 from .tokens import TokenHeader, Tokens, is_complete, read_tokens, write_tokens
 from .version import __version__
@@ -75,6 +77,33 @@ def job_failed(job: "Job", exc: MoshikitError) -> "FileResult":
     return FileResult(job.source, str(job.output), "failed", str(exc))
 
 
+def kept_output(path: Path) -> bool:
+    """An output a rerun keeps: ``atomic.finished`` (a directory there raises ``OutputError``)
+    and, by its suffix, a valid token file or readable audio."""
+    if not finished(path):
+        return False
+    suffix = path.suffix.lower()
+    if suffix in TOKEN_EXTENSIONS:
+        return is_complete(path)
+    if suffix in AUDIO_EXTENSIONS:
+        return is_audio_file(path)
+    return True
+
+
+def skip_result(job: "Job", outputs: Sequence[Path] | None = None, overwrite: bool = False):
+    """The rule of every command that resumes: "skipped" when all the job's ``outputs`` (default:
+    ``job.output``) are kept, "failed" when a directory stands where one goes, None: run it
+    (always for standard input and ``overwrite``)."""
+    if overwrite or job.source == "-":
+        return None
+    outs = list(outputs) if outputs is not None else [job.output]
+    try:  # every output looked at: a directory fails even beside a missing file
+        kept = [kept_output(Path(p)) for p in outs]
+    except OutputError as exc:
+        return job_failed(job, exc)
+    return FileResult(job.source, str(outs[0]), "skipped") if outs and all(kept) else None
+
+
 @dataclass
 class Job:
     source: str  # a path, or "-" for standard input
@@ -112,7 +141,7 @@ def plan(inputs: Iterable[str], out: str | None, suffix: str, *, include: Sequen
     """Map inputs to outputs, mirroring directory trees under ``out``.
 
     Returns the jobs and, for inputs that cannot even start (missing paths,
-    collisions), failed results, so one bad path never stops a batch.
+    collisions, FIFOs and devices), failed results, so one bad path never stops a batch.
     """
     inputs = list(inputs)
     out_path = Path(out) if out else None
@@ -122,6 +151,10 @@ def plan(inputs: Iterable[str], out: str | None, suffix: str, *, include: Sequen
     seen: dict[Path, str] = {}
 
     def add(src: str, dst: Path) -> None:
+        why = None if src == "-" else not_regular(src)  # a FIFO would hang, a device never end: it fails alone
+        if why is not None:
+            failed.append(FileResult(src, str(dst), "failed", f"{src}: {why}"))
+            return
         key = dst.resolve() if dst.parent.exists() else dst.absolute()
         if key in seen:
             failed.append(FileResult(src, str(dst), "failed", f"{src}: output {dst} would overwrite the output of {seen[key]}"))
@@ -208,8 +241,9 @@ def encode_files(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions | None =
             yield from _encode_batch(items, codec, opts, tick)
 
     for job in jobs:
-        if _already_done(job, opts):
-            yield FileResult(job.source, str(job.output), "skipped")
+        kept = skip_result(job, overwrite=opts.overwrite)
+        if kept is not None:
+            yield kept
             continue
         started = time.perf_counter()
         try:
@@ -231,11 +265,6 @@ def encode_files(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions | None =
         finally:
             src.close()
     yield from flush()
-
-
-def _already_done(job: Job, opts: EncodeOptions) -> bool:
-    """A finished, valid token file exists (standard input is always encoded)."""
-    return not opts.overwrite and job.source != "-" and is_complete(job.output)
 
 
 def _finish(job: Job, src: AudioSource, codec: Codec, codes: np.ndarray, opts: EncodeOptions,
@@ -272,8 +301,9 @@ def _encode_parallel(jobs: Sequence[Job], codec: Codec, opts: EncodeOptions, tic
     pending: set = set()
     try:
         for job in jobs:
-            if _already_done(job, opts):
-                yield FileResult(job.source, str(job.output), "skipped")
+            kept = skip_result(job, overwrite=opts.overwrite)
+            if kept is not None:
+                yield kept
                 continue
             pending.add(pool.submit(one, job))
             if len(pending) >= 2 * workers:  # a bounded queue: memory stays flat on huge lists
@@ -380,13 +410,17 @@ def decode_files(jobs: Sequence[Job], get_codec: Callable[[int], Codec], opts: D
     opts = opts or DecodeOptions()
     tick = on_audio or (lambda s: None)
     for job in jobs:
-        if not opts.overwrite and job.output.exists():
-            yield FileResult(job.source, str(job.output), "skipped")
+        kept = skip_result(job, overwrite=opts.overwrite)
+        if kept is not None:
+            yield kept
             continue
         started = time.perf_counter()
         try:
             tokens = read_tokens(job.source)
-            codec = get_codec(tokens.header.num_codebooks)
+            try:
+                codec = get_codec(tokens.header.num_codebooks)
+            except TokenFileError as exc:  # e.g. more codebooks than Mimi has: name the file
+                raise TokenFileError(f"{job.source}: {exc}", hint=exc.hint) from None
             check_tokens(tokens, codec, job.source, opts.force)
             seconds = _decode_one(tokens, codec, job.output, opts.fmt, tick)
         except MoshikitError as exc:

@@ -348,11 +348,11 @@ def transcribe_files(jobs: Sequence, model: SttModel, opts: TranscribeOptions | 
                      on_text: Callable[[str], None] | None = None) -> Iterator:
     """Transcribe planned jobs (``codec.plan``), writing every format per input; yield FileResults.
 
-    Inputs whose outputs all exist are skipped (so a rerun resumes); an unreadable input
+    Inputs whose outputs are all kept are skipped (a rerun resumes: see ``codec.skip_result``); an unreadable input
     fails alone; outputs appear only complete.
     """
     from .audio import open_audio, stream_24k
-    from .codec import FileResult, job_failed
+    from .codec import FileResult, job_failed, skip_result
 
     opts = opts or TranscribeOptions()
     results: deque = deque()
@@ -360,8 +360,9 @@ def transcribe_files(jobs: Sequence, model: SttModel, opts: TranscribeOptions | 
     def streams() -> Iterator[Stream]:
         for job in jobs:
             outs = output_paths(job.output, opts.formats)
-            if not opts.overwrite and all(p.exists() for p in outs):
-                results.append(FileResult(job.source, str(outs[0]), "skipped"))
+            kept = skip_result(job, outs, opts.overwrite)
+            if kept is not None:
+                results.append(kept)
                 continue
             try:
                 src = open_audio(job.source)

@@ -36,6 +36,7 @@ import numpy as np
 
 from .atomic import write_bytes, write_text
 from .errors import TokenFileError
+from .inputs import read_regular
 
 MAGIC = b"\x89MIMI\r\n\x1a"
 VERSION = 1
@@ -43,6 +44,8 @@ _FIXED = struct.Struct("<8sHHI")
 FORMATS = ("mimi", "npy")
 #: Codes are at most 16 bits (Mimi has 2048 entries; .npy files hold int16).
 MAX_CARDINALITY = 1 << 16
+#: The largest ``.json`` sidecar read (a header is a few hundred bytes).
+SIDECAR_LIMIT = 1 << 20
 
 
 @dataclass
@@ -74,23 +77,42 @@ class TokenHeader:
         try:
             known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
             head = cls(**known)
-            ints = (head.num_codebooks, head.frames, head.channels, head.cardinality, head.num_samples,
-                    head.sample_rate, head.frame_size)
+        except TypeError as exc:
+            raise TokenFileError(f"{where}: header is not a valid token header ({exc})") from None
+        head.validate(where)
+        return head
+
+    def validate(self, where: str) -> None:
+        """Every field in range and in agreement with the others, before anything is allocated:
+        the rates agree (frame_rate = sample_rate / frame_size) and ``num_samples`` is what
+        ``frames`` frames stand for (more than ``frames - 1`` frames' samples, at most ``frames``
+        frames'; 0 means unknown), so a decode never writes more than the codes give."""
+        try:
+            ints = (self.num_codebooks, self.frames, self.channels, self.cardinality, self.num_samples,
+                    self.sample_rate, self.frame_size)
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
                 raise ValueError("bad sizes")
-            if head.num_codebooks < 1 or head.channels < 1 or head.sample_rate < 1 or head.frame_size < 1:
+            if self.num_codebooks < 1:
+                raise ValueError(f"{self.num_codebooks} codebooks: Mimi has 1 to 32")
+            if self.channels < 1 or self.sample_rate < 1 or self.frame_size < 1:
                 raise ValueError("bad sizes")
-            if not 1 <= head.cardinality <= MAX_CARDINALITY:
-                raise ValueError(f"cardinality {head.cardinality} is not in 1..{MAX_CARDINALITY}")
-            if not isinstance(head.frame_rate, (int, float)) or isinstance(head.frame_rate, bool) \
-                    or not 0 < head.frame_rate < 1e6:
+            if not 1 <= self.cardinality <= MAX_CARDINALITY:
+                raise ValueError(f"cardinality {self.cardinality} is not in 1..{MAX_CARDINALITY}")
+            if not isinstance(self.frame_rate, (int, float)) or isinstance(self.frame_rate, bool) \
+                    or not 0 < self.frame_rate < 1e6:
                 raise ValueError("bad frame rate")
-            if not isinstance(head.codec, dict) or not isinstance(head.source, dict) \
-                    or not isinstance(head.backend, str) or not isinstance(head.moshikit_version, str):
+            if abs(self.frame_rate * self.frame_size - self.sample_rate) > 1e-6 * self.sample_rate:
+                raise ValueError(f"frame rate {self.frame_rate} Hz is not sample rate {self.sample_rate} Hz "
+                                 f"/ frame size {self.frame_size}")
+            if self.num_samples and not (self.frames - 1) * self.frame_size < self.num_samples \
+                    <= self.frames * self.frame_size:
+                raise ValueError(f"{self.num_samples} samples claimed, but {self.frames} frames hold "
+                                 f"{self.frames * self.frame_size}")
+            if not isinstance(self.codec, dict) or not isinstance(self.source, dict) \
+                    or not isinstance(self.backend, str) or not isinstance(self.moshikit_version, str):
                 raise ValueError("bad field types")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:
             raise TokenFileError(f"{where}: header is not a valid token header ({exc})") from None
-        return head
 
 
 @dataclass
@@ -152,7 +174,10 @@ def decode_mimi_bytes(data: bytes, where: str = "<bytes>") -> Tokens:
     if zlib.crc32(data[:end]) != crc:
         raise TokenFileError(f"{where}: corrupt token file (checksum mismatch)")
     shape = (header.channels, header.num_codebooks, header.frames)
-    return Tokens(unpack_codes(data[_FIXED.size + hlen : end], shape, header.bits), header)
+    codes = unpack_codes(data[_FIXED.size + hlen : end], shape, header.bits)
+    if codes.size and int(codes.max()) >= header.cardinality:
+        raise TokenFileError(f"{where}: corrupt token file (codes outside 0..{header.cardinality - 1})")
+    return Tokens(codes, header)
 
 
 def output_suffix(fmt: str) -> str:
@@ -190,12 +215,8 @@ def read_tokens(path: str | os.PathLike) -> Tokens:
     where = str(path)
     if not path.exists():
         raise TokenFileError(f"{where}: no such file")
-    if path.is_dir():
-        raise TokenFileError(f"{where}: is a directory")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:  # unreadable, or deleted between the check and the read
-        raise TokenFileError(f"{where}: cannot read it ({(exc.strerror or str(exc)).lower()})") from None
+    # A FIFO or a device is refused unopened; the bytes read are the size the file has.
+    data = read_regular(path, TokenFileError)
     if data[:8] == MAGIC:
         return decode_mimi_bytes(data, where)
     if data[:6] == b"\x93NUMPY":
@@ -215,17 +236,21 @@ def _read_npy(path: Path, data: bytes) -> Tokens:
         raise TokenFileError(f"{where}: expected an integer array [K, F], got {array.dtype} {array.shape}")
     if side.exists():
         try:
-            meta = json.loads(side.read_text())
-        except OSError as exc:
-            raise TokenFileError(f"{side}: cannot read it ({(exc.strerror or str(exc)).lower()})") from None
+            meta = json.loads(read_regular(side, TokenFileError, limit=SIDECAR_LIMIT))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
             raise TokenFileError(f"{side}: corrupt metadata (not valid JSON)") from None
+        if not isinstance(meta, dict):
+            raise TokenFileError(f"{side}: corrupt metadata (not a JSON object)")
         header = TokenHeader.from_json(meta, str(side))
         if (header.channels, header.num_codebooks, header.frames) != array.shape:
             raise TokenFileError(f"{where}: array shape {array.shape} does not match {side.name}")
     else:  # a bare array from elsewhere: assume Mimi defaults
         c, k, f = array.shape
+        if k < 1 or c < 1:
+            raise TokenFileError(f"{where}: an array of shape {array.shape} holds no codes ({k} codebooks: "
+                                 "Mimi has 1 to 32)")
         header = TokenHeader(num_codebooks=k, frames=f, channels=c, num_samples=f * 1920)
+        header.validate(where)
     codes = array.astype(np.int64)
     if codes.size and (codes.min() < 0 or codes.max() >= header.cardinality):
         raise TokenFileError(f"{where}: codes outside 0..{header.cardinality - 1}")

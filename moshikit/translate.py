@@ -360,14 +360,16 @@ def translate_files(jobs: Sequence, tr: Translator, opts: TranslateOptions | Non
                     on_audio: Callable[[float], None] | None = None,
                     on_text: Callable[[str], None] | None = None) -> Iterator:
     """Translate planned jobs (``codec.plan``), one output per format each; yield FileResults.
-    Inputs whose outputs all exist are skipped (a rerun resumes); a bad input fails alone."""
-    from .codec import FileResult, job_failed
+    Inputs whose outputs are all kept are skipped (a rerun resumes: see ``codec.skip_result``);
+    a bad input fails alone."""
+    from .codec import FileResult, job_failed, skip_result
 
     opts = opts or TranslateOptions()
     for job in jobs:
         outs = output_paths(job.output, opts.formats)
-        if not opts.overwrite and all(p.exists() for p in outs):
-            yield FileResult(job.source, str(outs[0]), "skipped")
+        kept = skip_result(job, outs, opts.overwrite)
+        if kept is not None:
+            yield kept
             continue
         audio = [p for p, f in zip(outs, opts.formats) if f in AUDIO_FORMATS]
         text = [p for p, f in zip(outs, opts.formats) if f not in AUDIO_FORMATS]

@@ -113,7 +113,7 @@ LAYERS = {
     "moshikit.errors": 0, "moshikit.atomic": 0, "moshikit.audio": 0, "moshikit.tokens": 0,
     "moshikit.transcript": 0, "moshikit.platform": 0, "moshikit.cpu_precision": 0, "moshikit.catalog": 0,
     "moshikit.catalog_pocket": 0, "moshikit.version": 0, "moshikit.wire": 0, "moshikit.access": 0,
-    "moshikit.origins": 0, "moshikit.clienttext": 0,
+    "moshikit.origins": 0, "moshikit.clienttext": 0, "moshikit.inputs": 0,
     "moshikit.chatparams": 0, "moshikit.aec": 0, "moshikit.mic": 0, "moshikit.tts.text": 0,
     "moshikit.backends.registry": 0, "moshikit.backends.base": 0,
 }

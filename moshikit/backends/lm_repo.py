@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -76,16 +76,32 @@ def resolve_repo(repo_dir_or_config, *, moshi_weights: str | os.PathLike | None 
         config_path = None
     names = config or {}
 
+    where = config_path or root
+
     def local(key: str, default: str) -> Path:
         name = names.get(key, default)
-        return other_repo_file(name) if is_other_repo_ref(name) else root / name
+        return other_repo_file(name) if is_other_repo_ref(name) else named_file(root, name, key, where)
 
     return LMRepo(
         moshi_weights=weights_override or local("moshi_name", MOSHI_NAME),
         tokenizer=local("tokenizer_name", TOKENIZER_NAME),
-        mimi_weights=mimi_path(names.get("mimi_name", MIMI_NAME), root),
+        mimi_weights=mimi_path(names.get("mimi_name", MIMI_NAME), root, where),
         config_path=config_path, config=config, source=str(path),
     )
+
+
+def named_file(root: Path, name: object, key: str, where: str | os.PathLike) -> Path:
+    """``root / name`` for the file that config.json's ``key`` names (``where``: the config, for
+    the message). A name that is not a relative path inside the model folder (absolute, or
+    climbing out with ``..``) is refused in one line: a checkpoint only names its own files
+    (and files of other hub repos, as ``hf://`` references, resolved elsewhere)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelError(f"{where}: config.json's {key} must be a file name, not {str(name)[:60]!r}")
+    if (PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive
+            or ".." in PurePosixPath(name.replace("\\", "/")).parts):
+        raise ModelError(f"{where}: config.json's {key} ({name[:120]!r}) names a file outside the model folder",
+                         hint="a model folder's config.json names files inside that folder")
+    return root / name
 
 
 def other_repo_file(name: str) -> Path:
@@ -117,12 +133,13 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def mimi_path(name: str, root: Path) -> Path:
-    """Where the Mimi named by config.json is: ``root / name``, or the file an ``hf://``
-    reference resolves to. The LM runs without it, so an unresolvable reference gives a
-    path that does not exist (whoever needs the codec reports it) rather than an error."""
+def mimi_path(name: str, root: Path, where: str | os.PathLike | None = None) -> Path:
+    """Where the Mimi named by config.json is: ``root / name`` (never outside ``root``: see
+    ``named_file``), or the file an ``hf://`` reference resolves to. The LM runs without it, so
+    an unresolvable reference gives a path that does not exist (whoever needs the codec
+    reports it) rather than an error."""
     if not is_other_repo_ref(name):
-        return root / name
+        return named_file(root, name, "mimi_name", where or root)
     try:
         return other_repo_file(name)
     except ModelError:
@@ -137,9 +154,10 @@ def _resolve_hub(repo: str, revision: str | None, weights_override: Path | None)
     except ImportError:  # older huggingface_hub
         from huggingface_hub.utils import EntryNotFoundError  # type: ignore
 
-    def get(name: str) -> Path:
+    def get(name: str, key: str = "config.json") -> Path:
         if is_other_repo_ref(name):
             return other_repo_file(name)
+        named_file(Path("."), name, key, repo)  # a name that climbs out of the repo: refused
         try:
             return Path(hf_hub_download(repo, name, revision=revision))
         except EntryNotFoundError:
@@ -154,13 +172,13 @@ def _resolve_hub(repo: str, revision: str | None, weights_override: Path | None)
     config = _read_config(config_path) if config_path is not None else None
     names = config or {}
     try:
-        weights = weights_override or get(names.get("moshi_name", MOSHI_NAME))
-        tokenizer = get(names.get("tokenizer_name", TOKENIZER_NAME))
+        weights = weights_override or get(names.get("moshi_name", MOSHI_NAME), "moshi_name")
+        tokenizer = get(names.get("tokenizer_name", TOKENIZER_NAME), "tokenizer_name")
     except EntryNotFoundError as exc:
         raise ModelError(f"{repo}: {str(exc).splitlines()[0]}") from None
     root = config_path.parent if config_path is not None else tokenizer.parent
     return LMRepo(moshi_weights=weights, tokenizer=tokenizer,
-                  mimi_weights=mimi_path(names.get("mimi_name", MIMI_NAME), root),
+                  mimi_weights=mimi_path(names.get("mimi_name", MIMI_NAME), root, repo),
                   config_path=config_path, config=config, source=repo)
 
 

@@ -165,13 +165,14 @@ def _single(tr, job, text, stereo, opts, tick, on_text):
     from pathlib import Path
 
     from .. import translate as lib
-    from ..codec import FileResult, job_failed
+    from ..codec import FileResult, job_failed, skip_result
     from ..errors import MoshikitError, OutputError
 
     audio = job.output if opts.formats else None
     named = [p for p in (audio, Path(text) if text else None, Path(stereo) if stereo else None) if p is not None]
-    if not opts.overwrite and all(p.exists() for p in named):
-        return FileResult(job.source, str(named[0]), "skipped")
+    kept = skip_result(job, named, opts.overwrite)
+    if kept is not None:
+        return kept
     started = time.perf_counter()
     try:
         r = lib.translate_file(tr, job.source, audio_out=audio, text_outs=[Path(text)] if text else [],

@@ -84,13 +84,13 @@ def _mimi_in_dir(directory: Path) -> Path:
             name = json.loads(config.read_text()).get("mimi_name")
         except (json.JSONDecodeError, UnicodeDecodeError):
             name = None
-        if name and name.startswith("hf://"):  # a file of another repo (the -q8 configs)
-            from ..backends.lm_repo import mimi_path
+        from ..backends.lm_repo import mimi_path, named_file
 
+        if name and isinstance(name, str) and name.startswith("hf://"):  # a file of another repo (-q8 configs)
             found = mimi_path(name, directory)
             if found.is_file():
                 return found
-        elif name and (directory / name).exists():
+        elif name and named_file(directory, name, "mimi_name", config).exists():  # never outside the folder
             return directory / name
     for pattern in _MIMI_PATTERNS:
         found = sorted(directory.glob(pattern))

@@ -136,13 +136,14 @@ def speak_files(jobs: Sequence, model, voices, opts: BatchOptions,
     ``opts.batch`` > 1 and a backend that batches, texts of similar length are spoken
     ``opts.batch`` at a time."""
     from ..backends.base import BatchTTS
-    from ..codec import FileResult
+    from ..codec import skip_result
 
     todo = []
     for job in jobs:
         words = word_path(job.output, opts.words)
-        if not opts.overwrite and job.output.exists() and (words is None or words.exists()):
-            yield FileResult(job.source, str(job.output), "skipped")
+        kept = skip_result(job, [job.output] + ([words] if words is not None else []), opts.overwrite)
+        if kept is not None:
+            yield kept
         else:
             todo.append(job)
     if opts.batch > 1 and isinstance(model, BatchTTS):

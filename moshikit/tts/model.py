@@ -182,9 +182,13 @@ def resolve_tts_checkpoint(model: str | None = None, *, revision: str | None = N
     if config is None and (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text())
     check_tts_config(config, source)
+    from ..backends.lm_repo import is_other_repo_ref, named_file
+
     files = {}
     for key in ("moshi_name", "mimi_name", "tokenizer_name"):
         path = resolved.role(key) if resolved.files else None
+        if key in config and not is_other_repo_ref(config[key]):  # leaving the folder: refused, found or not
+            named_file(folder, config[key], key, resolved.config_path or folder / "config.json")
         if path is None or not Path(path).is_file():
             path = folder / config.get(key, "")
         if not Path(path).is_file():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import UsageError
+from ..inputs import check_regular
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])[\"'”’)\]]*\s+|\n\s*\n")
 BREAK_RE = re.compile(r"<break\s+time=\"([0-9]+(?:\.[0-9]*)?)s\"\s*/?>")
@@ -86,6 +87,7 @@ def chunks(blocks: Iterable[str]) -> Iterator[Chunk]:
 
 def read_blocks(path: str | Path, size: int = 1 << 16) -> Iterator[str]:
     """A text file a block at a time (flat memory for books)."""
+    check_regular(path, UsageError)  # a FIFO would block the open, a device never end
     try:
         f = open(path, encoding="utf-8")
     except OSError as exc:
@@ -112,6 +114,7 @@ def read_dialogue(path: str | Path) -> list[Turn]:
     """``talk.jsonl``: one ``{"speaker": "A", "text": "...", "voice": optional}`` per line; consecutive
     lines of one speaker join into one turn. Kyutai TTS alternates two speakers."""
     turns: list[Turn] = []
+    check_regular(path, UsageError)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
