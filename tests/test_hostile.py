@@ -378,7 +378,7 @@ def test_transcript_output_is_a_directory(tmp_path, speech, write_wav, capsys):
 
 @pytest.fixture(scope="module")
 def moshi_dir(mimi_weights):
-    from moshikit.testing import synthetic_lm
+    from moshikit.synthetic import lm as synthetic_lm
 
     return synthetic_lm.ensure_synthetic_moshi(mimi_path=mimi_weights)
 
@@ -432,7 +432,7 @@ def test_mimi_name_outside_the_folder_for_the_codec(tmp_path, moshi_dir):
 
 
 def test_tts_config_naming_files_outside_the_folder(tmp_path, mimi_weights):
-    from moshikit.testing import synthetic_tts
+    from moshikit.synthetic import tts as synthetic_tts
     from moshikit.tts.model import resolve_tts_checkpoint
 
     src = synthetic_tts.ensure_synthetic_tts()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from moshikit.backends.base import SamplingConfig
-from moshikit.testing import cuda_graph_rules, synthetic_lm
+from moshikit.synthetic import lm as synthetic_lm
+from moshikit.testing import cuda_graph_rules
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
