@@ -186,6 +186,20 @@ def default_lm(plat: PlatformInfo | None = None) -> Choice:
     return Choice("torch", "cpu", "no GPU: PyTorch on the CPU (only tiny or local checkpoints run usefully)")
 
 
+def default_stt(plat: PlatformInfo | None = None) -> Choice:
+    """Speech-to-text: on a CPU, moshikit's CPU engine (``cpu``); elsewhere the LM default."""
+    return stt_lm(default_lm(plat))
+
+
+def stt_lm(choice: Choice) -> Choice:
+    """``choice`` (the LM default) for a speech-to-text model: the CPU engine where torch would
+    run on the CPU and the engine loads here."""
+    if choice.backend == "torch" and str(choice.device).split(":")[0] == "cpu" and registry.probe("lm", "cpu")[0]:
+        return Choice("cpu", "cpu", "no GPU: moshikit's CPU engine (compact KV cache, int8 kernels picked for "
+                                    "this CPU)")
+    return choice
+
+
 def default_tts(plat: PlatformInfo | None = None) -> Choice:
     """Apple silicon: MLX (Metal). CUDA: torch on cuda. Otherwise torch on the CPU."""
     apple = is_apple_silicon() if plat is None else plat.apple_silicon
@@ -197,7 +211,7 @@ def default_tts(plat: PlatformInfo | None = None) -> Choice:
     return Choice("torch", "cpu", "no GPU: PyTorch on the CPU")
 
 
-DEFAULTS = {"encode": default_codec, "decode": default_codec, "chat": default_lm, "transcribe": default_lm,
+DEFAULTS = {"encode": default_codec, "decode": default_codec, "chat": default_lm, "transcribe": default_stt,
             "speak": default_tts}
 
 
