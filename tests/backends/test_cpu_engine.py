@@ -135,13 +135,19 @@ def run_tokens(model, pcm: np.ndarray) -> tuple[list[int], object]:
     return tokens, stream.finish()
 
 
-@pytest.mark.parametrize("dtype", ["fp32", pytest.param("int8", marks=needs_int8), "bf16"])
-def test_greedy_text_is_moshi_lmgen_text_on_a_scripted_stt(tmp_path, mimi_weights, speech, dtype):
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory, mimi_weights, speech):
+    """A scripted STT checkpoint, 4 s of audio, and moshi's LMGen (fp32) tokens and transcript."""
     script = [(8, 10), (14, 0), (20, 22), (30, 2)]
-    repo = write_stt_repo(tmp_path / "scripted", kind="scripted", mimi_path=mimi_weights, script=script,
-                          pause_from=26)
+    repo = write_stt_repo(tmp_path_factory.mktemp("engine") / "scripted", kind="scripted", mimi_path=mimi_weights,
+                          script=script, pause_from=26)
     pcm = np.resize(speech, 24000 * 4).astype(np.float32)
-    ref_tokens, ref = run_tokens(stt.load_stt(str(repo), backend="torch", device="cpu", dtype="fp32"), pcm)
+    return repo, pcm, run_tokens(stt.load_stt(str(repo), backend="torch", device="cpu", dtype="fp32"), pcm)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", pytest.param("int8", marks=needs_int8), "bf16"])
+def test_greedy_text_is_moshi_lmgen_text_on_a_scripted_stt(scripted, dtype):
+    repo, pcm, (ref_tokens, ref) = scripted
     model = stt.load_stt(str(repo), backend="cpu", dtype=dtype)
     assert (model.lm.info.backend, model.precision) == ("cpu", dtype)
     tokens, got = run_tokens(model, pcm)
