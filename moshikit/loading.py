@@ -52,6 +52,8 @@ def load_lm_and_codec(model: str | None, *, kind: str, check_config: Callable[[d
     from .codec import load_codec
 
     choice = platform.resolve("lm", backend, device, default)
+    if kind == "stt" and backend in (None, "auto"):
+        choice = platform.stt_lm(choice)
     dev = None if choice.device in (None, "auto") else choice.device
     resolved = hub.resolve_model(model, kind=kind, variant=variant, revision=revision,
                                  any_platform=choice.backend == "mlx")

@@ -216,7 +216,20 @@ def default_stt(plat: PlatformInfo | None = None) -> Choice:
     choice = default_lm(plat)
     if choice.device != "cpu":
         return choice
+    engine = stt_lm(Choice("torch", "cpu", ""))
+    if engine.backend == "cpu":
+        return Choice("cpu", "cpu", "no GPU: moshikit's CPU engine (compact KV cache, kernels picked for this CPU), "
+                                    "int8 weights for stt and stt-en (--dtype auto)")
     return Choice("torch", "cpu", "no GPU: PyTorch on the CPU, int8 weights for stt and stt-en (--dtype auto)")
+
+
+def stt_lm(choice: Choice) -> Choice:
+    """``choice`` (the LM default) for a speech-to-text model: the CPU engine where torch would
+    run on the CPU and the engine loads here."""
+    if choice.backend == "torch" and str(choice.device).split(":")[0] == "cpu" and registry.probe("lm", "cpu")[0]:
+        return Choice("cpu", "cpu", "no GPU: moshikit's CPU engine (compact KV cache, int8 kernels picked for "
+                                    "this CPU)")
+    return choice
 
 
 def default_translate(plat: PlatformInfo | None = None) -> Choice:

@@ -81,13 +81,14 @@ def test_bench_stt_tiny_rows_name_the_reference_and_the_precision(tmp_path, one_
     from moshikit.cli.app import main
 
     out = tmp_path / "b.json"
-    code = main(["bench", "stt", "--synthetic", "--batch-sizes", "1", "--streams", "1",
+    code = main(["bench", "stt", "--synthetic", "--batch-sizes", "1", "--streams", "1", "-b", "cpu,torch",
                                  "--seconds", "1", "--repeats", "1", "--live-frames", "2", "--dtype", "auto,int8",
                  "--json", str(out)])
     assert code == 0
     rows = json.loads(out.read_text())["rows"]
     names = {(x["name"], x["unit"]) for x in rows}
     assert ("moshi MimiModel + LMGen (reference)", "x real time") in names
+    assert ("moshikit cpu fp32", "x real time") in names and ("moshikit cpu int8", "ms") in names
     assert ("moshikit torch fp32", "x real time") in names and ("moshikit torch int8", "ms") in names
     live = [x for x in rows if x["unit"] == "ms"]
-    assert len(live) == 3 and all(x["params"]["frames"] == 2 and "over_budget" in x["params"] for x in live)
+    assert len(live) == 5 and all(x["params"]["frames"] == 2 and "over_budget" in x["params"] for x in live)

@@ -44,6 +44,9 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "moshi_mlx's Mimi on MLX (Apple silicon; CPU elsewhere)"),
     BackendSpec("torch", "lm", "moshikit.backends.torch_lm", "pip install moshikit",
                 "moshi's LMModel and LMGen in PyTorch"),
+    BackendSpec("cpu", "lm", "moshikit.backends.cpu_engine", "pip install moshikit",
+                "moshikit's CPU engine for Kyutai LMs (speech-to-text for now): compact KV cache, "
+                "int8 kernels picked for the CPU"),
     BackendSpec("mlx", "lm", "moshikit.backends.mlx_lm", "pip install 'moshikit[mlx]'",
                 "moshi_mlx's Lm on MLX"),
     BackendSpec("torch", "tts", "moshikit.backends.torch_tts", "pip install moshikit",

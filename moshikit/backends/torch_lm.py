@@ -97,7 +97,7 @@ def _torch_dtype(torch, dtype, device: str):
     return dtype
 
 
-def _file_dtype(path) -> str | None:
+def file_dtype(path) -> str | None:
     """``fp32`` when a safetensors file holds float32 tensors (load it so: nothing is rounded
     before quantising), ``bf16`` for a bf16/fp16 file (the published ones), None if unknown."""
     import json
@@ -198,7 +198,7 @@ class TorchLM:
         int8 = dtype == "int8"  # 8-bit weights (CPU): loaded in bf16, then quantised (torch_int8)
         if int8 and str(dev).split(":")[0] != "cpu":
             raise BackendError("--dtype int8 runs on the CPU only", hint="use bf16 or fp16 on a GPU")
-        self.dtype = _torch_dtype(torch, (_file_dtype(repo.moshi_weights) or "bf16") if int8 else dtype, dev)
+        self.dtype = _torch_dtype(torch, (file_dtype(repo.moshi_weights) or "bf16") if int8 else dtype, dev)
         try:
             self.model = load_moshi_model(self.checkpoint, dev, self.dtype)
         except (RuntimeError, KeyError, ValueError) as exc:

@@ -7,7 +7,8 @@ Rows, all from one run so their ratios hold on a loaded machine:
   checkpoint's Mimi (``CheckpointInfo.get_mimi``) and LM in bf16 (``get_moshi(dtype=bf16)``),
   ``LMGen(temp=0)``, one 80 ms frame at a time for a batch of streams.
 * ``moshikit <backend> <precision>``: ``stt.run_streams`` as ``transcribe`` runs it (codec in
-  2 s chunks, slot refill), per batch size and per precision asked for.
+  2 s chunks, slot refill), per batch size, per backend (``-b cpu,torch``: moshikit's CPU
+  engine beside moshi's ``LMGen`` under moshikit's loop) and per precision asked for.
 * the live row of each: one stream paced at 12.5 frames a second, encode + step per frame
   against the 80 ms budget (what ``transcribe --mic`` needs to keep up).
 
@@ -33,7 +34,7 @@ FRAME = 1920
 @dataclass
 class SttPlan:
     model: str | None  # an STT checkpoint: directory, catalog name or "synthetic"
-    backend: str | None = None
+    backend: str | None = None  # an LM backend, or several comma-separated (each a row per precision)
     reference: bool = True
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4])
     streams: int = 4  # files per measurement (at least the batch size)
@@ -128,6 +129,8 @@ def _moshikit_live(model, pcm: np.ndarray, frames: int, clock: Clock, sleep) -> 
 
 def lm_weights_mb(lm) -> int:
     """Bytes of the LM's weights (packed int8 layers counted at a byte a weight)."""
+    if hasattr(lm, "weight_bytes"):  # the CPU engine counts its own
+        return round(lm.weight_bytes() / 2**20)
     model = getattr(lm, "model", None)
     if model is None:
         return 0
@@ -146,23 +149,23 @@ def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter, sleep=time.sle
 
     speech = speech_sample()
     models = []
-    for dtype in plan.dtypes:
-        m = stt.load_stt(plan.model, backend=plan.backend, device=plan.device, dtype=dtype)
-        models.append(m)
+    for backend in (plan.backend or "auto").split(","):
+        for dtype in plan.dtypes:
+            models.append(stt.load_stt(plan.model, backend=backend.strip() or None, device=plan.device, dtype=dtype))
     first = models[0]
     total_streams = max([plan.streams, *plan.batch_sizes])
     audio = [np.resize(np.roll(speech, 24000 * i), int(plan.seconds * 24000)).astype(np.float32)
              for i in range(total_streams)]
     subjects: list[tuple[str, dict, Callable[[int, list], object], Callable[[], list[float]]]] = []
     ref = None
-    if plan.reference and first.lm.info.backend == "torch" and registry.probe("lm", "torch")[0]:
+    if plan.reference and first.lm.info.backend in ("torch", "cpu") and registry.probe("lm", "torch")[0]:
         repo_dir = os.path.dirname(str(first.lm.repo.moshi_weights))
         ref = MoshiLoop(repo_dir, plan.device, first.delay_frames, first.prefix_frames)
         subjects.append(("moshi MimiModel + LMGen (reference)", {"precision": "bf16", "weights_mb": ref.weights_mb},
                          lambda b, clips: ref.transcribe(clips[: max(b, plan.streams)], b),
                          lambda: ref.live(speech, plan.live_frames, clock, sleep)))
     elif plan.reference:
-        plan.notes.append("no reference row: moshi's loop runs with the torch backend only")
+        plan.notes.append("no reference row: moshi's loop runs with the torch and cpu backends only")
     for m in models:
         def run(batch: int, clips: list[np.ndarray], m=m) -> None:
             streams = [stt.Stream(m, f"s{i}", [a], refine=True) for i, a in enumerate(clips[: max(batch, plan.streams)])]

@@ -43,6 +43,13 @@ def _backends(value: str, kind: str) -> list[str]:
     return names
 
 
+def _lm_backends(value: str) -> list[str]:
+    """The LM backends of ``bench lm``: "all" leaves out the CPU engine (it runs speech-to-text
+    models only for now; ``bench stt`` measures it)."""
+    names = _backends(value, "lm")
+    return [n for n in names if n != "cpu"] if value == "all" else names
+
+
 @bench_app.command("codec")
 def codec(
     backend: BackendsOpt = "all",
@@ -145,7 +152,7 @@ def lm(
     if synthetic and lm_size == "full" and dtype is None:
         dtype = "bf16"  # 7.7 B parameters: 15 GB in bf16, 31 GB in fp32
     repo = _lm_repo(synthetic, lm_size, model)
-    plan = bench.LMPlan(_backends(backend, "lm"), repo, reference, sizes, steps, device_value(device), dtype)
+    plan = bench.LMPlan(_lm_backends(backend), repo, reference, sizes, steps, device_value(device), dtype)
     result = bench.BenchResult(env=bench.environment({"lm": repo, "lm_size": lm_size if synthetic else None}),
                                synthetic=synthetic)
     render(result, lambda: bench.bench_lm(plan), json_file, compare, None)
@@ -197,7 +204,8 @@ def stt(
                                                  help="An STT checkpoint (default: stt); with --synthetic "
                                                       "--lm-size full: stt or stt-en.")] = None,
     backend: Annotated[Optional[str], typer.Option("--backend", "-b", show_default=False,
-                                                   help="torch or mlx (default: the platform's).")] = None,
+                                                   help="cpu, torch or mlx, or several comma-separated (default: "
+                                                        "the platform's: cpu on a CPU).")] = None,
     reference: ReferenceOpt = True,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,4",
     streams: Annotated[int, typer.Option("--streams", min=1, help="Files transcribed per measurement "
@@ -332,7 +340,7 @@ def quick(ctx: typer.Context, synthetic: SyntheticOpt = False,
     # MLX off Apple silicon runs on a reference BLAS (~0.6x real time): leave it to `bench codec -b mlx`.
     codecs = [b for b in _backends("all", "codec") if b != "mlx" or is_apple_silicon()]
     codec_plan = bench.CodecPlan(codecs, weights, True, [1], [4.0], 2, 20)
-    lm_plan = bench.LMPlan(_backends("all", "lm"), repo, True, [1], 20)
+    lm_plan = bench.LMPlan(_lm_backends("all"), repo, True, [1], 20)
 
     def rows():
         yield from bench.bench_codec(codec_plan)

@@ -1,0 +1,194 @@
+"""moshikit's CPU engine for Kyutai's language models (registry name ``cpu``).
+
+The checkpoint loads through moshi's own loader (``torch_lm``), then its temporal transformer
+is rebuilt for a CPU (``cpu_step``: a compact KV cache attended over the positions actually
+filled, fused projections, matmul kernels picked from the CPU and the batch by
+``cpu_kernels``) and moshi's model is dropped. What happens around the transformer follows
+moshi's ``LMGen`` step by step (the token cache, delays, initial tokens, what the first
+``max(delays)`` calls return; see ``torch_lm`` for the step semantics), so text is moshi's.
+
+This first slice runs models without a depth transformer: Kyutai's speech-to-text models
+(``transcribe`` uses it on a CPU by default). Other models are refused with a hint to use
+``--backend torch``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import BackendError, ModelError
+from .base import LMInfo, SamplingConfig
+from .lm_repo import LMRepo, check_codes, resolve_repo, sampling_from
+
+#: moshi's token ids: "not generated yet" (LMGen's cache) and "no input" (embeds to zero).
+UNGENERATED = -2
+
+
+def probe() -> str:
+    import moshi
+    import torch
+
+    return f"torch {torch.__version__}, moshi {moshi.__version__}"
+
+
+def _precision(dtype) -> str:
+    if dtype in (None, "auto", "fp32", "float32"):
+        return "fp32"
+    if dtype in ("bf16", "bfloat16"):
+        return "bf16"
+    if dtype == "int8":
+        return "int8"
+    raise BackendError(f"the cpu backend runs int8, bf16 or fp32 weights, not {dtype!r}",
+                       hint="use --dtype int8 (or auto), or --backend torch")
+
+
+class CpuLM:
+    """A Moshi-family LM on moshikit's CPU engine, behind ``StreamsLMBackend``."""
+
+    def __init__(self, repo: LMRepo, *, device: str | None = None, dtype=None,
+                 sampling: SamplingConfig | None = None) -> None:
+        from .torch_env import prepare as _prepare_torch
+
+        _prepare_torch()
+        import torch
+
+        from .cpu_step import Step, unsupported
+        from .torch_lm import checkpoint_info, file_dtype, load_moshi_model
+
+        if str(device or "cpu").split(":")[0] not in ("cpu", "auto"):
+            raise BackendError(f"the cpu backend runs on the CPU, not {device}", hint="use --backend torch on a GPU")
+        self._torch = torch
+        self.repo = repo
+        self.checkpoint = checkpoint_info(repo)
+        if (self.checkpoint.lm_config or {}).get("quantize"):
+            raise BackendError(f"{repo.source}: a quantized (-q8) checkpoint", hint="use the bf16 checkpoint, or "
+                               "--backend torch")
+        precision = _precision(dtype)
+        load_dtype = torch.float32 if precision == "fp32" or file_dtype(repo.moshi_weights) == "fp32" \
+            else torch.bfloat16
+        try:
+            model = load_moshi_model(self.checkpoint, "cpu", load_dtype)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ModelError(f"{repo.moshi_weights}: cannot load as a Moshi LM: {str(exc).splitlines()[0]}") from None
+        why = unsupported(model)
+        if why:
+            raise BackendError(f"{repo.source}: the cpu backend cannot run this model yet ({why})",
+                               hint="use --backend torch")
+        kv_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        with torch.no_grad():
+            self.engine = Step(model, precision, kv_dtype)
+        self.delays = np.asarray(model.delays, dtype=np.int64)
+        self.initial = np.array([model.text_initial_token_id] + [model.initial_token_id] * int(model.n_q),
+                                dtype=np.int64)
+        self.info = LMInfo(backend="cpu", device="cpu", n_q=int(model.n_q), dep_q=int(model.dep_q),
+                           text_card=int(model.text_card), card=int(model.card),
+                           delays=tuple(int(d) for d in model.delays), context=int(model.context),
+                           extra_heads=len(model.extra_heads), precision=precision)
+        del model
+        self.sampling = sampling_from(repo, sampling)
+        self._generator = torch.Generator()
+        self._batch = 0
+        self.reset(1)
+
+    @property
+    def input_codebooks(self) -> int:
+        return self.info.input_codebooks
+
+    @property
+    def model(self):
+        """The engine's modules (weights), for memory accounting."""
+        return self.engine
+
+    def weight_bytes(self) -> int:
+        return self.engine.weight_bytes()
+
+    def text_tokenizer(self):
+        return self.checkpoint.get_text_tokenizer()
+
+    def close(self) -> None:
+        self._batch = 0
+
+    def reset(self, batch_size: int = 1) -> None:
+        """Start ``batch_size`` fresh streams (and restart the seeded random stream)."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.engine.reset(batch_size)
+        self._batch = batch_size
+        # LMGen's token cache: [B, 1 + n_q, max_delay + 2], per-stream offsets, a batch-wide step count.
+        self._cache = np.full((batch_size, 1 + self.info.n_q, int(self.delays.max()) + 2), UNGENERATED, np.int64)
+        self._offsets = np.zeros(batch_size, np.int64)
+        self._steps = 0
+        if self.sampling.seed is not None:
+            self._generator.manual_seed(int(self.sampling.seed))
+        else:
+            self._generator.seed()
+
+    def set_sampling(self, sampling: SamplingConfig) -> None:
+        """Sample with ``sampling`` from the next step (the seed applies at the next ``reset``)."""
+        self.sampling = sampling
+
+    def reset_slots(self, mask: np.ndarray) -> None:
+        """Restart the streams where ``mask`` is true; the others go on untouched."""
+        m = np.asarray(mask, dtype=bool).reshape(self._batch)
+        self._offsets[m] = 0
+        self.engine.reset_slots(self._torch.from_numpy(m.copy()))
+        # As moshi's LMGen after a masked reset (torch_lm.reset_slots): the batch-wide count stays,
+        # restarted streams return ids < 0 until their delay has passed.
+        if m.all():
+            self._steps = 0
+
+    def _sample(self, logits) -> np.ndarray:
+        torch = self._torch
+        s = self.sampling
+        if s.temp_text <= 0:
+            return torch.argmax(logits, dim=-1).numpy()
+        probs = torch.softmax(logits / s.temp_text, dim=-1)
+        if s.top_k_text > 0:
+            probs, index = torch.topk(probs, min(s.top_k_text, probs.shape[-1]), dim=-1)
+        else:
+            index = None
+        noise = torch.empty_like(probs).exponential_(1, generator=self._generator)
+        pick = (probs / noise).argmax(dim=-1, keepdim=True)
+        return (pick if index is None else index.gather(-1, pick))[:, 0].numpy()
+
+    def _step(self, codes: np.ndarray):
+        """LMGen's ``_step`` for a model without a depth transformer: (text ids [B, 1] or None, output)."""
+        codes = check_codes(codes, self._batch, self.input_codebooks, self.info.card)
+        b, cache, d, off = self._batch, self._cache, self.delays, self._offsets
+        ct = cache.shape[2]
+        rows = np.arange(b)[:, None]
+        k = 1 + self.info.n_q
+        cache[rows, np.arange(1, k)[None], (off[:, None] + d[None, 1:]) % ct] = codes
+        tokens = cache[rows, np.arange(k)[None], (off % ct)[:, None]]
+        tokens = np.where(off[:, None] <= d[None, :], self.initial[None], tokens)
+        out, logits = self.engine(self._torch.from_numpy(tokens))
+        text = self._sample(logits)
+        off += 1
+        self._steps += 1
+        cache[np.arange(b), 0, off % ct] = text
+        max_delay = int(d.max())
+        if self._steps <= max_delay:
+            return None, out
+        ids = cache[np.arange(b), 0, (off - max_delay + d[0]) % ct].copy()
+        ids[off <= max_delay] = UNGENERATED
+        return ids[:, None], out
+
+    def step(self, codes: np.ndarray) -> np.ndarray | None:
+        return self._step(codes)[0]
+
+    def step_heads(self, codes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        ids, out = self._step(codes)
+        if ids is None:
+            return None, None
+        probs = self.engine.extra_heads(out)
+        return ids, None if probs is None else probs.float().numpy()
+
+
+def load(repo_dir_or_config, *, device: str | None = None, dtype=None,
+         sampling: SamplingConfig | None = None, moshi_weights: str | os.PathLike | None = None,
+         revision: str | None = None) -> CpuLM:
+    """Load a Kyutai LM on the CPU engine: a model directory, config.json, weights file or hub repo id."""
+    repo = resolve_repo(repo_dir_or_config, moshi_weights=moshi_weights, revision=revision)
+    return CpuLM(repo, device=device, dtype=dtype, sampling=sampling)

@@ -1,0 +1,261 @@
+"""One step of a Moshi-family temporal transformer on a CPU: moshikit's engine (``cpu_engine``).
+
+It computes what moshi's ``LMModel.forward_text`` computes in streaming mode, one frame for
+``B`` streams, from the weights of a loaded ``LMModel``, differently where the CPU pays:
+
+* the KV cache is compact: each layer's keys and values for the positions actually filled,
+  ``[2, B, heads, capacity, head_dim]``, grown by doubling up to the model's ``context``
+  (moshi holds a ring of ``context`` slots per stream, 750 or 3000, and attends over all of
+  it every step). Attention reads only the first ``N`` slots, ``N`` the longest stream's
+  filled length; shorter streams mask the rest (per-stream lengths, for slot refill). Past
+  ``context`` positions the cache is a ring, as moshi's: the sliding window is kept;
+* queries and keys are rotated in one complex multiply with angles computed once per step
+  for all layers; attention is ``F.scaled_dot_product_attention``; the QKV projection and the
+  gating's two input projections are one matmul each (as in moshi's weights);
+* matmuls run in the kernel ``cpu_kernels`` picks (int8, bf16 or fp32 weights);
+* the input embedding is one gather over a table of every codebook.
+
+Supported: what Kyutai's STT models use (RoPE or no positional embedding, RMS or layer norms,
+gated or plain feed-forward, optional layer scale, no cross-attention, ``kv_repeat`` 1).
+``unsupported(model)`` says what else a model needs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .cpu_kernels import Linear
+
+#: Smallest KV capacity allocated (grown by doubling up to the model's context).
+MIN_CAPACITY = 64
+
+
+def unsupported(model) -> str | None:
+    """Why the engine cannot run ``model`` (a moshi ``LMModel``), or None."""
+    t = model.transformer
+    if model.dep_q:
+        return "models that generate audio (a depth transformer) are not in the engine yet"
+    if model.fuser is not None or model.condition_provider is not None:
+        return "conditioned models are not in the engine yet"
+    if t.positional_embedding not in ("rope", "none"):
+        return f"positional embedding {t.positional_embedding!r}"
+    if t.rope is not None and not t.rope.interleave:
+        return "non-interleaved RoPE"
+    if model.context is None:
+        return "a transformer without a context"
+    for emb in (model.text_emb, *model.emb):
+        if emb.demux_second_stream or emb.low_rank is not None or emb.norm is not None:
+            return "demuxed, low-rank or normalised embeddings"
+    for layer in t.layers:
+        attn = layer.self_attn
+        if layer.cross_attention is not None or layer.skip_self_attn:
+            return "cross-attention"
+        if attn.kv_repeat != 1 or attn.weights_per_step or len(attn.in_projs) != 1:
+            return "grouped or per-step attention weights"
+        if not attn.causal or attn.context != model.context:
+            return "non-causal attention or a per-layer context"
+        if layer.weights_per_step or isinstance(layer.gating, nn.ModuleList):
+            return "per-step feed-forward weights"
+        if any(type(m) not in (nn.Linear,) for m in (*attn.in_projs, *attn.out_projs)):
+            return "quantized or LoRA linears"
+    return None
+
+
+class Norm(nn.Module):
+    """moshi's RMSNorm (``rms_norm``/``rms_norm_f32``) or LayerNorm, computed in float32."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        if hasattr(norm, "alpha"):  # moshi RMSNorm: x * alpha / sqrt(eps + mean(x^2))
+            self.rms, self.eps = True, float(norm.eps)
+            self.weight = norm.alpha.detach().float().reshape(-1)
+            self.bias = None
+        elif isinstance(norm, nn.LayerNorm):
+            self.rms, self.eps = False, float(norm.eps)
+            self.weight = None if norm.weight is None else norm.weight.detach().float()
+            self.bias = None if norm.bias is None else norm.bias.detach().float()
+        else:
+            raise ValueError(f"norm {type(norm).__name__}")
+        self.shape = (self.weight.numel(),) if self.weight is not None else (norm.normalized_shape[0],)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rms:
+            return F.rms_norm(x, self.shape, self.weight, self.eps)
+        return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+
+
+def _scale(module: nn.Module) -> torch.Tensor | None:
+    scale = getattr(module, "scale", None)
+    return None if scale is None else scale.detach().float()
+
+
+class Layer(nn.Module):
+    """One transformer layer: attention with the engine's KV cache, then the feed-forward."""
+
+    def __init__(self, layer: nn.Module, kind: str) -> None:
+        super().__init__()
+        attn = layer.self_attn
+        self.heads = attn.num_heads
+        self.norm1, self.norm2 = Norm(layer.norm1), Norm(layer.norm2)
+        self.qkv = Linear(attn.in_projs[0], kind)
+        self.out = Linear(attn.out_projs[0], kind)
+        self.scale1, self.scale2 = _scale(layer.layer_scale_1), _scale(layer.layer_scale_2)
+        if layer.gating is not None:
+            self.gated = True
+            self.ff_in, self.ff_out = Linear(layer.gating.linear_in, kind), Linear(layer.gating.linear_out, kind)
+            self.activation = layer.gating.activation
+        else:
+            self.gated = False
+            self.ff_in, self.ff_out = Linear(layer.linear1, kind), Linear(layer.linear2, kind)
+            self.activation = layer.activation
+
+    def forward(self, x: torch.Tensor, step: "Step", kv: torch.Tensor) -> torch.Tensor:
+        b, dim = x.shape
+        h = self.heads
+        d = dim // h
+        proj = self.qkv(self.norm1(x))  # [B, 3 * dim]: q, k, v by heads
+        if step.rot is not None:
+            qk = torch.view_as_complex(proj.view(b, 3, h, d // 2, 2)[:, :2]) * step.rot
+            qk = torch.view_as_real(qk).reshape(b, 2, h, d)
+        else:
+            qk = proj.view(b, 3, h, d)[:, :2]
+        v = proj.view(b, 3, h, d)[:, 2]
+        kv[0, step.rows, :, step.slots] = qk[:, 1].to(kv.dtype)
+        kv[1, step.rows, :, step.slots] = v.to(kv.dtype)
+        n = step.window
+        q = qk[:, 0, :, None].to(kv.dtype)  # [B, H, 1, D]
+        y = F.scaled_dot_product_attention(q, kv[0, :, :, :n], kv[1, :, :, :n], step.mask)
+        y = self.out(y.reshape(b, dim).float())
+        x = x + (y if self.scale1 is None else self.scale1 * y)
+        z = self.ff_in(self.norm2(x))
+        if self.gated:
+            z = z.view(b, 2, -1)
+            z = self.activation(z[:, 0]) * z[:, 1]
+        else:
+            z = self.activation(z)
+        z = self.ff_out(z)
+        return x + (z if self.scale2 is None else self.scale2 * z)
+
+
+class Step(nn.Module):
+    """The temporal transformer of a moshi ``LMModel`` for ``B`` streams, one frame a call."""
+
+    def __init__(self, model, kind: str = "int8", kv_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        why = unsupported(model)
+        if why:
+            raise ValueError(why)
+        t = model.transformer
+        self.kind, self.kv_dtype = kind, kv_dtype
+        self.dim, self.context = int(model.dim), int(model.context)
+        self.heads = t.layers[0].self_attn.num_heads
+        self.card, self.n_q = int(model.card), int(model.n_q)
+        table_dtype = torch.float32 if kind == "fp32" else model.text_emb.weight.dtype
+        # One table: every audio codebook's rows, then the text rows, then a zero row (id -1).
+        tables = [e.weight.detach() for e in model.emb] + [model.text_emb.weight.detach()]
+        tables.append(torch.zeros(1, self.dim, dtype=tables[0].dtype))
+        self.table = torch.cat(tables).to(table_dtype)
+        del tables
+        self.register_buffer("bases", torch.tensor([len(model.emb) * (self.card + 1)]
+                                                   + [k * (self.card + 1) for k in range(len(model.emb))]),
+                             persistent=False)
+        self.zero_row = self.table.shape[0] - 1
+        self.layers = nn.ModuleList()
+        for layer in t.layers:
+            self.layers.append(Layer(layer, kind))
+        self.out_norm = Norm(model.out_norm)
+        self.text_head = Linear(model.text_linear, "fp32")  # the logits keep float32 weights
+        heads = list(model.extra_heads)
+        self.extra = Linear(_stack(heads), "fp32") if heads else None
+        self.n_extra, self.extra_dim = len(heads), (heads[0].out_features if heads else 0)
+        d = self.dim // self.heads
+        if t.rope is not None:  # moshi's apply_rope, its frequencies to the bit
+            ds = torch.arange(d // 2, dtype=torch.float32)
+            self.freqs = torch.exp(ds * (-math.log(t.rope.max_period) * 2 / d))
+        else:
+            self.freqs = None
+        self.batch = 0
+        self.kv: list[torch.Tensor] = []
+        self.lengths = torch.zeros(0, dtype=torch.long)
+        # Per-step values shared by every layer (set in forward).
+        self.rot = self.mask = self.slots = self.rows = None
+        self.window = 0
+
+    def reset(self, batch: int) -> None:
+        """Start ``batch`` empty streams (the cache keeps its memory while the batch stays)."""
+        if batch != self.batch:
+            self.kv = [torch.zeros(2, batch, self.heads, min(MIN_CAPACITY, self.context), self.dim // self.heads,
+                                   dtype=self.kv_dtype) for _ in self.layers]
+            self.batch = batch
+            for m in self.modules():
+                if isinstance(m, Linear):
+                    m.set_batch(batch)
+        self.lengths = torch.zeros(batch, dtype=torch.long)
+
+    def reset_slots(self, mask: torch.Tensor) -> None:
+        self.lengths = torch.where(mask, torch.zeros_like(self.lengths), self.lengths)
+
+    def _grow(self, needed: int) -> None:
+        cap = self.kv[0].shape[3]
+        if needed <= cap or cap >= self.context:
+            return
+        new = min(self.context, max(needed, 2 * cap))
+        for i, kv in enumerate(self.kv):  # no stream has wrapped yet: slots are positions
+            grown = torch.zeros(*kv.shape[:3], new, kv.shape[4], dtype=kv.dtype)
+            grown[:, :, :, :cap] = kv
+            self.kv[i] = grown
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Input embedding of ``tokens`` [B, 1 + n_q] (text, then audio; -1: nothing)."""
+        idx = torch.where(tokens < 0, self.zero_row, tokens + self.bases)
+        rows = self.table[idx]  # [B, 1 + n_q, dim]
+        x = rows[:, 1:].float().sum(1)
+        return x + rows[:, 0].float()
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame: ``tokens`` [B, 1 + n_q] -> (transformer output [B, dim], text logits [B, text_card])."""
+        b = tokens.shape[0]
+        positions = self.lengths  # per stream: how many frames it has seen (its next position)
+        self._grow(int(positions.max()) + 1)
+        cap = self.kv[0].shape[3]
+        self.rows = torch.arange(b)
+        self.slots = positions % self.context
+        filled = torch.clamp(positions + 1, max=self.context)
+        self.window = min(cap, int(filled.max()))
+        self.mask = (torch.arange(self.window) < filled[:, None])[:, None, None, :]
+        if self.freqs is not None:
+            angles = self.freqs * positions.float()[:, None]
+            self.rot = torch.complex(torch.cos(angles), torch.sin(angles))[:, None, None, :]
+        x = self.embed(tokens)
+        for layer, kv in zip(self.layers, self.kv):
+            x = layer(x, self, kv)
+        self.lengths = positions + 1
+        out = self.out_norm(x)
+        return out, self.text_head(out)
+
+    def extra_heads(self, out: torch.Tensor) -> torch.Tensor | None:
+        """The first-class probability of each extra head, [B, n_extra] (None without heads)."""
+        if self.extra is None:
+            return None
+        logits = self.extra(out).view(out.shape[0], self.n_extra, self.extra_dim)
+        return torch.softmax(logits, dim=-1)[:, :, 0]
+
+    def weight_bytes(self) -> int:
+        total = self.table.numel() * self.table.element_size()
+        for m in self.modules():
+            if isinstance(m, Linear):
+                total += m.weight_bytes()
+            elif isinstance(m, Norm):
+                total += 4 * sum(p.numel() for p in (m.weight, m.bias) if p is not None)
+        return total
+
+
+def _stack(heads: list[nn.Linear]) -> nn.Linear:
+    lin = nn.Linear(heads[0].in_features, sum(h.out_features for h in heads), bias=False)
+    lin.weight = nn.Parameter(torch.cat([h.weight.detach().float() for h in heads]), requires_grad=False)
+    return lin

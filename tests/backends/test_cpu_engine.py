@@ -1,0 +1,233 @@
+"""moshikit's CPU engine (``-b cpu``) against moshi's own LMModel/LMGen on tiny models: the same
+greedy text on scripted STT checkpoints, logits within a stated bound of fp32 on random
+weights (streams restarted mid-batch, the KV cache grown and wrapped past the context),
+``transcribe`` choosing it on a CPU, and models it cannot run refused with a hint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from moshikit import platform, stt  # noqa: E402
+from moshikit.backends import cpu_engine, torch_lm  # noqa: E402
+from moshikit.backends.cpu_kernels import ONE_PASS_FROM, Linear  # noqa: E402
+from moshikit.backends.cpu_step import Step  # noqa: E402
+from moshikit.backends.torch_int8 import int8_supported  # noqa: E402
+from moshikit.errors import BackendError  # noqa: E402
+from moshikit.testing.synthetic_stt import stt_config_json, write_stt_repo  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+needs_int8 = pytest.mark.skipif(not int8_supported(), reason="no int8 CPU engine in this torch")
+
+#: Minimum SNR of the engine's text logits against moshi's in fp32 (teacher forced, random weights).
+#: fp32: the same arithmetic in another order (fused kernels, one complex multiply for RoPE):
+#: float32 rounding (2^-24, -144 dB an operation) over a few layers; measured 119-127 dB.
+#: int8, two passes (batch < 8): the weights' 8-bit per-channel rounding (torch_int8: 32.8 dB),
+#: plus the bf16 KV cache; measured 32.7 dB. One pass (batch >= 8): the activations' 8-bit grid
+#: too (each about -35 dB of its matmul's output); measured 28.1 dB. bf16: 8-bit mantissas of
+#: weights and KV cache; measured 41.7 dB.
+MIN_SNR_DB = {"fp32": 100.0, "int8": 30.0, "int8 one pass": 25.0, "bf16": 38.0}
+
+
+def snr_db(ref: np.ndarray, x: np.ndarray) -> float:
+    return float(10 * np.log10((ref ** 2).sum() / max(((x - ref) ** 2).sum(), 1e-30)))
+
+
+def centred(x: np.ndarray) -> np.ndarray:
+    """Logits less their mean per step (a shift common to all classes changes no decision)."""
+    return x - x.mean(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def random_repo(tmp_path_factory, mimi_weights):
+    return write_stt_repo(tmp_path_factory.mktemp("engine") / "random", kind="random", mimi_path=mimi_weights)
+
+
+def moshi_model(context: int | None = None):
+    """A tiny random STT LMModel in fp32 (moshi's own init), optionally with a short context."""
+    from moshi.models import loaders
+
+    from moshikit.testing.synthetic_lm import lm_config_of
+
+    cfg = lm_config_of(stt_config_json())
+    if context is not None:
+        cfg["context"] = context
+    torch.manual_seed(0)
+    return loaders.get_moshi_lm(None, lm_kwargs=cfg, device="cpu", dtype=torch.float32).eval()
+
+
+def tokens_seq(steps: int, batch: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.integers(0, 64, size=(steps, batch, 1)),
+                           rng.integers(0, 2048, size=(steps, batch, 32))], 2)
+
+
+def moshi_logits(model, seq: np.ndarray) -> np.ndarray:
+    out = []
+    with torch.inference_mode(), model.streaming(seq.shape[1]):
+        for t in range(seq.shape[0]):
+            _, logits = model.forward_text(torch.from_numpy(seq[t])[:, :, None])
+            out.append(logits[:, 0, 0].float())
+    return centred(torch.stack(out).numpy())
+
+
+def engine_logits(step: Step, seq: np.ndarray, pad: int = 0) -> np.ndarray:
+    """The engine's logits for ``seq``, with ``pad`` more streams of other tokens beside it."""
+    b = seq.shape[1]
+    step.reset(b + pad)
+    other = tokens_seq(seq.shape[0], pad, seed=9) if pad else None
+    out = []
+    for t in range(seq.shape[0]):
+        x = seq[t] if not pad else np.concatenate([seq[t], other[t]])
+        out.append(step(torch.from_numpy(x))[1][:b])
+    return centred(torch.stack(out).numpy())
+
+
+@pytest.mark.parametrize("kind, pad", [("fp32", 0), ("fp32", ONE_PASS_FROM), pytest.param("int8", 0, marks=needs_int8),
+                                       pytest.param("int8 one pass", ONE_PASS_FROM, marks=needs_int8), ("bf16", 0)])
+def test_logits_are_within_the_stated_bound_of_moshi_fp32(kind, pad):
+    model = moshi_model()
+    seq = tokens_seq(30, 2)
+    ref = moshi_logits(model, seq)
+    step = Step(model, kind.split()[0], torch.float32 if kind == "fp32" else torch.bfloat16)
+    got = engine_logits(step, seq, pad)
+    assert got.shape == ref.shape == (30, 2, 64)
+    assert snr_db(ref, got) >= MIN_SNR_DB[kind]
+
+
+def test_the_cache_grows_then_slides_as_moshi_context_does():
+    """Past ``context`` positions a stream attends to the last ``context`` only (moshi's ring)."""
+    model = moshi_model(context=70)  # the cache starts at 64 slots, grows to 70, then wraps
+    seq = tokens_seq(100, 1)
+    step = Step(model, "fp32")
+    got = engine_logits(step, seq)
+    assert step.kv[0].shape[3] == 70
+    assert snr_db(moshi_logits(model, seq), got) >= MIN_SNR_DB["fp32"]
+    assert int(step.lengths[0]) == 100
+
+
+def test_a_restarted_stream_is_a_fresh_one_and_its_neighbours_go_on():
+    model = moshi_model()
+    step = Step(model, "fp32")
+    seq = tokens_seq(24, 2)
+    step.reset(2)
+    out = []
+    for t in range(24):
+        if t == 10:  # stream 0 restarts; stream 1 has 10 frames behind it
+            step.reset_slots(torch.tensor([True, False]))
+        out.append(step(torch.from_numpy(seq[t]))[1])
+    got = centred(torch.stack(out).numpy())
+    fresh = engine_logits(Step(model, "fp32"), seq[10:, :1])
+    alone = moshi_logits(model, seq[:, 1:])
+    assert snr_db(fresh[:, 0], got[10:, 0]) >= MIN_SNR_DB["fp32"]
+    assert snr_db(alone[:, 0], got[:, 1]) >= MIN_SNR_DB["fp32"]
+
+
+def run_tokens(model, pcm: np.ndarray) -> tuple[list[int], object]:
+    tokens: list[int] = []
+    stream = stt.Stream(model, "x", [pcm], refine=False)
+    feed = stream.feed
+    stream.feed = lambda tok, pause: (tokens.append(tok), feed(tok, pause))[1]
+    for _ in stt.run_streams(model, [stream], 1, chunk=5):
+        pass
+    return tokens, stream.finish()
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory, mimi_weights, speech):
+    """A scripted STT checkpoint, 4 s of audio, and moshi's LMGen (fp32) tokens and transcript."""
+    script = [(8, 10), (14, 0), (20, 22), (30, 2)]
+    repo = write_stt_repo(tmp_path_factory.mktemp("engine") / "scripted", kind="scripted", mimi_path=mimi_weights,
+                          script=script, pause_from=26)
+    pcm = np.resize(speech, 24000 * 4).astype(np.float32)
+    return repo, pcm, run_tokens(stt.load_stt(str(repo), backend="torch", device="cpu", dtype="fp32"), pcm)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", pytest.param("int8", marks=needs_int8), "bf16"])
+def test_greedy_text_is_moshi_lmgen_text_on_a_scripted_stt(scripted, dtype):
+    repo, pcm, (ref_tokens, ref) = scripted
+    model = stt.load_stt(str(repo), backend="cpu", dtype=dtype)
+    assert (model.lm.info.backend, model.precision) == ("cpu", dtype)
+    tokens, got = run_tokens(model, pcm)
+    # The script's margins are wide by construction (a logit line per token, switching halfway
+    # between steps), far beyond any precision here: the text is identical, token for token.
+    assert len(tokens) > 40 and tokens == ref_tokens
+    assert [(w.text, w.start, w.end) for w in got.words] == [(w.text, w.start, w.end) for w in ref.words]
+    assert got.end_of_turn == ref.end_of_turn != []
+
+
+def test_batched_streams_with_refill_give_each_file_the_text_it_gets_alone(random_repo, speech):
+    model = stt.load_stt(str(random_repo), backend="cpu")
+    clips = [np.resize(np.roll(speech, 7000 * i), 24000 * s).astype(np.float32) for i, s in enumerate((3, 1, 2))]
+
+    def texts(batch: int) -> list[list[int]]:
+        out: dict[str, list[int]] = {}
+        streams = []
+        for i, c in enumerate(clips):
+            s = stt.Stream(model, str(i), [c], refine=False)
+            out[str(i)] = []
+            s.feed = (lambda f, o: lambda tok, pause: (o.append(tok), f(tok, pause))[1])(s.feed, out[str(i)])
+            streams.append(s)
+        for _ in stt.run_streams(model, streams, batch, chunk=5):
+            pass
+        return [out[str(i)] for i in range(len(clips))]
+
+    alone, batched = texts(1), texts(2)  # batch 2: the 1 s file's slot is refilled with the third
+    assert [len(t) for t in alone] == [len(t) for t in batched] and all(len(t) > 10 for t in alone)
+    # fp32, other batch mates and a restarted slot: only float32 rounding differs (see MIN_SNR_DB).
+    agree = np.mean([a == b for x, y in zip(alone, batched) for a, b in zip(x, y)])
+    assert agree >= 0.95
+
+
+def test_seeded_sampling_repeats(random_repo):
+    from moshikit.backends.base import SamplingConfig
+
+    lm = cpu_engine.load(random_repo, sampling=SamplingConfig(temp_text=1.0, top_k_text=20, seed=3))
+    codes = np.random.default_rng(0).integers(0, 2048, size=(30, 2, 32))
+
+    def run() -> list:
+        lm.reset(2)
+        return [lm.step(c)[:, 0].tolist() for c in codes]
+
+    first = run()
+    assert run() == first and len({t for step in first for t in step}) > 3
+
+
+def test_transcribe_runs_on_the_engine_on_a_cpu_and_torch_stays_selectable(random_repo):
+    assert platform.stt_lm(platform.Choice("torch", "cpu", "")).backend == "cpu"
+    assert platform.stt_lm(platform.Choice("torch", "cuda", "")).backend == "torch"
+    assert stt.load_stt(str(random_repo), device="cpu").lm.info.backend == "cpu"
+    assert stt.load_stt(str(random_repo), backend="torch", device="cpu").lm.info.backend == "torch"
+
+
+def test_what_the_engine_cannot_run_is_refused_with_a_hint(tmp_path, mimi_weights, random_repo):
+    from moshikit.testing import synthetic_lm
+
+    chat = synthetic_lm.write_moshi_repo(tmp_path / "moshi", size="tiny", mimi_path=mimi_weights)
+    with pytest.raises(BackendError, match="depth transformer") as exc:
+        cpu_engine.load(chat)
+    assert "--backend torch" in exc.value.hint
+    with pytest.raises(BackendError, match="CPU"):
+        cpu_engine.load(random_repo, device="cuda")
+
+
+@needs_int8
+def test_int8_kernel_choice_follows_the_batch_and_rows_stay_independent():
+    torch.manual_seed(0)
+    fp = torch.nn.Linear(256, 384, bias=True)
+    lin = Linear(fp, "int8")
+    x = torch.randn(ONE_PASS_FROM, 256)
+    x[0] *= 30.0  # a loud row beside quiet ones
+    for batch, two in ((1, True), (ONE_PASS_FROM - 1, True), (ONE_PASS_FROM, False)):
+        lin.set_batch(batch)
+        assert lin.two_pass is two
+    with torch.no_grad():
+        ref = fp(x)
+        full = lin(x)
+        alone = torch.cat([lin(x[i : i + 1]) for i in range(len(x))])
+    # One pass: rows are scaled each on its own, so a row's result does not depend on its
+    # neighbours beyond float rounding; the bias is added once, after the row scales.
+    assert torch.allclose(full, alone, rtol=1e-5, atol=1e-5)
+    assert snr_db(ref.numpy(), full.numpy()) >= 25.0  # 8-bit weights and activations (see MIN_SNR_DB)
