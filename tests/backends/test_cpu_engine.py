@@ -14,9 +14,9 @@ from moshikit import platform, stt  # noqa: E402
 from moshikit.backends import cpu_engine, torch_lm  # noqa: E402
 from moshikit.backends.cpu_kernels import ONE_PASS_FROM, Linear  # noqa: E402
 from moshikit.backends.cpu_step import Step  # noqa: E402
-from moshikit.backends.torch_int8 import int8_supported  # noqa: E402
+from moshikit.cpu_precision import int8_supported  # noqa: E402
 from moshikit.errors import BackendError  # noqa: E402
-from moshikit.testing.synthetic_stt import stt_config_json, write_stt_repo  # noqa: E402
+from moshikit.synthetic.stt import stt_config_json, write_stt_repo  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 needs_int8 = pytest.mark.skipif(not int8_supported(), reason="no int8 CPU engine in this torch")
@@ -49,7 +49,7 @@ def moshi_model(context: int | None = None):
     """A tiny random STT LMModel in fp32 (moshi's own init), optionally with a short context."""
     from moshi.models import loaders
 
-    from moshikit.testing.synthetic_lm import lm_config_of
+    from moshikit.synthetic.lm import lm_config_of
 
     cfg = lm_config_of(stt_config_json())
     if context is not None:
@@ -203,7 +203,7 @@ def test_transcribe_runs_on_the_engine_on_a_cpu_and_torch_stays_selectable(rando
 
 
 def test_what_the_engine_cannot_run_is_refused_with_a_hint(tmp_path, mimi_weights, random_repo):
-    from moshikit.testing import synthetic_lm
+    from moshikit.synthetic import lm as synthetic_lm
 
     chat = synthetic_lm.write_moshi_repo(tmp_path / "moshi", size="tiny", mimi_path=mimi_weights)
     with pytest.raises(BackendError, match="depth transformer") as exc:
