@@ -77,7 +77,7 @@ def test_dry_run_and_explain(hub, capsys):
     plan = json.loads(out)["models"][0]
     assert plan["total_size"] == sum(len(v) for v in FILES.values()) and plan["sizes_exact"]
     code, out, _ = run(capsys, "download", "--explain", "moshika", "stt")
-    assert code == 0 and "moshika on this machine (a CUDA GPU (16 GB))" in out
+    assert code == 0 and "moshika on this machine (a CUDA GPU (16 GB; free memory unknown, the total used))" in out
     assert "-> kyutai/moshika-pytorch-q8" in out and "-> kyutai/stt-1b-en_fr" in out
     code, out, _ = run(capsys, "download", "--explain", "moshika", "--json")
     assert json.loads(out)["models"][0]["repo"] == "kyutai/moshika-pytorch-q8"
