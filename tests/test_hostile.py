@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from test_faults import error_lines, run
 
-from moshikit.cli.app import main
 from moshikit.errors import ModelError, OutputError, TokenFileError
 from moshikit.tokens import TokenHeader, decode_mimi_bytes, encode_mimi_bytes, read_tokens, write_tokens
 
@@ -91,16 +91,6 @@ def one_loaded_codec(torch_codec, monkeypatch):
 
     real = ops.load_codec
     monkeypatch.setattr(ops, "load_codec", load)
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("error:")]
 
 
 def one_line(err: str) -> str:
