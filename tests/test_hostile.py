@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_faults import error_lines, run
+from test_faults import error_lines, one_loaded_codec, run  # noqa: F401  (an autouse fixture: it applies here too)
 
 from moshikit.errors import ModelError, OutputError, TokenFileError
 from moshikit.tokens import TokenHeader, decode_mimi_bytes, encode_mimi_bytes, read_tokens, write_tokens
@@ -77,20 +77,6 @@ def run_limited(*argv, cwd: Path) -> subprocess.CompletedProcess:
                                                         os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-c", code, *map(str, argv)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
-
-
-@pytest.fixture(autouse=True)
-def one_loaded_codec(torch_codec, monkeypatch):
-    """Commands get the session's loaded torch Mimi (what is tested happens around the codec)."""
-    from moshikit import codec as ops
-
-    def load(backend=None, device=None, *, num_codebooks=8, **kw):
-        if backend in ("torch", None) and num_codebooks == torch_codec.info.num_codebooks:
-            return torch_codec
-        return real(backend, device, num_codebooks=num_codebooks, **kw)
-
-    real = ops.load_codec
-    monkeypatch.setattr(ops, "load_codec", load)
 
 
 def one_line(err: str) -> str:
