@@ -346,13 +346,13 @@ def transcribe_files(jobs: Sequence, model: SttModel, opts: TranscribeOptions | 
                      on_audio: Callable[[float], None] | None = None,
                      on_word: Callable[[Stream, object], None] | None = None,
                      on_text: Callable[[str], None] | None = None) -> Iterator:
-    """Transcribe planned jobs (``codec.plan``), writing every format per input; yield FileResults.
+    """Transcribe planned jobs (``filejobs.plan``), writing every format per input; yield FileResults.
 
-    Inputs whose outputs are all kept are skipped (a rerun resumes: see ``codec.skip_result``); an unreadable input
+    Inputs whose outputs are all kept are skipped (a rerun resumes: see ``filejobs.skip_result``); an unreadable input
     fails alone; outputs appear only complete.
     """
     from .audio import open_audio, stream_24k
-    from .codec import FileResult, job_failed, skip_result
+    from .filejobs import FileResult, job_failed, skip_result
 
     opts = opts or TranscribeOptions()
     results: deque = deque()

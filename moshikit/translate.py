@@ -359,10 +359,10 @@ def _read(src, source: str) -> Iterator[np.ndarray]:
 def translate_files(jobs: Sequence, tr: Translator, opts: TranslateOptions | None = None,
                     on_audio: Callable[[float], None] | None = None,
                     on_text: Callable[[str], None] | None = None) -> Iterator:
-    """Translate planned jobs (``codec.plan``), one output per format each; yield FileResults.
-    Inputs whose outputs are all kept are skipped (a rerun resumes: see ``codec.skip_result``);
+    """Translate planned jobs (``filejobs.plan``), one output per format each; yield FileResults.
+    Inputs whose outputs are all kept are skipped (a rerun resumes: see ``filejobs.skip_result``);
     a bad input fails alone."""
-    from .codec import FileResult, job_failed, skip_result
+    from .filejobs import FileResult, job_failed, skip_result
 
     opts = opts or TranslateOptions()
     for job in jobs:

@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 
 from moshikit import codec as ops
+from moshikit import filejobs
 from moshikit.backends.base import CodecInfo
 from moshikit.errors import TokenFileError
 from moshikit.hub import Weights
@@ -33,7 +34,7 @@ def encode_one(tmp_path, codec, pcm, name="a", **opts):
     from conftest import _write_wav as write_wav
 
     src = write_wav(tmp_path / f"{name}.wav", pcm)
-    jobs, failed = ops.plan([str(src)], str(tmp_path / "out"), ".mimi")
+    jobs, failed = filejobs.plan([str(src)], str(tmp_path / "out"), ".mimi")
     (res,) = list(ops.encode_files(jobs, codec, ops.EncodeOptions(**opts)))
     assert res.status == "done", res.error
     return read_tokens(res.output)
@@ -80,7 +81,7 @@ def test_long_file_chunked_equals_whole_file(tmp_path, moshi_mimi, torch_codec, 
 def test_batch_of_unequal_lengths_equals_alone(tmp_path, moshi_mimi, torch_codec, speech, write_wav, monkeypatch):
     clips = [speech[: 24000 * 2], speech[24000 * 3 : 24000 * 9 + 1000], speech[: 24000 * 7 + 5]]
     paths = [write_wav(tmp_path / f"in/{i}.wav", c) for i, c in enumerate(clips)]
-    jobs, _ = ops.plan([str(tmp_path / "in")], str(tmp_path / "b"), ".mimi")
+    jobs, _ = filejobs.plan([str(tmp_path / "in")], str(tmp_path / "b"), ".mimi")
     monkeypatch.setattr(torch_codec.backend, "batch_gain", True)  # as on a GPU
     calls = []
     monkeypatch.setattr(torch_codec.backend, "encode", lambda pcm, f=torch_codec.backend.encode: calls.append(pcm.shape) or f(pcm))
@@ -106,7 +107,7 @@ def test_stereo_split_encodes_each_channel(tmp_path, moshi_mimi, torch_codec, sp
 def test_round_trip_length_and_mismatch_checks(tmp_path, moshi_mimi, torch_codec, speech):
     clip = speech[: 24000 * 3 + 123]
     t = encode_one(tmp_path, torch_codec, clip)
-    jobs, _ = ops.plan([str(tmp_path / "out")], str(tmp_path / "dec"), ".wav", extensions=ops.TOKEN_EXTENSIONS)
+    jobs, _ = filejobs.plan([str(tmp_path / "out")], str(tmp_path / "dec"), ".wav", extensions=filejobs.TOKEN_EXTENSIONS)
     (res,) = list(ops.decode_files(jobs, lambda k: torch_codec, ops.DecodeOptions()))
     assert res.status == "done", res.error
     audio, sr = sf.read(res.output, dtype="float32")
@@ -128,7 +129,7 @@ def test_round_trip_length_and_mismatch_checks(tmp_path, moshi_mimi, torch_codec
 def test_resume_skips_finished_and_redoes_partial(tmp_path, torch_codec, speech, write_wav):
     for i in range(3):
         write_wav(tmp_path / f"in/{i}.wav", speech[24000 * i : 24000 * (i + 2)])
-    jobs, _ = ops.plan([str(tmp_path / "in")], str(tmp_path / "o"), ".mimi")
+    jobs, _ = filejobs.plan([str(tmp_path / "in")], str(tmp_path / "o"), ".mimi")
     first = list(ops.encode_files(jobs[:2], torch_codec))
     assert [r.status for r in first] == ["done", "done"]
     # An interrupted write leaves only a hidden partial file and no output.
@@ -176,7 +177,7 @@ def test_an_hour_streams_with_flat_memory(tmp_path):
             f.write(block)
     fake = CountingCodec()
     codec = ops.Codec(fake, Weights(src), Choice("fake", "cpu", "test"))
-    jobs, _ = ops.plan([str(src)], str(tmp_path / "o"), ".mimi")
+    jobs, _ = filejobs.plan([str(src)], str(tmp_path / "o"), ".mimi")
     tracemalloc.start()
     (res,) = list(ops.encode_files(jobs, codec))
     _, peak = tracemalloc.get_traced_memory()
@@ -184,7 +185,7 @@ def test_an_hour_streams_with_flat_memory(tmp_path):
     assert fake.samples == hour
     assert peak < 60e6, f"peak {peak / 1e6:.0f} MB while the audio is {hour * 4 / 1e6:.0f} MB as float32"
     tracemalloc.reset_peak()
-    jobs, _ = ops.plan([res.output], str(tmp_path / "d"), ".wav", extensions=ops.TOKEN_EXTENSIONS)
+    jobs, _ = filejobs.plan([res.output], str(tmp_path / "d"), ".wav", extensions=filejobs.TOKEN_EXTENSIONS)
     (dres,) = list(ops.decode_files(jobs, lambda k: codec, ops.DecodeOptions(force=True)))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -220,12 +221,12 @@ def test_parallel_files_equal_one_at_a_time(tmp_path, onnx_files_codec, speech, 
     real_open = backend.open_encoder
     monkeypatch.setattr(backend, "open_encoder", lambda *a, **k: threads.add(threading.current_thread().name)
                         or real_open(*a, **k))
-    jobs, _ = ops.plan([str(tmp_path / "in")], str(tmp_path / "par"), ".mimi")
+    jobs, _ = filejobs.plan([str(tmp_path / "in")], str(tmp_path / "par"), ".mimi")
     par = {r.source.rsplit("/", 1)[1]: r for r in ops.encode_files(jobs, onnx_files_codec)}
     assert len(threads) >= 2 and all(t.startswith("moshikit-encode") for t in threads)
     assert par["bad.wav"].status == "failed" and sum(r.status == "done" for r in par.values()) == 5
     monkeypatch.setattr(type(backend), "parallel_streams", property(lambda self: 1))
-    jobs, _ = ops.plan([str(tmp_path / "in")], str(tmp_path / "seq"), ".mimi")
+    jobs, _ = filejobs.plan([str(tmp_path / "in")], str(tmp_path / "seq"), ".mimi")
     seq = list(ops.encode_files(jobs, onnx_files_codec))
     assert [r.source for r in seq] == sorted(r.source for r in seq)  # one at a time keeps the order
     for i in range(5):
@@ -238,7 +239,7 @@ def test_parallel_files_equal_one_at_a_time(tmp_path, onnx_files_codec, speech, 
 def test_parallel_interrupted_then_resumed(tmp_path, onnx_files_codec, speech, write_wav):
     for i in range(6):
         write_wav(tmp_path / f"in/{i}.wav", speech[12000 * i : 12000 * i + 36000])
-    jobs, _ = ops.plan([str(tmp_path / "in")], str(tmp_path / "o"), ".mimi")
+    jobs, _ = filejobs.plan([str(tmp_path / "in")], str(tmp_path / "o"), ".mimi")
     gen = ops.encode_files(jobs, onnx_files_codec)
     first = [next(gen), next(gen)]
     gen.close()  # as on Ctrl-C: running files finish, queued ones never start

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from moshikit import codec as ops
+from moshikit import filejobs
 from moshikit.tokens import read_tokens
 
 pytestmark = pytest.mark.cuda
@@ -31,7 +32,7 @@ def _encode(tmp_path, codec, pcm, name):
     from conftest import _write_wav
 
     src = _write_wav(tmp_path / f"{name}.wav", pcm)
-    jobs, _ = ops.plan([str(src)], str(tmp_path / name), ".mimi")
+    jobs, _ = filejobs.plan([str(src)], str(tmp_path / name), ".mimi")
     (res,) = list(ops.encode_files(jobs, codec))
     assert res.status == "done", res.error
     return res.output
@@ -50,7 +51,7 @@ def test_long_file_encode_decode_with_cuda_graphs(tmp_path, cuda_codec, torch_co
     assert cuda_graphed(cuda_codec.backend._mimi) == ON_CUDA, "moshi graphs CUDA streams (only)"
     cpu = read_tokens(_encode(tmp_path, torch_codec, clip, "cpu")).codes
     assert (codes[0, 0] == cpu[0, 0]).mean() > 0.9  # other kernels flip near-ties, not whole frames
-    (res,) = list(ops.decode_files([ops.Job(str(tokens), tmp_path / "gpu-decoded.wav")], lambda k: cuda_codec))
+    (res,) = list(ops.decode_files([filejobs.Job(str(tokens), tmp_path / "gpu-decoded.wav")], lambda k: cuda_codec))
     assert res.status == "done", res.error
     audio, rate = sf.read(tmp_path / "gpu-decoded.wav", dtype="float32")
     assert rate == 24000 and audio.shape == (clip.size,) and np.isfinite(audio).all() and np.abs(audio).max() > 0.01

@@ -64,7 +64,7 @@ def test_read_manifest_text_csv_parquet(tmp_path):
 
 
 def test_plan_matches_the_local_planner_and_mirrors_manifests(tree, tmp_path):
-    from moshikit.codec import plan
+    from moshikit.filejobs import plan
 
     tasks, failed = dist.plan_tasks([str(tree)], str(tmp_path / "out"), ".mimi")
     jobs, _ = plan([str(tree)], str(tmp_path / "out"), ".mimi")

@@ -21,6 +21,7 @@ import soundfile as sf
 from deps import ONNX_IS_CORE
 from fsfaults import full_disk, full_disk_for_libraries, partials, read_only_dir
 
+from moshikit import filejobs
 from moshikit.cli.app import main
 from moshikit.errors import OutputError
 from moshikit.tokens import read_tokens
@@ -77,7 +78,7 @@ def token_dir(tmp_path_factory, speech, write_wav, torch_codec):
     root = tmp_path_factory.mktemp("tokens")
     for i in range(6):
         write_wav(root / "in" / f"c{i}.wav", speech[i * 12000 : i * 12000 + 12000])
-    jobs, _ = ops.plan([str(root / "in")], str(root / "tok"), ".mimi")
+    jobs, _ = filejobs.plan([str(root / "in")], str(root / "tok"), ".mimi")
     assert all(r.status == "done" for r in ops.encode_files(jobs, torch_codec))
     return root / "tok"
 
@@ -293,7 +294,7 @@ def test_inputs_deleted_or_truncated_while_encoding(tmp_path, clips, mimi_weight
     started: each fails alone (or encodes what is there), the others finish."""
     from moshikit import codec as ops
 
-    jobs, failed = ops.plan([str(tmp_path / "in")], str(tmp_path / "out"), ".mimi")
+    jobs, failed = filejobs.plan([str(tmp_path / "in")], str(tmp_path / "out"), ".mimi")
     assert not failed and len(jobs) == 6
     codec = ops.load_codec("torch", "cpu", mimi_weight=mimi_weights)
     changed = []
@@ -319,7 +320,7 @@ def test_inputs_deleted_or_truncated_while_encoding(tmp_path, clips, mimi_weight
 def test_token_files_deleted_or_truncated_while_decoding(tmp_path, tokens, mimi_weights):
     from moshikit import codec as ops
 
-    jobs, _ = ops.plan([str(tmp_path / "tok")], str(tmp_path / "wav"), ".wav", extensions=ops.TOKEN_EXTENSIONS)
+    jobs, _ = filejobs.plan([str(tmp_path / "tok")], str(tmp_path / "wav"), ".wav", extensions=filejobs.TOKEN_EXTENSIONS)
     codec = ops.load_codec("torch", "cpu", mimi_weight=mimi_weights)
     changed = []
 

@@ -24,6 +24,7 @@ import pytest
 import soundfile as sf
 from test_faults import error_lines, one_loaded_codec, run  # noqa: F401  (an autouse fixture: it applies here too)
 
+from moshikit import filejobs
 from moshikit.errors import ModelError, OutputError, TokenFileError
 from moshikit.tokens import TokenHeader, decode_mimi_bytes, encode_mimi_bytes, read_tokens, write_tokens
 
@@ -93,7 +94,7 @@ def good_tokens(tmp_path_factory, speech, write_wav, torch_codec) -> Path:
 
     root = tmp_path_factory.mktemp("hostile")
     write_wav(root / "a.wav", speech[:12000])
-    jobs, _ = ops.plan([str(root / "a.wav")], str(root / "tok"), ".mimi")
+    jobs, _ = filejobs.plan([str(root / "a.wav")], str(root / "tok"), ".mimi")
     assert [r.status for r in ops.encode_files(jobs, torch_codec)] == ["done"]
     return root / "tok" / "a.mimi"
 
@@ -252,13 +253,13 @@ def test_encode_a_folder_with_a_fifo_and_a_device_link(tmp_path, speech, write_w
 
 
 def test_every_batch_command_plans_around_fifos(tmp_path):
-    """encode, decode, transcribe, translate and speak all plan their inputs with ``codec.plan``."""
+    """encode, decode, transcribe, translate and speak all plan their inputs with ``filejobs.plan``."""
     from moshikit import codec as ops
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "ok.txt").write_text("hello")
     mkfifo(tmp_path / "in" / "p.txt")
-    jobs, failed = ops.plan([str(tmp_path / "in"), "/dev/null"], str(tmp_path / "out"), ".wav", extensions=(".txt",))
+    jobs, failed = filejobs.plan([str(tmp_path / "in"), "/dev/null"], str(tmp_path / "out"), ".wav", extensions=(".txt",))
     assert [Path(j.source).name for j in jobs] == ["ok.txt"]
     assert [f.error for f in failed] == [f"{tmp_path / 'in' / 'p.txt'}: is a FIFO (named pipe), not a regular file",
                                          "/dev/null: is a character device, not a regular file"]
@@ -319,8 +320,8 @@ def test_encode_output_that_is_an_empty_file_is_redone(tmp_path, speech, write_w
 
 
 def test_the_shared_skip_rule(tmp_path):
-    """transcribe, translate and speak keep outputs by the same rule (``codec.skip_result``)."""
-    from moshikit.codec import Job, skip_result
+    """transcribe, translate and speak keep outputs by the same rule (``filejobs.skip_result``)."""
+    from moshikit.filejobs import Job, skip_result
 
     job = Job("in.wav", tmp_path / "t.txt")
     outs = [tmp_path / "t.txt", tmp_path / "t.srt"]

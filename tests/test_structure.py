@@ -107,13 +107,13 @@ LAYERS = {
     "moshikit.conversation": 2,
     # 1: files from the Hugging Face hub (plans, fetches, the cache's paths).
     "moshikit.download": 1,
-    # 0: the ground: errors, atomic writes, audio, token files, transcripts, platform facts (what this
+    # 0: the ground: errors, atomic writes, audio, token files, transcripts, file jobs, platform facts (what this
     # machine is and offers, the catalog of models), wire formats, and the backends' table and Protocols
     # (``backends.registry`` and ``backends.base``: data and typing only, no backend code).
     "moshikit.errors": 0, "moshikit.atomic": 0, "moshikit.audio": 0, "moshikit.tokens": 0,
     "moshikit.transcript": 0, "moshikit.platform": 0, "moshikit.cpu_precision": 0, "moshikit.catalog": 0,
     "moshikit.catalog_pocket": 0, "moshikit.version": 0, "moshikit.wire": 0, "moshikit.access": 0,
-    "moshikit.origins": 0, "moshikit.clienttext": 0, "moshikit.inputs": 0,
+    "moshikit.origins": 0, "moshikit.clienttext": 0, "moshikit.inputs": 0, "moshikit.filejobs": 0,
     "moshikit.chatparams": 0, "moshikit.aec": 0, "moshikit.mic": 0, "moshikit.tts.text": 0,
     "moshikit.backends.registry": 0, "moshikit.backends.base": 0,
 }

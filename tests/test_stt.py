@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from moshikit import codec, stt
+from moshikit import filejobs, stt
 from moshikit.errors import ModelError
 from moshikit.synthetic import lm as synthetic_lm
 from moshikit.synthetic.stt import write_stt_repo
@@ -107,7 +107,7 @@ def test_a_batch_gives_each_file_its_words_alone(random_model, speech, tmp_path,
     inputs = [str(f) for f in files[:2]] + [str(tmp_path / "in/bad.wav")] + [str(f) for f in files[2:]]
 
     def run(batch):
-        jobs, failed = codec.plan(inputs, str(tmp_path / f"out{batch}"), ".json")
+        jobs, failed = filejobs.plan(inputs, str(tmp_path / f"out{batch}"), ".json")
         opts = stt.TranscribeOptions(formats=["json"], batch_size=batch)
         results = list(stt.transcribe_files(jobs, random_model, opts))
         assert sorted(r.status for r in results) == ["done"] * 5 + ["failed"]
@@ -126,7 +126,7 @@ def test_long_input_keeps_flat_memory(random_model, speech, tmp_path, write_wav)
     def peak(seconds: float) -> int:
         reps = int(seconds * 24000 // speech.size) + 1
         path = write_wav(tmp_path / f"long{seconds}.wav", np.tile(speech, reps)[: int(seconds * 24000)])
-        jobs, _ = codec.plan([str(path)], str(tmp_path / "out"), ".txt")
+        jobs, _ = filejobs.plan([str(path)], str(tmp_path / "out"), ".txt")
         tracemalloc.start()
         try:
             [r] = list(stt.transcribe_files(jobs, random_model, stt.TranscribeOptions(formats=["txt"])))

@@ -225,7 +225,8 @@ def _bench_files(plan: CodecPlan, codecs: dict, refs: dict, speech: np.ndarray, 
 
     import soundfile as sf
 
-    from ..codec import EncodeOptions, Job, encode_files
+    from ..codec import EncodeOptions, encode_files
+    from ..filejobs import Job
 
     count, seconds = plan.files
     with tempfile.TemporaryDirectory(prefix="moshikit-bench-") as tmp:

@@ -35,13 +35,14 @@ def decode(
 ) -> None:
     """Decode token files to audio with the original length, one file per input."""
     from .. import codec as ops
+    from .. import filejobs
     from ..hub import resolve_mimi
     from .batch import run_batch
     from .output import Out
 
     out = Out(json_mode=json_out)
-    jobs, failed = ops.plan(inputs, output, "." + fmt.value, include=include or (),
-                            extensions=ops.TOKEN_EXTENSIONS)
+    jobs, failed = filejobs.plan(inputs, output, "." + fmt.value, include=include or (),
+                            extensions=filejobs.TOKEN_EXTENSIONS)
     if not jobs:
         for r in failed:
             out.error(r.error)

@@ -47,6 +47,7 @@ def encode(
     With --ray the same work runs on a Ray cluster (see the Ray cluster options).
     """
     from .. import codec as ops
+    from .. import filejobs
     from ..tokens import output_suffix
     from .batch import run_batch
     from .output import Out
@@ -74,7 +75,7 @@ def encode(
         jobs, failed = local_jobs_from_manifest(inputs, output, output_suffix(fmt.value), include, job.manifest,
                                                 job.manifest_column)
     else:
-        jobs, failed = ops.plan(inputs, output, output_suffix(fmt.value), include=include or ())
+        jobs, failed = filejobs.plan(inputs, output, output_suffix(fmt.value), include=include or ())
     if not jobs:
         for r in failed:
             out.error(r.error)

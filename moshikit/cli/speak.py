@@ -274,7 +274,7 @@ def _tree(out, directory, output, words, voice, model, backend, device, dtype, r
           settings, batch, temp=None) -> None:
     from pathlib import Path
 
-    from .. import codec
+    from .. import filejobs
     from ..errors import UsageError
     from ..tts.files import OUTPUT_FORMATS, BatchOptions, speak_files
     from .batch import run_batch
@@ -291,7 +291,7 @@ def _tree(out, directory, output, words, voice, model, backend, device, dtype, r
         wfmt = words.lower().lstrip(".").rsplit(".", 1)[-1]
         if wfmt not in ("json", "srt", "vtt"):
             raise UsageError("--words for a directory: json, srt or vtt (written beside each output)")
-    jobs, failed = codec.plan([directory], str(out_dir), f".{fmt}", extensions=(".txt",))
+    jobs, failed = filejobs.plan([directory], str(out_dir), f".{fmt}", extensions=(".txt",))
     if not jobs:
         for r in failed:
             out.error(r.error)

@@ -123,7 +123,7 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
     import tempfile
     from pathlib import Path
 
-    from .. import codec, stt
+    from .. import filejobs, stt
     from ..errors import UsageError
     from .batch import run_batch
 
@@ -138,7 +138,7 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
             jobs, failed = local_jobs_from_manifest(inputs, tmp or output, f".{formats[0]}", include, manifest,
                                                     manifest_column)
         else:
-            jobs, failed = codec.plan(inputs, tmp or output, f".{formats[0]}", include=include or ())
+            jobs, failed = filejobs.plan(inputs, tmp or output, f".{formats[0]}", include=include or ())
         if not jobs:
             for r in failed:
                 out.error(r.error)

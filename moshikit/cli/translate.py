@@ -113,7 +113,7 @@ def _formats(fmt: str) -> list[str]:
 def _files(out, inputs, output, text, stereo, fmt, include, overwrite, piece_seconds, load) -> None:
     from pathlib import Path
 
-    from .. import codec
+    from .. import filejobs
     from .. import translate as lib
     from ..errors import UsageError
     from .batch import run_batch
@@ -134,7 +134,7 @@ def _files(out, inputs, output, text, stereo, fmt, include, overwrite, piece_sec
     suffix = f".{formats[0]}" if formats else ".wav"
     if output is None:
         suffix = ".en" + suffix  # beside the input, never over it
-    jobs, failed = codec.plan(inputs, output, suffix, include=include or ())
+    jobs, failed = filejobs.plan(inputs, output, suffix, include=include or ())
     if not jobs:
         for r in failed:
             out.error(r.error)
@@ -165,7 +165,7 @@ def _single(tr, job, text, stereo, opts, tick, on_text):
     from pathlib import Path
 
     from .. import translate as lib
-    from ..codec import FileResult, job_failed, skip_result
+    from ..filejobs import FileResult, job_failed, skip_result
     from ..errors import MoshikitError, OutputError
 
     audio = job.output if opts.formats else None

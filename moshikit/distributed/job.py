@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ..codec import FileResult
+from ..filejobs import FileResult
 from ..errors import MoshikitError
 from .cluster import connect, require_ray
 from .manifest import Task, read_result_manifest, write_result_manifest

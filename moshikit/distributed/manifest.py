@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..audio import AUDIO_EXTENSIONS
-from ..codec import FileResult, Job
+from ..filejobs import FileResult, Job
 from ..errors import BackendUnavailable, UsageError
 from .storage import INSTALL_HINT, filesystem, is_uri, join_path, with_suffix
 
@@ -78,7 +78,7 @@ def plan_tasks(inputs: Sequence[str], out: str | None, suffix: str, *, manifest:
                ) -> tuple[list[Task], list[FileResult]]:
     """Map inputs to outputs like the local commands; manifest entries mirror their common
     directory under ``out``; URI directories are walked (fsspec) and mirrored too."""
-    from ..codec import plan
+    from ..filejobs import plan
 
     tasks: list[Task] = []
     failed: list[FileResult] = []

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..codec import FileResult, Job
+from ..filejobs import FileResult, Job
 from ..errors import MoshikitError
 from .manifest import Task
 from .storage import ATOMIC_PUT, filesystem, is_uri, with_suffix

@@ -131,12 +131,12 @@ def default_batch(model) -> tuple[int, str]:
 
 def speak_files(jobs: Sequence, model, voices, opts: BatchOptions,
                 on_audio: Callable[[float], None] | None = None) -> Iterator:
-    """Speak planned jobs (``codec.plan`` over .txt files); yield FileResults. Finished outputs are
+    """Speak planned jobs (``filejobs.plan`` over .txt files); yield FileResults. Finished outputs are
     skipped (a rerun resumes), a bad file fails alone, outputs appear only complete. With
     ``opts.batch`` > 1 and a backend that batches, texts of similar length are spoken
     ``opts.batch`` at a time."""
     from ..backends.base import BatchTTS
-    from ..codec import skip_result
+    from ..filejobs import skip_result
 
     todo = []
     for job in jobs:
@@ -154,7 +154,7 @@ def speak_files(jobs: Sequence, model, voices, opts: BatchOptions,
 
 
 def _one_file(job, model, voices, opts: BatchOptions, on_audio):
-    from ..codec import FileResult
+    from ..filejobs import FileResult
     from .text import chunks, read_blocks
 
     started = time.perf_counter()
@@ -171,7 +171,7 @@ def _one_file(job, model, voices, opts: BatchOptions, on_audio):
 
 def _failed(job, exc: MoshikitError):
     """The job's failure, its message naming the text file (the text's own errors say "text: ...")."""
-    from ..codec import FileResult, job_failed
+    from ..filejobs import FileResult, job_failed
     from ..errors import OutputError
 
     message = str(exc)
@@ -186,7 +186,7 @@ def _batched(jobs: Sequence, model, voices, opts: BatchOptions, on_audio) -> Ite
     import contextlib
 
     from ..audio import AudioWriter
-    from ..codec import FileResult
+    from ..filejobs import FileResult
     from .text import chunks, read_blocks
 
     ready = []

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from moshikit import codec as ops
+from moshikit import filejobs
 from moshikit.backends.torch_codec import MAX_STEP_FRAMES, StepShapes, cuda_graphed
 from moshikit.testing import cuda_graph_rules
 from moshikit.tokens import read_tokens
@@ -33,7 +34,7 @@ def _encode(tmp_path, codec, pcm, name):
     from conftest import _write_wav
 
     src = _write_wav(tmp_path / f"{name}.wav", pcm)
-    jobs, _ = ops.plan([str(src)], str(tmp_path / name), ".mimi")
+    jobs, _ = filejobs.plan([str(src)], str(tmp_path / name), ".mimi")
     (res,) = list(ops.encode_files(jobs, codec))
     assert res.status == "done", res.error
     return res.output
@@ -69,7 +70,7 @@ def test_long_file_encode_and_decode_keep_graph_shapes(tmp_path, torch_codec, ch
     # Ungraphed first: today's codes and audio.
     plain_tokens = _encode(tmp_path, torch_codec, long_clip, "plain")
     plain = read_tokens(plain_tokens).codes
-    (res,) = list(ops.decode_files([ops.Job(str(plain_tokens), tmp_path / "plain-decoded.wav")],
+    (res,) = list(ops.decode_files([filejobs.Job(str(plain_tokens), tmp_path / "plain-decoded.wav")],
                                    lambda k: torch_codec))
     assert res.status == "done", res.error
     import soundfile as sf
@@ -88,7 +89,7 @@ def test_long_file_encode_and_decode_keep_graph_shapes(tmp_path, torch_codec, ch
     assert codes.shape == plain.shape == (1, 8, frames)
     np.testing.assert_array_equal(codes, plain)
 
-    (res,) = list(ops.decode_files([ops.Job(str(graphed_tokens), tmp_path / "graphed-decoded.wav")],
+    (res,) = list(ops.decode_files([filejobs.Job(str(graphed_tokens), tmp_path / "graphed-decoded.wav")],
                                    lambda k: torch_codec, ops.DecodeOptions(overwrite=True)))
     assert res.status == "done", res.error
     audio, _ = sf.read(tmp_path / "graphed-decoded.wav", dtype="float32")
