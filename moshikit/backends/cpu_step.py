@@ -217,8 +217,12 @@ class Step(nn.Module):
         return x + rows[:, 0].float()
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame: ``tokens`` [B, 1 + n_q] -> (transformer output [B, dim], text logits [B, text_card])."""
+    def forward(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame: ``tokens`` [B, 1 + n_q] -> (transformer output [B, dim], text logits [B, text_card]).
+
+        With ``active`` (bool [B]), only those streams advance. The others are computed too (same
+        kernels, same batch) but keep their length, so the keys and values they wrote go to the
+        slot their next real frame overwrites before anything reads it: their state is unchanged."""
         b = tokens.shape[0]
         positions = self.lengths  # per stream: how many frames it has seen (its next position)
         self._grow(int(positions.max()) + 1)
@@ -234,7 +238,7 @@ class Step(nn.Module):
         x = self.embed(tokens)
         for layer, kv in zip(self.layers, self.kv):
             x = layer(x, self, kv)
-        self.lengths = positions + 1
+        self.lengths = positions + 1 if active is None else torch.where(active, positions + 1, positions)
         out = self.out_norm(x)
         return out, self.text_head(out)
 
