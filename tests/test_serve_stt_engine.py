@@ -125,8 +125,13 @@ def test_a_bounded_feed_refuses_audio_past_its_bound():
 
 
 class _Sp:
+    """Ids 4.. are pieces a, b, c...; id 20 is "▁q" (a piece that begins a word)."""
+
     def decode(self, ids):
-        return "".join(chr(ord("a") + i - 4) for i in ids)
+        return "".join(self.id_to_piece(i) for i in ids).replace("▁", " ")
+
+    def id_to_piece(self, i):
+        return "▁q" if i == 20 else chr(ord("a") + i - 4)
 
 
 def test_words_follow_moshi_servers_rules():
@@ -141,4 +146,15 @@ def test_words_follow_moshi_servers_rules():
         {"type": "EndWord", "stop_time": pytest.approx(15 / 12.5 - 0.5)},
         {"type": "Word", "text": "d", "start_time": pytest.approx(0.7)},
         {"type": "EndWord", "stop_time": pytest.approx(17 / 12.5 - 0.5)},
+    ]
+
+
+def test_a_piece_that_begins_a_word_closes_the_one_before():
+    w = ServerWords(_Sp(), offset=0.0)
+    events = [e for step, tok in enumerate([4, 5, 20, 6, 0]) for e in w.feed(step, tok)]
+    assert events == [
+        {"type": "Word", "text": "ab", "start_time": 0.0},
+        {"type": "EndWord", "stop_time": pytest.approx(2 / 12.5)},
+        {"type": "Word", "text": "qc", "start_time": pytest.approx(2 / 12.5)},
+        {"type": "EndWord", "stop_time": pytest.approx(4 / 12.5)},
     ]

@@ -32,6 +32,12 @@ from .cpu_kernels import Linear
 
 #: Smallest KV capacity allocated (grown by doubling up to the model's context).
 MIN_CAPACITY = 64
+#: The attention window is rounded up to a multiple of this. A stream's attention then does not
+#: depend on its batch mates' lengths: torch's CPU attention adds up whole vector-lane groups, so
+#: a window longer by masked positions gives bit-identical results only once it covers the
+#: stream's own length rounded up to its lane group (16 here, for fp32 and bf16); 64 covers groups
+#: of 8 to 64. Served streams of different lengths then get what they get alone.
+WINDOW_ALIGN = 64
 
 
 def unsupported(model) -> str | None:
@@ -230,7 +236,7 @@ class Step(nn.Module):
         self.rows = torch.arange(b)
         self.slots = positions % self.context
         filled = torch.clamp(positions + 1, max=self.context)
-        self.window = min(cap, int(filled.max()))
+        self.window = min(cap, -(-int(filled.max()) // WINDOW_ALIGN) * WINDOW_ALIGN)
         self.mask = (torch.arange(self.window) < filled[:, None])[:, None, None, :]
         if self.freqs is not None:
             angles = self.freqs * positions.float()[:, None]

@@ -22,7 +22,12 @@ MAX_MESSAGE_BYTES = MAX_AUDIO_SAMPLES * 9 + 4096
 
 
 class ProtocolError(ValueError):
-    """A message this server cannot take; its text is safe to send back (no client text in it)."""
+    """A message this server cannot take; its text is safe to send back (no client text in it).
+    ``code``: the WebSocket close code (1003: not msgpack, 1009: too large, 1008: anything else)."""
+
+    def __init__(self, message: str, code: int = 1008) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def pack(msg: dict) -> bytes:
@@ -37,15 +42,15 @@ def unpack(data: bytes) -> dict:
     import msgpack
 
     if not isinstance(data, (bytes, bytearray)):
-        raise ProtocolError("messages must be binary msgpack")
+        raise ProtocolError("messages must be binary msgpack", 1003)
     if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message too large ({len(data)} bytes, at most {MAX_MESSAGE_BYTES})")
+        raise ProtocolError(f"message too large ({len(data)} bytes, at most {MAX_MESSAGE_BYTES})", 1009)
     try:
         msg = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, max_array_len=MAX_AUDIO_SAMPLES,
                               max_map_len=16, max_str_len=1024, max_bin_len=MAX_AUDIO_SAMPLES * 4)
     except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
             msgpack.exceptions.StackError, TypeError) as exc:
-        raise ProtocolError(f"not a msgpack message ({type(exc).__name__})") from None
+        raise ProtocolError(f"not a msgpack message ({type(exc).__name__})", 1003) from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("a message must be a msgpack map with a 'type'")
     kind = msg["type"]

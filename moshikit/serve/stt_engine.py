@@ -70,6 +70,8 @@ class Feed:
         self.ended = False
         self.error: str | None = None
         self.engine: "SttEngine | None" = None
+        #: ``tap(frames)``: called on the worker thread with the frames the model is about to read.
+        self.tap: Callable[[list[np.ndarray]], None] | None = None
 
     # --- the producer side (any thread)
 
@@ -125,7 +127,10 @@ class Feed:
 
     def take(self, n: int) -> list[np.ndarray]:
         with self._lock:
-            return [self._frames.popleft() for _ in range(min(n, len(self._frames)))]
+            frames = [self._frames.popleft() for _ in range(min(n, len(self._frames)))]
+        if frames and self.tap is not None:
+            self.tap(frames)
+        return frames
 
     def waiting(self) -> int:
         return len(self._frames)
@@ -177,10 +182,14 @@ class SttEngine:
 
     # --- admission (event loop)
 
+    def _busy(self) -> int:
+        # A cancelled stream's slot counts as free: the worker frees it before it admits the next.
+        return sum(s is not None and not s.feed.cancelled for s in self._slots) + len(self._pending)
+
     @property
     def used(self) -> int:
         with self._lock:
-            return sum(s is not None for s in self._slots) + len(self._pending)
+            return self._busy()
 
     @property
     def free(self) -> int:
@@ -190,7 +199,7 @@ class SttEngine:
         """Give ``feed`` a slot (at the next step). False if every slot is taken, unless ``may_wait``
         and fewer than ``queue`` streams already wait for one."""
         with self._lock:
-            busy = sum(s is not None for s in self._slots) + len(self._pending)
+            busy = self._busy()
             if self.failed or not self._running:
                 return False
             if busy >= self.batch and not (may_wait and busy < self.batch + self.queue_limit):
@@ -315,11 +324,14 @@ class ServerWords:
     """Text tokens -> moshi-server's ``Word`` / ``EndWord`` events, by its rules (moshi's
     ``asr.rs``): pieces gather into a word; token 0 or 3 closes it (``Word`` with ``start_time``
     the previous word's stop time); token 0 marks a stop time, sent as ``EndWord`` for a word
-    not ended yet. Times are moshikit's (``WordBuilder.time``: the frame's audio time, the silence
-    prefix and the model's delay taken off), so they match ``transcribe``'s."""
+    not ended yet. As ``transcribe`` does, a piece that begins with ``▁`` also closes the word
+    before it when the model left out the token 0 between them (``Word`` then ``EndWord`` at that
+    step). Times are moshikit's (``WordBuilder.time``: the frame's audio time, the silence prefix
+    and the model's delay taken off), so they match ``transcribe``'s."""
 
     def __init__(self, tokenizer, offset: float) -> None:
         self._sp, self._offset = tokenizer, offset
+        self._piece = tokenizer.id_to_piece
         self._ids: list[int] = []
         self._unended = False
         self._last_stop = 0.0
@@ -332,13 +344,15 @@ class ServerWords:
         if step / FRAME_RATE < self._offset:  # the model's delay has not passed: nothing is about audio yet
             return out
         if token in (0, 3):
-            if self._ids:
-                text = self._sp.decode(self._ids)
-                self._ids = []
-                if text.strip():
-                    out.append({"type": "Word", "text": text.strip(), "start_time": self._last_stop})
-                    self._unended = True
+            out += self._close()
         elif token > 3:
+            if self._ids and self._piece(int(token)).startswith("▁"):
+                out += self._close()
+                stop = self.time(step)
+                if self._unended:
+                    self._unended = False
+                    out.append({"type": "EndWord", "stop_time": stop})
+                self._last_stop = stop
             self._ids.append(int(token))
         if token == 0:
             stop = self.time(step)
@@ -347,6 +361,15 @@ class ServerWords:
                 out.append({"type": "EndWord", "stop_time": stop})
             self._last_stop = stop
         return out
+
+
+    def _close(self) -> list[dict]:
+        text = self._sp.decode(self._ids).strip() if self._ids else ""
+        self._ids = []
+        if not text:
+            return []
+        self._unended = True
+        return [{"type": "Word", "text": text, "start_time": self._last_stop}]
 
 
 def transcript_words(model, energy: Energy | None = None) -> WordBuilder:
