@@ -4,11 +4,7 @@ server on a free port, with a client written from the protocol (msgpack over ``w
 from __future__ import annotations
 
 import asyncio
-import collections
-import threading
 import time
-from contextlib import asynccontextmanager
-from types import SimpleNamespace
 
 import msgpack
 import numpy as np
@@ -20,41 +16,22 @@ FRAME = 1920
 
 
 class Served:
-    """A service's routes in a Starlette app under uvicorn, on its own thread (``base``, ``ws``)."""
+    """``service`` in moshikit's server (``ServerApp`` under uvicorn, ``RunningServer``) on a free
+    port: ``base`` (http), ``ws`` (ws), ``lines`` (its log)."""
 
-    def __init__(self, service, idle_timeout: float = 10.0) -> None:
-        import uvicorn
-        from starlette.applications import Starlette
-
-        from moshikit.serve.session import ServeConfig
+    def __init__(self, service, idle_timeout: float = 10.0, token: str | None = None) -> None:
+        from moshikit.serve import RunningServer, ServeConfig, ServerApp
 
         self.lines: list[str] = []
-        self.ctx = SimpleNamespace(cfg=ServeConfig(idle_timeout=idle_timeout), log=self.lines.append,
-                                   stats=collections.Counter())
         self.service = service
-
-        @asynccontextmanager
-        async def lifespan(app):
-            await service.start(self.ctx)
-            yield
-            await service.stop()
-
-        app = Starlette(routes=service.routes(), lifespan=lifespan)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, ws="websockets",
-                                                    log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            assert time.time() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
-        self.ws = f"ws://127.0.0.1:{port}"
+        self.app = ServerApp([service], ServeConfig(port=0, idle_timeout=idle_timeout, token=token),
+                             log=self.lines.append)
+        self.running = RunningServer(self.app)
+        self.base = self.running.base
+        self.ws = self.base.replace("http://", "ws://")
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
+        self.running.stop()
 
 
 @pytest.fixture(scope="module")

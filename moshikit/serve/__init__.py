@@ -36,15 +36,43 @@ page of another origin is refused with 403 (``origins``); clients that send no `
 pass. Connections are bounded in number, in total and per client address, and a request's
 head must arrive within ``header_timeout``; a WebSocket frame announcing more than
 ``max_message`` bytes closes its connection when its header arrives (``serve.limits``). The
-rules are plain functions and classes; ``serve.web`` applies them to aiohttp.
+rules are plain functions and classes; ``serve.app`` (an ASGI middleware in front of every route)
+and ``serve.guard`` (in front of every connection) apply them.
+
+The chat service is one ``Service`` of a ``ServerApp``: a Starlette application that can hold
+the other models too (speech-to-text, text-to-speech, translation), served by uvicorn
+(``serve.running``) or on Ray Serve.
 """
 
+from .app import Context, ServerApp, Service, routes_of
 from .model import check_moshi_config, load_conversation
 from .running import RunningServer, serve_forever
 from .server import ChatServer
 from .session import FRAME, FRAMES_PER_SECOND, ServeConfig, Session
 from .tls import self_signed_certificate, ssl_context, tls_dir
 
-__all__ = ["FRAME", "FRAMES_PER_SECOND", "ChatServer", "RunningServer", "ServeConfig", "Session",
+__all__ = ["FRAME", "FRAMES_PER_SECOND", "ChatServer", "Context", "RunningServer", "ServeConfig", "ServerApp",
+           "Service", "Session", "load_stt_service", "load_translate_service", "load_tts_service", "routes_of",
            "check_moshi_config", "load_conversation", "self_signed_certificate", "serve_forever", "ssl_context",
            "tls_dir"]
+
+
+def load_stt_service(model, **options):
+    """Speech-to-text as a service (moshi-server's streaming protocol, OpenAI's transcriptions)."""
+    from .stt import load_stt_service as load
+
+    return load(model, **options)
+
+
+def load_tts_service(model, **options):
+    """Text-to-speech as a service (moshi-server's streaming protocol, OpenAI's speech)."""
+    from .tts import load_tts_service as load
+
+    return load(model, **options)
+
+
+def load_translate_service(model, **options):
+    """Hibiki as a service (OpenAI's translations)."""
+    from .translate import load_translate_service as load
+
+    return load(model, **options)

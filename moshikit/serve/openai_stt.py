@@ -25,7 +25,7 @@ import time
 
 from ..clienttext import shown
 from ..errors import AudioError
-from .http import BodyTooLarge, busy_response, openai_error, read_body
+from .http import HTTPProblem, busy_response, openai_error, read_body
 from .stt_engine import FILE_CHUNK, SAMPLE_RATE, Feed, transcript_words
 from .upload import TooLong, form_of, open_upload, read_blocks
 
@@ -181,9 +181,10 @@ class Transcriptions:
         peer = shown(f"{request.client.host}:{request.client.port}" if request.client else "?")
         try:
             body = await read_body(request, self.max_upload + FORM_OVERHEAD)
-        except BodyTooLarge as exc:
-            svc.log(f"stt: {peer} transcription refused (413): {exc}")
-            return exc.response()
+        except HTTPProblem as exc:
+            svc.log(f"stt: {peer} transcription refused ({exc.status}): {exc.message}")
+            svc.count(f"stt_http_{exc.status}")
+            return exc.as_response()
         try:
             form = await form_of(request, body)
         except ValueError as exc:

@@ -24,6 +24,7 @@ from typing import Callable
 
 from ..clienttext import shown
 from . import asr_protocol as proto
+from .http import CLOSE_BUSY, refuse_ws
 from .stt_engine import Feed, ServerWords, SttEngine
 
 ROUTE_WS = "/api/asr-streaming"
@@ -44,6 +45,8 @@ class SttService:
     """One loaded STT model behind moshi-server's protocol and OpenAI's transcriptions route."""
 
     kind = "stt"
+    #: The largest WebSocket message taken (the connection guard's bound): 10 s of audio.
+    max_message = proto.MAX_MESSAGE_BYTES
 
     def __init__(self, model, name: str, batch: int, *, queue: int = QUEUE, idle_timeout: float | None = None,
                  max_buffered: float = MAX_BUFFERED_SECONDS, max_upload: int | None = None,
@@ -155,9 +158,8 @@ class SttService:
         if engine is None or not engine.submit(feed):
             self.log(f"stt: {peer} refused: every stream slot is taken ({engine.batch if engine else 0})")
             self.count("stt_refused_busy")
-            await ws.accept()
-            await ws.send_bytes(proto.pack(proto.error("no free channels")))
-            await ws.close(1013, "busy: every stream slot is taken")
+            await refuse_ws(ws, CLOSE_BUSY, "busy: every stream slot is taken",
+                            message=proto.pack(proto.error("no free channels")))
             return
         await ws.accept()
         self.count("stt_streams")
