@@ -218,7 +218,11 @@ class Transcriptions:
         queue: asyncio.Queue | None = asyncio.Queue() if stream else None
         job = Job(svc, upload, on_word=queue.put_nowait if queue is not None else None)
         engine = svc.engine
-        if engine is None or not engine.submit(job.feed, may_wait=True):
+        if engine is None or engine.failed:
+            upload.close()
+            svc.log(f"stt: {peer} transcription refused (503): the model has failed")
+            return openai_error(503, engine.failed if engine else "the model is not running", type="server_error")
+        if not engine.submit(job.feed, may_wait=True):
             upload.close()
             svc.log(f"stt: {peer} transcription refused (429): every slot is taken and {svc.queue} wait")
             svc.count("stt_http_429")

@@ -24,7 +24,7 @@ from typing import Callable
 
 from ..clienttext import shown
 from . import asr_protocol as proto
-from .http import CLOSE_BUSY, refuse_ws
+from .http import CLOSE_BUSY, CLOSE_FAILED, refuse_ws
 from .stt_engine import Feed, ServerWords, SttEngine
 
 ROUTE_WS = "/api/asr-streaming"
@@ -155,7 +155,12 @@ class SttService:
                 outbox.put_nowait(None)
 
         feed = Feed(chunk=1, sink=sink, on_end=ended, max_buffered=self.max_buffered)
-        if engine is None or not engine.submit(feed):
+        if engine is None or engine.failed:
+            self.log(f"stt: {peer} refused: the model has failed")
+            await refuse_ws(ws, CLOSE_FAILED, "the model has failed",
+                            message=proto.pack(proto.error(engine.failed if engine else "the model is not running")))
+            return
+        if not engine.submit(feed):
             self.log(f"stt: {peer} refused: every stream slot is taken ({engine.batch if engine else 0})")
             self.count("stt_refused_busy")
             await refuse_ws(ws, CLOSE_BUSY, "busy: every stream slot is taken",
