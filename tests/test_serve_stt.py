@@ -250,3 +250,45 @@ def test_a_bad_message_gets_an_error_and_a_clean_close_with_one_log_line(served,
     assert sum("bad message" in line for line in new) == 1, new
     assert not any("Traceback" in line for line in new)
 
+
+
+def test_a_client_far_ahead_of_the_model_is_read_no_faster_than_the_model(served, speech, monkeypatch):
+    """Past ``max_buffered`` seconds of waiting audio the server stops reading the stream (TCP
+    back-pressure) instead of holding more or refusing: Kyutai's script sends its closing 40 s of
+    silence at full speed, whatever the model's pace."""
+    from moshikit.serve import stt as stt_service
+
+    peak = []
+
+    class Watched(stt_service.Feed):
+        def push(self, pcm):
+            ok = super().push(pcm)
+            peak.append(self.buffered_samples)
+            return ok
+
+    monkeypatch.setattr(stt_service, "Feed", Watched)
+    monkeypatch.setattr(served.service, "max_buffered", 1.0)
+    wait_free(served)
+    audio = clip(speech, 3, 12.0)
+
+    async def run():
+        import websockets
+
+        got = []
+        async with websockets.connect(served.ws + "/api/asr-streaming") as ws:
+            for i in range(0, audio.size, 12000):  # half-second messages, as fast as they go
+                await ws.send(pack({"type": "Audio", "pcm": [float(x) for x in audio[i:i + 12000]]}))
+            await ws.send(pack({"type": "Marker", "id": 3}))
+            await ws.send(pack({"type": "Audio", "pcm": [0.0] * 24000}))
+            async for message in ws:
+                got.append(msgpack.unpackb(message))
+                if got[-1]["type"] == "Marker":
+                    break
+        return got
+
+    got = asyncio.run(run())
+    assert got[-1] == {"type": "Marker", "id": 3} and not [m for m in got if m["type"] == "Error"]
+    # Reading paused at 1 s waiting: at most that plus one message (the last is 1 s) ever waited,
+    # where 12 s would have without the pause.
+    assert max(peak) <= 24000 * 1.0 + 24000
+    assert sum(m["type"] == "Step" for m in got) >= 12 * 12.5

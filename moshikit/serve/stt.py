@@ -12,7 +12,7 @@ words it gets alone: a stream whose audio has not arrived is left out of the ste
 silence it did not send.
 
 Bounds: a message's size (``asr_protocol``), audio waiting for the model per stream
-(``max_buffered`` seconds), an idle timeout between messages, a bounded outgoing queue (a client
+(``max_buffered`` seconds: past it the stream is not read until the model catches up), an idle timeout between messages, a bounded outgoing queue (a client
 that stops reading is dropped); uploads by size and duration. Every refusal is one log line.
 """
 
@@ -28,8 +28,9 @@ from .http import CLOSE_BUSY, CLOSE_FAILED, refuse_ws
 from .stt_engine import Feed, ServerWords, SttEngine
 
 ROUTE_WS = "/api/asr-streaming"
-#: Audio a stream may have waiting for the model (a client far ahead of real time is refused).
-MAX_BUFFERED_SECONDS = 60.0
+#: Audio a stream may have waiting for the model: past it the server stops reading the stream's
+#: messages until the model catches up (TCP back-pressure on a client far ahead of the model).
+MAX_BUFFERED_SECONDS = 30.0
 #: Messages waiting to be sent to one client before it counts as not reading.
 MAX_OUTBOX = 20_000
 #: Streams that may wait for a slot beyond the batch (HTTP requests only; a WebSocket is refused).
@@ -84,8 +85,8 @@ class SttService:
             self.idle_timeout = float(getattr(ctx.cfg, "idle_timeout", 30.0) or 30.0)
         self.engine = SttEngine(self.model, self.requested_batch, queue=self.queue, log=self.log)
         self.engine.start()
-        why = f" ({self.why_batch})" if self.why_batch else ""
-        self.log(f"stt: {self.name} serving {self.engine.batch} streams at once{why}")
+        same = self.why_batch and self.engine.batch == self.requested_batch
+        self.log(f"stt: {self.name}: {self.why_batch if same else f'{self.engine.batch} streams at once'}")
 
     async def stop(self) -> None:
         if self.engine is not None:
@@ -154,7 +155,10 @@ class SttService:
                 outbox.put_nowait(proto.error(message))
                 outbox.put_nowait(None)
 
-        feed = Feed(chunk=1, sink=sink, on_end=ended, max_buffered=self.max_buffered)
+        # The feed's own bound is a safety net: reading pauses at ``max_buffered`` (below), so
+        # one more message of the largest size always fits.
+        feed = Feed(chunk=1, sink=sink, on_end=ended,
+                    max_buffered=self.max_buffered + proto.MAX_AUDIO_SAMPLES / 24000 + 1)
         if engine is None or engine.failed:
             self.log(f"stt: {peer} refused: the model has failed")
             await refuse_ws(ws, CLOSE_FAILED, "the model has failed",
@@ -176,6 +180,9 @@ class SttService:
         audio_seconds = 0.0
         try:
             while state["dropped"] is None and not sender.done():
+                if feed.buffered_samples > self.max_buffered * 24000:
+                    await asyncio.sleep(0.02)  # not read until the model catches up
+                    continue
                 try:
                     msg = await asyncio.wait_for(ws.receive(), timeout=self.idle_timeout)
                 except asyncio.TimeoutError:
@@ -250,7 +257,7 @@ def batch_for(model, batch: int | None) -> tuple[int, str]:
     if batch is not None:
         if batch < 1:
             raise ValueError("--stt-batch must be at least 1")
-        return int(batch), f"--stt-batch {batch}"
+        return int(batch), f"{batch} streams at once (--stt-batch)"
     return default_batch(model)
 
 
