@@ -28,9 +28,12 @@ from .http import CLOSE_BUSY, CLOSE_FAILED, refuse_ws
 from .stt_engine import Feed, ServerWords, SttEngine
 
 ROUTE_WS = "/api/asr-streaming"
-#: Audio a stream may have waiting for the model: past it the server stops reading the stream's
-#: messages until the model catches up (TCP back-pressure on a client far ahead of the model).
-MAX_BUFFERED_SECONDS = 30.0
+#: Audio a stream may have waiting for the model (11.5 MB at 120 s): past it the server stops
+#: reading the stream's messages until the model catches up (TCP back-pressure on a client far
+#: ahead of the model). moshi-server holds any amount; Kyutai's script sends its closing 40 s of
+#: silence at full speed, and a client whose messages are not read for long enough stops
+#: hearing pongs (websockets' keepalive: 20 s + 20 s), so the bound stays well above that.
+MAX_BUFFERED_SECONDS = 120.0
 #: Messages waiting to be sent to one client before it counts as not reading.
 MAX_OUTBOX = 20_000
 #: Streams that may wait for a slot beyond the batch (HTTP requests only; a WebSocket is refused).
