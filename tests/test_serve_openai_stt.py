@@ -166,3 +166,12 @@ def test_a_full_server_answers_429_with_retry_after(served):
     assert status == 429 and int({k.lower(): v for k, v in headers.items()}["retry-after"]) >= 1
     assert json.loads(data)["error"]["code"] == "busy"
     assert sum("refused (429)" in line for line in served.lines[before:]) == 1
+
+
+def test_models_and_info_list_the_stt_model_and_its_free_slots(client, served):
+    assert [(m.id, m.object) for m in client.models.list()] == [("synthetic", "model")]
+    with urllib.request.urlopen(served.base + "/api/info", timeout=10) as r:
+        info = json.loads(r.read())
+    (svc,) = info["services"]
+    assert svc["kind"] == "stt" and svc["slots"] == 2 and 0 <= svc["free"] <= 2
+    assert "/api/asr-streaming" in svc["routes"] and "/v1/audio/transcriptions" in svc["routes"]

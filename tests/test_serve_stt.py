@@ -292,3 +292,24 @@ def test_a_client_far_ahead_of_the_model_is_read_no_faster_than_the_model(served
     # where 12 s would have without the pause.
     assert max(peak) <= 24000 * 1.0 + 24000
     assert sum(m["type"] == "Step" for m in got) >= 12 * 12.5
+
+
+def test_a_model_without_pause_heads_sends_no_step(tmp_path, mimi_weights, speech):
+    """As moshi-server: ``Step`` carries the extra heads' predictions, so a model without them
+    (stt-2.6b) sends none; words and the marker come as usual."""
+    from moshikit import stt
+    from moshikit.serve.stt import SttService
+    from moshikit.synthetic.stt import write_stt_repo
+
+    repo = write_stt_repo(tmp_path / "noheads", kind="random", mimi_path=mimi_weights, extra_heads=0, prefix=1.0)
+    model = stt.load_stt(str(repo))
+    assert model.lm.info.extra_heads == 0 and model.prefix_frames == 13
+    s = Served(SttService(model, "noheads", 2))
+    try:
+        got = asyncio.run(transcribe_stream(s.ws, clip(speech, 1, 2.0)))
+    finally:
+        s.stop()
+    kinds = {m["type"] for m in got}
+    assert "Step" not in kinds and {"Ready", "Word", "Marker"} <= kinds
+    # The 1 s silence prefix is the server's: times count from the client's first sample.
+    assert all(0 <= m["start_time"] <= 2.0 + 2.0 for m in got if m["type"] == "Word")
