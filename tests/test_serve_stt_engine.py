@@ -158,3 +158,26 @@ def test_a_piece_that_begins_a_word_closes_the_one_before():
         {"type": "Word", "text": "qc", "start_time": pytest.approx(2 / 12.5)},
         {"type": "EndWord", "stop_time": pytest.approx(4 / 12.5)},
     ]
+
+
+def test_protocol_messages_are_checked():
+    import msgpack
+
+    from moshikit.serve import asr_protocol as proto
+
+    m = proto.unpack(msgpack.packb({"type": "Audio", "pcm": [0.5, -0.25]}, use_single_float=True))
+    assert m["type"] == "Audio" and m["pcm"].dtype == np.float32 and m["pcm"].tolist() == [0.5, -0.25]
+    assert proto.unpack(msgpack.packb({"type": "Marker", "id": 2 ** 40})) == {"type": "Marker", "id": 2 ** 40}
+    assert proto.unpack(msgpack.packb({"type": "Init"})) == {"type": "Init"}
+    bad = [({"type": "Audio", "pcm": [float("nan")]}, 1008), ({"type": "Marker", "id": "x"}, 1008),
+           ({"type": "Marker", "id": True}, 1008), ({"type": "OggOpus", "data": b"x"}, 1008),
+           ({"type": "Audio", "pcm": [0.0] * (proto.MAX_AUDIO_SAMPLES + 1)}, 1009), ({"pcm": []}, 1008)]
+    for msg, code in bad:
+        with pytest.raises(proto.ProtocolError) as err:
+            proto.unpack(msgpack.packb(msg, use_single_float=True))
+        assert err.value.code == code, msg
+    with pytest.raises(proto.ProtocolError) as err:
+        proto.unpack(b"\xc1")
+    assert err.value.code == 1003
+    assert msgpack.unpackb(proto.pack(proto.step(3, [0.25], 10))) == {"type": "Step", "step_idx": 3, "prs": [0.25],
+                                                                      "buffered_pcm": 10}

@@ -50,6 +50,8 @@ def unpack(data: bytes) -> dict:
                               max_map_len=16, max_str_len=1024, max_bin_len=MAX_AUDIO_SAMPLES * 4)
     except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
             msgpack.exceptions.StackError, TypeError) as exc:
+        if "exceeds max" in str(exc):  # msgpack's own bounds (an array, a string too long)
+            raise ProtocolError("message too large (a field holds too many items)", 1009) from None
         raise ProtocolError(f"not a msgpack message ({type(exc).__name__})", 1003) from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("a message must be a msgpack map with a 'type'")
@@ -102,4 +104,5 @@ def marker(mid: int) -> dict:
 
 
 def step(step_idx: int, prs: list[float], buffered_pcm: int) -> dict:
-    return {"type": "Step", "step_idx": int(step_idx), "prs": [float(p) for p in prs], "buffered_pcm": int(buffered_pcm)}
+    return {"type": "Step", "step_idx": int(step_idx), "prs": [float(p) for p in prs],
+            "buffered_pcm": int(buffered_pcm)}

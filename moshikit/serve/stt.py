@@ -12,8 +12,9 @@ words it gets alone: a stream whose audio has not arrived is left out of the ste
 silence it did not send.
 
 Bounds: a message's size (``asr_protocol``), audio waiting for the model per stream
-(``max_buffered`` seconds: past it the stream is not read until the model catches up), an idle timeout between messages, a bounded outgoing queue (a client
-that stops reading is dropped); uploads by size and duration. Every refusal is one log line.
+(``max_buffered`` seconds: past it the stream is not read until the model catches up), an idle
+timeout between messages (not counted while the model is behind), a bounded outgoing queue (a
+client that stops reading is dropped); uploads by size and duration. Every refusal is one log line.
 """
 
 from __future__ import annotations

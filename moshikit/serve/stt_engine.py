@@ -18,7 +18,6 @@ moves it to its event loop).
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -239,7 +238,8 @@ class SttEngine:
                 if not self._step_once():
                     self._wake.wait(0.05)
         except Exception as exc:  # noqa: BLE001 - the model broke: every stream fails in one line
-            self.failed = f"speech-to-text model failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.failed = f"speech-to-text model failed: {type(exc).__name__}: {first}"
             self.log(f"stt: {self.failed}")
             with self._lock:
                 feeds = [s.feed for s in self._slots if s is not None] + list(self._pending)
@@ -376,7 +376,3 @@ def transcript_words(model, energy: Energy | None = None) -> WordBuilder:
     """moshikit's own word builder for ``model`` (what ``transcribe`` writes: files, the OpenAI route)."""
     sp = model.tokenizer
     return WordBuilder(lambda ids: sp.decode(ids), sp.id_to_piece, model.offset, energy)
-
-
-def prefix_frames(model) -> int:
-    return int(math.ceil(model.prefix * FRAME_RATE))
