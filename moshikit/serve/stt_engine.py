@@ -183,7 +183,8 @@ class SttEngine:
 
     def _busy(self) -> int:
         # A cancelled stream's slot counts as free: the worker frees it before it admits the next.
-        return sum(s is not None and not s.feed.cancelled for s in self._slots) + len(self._pending)
+        return (sum(s is not None and not s.feed.cancelled for s in self._slots)
+                + sum(not f.cancelled for f in self._pending))
 
     @property
     def used(self) -> int:
@@ -257,6 +258,8 @@ class SttEngine:
                 if s is not None and (s.feed.cancelled or (s.feed.done and not s.codes)):
                     self._slots[b] = None
                     self._end(s.feed, None)
+                while self._pending and self._pending[0].cancelled:  # gone before it had a slot
+                    self._end(self._pending.popleft(), None)
                 if self._slots[b] is None and self._pending:
                     feed = self._pending.popleft()
                     encoder = self.model.codec.open_encoder() if self.own_encoders else None
