@@ -206,6 +206,17 @@ class StreamsLMBackend(LMBackend, Protocol):
 
 
 @runtime_checkable
+class MaskedStepLM(StreamsLMBackend, Protocol):
+    """A ``StreamsLMBackend`` that can step only some streams of its batch: ``step_heads_masked``
+    is ``step_heads`` for the rows where ``active`` (bool ``[B]``) is true; the other streams are
+    not advanced (their state is as if the call had not happened) and their result rows mean
+    nothing. Batched serving steps the streams whose audio has arrived and leaves the others."""
+
+    def step_heads_masked(self, codes: np.ndarray, active: np.ndarray) -> tuple[np.ndarray | None,
+                                                                                np.ndarray | None]: ...
+
+
+@runtime_checkable
 class GuidedLM(LMBackend, Protocol):
     """An LM backend that runs a conditioned model the way Kyutai runs Hibiki: ``set_guidance(cfg)``
     (classifier-free guidance strength, 1 = off; applies from the next ``reset``) and

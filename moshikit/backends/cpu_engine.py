@@ -153,21 +153,24 @@ class CpuLM:
         pick = (probs / noise).argmax(dim=-1, keepdim=True)
         return (pick if index is None else index.gather(-1, pick))[:, 0].numpy()
 
-    def _step(self, codes: np.ndarray):
-        """LMGen's ``_step`` for a model without a depth transformer: (text ids [B, 1] or None, output)."""
+    def _step(self, codes: np.ndarray, active: np.ndarray | None = None):
+        """LMGen's ``_step`` for a model without a depth transformer: (text ids [B, 1] or None, output).
+        With ``active`` (bool [B]), as LMGen under an exec mask: only those streams advance."""
         codes = check_codes(codes, self._batch, self.input_codebooks, self.info.card)
         b, cache, d, off = self._batch, self._cache, self.delays, self._offsets
         ct = cache.shape[2]
-        rows = np.arange(b)[:, None]
+        on = np.ones(b, bool) if active is None else np.asarray(active, bool).reshape(b)
+        rows = np.flatnonzero(on)[:, None]
         k = 1 + self.info.n_q
-        cache[rows, np.arange(1, k)[None], (off[:, None] + d[None, 1:]) % ct] = codes
-        tokens = cache[rows, np.arange(k)[None], (off % ct)[:, None]]
+        cache[rows, np.arange(1, k)[None], (off[on][:, None] + d[None, 1:]) % ct] = codes[on]
+        tokens = cache[np.arange(b)[:, None], np.arange(k)[None], (off % ct)[:, None]]
         tokens = np.where(off[:, None] <= d[None, :], self.initial[None], tokens)
-        out, logits = self.engine(self._torch.from_numpy(tokens))
+        out, logits = self.engine(self._torch.from_numpy(tokens),
+                                  None if active is None else self._torch.from_numpy(on.copy()))
         text = self._sample(logits)
-        off += 1
+        off += on
         self._steps += 1
-        cache[np.arange(b), 0, off % ct] = text
+        cache[rows[:, 0], 0, off[on] % ct] = text[on]
         max_delay = int(d.max())
         if self._steps <= max_delay:
             return None, out
@@ -180,6 +183,15 @@ class CpuLM:
 
     def step_heads(self, codes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         ids, out = self._step(codes)
+        if ids is None:
+            return None, None
+        probs = self.engine.extra_heads(out)
+        return ids, None if probs is None else probs.float().numpy()
+
+    def step_heads_masked(self, codes: np.ndarray, active: np.ndarray) -> tuple[np.ndarray | None,
+                                                                                np.ndarray | None]:
+        """``step_heads`` for the streams where ``active`` is true; the others stay where they are."""
+        ids, out = self._step(codes, active)
         if ids is None:
             return None, None
         probs = self.engine.extra_heads(out)

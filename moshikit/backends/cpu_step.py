@@ -32,6 +32,12 @@ from .cpu_kernels import Linear
 
 #: Smallest KV capacity allocated (grown by doubling up to the model's context).
 MIN_CAPACITY = 64
+#: The attention window is rounded up to a multiple of this. A stream's attention then does not
+#: depend on its batch mates' lengths: torch's CPU attention adds up whole vector-lane groups, so
+#: a window longer by masked positions gives bit-identical results only once it covers the
+#: stream's own length rounded up to its lane group (16 here, for fp32 and bf16); 64 covers groups
+#: of 8 to 64. Served streams of different lengths then get what they get alone.
+WINDOW_ALIGN = 64
 
 
 def unsupported(model) -> str | None:
@@ -217,8 +223,12 @@ class Step(nn.Module):
         return x + rows[:, 0].float()
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame: ``tokens`` [B, 1 + n_q] -> (transformer output [B, dim], text logits [B, text_card])."""
+    def forward(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame: ``tokens`` [B, 1 + n_q] -> (transformer output [B, dim], text logits [B, text_card]).
+
+        With ``active`` (bool [B]), only those streams advance. The others are computed too (same
+        kernels, same batch) but keep their length, so the keys and values they wrote go to the
+        slot their next real frame overwrites before anything reads it: their state is unchanged."""
         b = tokens.shape[0]
         positions = self.lengths  # per stream: how many frames it has seen (its next position)
         self._grow(int(positions.max()) + 1)
@@ -226,7 +236,7 @@ class Step(nn.Module):
         self.rows = torch.arange(b)
         self.slots = positions % self.context
         filled = torch.clamp(positions + 1, max=self.context)
-        self.window = min(cap, int(filled.max()))
+        self.window = min(cap, -(-int(filled.max()) // WINDOW_ALIGN) * WINDOW_ALIGN)
         self.mask = (torch.arange(self.window) < filled[:, None])[:, None, None, :]
         if self.freqs is not None:
             angles = self.freqs * positions.float()[:, None]
@@ -234,7 +244,7 @@ class Step(nn.Module):
         x = self.embed(tokens)
         for layer, kv in zip(self.layers, self.kv):
             x = layer(x, self, kv)
-        self.lengths = positions + 1
+        self.lengths = positions + 1 if active is None else torch.where(active, positions + 1, positions)
         out = self.out_norm(x)
         return out, self.text_head(out)
 

@@ -351,6 +351,21 @@ class TorchLM:
         return tokens[:, :, 0].cpu().numpy(), probs
 
 
+    def step_heads_masked(self, codes: np.ndarray, active: np.ndarray) -> tuple[np.ndarray | None,
+                                                                                np.ndarray | None]:
+        """``step_heads`` for the streams where ``active`` is true, through moshi's exec mask (the
+        others' caches, offsets and token history stay as they were)."""
+        torch = self._torch
+        m = torch.from_numpy(np.asarray(active, dtype=bool).reshape(self._batch).copy()).to(self._device)
+        with torch.inference_mode():
+            self._gen.set_exec_mask(m)
+        try:
+            return self.step_heads(codes)
+        finally:
+            with torch.inference_mode():
+                self._gen.set_exec_mask(torch.ones_like(m))
+
+
 def load(repo_dir_or_config, *, device: str | None = None, dtype=None,
          sampling: SamplingConfig | None = None, moshi_weights: str | os.PathLike | None = None,
          revision: str | None = None) -> TorchLM:
