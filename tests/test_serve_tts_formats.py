@@ -1,0 +1,114 @@
+"""The TTS server's encoders without a server: moshi-server's TTS messages and OpenAI's speech formats,
+each decoded back by an independent reader (msgpack, soundfile, sphn)."""
+
+from __future__ import annotations
+
+import io
+
+import msgpack
+import numpy as np
+import pytest
+
+from moshikit.serve import speech_formats as F
+from moshikit.serve import tts_wire as W
+
+
+def tone(seconds: float = 1.0) -> np.ndarray:
+    t = np.arange(int(24000 * seconds)) / 24000
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def frames(pcm: np.ndarray):
+    for i in range(0, pcm.size, 1920):
+        yield pcm[i:i + 1920]
+
+
+def test_parse_messages_as_moshi_server_reads_them():
+    assert W.parse_message(msgpack.packb({"type": "Text", "text": "hello"}), max_text=100) == W.TextIn("hello")
+    assert W.parse_message(msgpack.packb({"type": "Eos"}), max_text=100) == W.EosIn()
+    assert W.parse_message(b"\x00", max_text=100) == W.EosIn()
+    assert W.parse_message("two words", max_text=100) == W.TextIn("two words")
+    for bad, why in [(b"\xc1", "msgpack"), (msgpack.packb([1]), "map"), (msgpack.packb({"type": "Nope"}), "Nope"),
+                     (msgpack.packb({"type": "Text"}), "text"), (msgpack.packb({"type": "Voice"}), r"\?voice="),
+                     (msgpack.packb({"type": "Text", "text": "x" * 101}), "at most 100")]:
+        with pytest.raises(W.ProtocolError, match=why):
+            W.parse_message(bad, max_text=100)
+
+
+def test_formats():
+    assert W.parse_format(None) == "OggOpus" and W.parse_format("Pcm") == "Pcm"
+    with pytest.raises(W.ProtocolError, match="PcmMessagePack, OggOpusMessagePack, Pcm, OggOpus"):
+        W.parse_format("Wav")
+
+
+def test_pcm_messagepack_messages():
+    enc = W.Encoder("PcmMessagePack")
+    assert [msgpack.unpackb(m) for m in enc.ready()] == [{"type": "Ready"}]
+    pcm = tone(0.08)
+    (msg,) = enc.audio(pcm)
+    got = msgpack.unpackb(msg)
+    assert got["type"] == "Audio" and len(got["pcm"]) == 1920
+    np.testing.assert_array_equal(np.array(got["pcm"], np.float32), pcm)  # float32 on the wire, as Rust sends f32
+    (word,) = enc.word("hello", 0.24, 0.64)
+    got = msgpack.unpackb(word)
+    assert got["type"] == "Text" and got["text"] == "hello"
+    assert got["start_s"] == pytest.approx(0.24) and got["stop_s"] == pytest.approx(0.64)
+    assert msgpack.unpackb(enc.error("no free channels")[0]) == {"type": "Error", "message": "no free channels"}
+
+
+def test_raw_pcm_and_ogg_opus_formats(tmp_path):
+    pcm = tone(1.0)
+    raw = W.Encoder("Pcm")
+    assert raw.ready() == [] and raw.word("x", 0, 1) == [] and raw.error("x") == []
+    data = b"".join(m for f in frames(pcm) for m in raw.audio(f))
+    np.testing.assert_array_equal(np.frombuffer(data, "<f4"), pcm)
+    for fmt in ("OggOpus", "OggOpusMessagePack"):
+        enc = W.Encoder(fmt)
+        msgs = [m for f in frames(pcm) for m in enc.audio(f)]
+        if fmt.endswith("MessagePack"):
+            msgs = [msgpack.unpackb(m)["data"] for m in msgs]
+        import sphn
+
+        back, rate = sphn.read_opus_bytes(b"".join(msgs))  # decoded at 48 kHz
+        assert rate == 48000 and abs(back.shape[-1] / 2 - pcm.size) <= 1920  # Opus pre-skip and page rounding
+
+
+@pytest.mark.parametrize("fmt", F.SUPPORTED)
+def test_speech_formats_decode_to_the_audio(fmt, tmp_path):
+    import soundfile as sf
+
+    pcm = tone(2.0)
+    enc = F.SpeechEncoder(fmt)
+    pieces = [enc.start()] + [enc.write(f) for f in frames(pcm)] + [enc.close()]
+    data = b"".join(pieces)
+    if fmt in F.STREAMED:  # bytes leave before the end: well before the last frame
+        assert len(b"".join(pieces[:len(pieces) // 2])) > 0
+    else:
+        assert not b"".join(pieces[:-1])
+    if fmt == "pcm":
+        back = np.frombuffer(data, "<i2") / 32767
+        np.testing.assert_allclose(back, pcm, atol=1 / 32767)  # one 16-bit step
+        return
+    if fmt == "wav":
+        assert data[:4] == b"RIFF" and data[40:44] == b"\xff\xff\xff\xff"
+        back = np.frombuffer(data[44:], "<i2") / 32767
+        np.testing.assert_allclose(back, pcm, atol=1 / 32767)
+        return
+    path = tmp_path / f"x.{fmt}"
+    path.write_bytes(data)
+    if fmt == "flac":
+        back, rate = sf.read(io.BytesIO(data), dtype="float32")
+        assert rate == 24000
+        np.testing.assert_allclose(back, pcm, atol=1 / 32767)
+        return
+    import sphn
+
+    if fmt == "opus":
+        back, rate = sphn.read_opus_bytes(data)  # at 48 kHz; pre-skip and the last page completed with silence
+        assert rate == 48000 and abs(back.shape[-1] / 2 - pcm.size) <= 1920
+        assert np.abs(back).max() > 0.2
+        return
+    back, rate = sphn.read(str(path))
+    # mp3: encoder delay and padding plus the one silent first frame (1152 samples each at most)
+    assert rate == 24000 and pcm.size <= back.shape[-1] <= pcm.size + 4 * 1152
+    assert np.abs(back).max() > 0.2
