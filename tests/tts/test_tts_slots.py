@@ -75,10 +75,10 @@ def test_a_slot_waits_for_its_words_and_is_refilled(tts_model):
         assert slots.empty(1)  # all text in, nothing to say
         slots.release(1)
         assert slots.free() == [1]
-        for w in ("you.",):
-            slots.push(0, w)
-        assert slots.ready(0)
+        slots.push(0, "you.")
+        assert not slots.ready(0)  # two words, still short of the look-ahead (three)
         slots.end_text(0)
+        assert slots.ready(0)  # all of its text is in
         events = []
         while slots.used():
             events += slots.step()
