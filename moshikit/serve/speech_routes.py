@@ -23,7 +23,7 @@ KNOWN_FIELDS = ("model", "input", "voice", "response_format", "speed", "stream_f
 async def speech(service, request):
     from starlette.responses import StreamingResponse
 
-    from .http import busy_response, openai_error, read_body
+    from .http import HTTPProblem, busy_response, openai_error, read_body
 
     peer = request.client.host if request.client else "?"
 
@@ -32,9 +32,10 @@ async def speech(service, request):
         service.count("tts_refused")
         return openai_error(status, message, param=param, code=code)
 
-    body = await read_body(request, service.limits.max_body)
-    if not isinstance(body, (bytes, bytearray)):
-        return body  # the helper's own 413
+    try:
+        body = await read_body(request, service.limits.max_body)
+    except HTTPProblem as exc:
+        return refuse(exc.status, exc.message, code=exc.code)
     try:
         req = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -82,7 +83,7 @@ async def speech(service, request):
     if not service.engine.submit(job):
         service.log(f"tts: busy, refused a speech request from {peer} (429)")
         service.count("tts_busy")
-        return busy_response(RETRY_AFTER_S)
+        return busy_response(RETRY_AFTER_S, "every TTS slot is taken")
     service.engine.wake()
     service.count("tts_requests")
     service.log(f"tts: speech for {peer}: {len(text)} characters, {fmt}, voice {clienttext.shown(voice.name, 80)}")

@@ -35,7 +35,6 @@ OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MAX_INPUT = 4096  # characters of ``input`` (OpenAI's own bound)
 MAX_STREAM_TEXT = 65536  # characters one /api/tts_streaming connection may send in all
 MAX_BODY = 64 << 10
-RETRY_AFTER = 2  # seconds a refused client is told to wait
 MAX_QUEUED_SECONDS = 120.0  # audio generated but not yet taken by a slow client before it is dropped
 
 
@@ -60,7 +59,7 @@ class TtsService:
     kind: str = "tts"
     ctx: object = None
     voice_names: tuple[str, ...] = ()
-    _voices: dict = field(default_factory=dict)
+    voice_cache: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------- Service protocol
 
@@ -105,9 +104,9 @@ class TtsService:
             shown = ", ".join(["default", *self.voice_names[:6]]) + (" ..." if len(self.voice_names) > 6 else "")
             raise UsageError(f"unknown voice {clienttext.shown(name, 80)!r}: use one of {shown} "
                              "(GET /api/info lists them)")
-        if key not in self._voices:
-            self._voices[key] = await asyncio.to_thread(self.model.resolve_voice, key)
-        return self._voices[key]
+        if key not in self.voice_cache:
+            self.voice_cache[key] = await asyncio.to_thread(self.model.resolve_voice, key)
+        return self.voice_cache[key]
 
     def pace(self, speed) -> float:
         """OpenAI's ``speed`` as this model's padding bonus; MoshikitError for what it cannot do."""
@@ -191,7 +190,7 @@ def load_tts_service(model: str | None = None, *, backend: str | None = None, de
         n = 1
         engine = SerialEngine(m, Settings(temp=temp, cfg=DEFAULT_CFG), queue=(batch or 4) if queue is None else queue)
     service = TtsService(m, engine, str(model or m.name), n, limits or Limits(), voice_names=tuple(names))
-    service._voices[None] = default_voice
+    service.voice_cache[None] = default_voice
     return service
 
 

@@ -71,7 +71,6 @@ class _Engine:
         self.log = log or (lambda line: None)
         self._cond = threading.Condition()
         self._waiting: collections.deque[Job] = collections.deque()
-        self._running = 0
         self._stop = False
         self._thread: threading.Thread | None = None
         self.failure: str | None = None
@@ -88,16 +87,22 @@ class _Engine:
             self._thread.join(timeout)
 
     def load(self) -> int:
-        """Jobs held now (speaking and waiting)."""
+        """Jobs held now (speaking and waiting); those whose client left no longer count."""
         with self._cond:
-            return self._running + len(self._waiting)
+            return self._held()
+
+    def _held(self) -> int:
+        return sum(1 for j in [*self.speaking(), *self._waiting] if not j.cancelled)
+
+    def speaking(self) -> list[Job]:
+        return []
 
     def free(self) -> int:
         return max(0, self.capacity - self.load()) if self.failure is None else 0
 
     def submit(self, job: Job) -> bool:
         with self._cond:
-            if self._stop or self.failure is not None or self._running + len(self._waiting) >= self.capacity:
+            if self._stop or self.failure is not None or self._held() >= self.capacity:
                 return False
             self._waiting.append(job)
             self._cond.notify_all()
@@ -137,6 +142,9 @@ class SlotEngine(_Engine):
         self.model, self.batch, self.default_voice, self.temp, self.cfg = model, batch, default_voice, temp, cfg
         self.jobs: list[Job | None] = [None] * batch
 
+    def speaking(self) -> list[Job]:
+        return [j for j in self.jobs if j is not None]
+
     def abandon(self) -> list[Job]:
         jobs = [j for j in self.jobs if j is not None]
         self.jobs = [None] * self.batch
@@ -161,7 +169,6 @@ class SlotEngine(_Engine):
                             job.emit(("error", str(exc)))
                             continue
                         self.jobs[slot] = job
-                        self._running += 1
                 self._feed(slots)
                 events = slots.step()
                 for e in events:
@@ -183,7 +190,6 @@ class SlotEngine(_Engine):
     def _free(self, slot: int) -> None:
         with self._cond:
             self.jobs[slot] = None
-            self._running -= 1
 
     def _feed(self, slots) -> None:
         """Each slot's newly arrived text; the slots of jobs that left or failed are freed."""
@@ -219,8 +225,11 @@ class SerialEngine(_Engine):
         self.model, self.settings = model, settings
         self.current: Job | None = None
 
-    def abandon(self) -> list[Job]:
+    def speaking(self) -> list[Job]:
         return [self.current] if self.current is not None else []
+
+    def abandon(self) -> list[Job]:
+        return self.speaking()
 
     def run(self) -> None:
         while True:
@@ -234,13 +243,11 @@ class SerialEngine(_Engine):
                 if job.cancelled:
                     continue
                 self.current = job
-                self._running += 1
             try:
                 self._speak(job)
             finally:
                 with self._cond:
                     self.current = None
-                    self._running -= 1
 
     def _speak(self, job: Job) -> None:
         from dataclasses import replace
