@@ -43,7 +43,7 @@ async def speech(service, request):
     if not isinstance(req, dict):
         return refuse(400, "the body must be a JSON object")
     model = req.get("model")
-    if not isinstance(model, str) or model not in (service.name, *service_models()):
+    if not isinstance(model, str) or model not in (service.name, *OPENAI_MODELS):
         return refuse(400 if model is None else 404, f"model {clienttext.shown(model, 80)!r} is not served here: "
                       f"use {service.name!r}", param="model", code="model_not_found")
     text = req.get("input")
@@ -91,13 +91,9 @@ async def speech(service, request):
     return StreamingResponse(_body(service, job, events, encoder, peer), media_type=encoder.content_type)
 
 
-RETRY_AFTER_S = 2
-
-
-def service_models() -> tuple[str, ...]:
-    from .tts import OPENAI_MODELS
-
-    return OPENAI_MODELS
+RETRY_AFTER_S = 2  # seconds a refused client is told to wait
+#: OpenAI's TTS model names, accepted for the one TTS model served (clients written for OpenAI send them).
+OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
 
 async def _body(service, job, events: asyncio.Queue, encoder, peer: str):

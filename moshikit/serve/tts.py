@@ -24,14 +24,11 @@ from dataclasses import dataclass, field
 
 from .. import clienttext
 from ..errors import MoshikitError
-from . import speech_formats, tts_wire
 from .tts_engines import Job, SerialEngine, SlotEngine
 
 #: OpenAI's voice names: clients written for OpenAI send them; they mean the model's default voice.
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
                  "marin", "cedar")
-#: OpenAI's TTS model names, accepted for the one TTS model served.
-OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MAX_INPUT = 4096  # characters of ``input`` (OpenAI's own bound)
 MAX_STREAM_TEXT = 65536  # characters one /api/tts_streaming connection may send in all
 MAX_BODY = 64 << 10
@@ -202,4 +199,4 @@ def error_line(exc: BaseException) -> str:
     return f"internal error ({type(exc).__name__})"
 
 
-__all__ = ["Limits", "TtsService", "default_tts_batch", "load_tts_service", "speech_formats", "tts_wire"]
+__all__ = ["Limits", "TtsService", "default_tts_batch", "load_tts_service"]
