@@ -184,3 +184,54 @@ def test_a_full_server_refuses_websockets_with_1013_and_http_with_429(served):
     messages, code = speak_stream(running.base, WORDS)
     assert code == 1000
     assert sum("busy" in ln or "no free channels" in ln for ln in lines) == 2
+
+
+# ---------------------------------------------------------------- Pocket TTS: one at a time, from a queue
+
+
+@pytest.fixture(scope="module")
+def pocket_served():
+    pytest.importorskip("pocket_tts")
+    with tts_server(backend="pocket", queue=2) as (running, lines):
+        yield running, lines
+
+
+def test_pocket_tts_streams_queue_on_its_worker(pocket_served):
+    """Pocket TTS cannot batch: concurrent streams wait their turn (a bounded queue) and each gets
+    what it gets alone; no word timings (the model has none), so no Text messages."""
+    running, lines = pocket_served
+    assert running.service.batch == 1 and running.service.engine.capacity == 3
+    alone, code = speak_stream(running.base, WORDS)
+    assert code == 1000 and alone[0] == {"type": "Ready"} and words_of(alone) == []
+    assert audio_of(alone).size > 0
+    together: list = [None, None]
+
+    def one(i):
+        together[i] = speak_stream(running.base, WORDS)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    for messages, code in together:
+        assert code == 1000
+        # greedy and one at a time; pocket-tts's decoder thread takes as many latent frames per call as are
+        # queued (thread timing), which changes float32 rounding only (seen: 7e-8)
+        np.testing.assert_allclose(audio_of(messages), audio_of(alone), atol=1e-5)
+    assert not any("Traceback" in ln for ln in lines)
+
+
+def test_pocket_tts_voices_and_pace(pocket_served):
+    import json
+    import urllib.error
+    import urllib.request
+
+    running, _ = pocket_served
+    messages, code = refused(running.base, format="PcmMessagePack", voice="nobody")
+    assert code == 1008 and "alba" in messages[-1]["message"]
+    body = json.dumps({"model": "synthetic", "input": "Hi you.", "speed": 1.5}).encode()
+    req = urllib.request.Request(running.base + "/v1/audio/speech", body, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 400 and "own pace" in json.loads(err.value.read())["error"]["message"]
