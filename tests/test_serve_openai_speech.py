@@ -131,3 +131,24 @@ def test_raw_bodies_that_are_not_requests(served):
             urllib.request.urlopen(req, timeout=30)
         assert err.value.code == status and "message" in json.loads(err.value.read())["error"]
     assert not any("Traceback" in ln for ln in lines)
+
+
+def test_a_client_that_leaves_mid_speech_frees_its_slot(served):
+    import http.client
+    import json
+
+    running, lines = served
+    host, port = running.base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", "/v1/audio/speech", json.dumps({"model": "synthetic", "input": TEXT, "response_format": "pcm"}),
+                 {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and response.read1(1920)  # the first audio came
+    assert running.service.engine.load() == 1
+    conn.close()  # gone before the end
+    for _ in range(200):
+        if running.service.engine.load() == 0:
+            break
+        time.sleep(0.05)
+    assert running.service.engine.load() == 0
+    assert not any("Traceback" in ln for ln in lines)

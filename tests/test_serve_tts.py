@@ -130,7 +130,13 @@ def test_bad_format_or_voice_is_refused_with_the_valid_ones(served, params, code
 
 
 def test_another_voice_of_the_model(served, alone):
+    import json
+    import urllib.request
+
     running, _ = served
+    with urllib.request.urlopen(running.base + "/api/info", timeout=30) as r:
+        (tts,) = [s for s in json.loads(r.read())["services"] if s["kind"] == "tts"]
+    assert tts["id"] == "synthetic" and tts["slots"] == 2 and "vctk/p225_023.wav" in tts["voices"]
     messages, code = speak_stream(running.base, WORDS, voice="vctk/p225_023.wav")
     other, default = audio_of(messages), audio_of(alone[0])
     assert code == 1000 and other.size > 0
@@ -147,6 +153,8 @@ def test_broken_messages_close_the_stream_and_free_its_slot(served):
             ws.send(bad)
             messages = received(ws)
         assert ws.close_code == 1003 and messages[-1]["type"] == "Error"
+    messages, code = speak_stream(running.base, ["Hi", "\u65e5\u672c", "you."])  # a word the model cannot speak
+    assert code == 1008 and messages[-1]["type"] == "Error" and "cannot speak" in messages[-1]["message"]
     messages, code = speak_stream(running.base, WORDS)  # the server carries on
     assert code == 1000 and words_of(messages)
     assert not any("Traceback" in ln for ln in lines)

@@ -63,7 +63,7 @@ class TtsService:
     def models(self) -> list[dict]:
         info = self.model.describe()
         return [{"id": self.name, "kind": "tts", "backend": info.get("backend"), "device": info.get("device"),
-                 "slots": self.batch, "free": self.engine.free(), "voices": len(self.voice_names),
+                 "slots": self.batch, "free": self.engine.free(), "voices": ["default", *self.voice_names],
                  "word_timings": bool(self.model.word_timings)}]
 
     def routes(self) -> list:

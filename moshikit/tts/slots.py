@@ -187,7 +187,12 @@ class SlotBatch:
             return False
         if s.complete:
             return bool(s.state.entries) or s.steps > 0
-        return sum(1 for e in s.state.entries if e.tokens) >= self.ahead
+        words = 0
+        for e in s.state.entries:  # stops at the look-ahead: a long text queued up front costs nothing
+            words += bool(e.tokens)
+            if words >= self.ahead:
+                return True
+        return False
 
     def empty(self, slot: int) -> bool:
         """All text in and none of it speakable (nothing to say)."""
