@@ -56,6 +56,7 @@ def test_a_protocol_client_gets_audio_and_timed_words(alone):
     assert {m["type"] for m in messages} == {"Ready", "Audio", "Text"}
 
 
+@pytest.mark.numerics
 def test_the_same_words_speak_what_speak_says(alone, spoken):
     """The server speaks a text as `moshikit speak` does (greedy; another batch size, so a tolerance)."""
     messages, _ = alone
@@ -67,6 +68,7 @@ def test_the_same_words_speak_what_speak_says(alone, spoken):
     assert [w for w, _, _ in words_of(messages)] == ref_words
 
 
+@pytest.mark.numerics
 def test_concurrent_streams_share_the_model_and_each_gets_what_it_gets_alone(served, alone):
     running, _ = served
     texts = [WORDS, ["Other", "words", "here."]]

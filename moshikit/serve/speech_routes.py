@@ -73,6 +73,11 @@ async def speech(service, request):
         await asyncio.to_thread(service.check_text, text)
     except MoshikitError as exc:
         return refuse(400, str(exc), param="voice" if "voice" in str(exc) else "input")
+    try:
+        encoder = speech_formats.SpeechEncoder(fmt)
+    except Exception as exc:  # noqa: BLE001 - e.g. a libsndfile built without MP3: one line, not a 500
+        return refuse(400, f"response_format {fmt}: not available on this server ({type(exc).__name__})",
+                      param="response_format")
     loop = asyncio.get_running_loop()
     job, events = service.job(voice, loop, padding_bonus=bonus)
     from ..tts.text import sentences
@@ -87,7 +92,6 @@ async def speech(service, request):
     service.engine.wake()
     service.count("tts_requests")
     service.log(f"tts: speech for {peer}: {len(text)} characters, {fmt}, voice {clienttext.shown(voice.name, 80)}")
-    encoder = speech_formats.SpeechEncoder(fmt)
     return StreamingResponse(_body(service, job, events, encoder, peer), media_type=encoder.content_type)
 
 
