@@ -112,3 +112,25 @@ def test_speech_formats_decode_to_the_audio(fmt, tmp_path):
     # mp3: encoder delay and padding plus the one silent first frame (1152 samples each at most)
     assert rate == 24000 and pcm.size <= back.shape[-1] <= pcm.size + 4 * 1152
     assert np.abs(back).max() > 0.2
+
+
+def test_a_reader_that_falls_behind_has_its_job_stopped():
+    """What a slow client makes the server hold is bounded: past ``max_queued_seconds`` of untaken
+    audio its job is cancelled and its queue ends with an error."""
+    import asyncio
+
+    from moshikit.serve.tts import Limits, TtsService
+
+    service = TtsService(model=None, engine=None, name="x", batch=1, limits=Limits(max_queued_seconds=0.4))
+
+    async def run():
+        job, events = service.job(None, asyncio.get_running_loop())
+        for _ in range(20):  # the worker makes audio; nobody takes it
+            job.emit(("audio", np.zeros(1920, np.float32)))
+            await asyncio.sleep(0)
+        got = [events.get_nowait() for _ in range(events.qsize())]
+        return job, got
+
+    job, got = asyncio.run(run())
+    assert job.cancelled and got[-1] == ("error", "the client reads the audio too slowly")
+    assert sum(e[0] == "audio" for e in got) == 6  # 0.4 s = 5 frames queued, the next one trips it

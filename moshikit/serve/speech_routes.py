@@ -102,8 +102,6 @@ OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
 async def _body(service, job, events: asyncio.Queue, encoder, peer: str):
     """The response body: the format's header, then audio as each frame is generated."""
-    limit = service.limits.max_queued_seconds * 24000
-    queued = 0
     try:
         head = encoder.start()
         if head:
@@ -112,10 +110,6 @@ async def _body(service, job, events: asyncio.Queue, encoder, peer: str):
             event = await events.get()
             kind = event[0]
             if kind == "audio":
-                queued = events.qsize() * 1920
-                if queued > limit:
-                    service.log(f"tts: {peer} reads too slowly; its speech is cut short")
-                    return
                 data = encoder.write(event[1])
                 if data:
                     yield data

@@ -140,16 +140,27 @@ class TtsService:
         await streaming(self, websocket)
 
     def job(self, voice, loop: asyncio.AbstractEventLoop, *, padding_bonus: float = 0.0) -> tuple[Job, asyncio.Queue]:
-        """A job whose events land in an asyncio queue of ``loop``."""
+        """A job whose events land in an asyncio queue of ``loop``. A client that leaves more than
+        ``Limits.max_queued_seconds`` of audio untaken has its job stopped (an ``error`` event ends
+        its queue): what a slow reader makes the server hold is bounded."""
         events: asyncio.Queue = asyncio.Queue()
+        most = int(self.limits.max_queued_seconds * 12.5)  # 80 ms frames
+        stopped = []
 
         def sink(event: tuple) -> None:
+            if stopped:
+                return
+            if event[0] == "audio" and events.qsize() > most:  # a read from the worker thread: a bound, not a count
+                stopped.append(True)
+                job.cancel()
+                event = ("error", "the client reads the audio too slowly")
             try:
                 loop.call_soon_threadsafe(events.put_nowait, event)
             except RuntimeError:  # the loop is closed: the server is stopping
                 pass
 
-        return Job(voice, sink, padding_bonus=padding_bonus), events
+        job = Job(voice, sink, padding_bonus=padding_bonus)
+        return job, events
 
 
 def default_tts_batch(model) -> int:

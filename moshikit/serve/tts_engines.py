@@ -66,6 +66,9 @@ class Job:
 
 
 class _Engine:
+    #: takes a job's words as they arrive (True), or only once all of its text is in
+    streams_text = True
+
     def __init__(self, capacity: int, log: Callable[[str], None] | None = None) -> None:
         self.capacity = capacity
         self.log = log or (lambda line: None)
@@ -219,6 +222,8 @@ class SlotEngine(_Engine):
 
 class SerialEngine(_Engine):
     """Jobs spoken one at a time by the backend's ``generate`` (all their text in first); ``queue`` wait."""
+
+    streams_text = False
 
     def __init__(self, model, settings, *, queue: int = 4, log=None) -> None:
         super().__init__(1 + queue, log)

@@ -46,7 +46,7 @@ async def streaming(service, websocket) -> None:
         return await refuse(POLICY, str(exc), encoder)
     loop = asyncio.get_running_loop()
     job, events = service.job(voice, loop)
-    slot_engine = hasattr(service.engine, "jobs")  # a SerialEngine takes the job once its text is in
+    slot_engine = service.engine.streams_text  # a SerialEngine takes the job once its text is in
     if (slot_engine and not service.engine.submit(job)) or (not slot_engine and service.engine.free() <= 0):
         service.count("tts_busy")
         return await refuse(BUSY, "no free channels", encoder)
@@ -58,7 +58,6 @@ async def streaming(service, websocket) -> None:
     try:
         for msg in encoder.ready():
             await websocket.send_bytes(msg)
-        limit = service.limits.max_queued_seconds * 24000 / 1920
         while True:
             getter = asyncio.ensure_future(events.get())
             done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -75,10 +74,6 @@ async def streaming(service, websocket) -> None:
                 continue
             event = getter.result()
             if event[0] == "audio":
-                if events.qsize() > limit:
-                    reason = "client too slow"
-                    await websocket.close(POLICY, "reading too slowly")
-                    return
                 for msg in encoder.audio(event[1]):
                     await websocket.send_bytes(msg)
             elif event[0] == "word":
