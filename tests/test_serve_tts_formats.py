@@ -1,5 +1,6 @@
-"""The TTS server's encoders without a server: moshi-server's TTS messages and OpenAI's speech formats,
-each decoded back by an independent reader (msgpack, soundfile, sphn)."""
+"""The TTS server's parts without a server or a model: moshi-server's TTS messages and OpenAI's speech
+formats, each decoded back by an independent reader (msgpack, soundfile, sphn); the bound on a slow
+reader's audio; the serial engine's queue."""
 
 from __future__ import annotations
 
@@ -134,3 +135,48 @@ def test_a_reader_that_falls_behind_has_its_job_stopped():
     job, got = asyncio.run(run())
     assert job.cancelled and got[-1] == ("error", "the client reads the audio too slowly")
     assert sum(e[0] == "audio" for e in got) == 6  # 0.4 s = 5 frames queued, the next one trips it
+
+
+def test_the_serial_engine_takes_jobs_in_turn_within_its_bound():
+    """A backend that cannot batch: jobs wait (bounded) and are spoken one at a time once their text is
+    all in; beyond the bound submit says no; a job whose client left is skipped."""
+    import threading
+
+    from moshikit.serve.tts_engines import Job, SerialEngine
+    from moshikit.tts.engine import Settings, Speech, WordTime
+
+    gate = threading.Event()
+    spoken: list[str] = []
+
+    class Model:
+        def generate(self, chunks, voices, settings, *, on_pcm=None, on_word=None):
+            text = " ".join(c.text for c in chunks)
+            gate.wait(10)
+            spoken.append(text)
+            on_pcm(np.zeros(1920, np.float32))
+            return Speech(samples=1920, words=[WordTime(text, 0.0, 0.08)])
+
+    engine = SerialEngine(Model(), Settings(), queue=1)
+    events: dict[int, list] = {0: [], 1: [], 2: [], 3: []}
+    jobs = [Job(None, events[i].append) for i in range(4)]
+    engine.start()
+    try:
+        assert engine.submit(jobs[0]) and engine.submit(jobs[1])
+        assert not engine.submit(jobs[2]) and engine.free() == 0  # one speaking, one waiting: full
+        jobs[1].cancel()  # its client left before its text was all in
+        assert engine.free() == 1 and engine.submit(jobs[3])
+        for i in (0, 3):
+            jobs[i].push("Hello")
+            jobs[i].push("there.")
+            jobs[i].end()
+        engine.wake()
+        gate.set()
+        for _ in range(200):
+            if events[3] and events[3][-1][0] == "done":
+                break
+            threading.Event().wait(0.02)
+    finally:
+        engine.stop()
+    assert spoken == ["Hello there.", "Hello there."]
+    assert [e[0] for e in events[0]] == ["audio", "word", "done"] and events[0][1][1:] == ("Hello there.", 0.0, 0.08)
+    assert events[1] == [] and [e[0] for e in events[3]] == ["audio", "word", "done"]
