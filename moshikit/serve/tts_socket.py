@@ -50,12 +50,13 @@ async def streaming(service, websocket) -> None:
     if (slot_engine and not service.engine.submit(job)) or (not slot_engine and service.engine.free() <= 0):
         service.count("tts_busy")
         return await refuse(BUSY, "no free channels", encoder)
-    await websocket.accept()
     service.count("tts_streams")
     service.log(f"tts: stream for {peer}: voice {clienttext.shown(voice.name, 80)}, {fmt}")
-    reader = asyncio.ensure_future(_read(service, websocket, job, slot_engine))
+    reader = None
     reason = "done"
     try:
+        await websocket.accept()  # inside: a client gone already still gives its slot back
+        reader = asyncio.ensure_future(_read(service, websocket, job, slot_engine))
         for msg in encoder.ready():
             await websocket.send_bytes(msg)
         while True:
@@ -91,7 +92,8 @@ async def streaming(service, websocket) -> None:
     except (WebSocketDisconnect, RuntimeError, OSError):
         reason = "client left"
     finally:
-        reader.cancel()
+        if reader is not None:
+            reader.cancel()
         job.cancel()
         service.engine.wake()
         service.log(f"tts: stream for {peer} ended ({clienttext.shown(reason, 120)})")
