@@ -126,7 +126,7 @@ def portaudio() -> None:
 NUMERICS_MODULES = frozenset({
     "test_torch_graphs.py", "test_pocket.py", "test_codec_backends.py", "test_onnx_codec.py",
     "test_mimi_graph.py", "test_torch_int8.py", "test_tts_speech.py", "test_translate_parity.py",
-    "test_lm.py", "test_codec.py", "test_stt_streams.py",
+    "test_lm.py", "test_codec.py", "test_stt_streams.py", "test_tts_slots.py",
 })
 
 
