@@ -198,7 +198,7 @@ class TranslateService:
         from starlette.datastructures import UploadFile
         from starlette.responses import Response
 
-        from .http import busy_response, openai_error, read_body
+        from .http import HTTPProblem, busy_response, openai_error, read_body
 
         peer = request.client.host if request.client else "?"
 
@@ -208,11 +208,12 @@ class TranslateService:
             self.count("translate_refused")
             return openai_error(status, message, type=type, param=param, code=code)
 
-        body = await read_body(request, self.max_upload + FORM_OVERHEAD)
-        if not isinstance(body, bytes):  # read_body's 413 (the upload is over the limit)
-            self.log(f"translate: refused {peer}: upload over {self.max_upload} bytes")
+        try:
+            body = await read_body(request, self.max_upload + FORM_OVERHEAD)
+        except HTTPProblem as problem:  # over the limit (413), or too slow to arrive (408)
+            self.log(f"translate: refused {peer}: {problem.message}")
             self.count("translate_refused")
-            return body
+            return problem.as_response()
         try:
             form = await form_of(request, body)
         except ValueError as exc:
@@ -234,7 +235,7 @@ class TranslateService:
         if self.pending > self.queue:
             self.log(f"translate: busy, refused {peer} ({self.pending} requests at the model)")
             self.count("translate_busy")
-            return busy_response(self.retry_after)
+            return busy_response(self.retry_after, "the translation model is busy")
         self.pending += 1
         try:
             try:
