@@ -1,14 +1,15 @@
 """Who may use a ``moshikit serve``: a token, required when the server listens beyond this machine
-(the rules only; ``serve.web`` applies them to requests).
+(the rules only; ``serve.app`` applies them to requests).
 
 Bound to loopback, nothing is asked (anyone who can reach the port is already on the machine).
 Bound to another address (``--host 0.0.0.0``), the server makes a random token and prints the
 page's address with it (``http://HOST:PORT/?token=...``), as notebook servers do. Every path
 then needs it (the page, its scripts, ``/api/info``, ``/api/chat``, every file of ``--static``),
 compared in constant time, from the query parameter ``token`` (so the official clients can pass
-it in their URL), an ``Authorization: Bearer`` header, or the cookie the server sets when the
-page is opened with the token (so the page's own scripts load without it in their address:
-``HttpOnly``, ``SameSite=Strict``, one name per port). A request without it gets 401 (a
+it in their URL), an ``Authorization: Bearer`` header (the ``openai`` package's ``api_key``),
+moshi-server's ``kyutai-api-key`` header or ``?auth_id=`` (Kyutai's STT/TTS scripts), or the
+cookie the server sets when the page is opened with the token (so the page's own scripts load
+without it in their address: ``HttpOnly``, ``SameSite=Strict``, one name per port). A request without it gets 401 (a
 WebSocket: an error message, then close code 1008) and one log line; it never reaches the
 model. ``--no-auth`` turns the check off (with a warning). A token given by the user
 (``--token``, ``--token-file``, ``MOSHIKIT_SERVE_TOKEN``) must have at least ``MIN_TOKEN``
@@ -103,7 +104,7 @@ def cookie_name(port: int) -> str:
 
 
 def presented(query, headers, cookies=None, port: int | None = None) -> tuple[str, str]:
-    """The token a request carries and how: ``("...", "query" | "bearer" | "cookie")``, or
+    """The token a request carries and how: ``("...", "query" | "bearer" | "kyutai" | "cookie")``, or
     ``("", "")``. ``query``, ``headers`` (case-insensitive) and ``cookies``: mappings."""
     got = query.get("token", "")
     if got:
@@ -111,6 +112,10 @@ def presented(query, headers, cookies=None, port: int | None = None) -> tuple[st
     auth = headers.get("Authorization", "")
     if auth[:7].lower() == "bearer " and auth[7:].strip():
         return auth[7:].strip(), "bearer"
+    # moshi-server's ways (Kyutai's STT/TTS clients): a header, or ``?auth_id=`` for browsers
+    got = headers.get("kyutai-api-key", "") or query.get("auth_id", "")
+    if got:
+        return got.strip(), "kyutai"
     if cookies is not None and port is not None:
         got = cookies.get(cookie_name(port), "")
         if got:

@@ -11,22 +11,6 @@ from pathlib import Path
 PAGE_DIR = Path(__file__).resolve().parent / "web"
 
 
-def add_routes(app, directory: Path | None = None) -> None:
-    """``/`` -> index.html, and the folder's other files at ``/NAME`` (after ``/api/chat``)."""
-    from aiohttp import web
-
-    root = Path(directory) if directory is not None else PAGE_DIR
-
-    async def index(_request):
-        resp = web.FileResponse(root / "index.html")
-        resp.headers["Cache-Control"] = "no-store"
-        resp.headers["Referrer-Policy"] = "no-referrer"  # the token in the address stays here
-        return resp
-
-    app.router.add_get("/", index)
-    app.router.add_static("/", path=str(root), follow_symlinks=False, name="static")
-
-
 def lan_address() -> str | None:
     """This machine's address on its default route (what a phone on the same network opens),
     found without sending anything; None without a network."""

@@ -555,7 +555,6 @@ def test_a_client_is_not_read_past_two_seconds_of_queued_input(served, speech):
     """A client sending faster than the model steps: past ``max_input_seconds`` (2 s) of queued
     frames its socket is no longer read (TCP back-pressure) until the model takes frames."""
     import sphn
-    from aiohttp import WSMsgType
 
     from moshikit import serve
 
@@ -565,21 +564,12 @@ def test_a_client_is_not_read_past_two_seconds_of_queued_input(served, speech):
     messages = [b"\x01" + enc.encode(speech[i * F:(i + 1) * F]) for i in range(75)]  # 6 s, a frame each
     consumed = []
 
-    class Msg:
-        type = WSMsgType.BINARY
-
-        def __init__(self, data):
-            self.data = data
-
-    class FakeSocket:
-        def __aiter__(self):
-            return self
-
-        async def __anext__(self):
+    class FakeSocket:  # an ASGI WebSocket as Starlette hands it to the route
+        async def receive(self):
             if len(consumed) == len(messages):
-                raise StopAsyncIteration
+                return {"type": "websocket.disconnect", "code": 1000}
             consumed.append(1)
-            return Msg(messages[len(consumed) - 1])
+            return {"type": "websocket.receive", "bytes": messages[len(consumed) - 1]}
 
     async def run():
         s = serve.Session(0, FakeSocket(), "peer", sphn.OpusStreamReader(24000), None, asyncio.Queue(4))

@@ -36,15 +36,22 @@ page of another origin is refused with 403 (``origins``); clients that send no `
 pass. Connections are bounded in number, in total and per client address, and a request's
 head must arrive within ``header_timeout``; a WebSocket frame announcing more than
 ``max_message`` bytes closes its connection when its header arrives (``serve.limits``). The
-rules are plain functions and classes; ``serve.web`` applies them to aiohttp.
+rules are plain functions and classes; ``serve.app`` (an ASGI middleware in front of every route)
+and ``serve.guard`` (in front of every connection) apply them.
+
+The chat service is one ``Service`` of a ``ServerApp``: a Starlette application that can hold
+the other models too (speech-to-text, text-to-speech, translation), served by uvicorn
+(``serve.running``) or on Ray Serve.
 """
 
+from .app import Context, ServerApp, Service
 from .model import check_moshi_config, load_conversation
 from .running import RunningServer, serve_forever
 from .server import ChatServer
 from .session import FRAME, FRAMES_PER_SECOND, ServeConfig, Session
 from .tls import self_signed_certificate, ssl_context, tls_dir
 
-__all__ = ["FRAME", "FRAMES_PER_SECOND", "ChatServer", "RunningServer", "ServeConfig", "Session",
+__all__ = ["FRAME", "FRAMES_PER_SECOND", "ChatServer", "Context", "RunningServer", "ServeConfig", "ServerApp",
+           "Service", "Session",
            "check_moshi_config", "load_conversation", "self_signed_certificate", "serve_forever", "ssl_context",
            "tls_dir"]

@@ -1,5 +1,5 @@
 """What one client may make the server hold, and when its connection is cut (the
-rules only, no web framework: ``serve.web`` applies them to connections).
+rules only, no web framework: ``serve.guard`` applies them to connections).
 
 - ``ConnectionGate``: at most ``total`` connections at once, and ``per_client`` from one address;
   the one over either is refused as it arrives (HTTP 503), before a byte of it is read.

@@ -1,5 +1,5 @@
-"""The chat server: the aiohttp app, each session's receive and send loops, and the engine
-that steps every slot of the batched conversation one 80 ms frame at a time."""
+"""The chat service: ``/api/chat`` (moshi's protocol), each session's receive and send loops, and
+the engine that steps every slot of the batched conversation one 80 ms frame at a time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import collections
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -15,18 +14,28 @@ import numpy as np
 from .. import access, wire
 from ..backends.base import SamplingControl
 from ..conversation import Conversation
-from ..errors import UsageError
-from ..origins import OriginPolicy
+from .http import CLOSE_BAD_DATA, CLOSE_BUSY, CLOSE_POLICY, CLOSE_TOO_BIG, refuse_ws
 from .session import Drop, FRAME, FRAMES_PER_SECOND, ServeConfig, Session
+
+#: What a socket raises when its peer is gone (Starlette's and uvicorn's, named to import nothing).
+GONE = ("WebSocketDisconnect", "ClientDisconnected")
+
+
+def gone(exc: BaseException) -> bool:
+    return isinstance(exc, (ConnectionError, RuntimeError, asyncio.TimeoutError)) or type(exc).__name__ in GONE
 
 
 class ChatServer:
-    """The aiohttp application around one batched ``Conversation``."""
+    """The chat service around one batched ``Conversation`` (a ``Service`` of ``ServerApp``)."""
+
+    kind = "chat"
 
     def __init__(self, conv: Conversation, config: ServeConfig | None = None, *,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, model: str | None = None) -> None:
         self.conv = conv
+        self.model = model or "moshi"
         self.cfg = config or ServeConfig()
+        self.max_message = self.cfg.max_message
         self.batch = conv.batch_size
         self.slots: list[Session | None] = [None] * self.batch
         self.stats: collections.Counter = collections.Counter()
@@ -34,52 +43,30 @@ class ChatServer:
         self.log: Callable[[str], None] = log or (lambda msg: None)
         if self.cfg.token:
             access.check_token(self.cfg.token)
-        self.origin_policy: OriginPolicy | None = None  # known once listening (listening())
         self._executor: ThreadPoolExecutor | None = None
         self._wake: asyncio.Event | None = None
         self._engine: asyncio.Task | None = None
         # the server's own sampling; None: this LM's cannot change per session
         self.base_sampling = conv.lm.sampling if isinstance(conv.lm, SamplingControl) else None
 
-    # ------------------------------------------------------------------ the application
+    # ------------------------------------------------------------------ the service
 
-    def app(self):
-        from aiohttp import web
-
-        # --- web page, origins and access (moshikit.webpage, moshikit.origins, moshikit.access)
-        from .. import webpage
-        from .web import middlewares
-
-        OriginPolicy("127.0.0.1", (), self.cfg.allow_origins)  # a bad --allow-origin is an error before listening
-        app = web.Application(client_max_size=self.cfg.max_message, middlewares=middlewares(self))
-        app.router.add_get("/api/chat", self.handle_chat)
-        app.router.add_get("/api/info", self._info)
-        static = self.cfg.static
-        if static and not (Path(static) / "index.html").is_file():
-            raise UsageError(f"{static}: no index.html in this directory (--static wants a built web client)")
-        webpage.add_routes(app, Path(static) if static else None)
-        # --- end of web page and access
-        app.on_startup.append(self._startup)
-        app.on_shutdown.append(self._shutdown)
-        return app
-
-    def listening(self, ports) -> None:
-        """Called once the server listens on ``ports``: pages from its own origins may use it."""
-        self.origin_policy = OriginPolicy(self.cfg.host, ports, self.cfg.allow_origins)
-
-    async def _info(self, request):
-        from aiohttp import web
-
+    def models(self) -> list[dict]:
         busy = sum(s is not None for s in self.slots)
-        return web.Response(text=f"moshikit serve: a Moshi chat server. Connect a client to "
-                                 f"/api/chat over WebSocket ({busy}/{self.batch} sessions in use).\n")
+        return [{"id": self.model, "route": "/api/chat", "protocol": "moshi", "slots": self.batch, "busy": busy}]
 
-    async def _startup(self, _app) -> None:
+    def routes(self) -> list:
+        from starlette.routing import WebSocketRoute
+
+        return [WebSocketRoute("/api/chat", self.handle_chat)]
+
+    async def start(self, ctx) -> None:
+        self.log, self.stats = ctx.log, ctx.stats  # the server's (the same when this is all it serves)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="moshikit-model")
         self._wake = asyncio.Event()
         self._engine = asyncio.ensure_future(self._run_engine())
 
-    async def _shutdown(self, _app) -> None:
+    async def stop(self) -> None:
         for s in list(self.slots):
             if s is not None:
                 self._drop(s, 1001, "the server is shutting down")
@@ -95,39 +82,33 @@ class ChatServer:
 
     # ------------------------------------------------------------------ one session
 
-    async def handle_chat(self, request):
+    async def handle_chat(self, ws):
         import sphn
-        from aiohttp import web
 
         # --- per-session sampling (moshikit.chatparams)
         from .. import chatparams
-        from .web import refuse_websocket
 
-        peer = request.remote or "?"
+        peer = ws.client.host if ws.client else "?"
         try:
-            sampling = (chatparams.session_sampling(self.base_sampling, request.query)
+            sampling = (chatparams.session_sampling(self.base_sampling, ws.query_params)
                         if self.base_sampling is not None else None)
         except chatparams.BadParameter as exc:
             self.stats["refused_parameter"] += 1
             self.log(f"refused {peer}: bad parameter: {exc}")
-            return await refuse_websocket(request, f"bad parameter: {exc}")
+            reason = f"bad parameter: {exc}"
+            return await refuse_ws(ws, CLOSE_POLICY, reason, message=wire.error_message(reason))
         if sampling is not None and self.batch > 1:
             self.log(f"{peer}: sampling parameters ignored (the {self.batch} sessions of a batch share one)")
             sampling = None
         # --- end of per-session sampling
-        ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message, heartbeat=self.cfg.heartbeat)
-        await ws.prepare(request)
+        await ws.accept()
         slot = next((i for i, s in enumerate(self.slots) if s is None), None)
         if slot is None:
             self.stats["refused"] += 1
             self.log(f"refused {peer}: all {self.batch} session(s) in use")
             what = "another session is running" if self.batch == 1 else f"all {self.batch} sessions are in use"
-            try:
-                await asyncio.wait_for(ws.send_bytes(wire.error_message(f"busy: {what}, try again later")), 2.0)
-                await asyncio.wait_for(ws.close(code=1013, message=b"busy"), 2.0)
-            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-                pass
-            return ws
+            return await refuse_ws(ws, CLOSE_BUSY, "busy",
+                                   message=wire.error_message(f"busy: {what}, try again later"))
         out_limit = max(4, int(self.cfg.max_output_seconds * FRAMES_PER_SECOND * 2))
         sess = Session(slot, ws, peer, sphn.OpusStreamReader(wire.SAMPLE_RATE),
                         sphn.OpusStreamWriter(wire.SAMPLE_RATE), asyncio.Queue(out_limit))
@@ -153,29 +134,28 @@ class ChatServer:
             # Closed here, where nothing else reads the socket, so close() can wait for
             # the peer's answer (closing under a pending read resets the connection).
             await self._close(sess, exc.code, exc.reason)
-        except (ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 (only a peer gone is expected; re-raised otherwise)
+            if not gone(exc):
+                raise
             reason = f"connection lost ({type(exc).__name__})"
         finally:
             self._release(sess)
             secs = time.monotonic() - sess.started
             self.log(f"session from {peer} ended after {secs:.1f} s ({sess.frames_in} frames in, "
                       f"{sess.frames_out} out, {sess.late} late): {reason}")
-        return ws
 
     async def _recv_loop(self, s: Session) -> None:
-        from aiohttp import WSMsgType
-
         guard = wire.OggGuard()
         max_in = max(1, int(self.cfg.max_input_seconds * FRAMES_PER_SECOND))
-        async for msg in s.ws:
-            if s.closed:
+        while True:
+            msg = await s.ws.receive()
+            if s.closed or msg["type"] == "websocket.disconnect":
                 return
-            if msg.type == WSMsgType.ERROR:
-                self.stats["errors"] += 1
-                return
-            if msg.type != WSMsgType.BINARY:
-                raise Drop(1003, "this protocol uses binary messages only")
-            data = msg.data
+            data = msg.get("bytes")
+            if data is None:
+                raise Drop(CLOSE_BAD_DATA, "this protocol uses binary messages only")
+            if len(data) > self.cfg.max_message:
+                raise Drop(CLOSE_TOO_BIG, f"a message over {self.cfg.max_message} bytes")
             if not data:
                 continue
             kind, payload = data[0], data[1:]
@@ -219,7 +199,9 @@ class ChatServer:
             while True:
                 msg = await s.outbox.get()
                 await s.ws.send_bytes(msg)
-        except (ConnectionError, RuntimeError):
+        except Exception as exc:  # noqa: BLE001
+            if not gone(exc):
+                raise
             self._release(s)
 
     def _release(self, s: Session) -> None:
@@ -241,14 +223,7 @@ class ChatServer:
 
     @staticmethod
     async def _close(s: Session, code: int, reason: str) -> None:
-        try:
-            await asyncio.wait_for(s.ws.send_bytes(wire.error_message(reason)), 1.0)
-        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-            pass
-        try:
-            await asyncio.wait_for(s.ws.close(code=code, message=reason.encode()[:120]), 2.0)
-        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-            pass
+        await refuse_ws(s.ws, code, reason, message=wire.error_message(reason))
 
     # ------------------------------------------------------------------ the model loop
 
