@@ -93,6 +93,20 @@ def test_protobuf_that_ray_serve_cannot_read_is_one_clear_error(monkeypatch):
     assert 'pip install "protobuf<7"' in err.value.hint
 
 
+def test_replicas_reserve_a_gpu_where_there_is_one_else_cpus():
+    from moshikit.errors import UsageError
+
+    assert ray_app.replica_resources(None) == (1.0, 0.0)  # auto on a cluster without GPUs
+    assert ray_app.replica_resources(None, cluster_gpus=2) == (1.0, 1.0)
+    assert ray_app.replica_resources("cuda:0") == (1.0, 1.0)
+    assert ray_app.replica_resources("cpu", cpus=4, cluster_gpus=2) == (4, 0.0)
+    assert ray_app.replica_resources(None, gpus=0.5, cluster_gpus=1) == (1.0, 0.5)  # two replicas a GPU
+    with pytest.raises(UsageError, match="asks for 2 GPUs; the cluster has 1"):
+        ray_app.replica_resources("cuda", gpus=2, cluster_gpus=1)
+    with pytest.raises(UsageError):
+        ray_app.replica_resources("cpu", cpus=0)
+
+
 # ---------------------------------------------------------------- a local Ray cluster
 
 
@@ -160,7 +174,7 @@ def cluster(mimi_weights):
             ray.shutdown()
 
 
-@pytest.mark.slow  # ~60 s: a private Ray cluster, two replicas loading a model each, one killed and replaced
+@pytest.mark.slow  # ~90 s: a private Ray cluster, two replicas loading a model each, one killed and replaced
 def test_two_replicas_share_streams_and_one_dies_alone(cluster, speech):
     import aiohttp
 
@@ -193,3 +207,13 @@ def test_two_replicas_share_streams_and_one_dies_alone(cluster, speech):
             assert rb in (rc, rd)
 
     asyncio.run(run())
+
+    # a deployment whose replicas cannot load their model is one error saying why
+    from moshikit.errors import MoshikitError
+    from moshikit.serve import ServeConfig
+
+    bad = functools.partial(ray_app.chat_service, "/nonexistent/moshi", ServeConfig())
+    cfg = ServeConfig(host="127.0.0.1", port=int(base.rsplit(":", 1)[1]))
+    with pytest.raises(MoshikitError, match="could not start the server: .*/nonexistent/moshi: no such file") as err:
+        ray_app.start_on_ray(ray_app.RaySpec([bad], cfg, replicas=1, num_cpus=0.5, start_tries=1))
+    assert "\n" not in str(err.value)

@@ -23,11 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import BackendUnavailable
+from ..clienttext import shown
+from ..errors import BackendUnavailable, MoshikitError, UsageError
 from .http import CLOSE_FAILED
 from .session import ServeConfig
 
@@ -50,6 +52,7 @@ class RaySpec:
     num_gpus: float = 0.0
     max_ongoing: int = 8
     health_check_seconds: float = 2.0
+    start_tries: int = 3  # a replica that fails to load its models this many times fails the deployment
 
 
 def replica_name() -> str:
@@ -167,8 +170,24 @@ def application(spec: RaySpec, port: int):
     deployment = serve.deployment(serve.ingress(builder)(), name=DEPLOYMENT, num_replicas=spec.replicas,
                                   ray_actor_options=options, max_ongoing_requests=spec.max_ongoing,
                                   health_check_period_s=spec.health_check_seconds,
-                                  health_check_timeout_s=max(10.0, 5 * spec.health_check_seconds))
+                                  health_check_timeout_s=max(10.0, 5 * spec.health_check_seconds),
+                                  max_constructor_retry_count=spec.start_tries)
     return deployment.bind()
+
+
+def replica_resources(device: str | None, *, cpus: float | None = None, gpus: float | None = None,
+                      cluster_gpus: float = 0.0) -> tuple[float, float]:
+    """``(num_cpus, num_gpus)`` each replica reserves: ``gpus`` when given (a fraction puts several
+    replicas on one GPU); otherwise one GPU for a CUDA device, or for no device (``auto``) on a
+    cluster that has GPUs; else ``cpus`` (default 1) and no GPU."""
+    if gpus is not None and gpus < 0 or cpus is not None and cpus <= 0:
+        raise UsageError("replicas reserve a positive number of CPUs and no negative number of GPUs")
+    on_gpu = (device or "auto").startswith("cuda") or ((device or "auto") == "auto" and cluster_gpus > 0)
+    if gpus is None:
+        gpus = 1.0 if on_gpu else 0.0
+    if gpus > 0 and cluster_gpus and gpus > cluster_gpus:
+        raise UsageError(f"each replica asks for {gpus:g} GPUs; the cluster has {cluster_gpus:g}")
+    return (cpus if cpus is not None else 1.0), gpus
 
 
 def start_on_ray(spec: RaySpec, *, address: str | None = None) -> str:
@@ -189,13 +208,49 @@ def start_on_ray(spec: RaySpec, *, address: str | None = None) -> str:
     try:
         with warnings.catch_warnings():  # proxy middlewares are "deprecated" for FastAPI's, which a proxy has not
             warnings.simplefilter("ignore", UserWarning)
-            http = HTTPOptions(host=spec.cfg.host, port=port, middlewares=[Middleware(ReplicaLost)])
-        serve.start(http_options=http)
-        serve.run(application(spec, port), name=DEPLOYMENT, route_prefix="/", blocking=False)
+            serve.start(http_options=HTTPOptions(host=spec.cfg.host, port=port,
+                                                 middlewares=[Middleware(ReplicaLost)]))
+        try:
+            serve.run(application(spec, port), name=DEPLOYMENT, route_prefix="/", blocking=False)
+        except RuntimeError as exc:  # the replicas could not start: say why, in one line
+            raise MoshikitError(f"the Ray replicas could not start the server: {deploy_failure(exc)}",
+                                hint="the replicas' logs are in the Ray session's logs (ray logs)") from None
     finally:
         quiet.setLevel(level)
     host = spec.cfg.host if ":" not in spec.cfg.host else f"[{spec.cfg.host}]"
     return f"http://{host}:{port}"
+
+
+def deploy_failure(exc: BaseException) -> str:
+    """The last line of what the replicas raised (the deployment's status holds their traceback)."""
+    from ray import serve
+
+    try:
+        message = serve.status().applications[DEPLOYMENT].deployments[DEPLOYMENT].message
+    except Exception:  # noqa: BLE001 (no status to read: Ray's own message is all there is)
+        message = str(exc)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return shown(lines[-1] if lines else type(exc).__name__, 300)
+
+
+def serve_on_ray(spec: RaySpec, on_ready: Callable[[str], None], *, address: str | None = None,
+                 stop: threading.Event | None = None) -> None:
+    """Deploy ``spec``, call ``on_ready(base_url)``, and hold it until Ctrl-C (or ``stop``); then take
+    Ray Serve down, and the cluster with it when it was a private one (``address`` ``local``)."""
+    import ray
+
+    try:
+        on_ready(start_on_ray(spec, address=address))
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if ray.is_initialized():
+            try:
+                stop_on_ray()
+            finally:
+                if address == "local":
+                    ray.shutdown()
 
 
 def stop_on_ray() -> None:
@@ -221,5 +276,5 @@ def chat_service(model: str | None, cfg: ServeConfig, **load):
 
 
 __all__ = ["DEPLOYMENT", "LOST_REASON", "REPLICA_HEADER", "RaySpec", "ReplicaLost", "ReplicaTag", "application",
-           "build_asgi", "chat_service", "check_ray_serve", "free_port", "replica_name", "serve_protobuf_ok",
-           "start_on_ray", "stop_on_ray"]
+           "build_asgi", "chat_service", "check_ray_serve", "deploy_failure", "free_port", "replica_name",
+           "replica_resources", "serve_on_ray", "serve_protobuf_ok", "start_on_ray", "stop_on_ray"]

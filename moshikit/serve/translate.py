@@ -204,7 +204,7 @@ class TranslateService:
 
         def refuse(status: int, message: str, param: str | None = None, code: str | None = None,
                    type: str = "invalid_request_error"):
-            self.log(f"translate: refused {peer}: {message}")
+            self.log(f"translate: refused {peer}: {shown(message, 200)}")
             self.count("translate_refused")
             return openai_error(status, message, type=type, param=param, code=code)
 
