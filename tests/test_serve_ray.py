@@ -18,6 +18,7 @@ import pytest
 from moshikit import wire
 from moshikit.backends.base import SamplingConfig
 from moshikit.serve import ray_app
+from moshikit.serve.translate import load_translate_service
 
 F = wire.FRAME
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -160,10 +161,12 @@ def cluster(mimi_weights):
     greedy = SamplingConfig(temp=0.0, temp_text=0.0)
     load = functools.partial(ray_app.chat_service, str(repo), ServeConfig(), backend="torch", device="cpu",
                              sampling=greedy)
-    load()  # writes the codec's graphs into the cache once, before two replicas want them at once
+    translator = functools.partial(load_translate_service, "synthetic", backend="torch", device="cpu", seed=1)
+    load()  # writes the codec's graphs and the synthetic Hibiki into the cache once, before two replicas
+    translator()  # want them at once
     cfg = ServeConfig(host="127.0.0.1", port=ray_app.free_port("127.0.0.1"))
     # one slot per replica (batch 1), and Ray routes no second stream to a replica that has one
-    spec = ray_app.RaySpec([load], cfg, replicas=2, num_cpus=0.5, max_ongoing=1, health_check_seconds=1.0)
+    spec = ray_app.RaySpec([load, translator], cfg, replicas=2, num_cpus=0.5, max_ongoing=1, health_check_seconds=1.0)
     try:
         base = ray_app.start_on_ray(spec, address="local")
         yield base
@@ -205,8 +208,25 @@ def test_two_replicas_share_streams_and_one_dies_alone(cluster, speech):
                 assert time.monotonic() < deadline, f"no new replica: {rc}, {rd}"
                 await asyncio.sleep(1)
             assert rb in (rc, rd)
+            # the HTTP routes are the same too: the served models, and a translation by the openai package
+            async with session.get(f"{base}/api/info") as r:
+                info = await r.json()
+                assert r.headers[ray_app.REPLICA_HEADER.decode()] in (rc, rd)
+            assert sorted(s["kind"] for s in info["services"]) == ["chat", "translate"]
 
     asyncio.run(run())
+    import io
+
+    import openai
+    import soundfile as sf
+
+    wav = io.BytesIO()
+    sf.write(wav, speech[:24000], 24000, format="WAV")
+    api = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    with pytest.warns(DeprecationWarning):  # openai marks its translations API so
+        got = api.audio.translations.create(model="synthetic", file=("a.wav", wav.getvalue()),
+                                            response_format="verbose_json")
+    assert got.language == "english" and got.duration == 1.0 and got.text
 
     # a deployment whose replicas cannot load their model is one error saying why
     from moshikit.errors import MoshikitError
