@@ -20,6 +20,7 @@ import socket
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
+from .access import is_loopback
 from .errors import UsageError
 
 #: Methods that only read: a cross-site page's GET gets nothing it may read (browsers keep the
@@ -110,19 +111,10 @@ class OriginPolicy:
         own = set(names) if names is not None else machine_names()
         if self.wildcard:
             self.names = own
-        elif self._is_loopback(self.host):
+        elif is_loopback(self.host):
             self.names = {"localhost", "127.0.0.1", "::1", self.host}
         else:
             self.names = {self.host} | self._addresses(self.host)
-
-    @staticmethod
-    def _is_loopback(host: str) -> bool:
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
 
     @staticmethod
     def _addresses(host: str) -> set[str]:

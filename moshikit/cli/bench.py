@@ -319,6 +319,48 @@ def tts(
     render(result, lambda: bench_tts.bench_tts(plan), json_file, compare, None)
 
 
+@bench_app.command("serve")
+def serve(
+    stt: Annotated[Optional[str], typer.Option("--stt", metavar="MODEL", show_default=False,
+                                               help="Speech-to-text model the server serves (synthetic, stt-1b...).")
+                   ] = None,
+    tts: Annotated[Optional[str], typer.Option("--tts", metavar="MODEL", show_default=False,
+                                               help="Text-to-speech model the server serves (synthetic, pocket...).")
+                   ] = None,
+    synthetic: SyntheticOpt = False,
+    streams: Annotated[str, typer.Option("--streams", help="Concurrent clients per measurement, comma-separated.")
+                       ] = "1,4",
+    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio seconds per STT stream.")] = 10.0,
+    words: Annotated[int, typer.Option("--words", min=1, help="Words per TTS request.")] = 20,
+    stt_batch: Annotated[Optional[int], typer.Option("--stt-batch", min=1, show_default=False,
+                                                     help="The server's --stt-batch.")] = None,
+    tts_batch: Annotated[Optional[int], typer.Option("--tts-batch", min=1, show_default=False,
+                                                     help="The server's --tts-batch.")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", "-b", show_default=False,
+                                                   help="The server's LM backend (cpu, torch, mlx).")] = None,
+    reference: ReferenceOpt = True,
+    device: DeviceOpt = None,
+    json_file: JsonFileOpt = None,
+    compare: CompareOpt = None,
+) -> None:
+    """A `moshikit serve` under N concurrent clients over loopback: STT streams at real-time pace
+    (time to first word, lag, the most streams held) and TTS requests (first audio, x real time),
+    next to the same models run in this process."""
+    from .. import bench
+    from ..bench import serve as bench_serve
+    from ..errors import UsageError
+    from .bench_render import render
+
+    if synthetic:
+        stt, tts = stt or "synthetic", tts or "synthetic"
+    if not (stt or tts):
+        raise UsageError("name a model to serve: --stt MODEL, --tts MODEL, or --synthetic for both")
+    plan = bench_serve.ServePlan(stt, tts, _ints(streams), seconds, words, stt_batch, tts_batch, backend,
+                                 device_value(device), reference)
+    result = bench.BenchResult(env=bench.environment({"stt": stt, "tts": tts}), synthetic=synthetic, notes=plan.notes)
+    render(result, lambda: bench_serve.bench_serve(plan), json_file, compare, None)
+
+
 @bench_app.callback()
 def quick(ctx: typer.Context, synthetic: SyntheticOpt = False,
           json_file: JsonFileOpt = None) -> None:

@@ -6,14 +6,30 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (DeviceOpt, Dtype, DtypeOpt, LMBackendName, LMBackendOpt, ModelOpt, RevisionOpt, device_value,
+from .options import (DeviceOpt, Dtype, DtypeOpt, LMBackendName, LMBackendOpt, RevisionOpt, device_value,
                       with_sampling_options)
 
+
+def _model_opt(name: str, what: str, *more: str):
+    return Annotated[Optional[str], typer.Option(name, *more, metavar="MODEL", show_default=False, help=what)]
 
 
 @with_sampling_options
 def serve(
-    model: ModelOpt = None,
+    model: _model_opt("--chat", "Moshi or Hibiki to talk with over /api/chat (a catalog name, repo id, folder or "
+                                "synthetic; the default when no other model is named: moshiko).", "--model", "-m") = None,
+    stt: _model_opt("--stt", "Speech-to-text for moshi-server's /api/asr-streaming and OpenAI's "
+                             "/v1/audio/transcriptions (stt-1b, stt-2.6b, synthetic...).") = None,
+    tts: _model_opt("--tts", "Text-to-speech for moshi-server's /api/tts_streaming and OpenAI's /v1/audio/speech "
+                             "(tts, pocket, synthetic...).") = None,
+    translate: _model_opt("--translate", "Hibiki for OpenAI's /v1/audio/translations (hibiki, synthetic-hibiki...).")
+    = None,
+    stt_batch: Annotated[Optional[int], typer.Option("--stt-batch", min=1, show_default=False,
+                                                     help="Speech-to-text streams served at once (one batched model; "
+                                                          "default sized for the device).")] = None,
+    tts_batch: Annotated[Optional[int], typer.Option("--tts-batch", min=1, show_default=False,
+                                                     help="Text-to-speech requests served at once (default sized "
+                                                          "for the device).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 lets other machines in "
                                                      "(browsers then need --ssl for the microphone).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0 picks a free one).")] = 8998,
@@ -64,10 +80,13 @@ def serve(
     revision: RevisionOpt = None,
     sampling=None,  # SamplingOverrides, from with_sampling_options
 ) -> None:
-    """Serve Moshi over the protocol of moshi's own server (WebSocket /api/chat, Opus audio).
+    """Serve Kyutai's models in the protocols clients already speak.
 
-    The official web client, `python -m moshi.client` and `moshikit chat --url` work
-    against it. Runs in the foreground until Ctrl-C.
+    Moshi over moshi's own protocol (/api/chat: the official web client,
+    `python -m moshi.client`, `moshikit chat --url`); speech-to-text and
+    text-to-speech over moshi-server's streaming protocol and OpenAI's audio
+    API; Hibiki over OpenAI's translations. Several models in one server:
+    `moshikit serve --stt stt-1b --tts pocket`. Runs until Ctrl-C.
     """
     from .. import access, webpage
     from .. import serve as lib
@@ -95,26 +114,58 @@ def serve(
         else:
             cert, key = ssl_cert, ssl_key
         ctx = lib.ssl_context(cert, key)
-    out.message("[dim]loading the model...[/]")
-    conv = lib.load_conversation(model, backend=backend.value, device=device_value(device), sampling=sampling,
-                                 batch=batch, revision=revision, dtype=dtype.value)
     required = access.token_for(host, no_auth=no_auth, token=token)
     if no_auth and not access.is_loopback(host):
         out.message(f"[yellow]warning:[/] --no-auth on {host}: anyone who reaches this port can use the model")
     cfg = lib.ServeConfig(host=host, port=port, static=static, idle_timeout=idle_timeout, token=required,
                           allow_origins=tuple(allow_origin or ()), max_connections=max_connections,
                           max_connections_per_client=max_per_client, header_timeout=header_timeout)
-    server = lib.ChatServer(conv, cfg, log=out.log)  # plain text: the lines hold what clients sent
+    dev = device_value(device)
+    services = []
+    if model or not (stt or tts or translate):
+        out.message("[dim]loading the chat model...[/]")
+        conv = lib.load_conversation(model, backend=backend.value, device=dev, sampling=sampling,
+                                     batch=batch, revision=revision, dtype=dtype.value)
+        services.append(lib.ChatServer(conv, cfg, model=model or "moshiko"))
+    if stt:
+        out.message("[dim]loading the speech-to-text model...[/]")
+        services.append(lib.load_stt_service(stt, backend=backend.value, device=dev, dtype=dtype.value,
+                                             batch=stt_batch, revision=revision))
+    if tts:
+        out.message("[dim]loading the text-to-speech model...[/]")
+        services.append(lib.load_tts_service(tts, device=dev, dtype=dtype.value, batch=tts_batch,
+                                             revision=revision))
+    if translate:
+        out.message("[dim]loading the translation model...[/]")
+        services.append(lib.load_translate_service(translate, backend=backend.value, device=dev, dtype=dtype.value,
+                                                   revision=revision))
+    server = lib.ServerApp(services, cfg, log=out.log)  # plain text: the lines hold what clients sent
+    chat = server.service("chat")
 
     def ready(url: str) -> None:
-        page = webpage.page_url(url, host, required)
-        info = f"{conv.lm.info.backend} LM on {conv.lm.info.device}, {batch} session{'s' if batch > 1 else ''}"
-        out.message(f"serving Moshi ({info}); Ctrl-C stops")
-        out.message(f"open {page}" + ("  (the token is required: share this address only with who may use it)"
-                                      if required else ""))
-        out.write(webpage.with_token(url, required) + "\n")
-        if open_page and not webpage.open_in_browser(page):
-            out.message("[dim]--open: no browser found here; open the address above[/]")
+        base = url.removesuffix("/api/chat")
+        for s in services:
+            if s is chat:
+                lm = chat.conv.lm.info
+                out.message(f"serving Moshi ({lm.backend} LM on {lm.device}, {batch} session{'s' if batch > 1 else ''})"
+                            f": {', '.join(lib.routes_of(s))}")
+            else:
+                for m in s.models():
+                    out.message(f"serving {s.kind} {m['id']}: {', '.join(lib.routes_of(s))}")
+        if chat is not None:
+            page = webpage.page_url(url, host, required)
+            out.message(f"open {page}" + ("  (the token is required: share this address only with who may use it)"
+                                          if required else ""))
+            out.write(webpage.with_token(url, required) + "\n")
+            if open_page and not webpage.open_in_browser(page):
+                out.message("[dim]--open: no browser found here; open the address above[/]")
+        else:
+            http = base.replace("wss://", "https://").replace("ws://", "http://")
+            if required:
+                out.message("  (the token is required: send it as `Authorization: Bearer TOKEN`, the "
+                            "kyutai-api-key header or ?token=)")
+            out.write(http + "\n")
+        out.message("Ctrl-C stops")
 
     lib.serve_forever(server, ready, ssl_ctx=ctx)
     out.message("stopped")

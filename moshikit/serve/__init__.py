@@ -44,7 +44,7 @@ the other models too (speech-to-text, text-to-speech, translation), served by uv
 (``serve.running``) or on Ray Serve.
 """
 
-from .app import Context, ServerApp, Service
+from .app import Context, ServerApp, Service, routes_of
 from .model import check_moshi_config, load_conversation
 from .running import RunningServer, serve_forever
 from .server import ChatServer
@@ -52,6 +52,27 @@ from .session import FRAME, FRAMES_PER_SECOND, ServeConfig, Session
 from .tls import self_signed_certificate, ssl_context, tls_dir
 
 __all__ = ["FRAME", "FRAMES_PER_SECOND", "ChatServer", "Context", "RunningServer", "ServeConfig", "ServerApp",
-           "Service", "Session",
+           "Service", "Session", "load_stt_service", "load_translate_service", "load_tts_service", "routes_of",
            "check_moshi_config", "load_conversation", "self_signed_certificate", "serve_forever", "ssl_context",
            "tls_dir"]
+
+
+def load_stt_service(model, **options):
+    """Speech-to-text as a service (moshi-server's streaming protocol, OpenAI's transcriptions)."""
+    from .stt import load_stt_service as load
+
+    return load(model, **options)
+
+
+def load_tts_service(model, **options):
+    """Text-to-speech as a service (moshi-server's streaming protocol, OpenAI's speech)."""
+    from .tts import load_tts_service as load
+
+    return load(model, **options)
+
+
+def load_translate_service(model, **options):
+    """Hibiki as a service (OpenAI's translations)."""
+    from .translate import load_translate_service as load
+
+    return load(model, **options)

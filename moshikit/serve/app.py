@@ -147,6 +147,11 @@ class ServerApp:
                     self.log(f"stopping {s.kind} failed: {type(exc).__name__}: {exc}")
 
 
+def routes_of(service) -> list[str]:
+    """The paths a service answers on."""
+    return [r.path for r in service.routes()]
+
+
 def _headers(scope) -> dict[str, str]:
     """A request's headers, names lower-cased (``access.presented`` looks them up in either case)."""
     out = {}
