@@ -108,6 +108,14 @@ def test_replicas_reserve_a_gpu_where_there_is_one_else_cpus():
         ray_app.replica_resources("cpu", cpus=0)
 
 
+def test_serve_ray_refuses_tls_before_any_cluster(capsys):
+    from moshikit.cli.app import main
+
+    code = main(["serve", "--ray", "--ssl", "--translate", "synthetic"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--ray serves plain HTTP" in err and "Traceback" not in err
+
+
 # ---------------------------------------------------------------- a local Ray cluster
 
 

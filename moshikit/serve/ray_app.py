@@ -20,6 +20,7 @@ and has no counterpart in Ray's proxy.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -48,8 +49,9 @@ class RaySpec:
     loaders: list[Callable]
     cfg: ServeConfig = field(default_factory=ServeConfig)
     replicas: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_cpus: float | None = None  # None: see replica_resources
+    num_gpus: float | None = None
+    device: str | None = None  # the models' device: a CUDA one (or auto on a cluster with GPUs) reserves GPUs
     max_ongoing: int = 8
     health_check_seconds: float = 2.0
     start_tries: int = 3  # a replica that fails to load its models this many times fails the deployment
@@ -201,7 +203,10 @@ def start_on_ray(spec: RaySpec, *, address: str | None = None) -> str:
     from starlette.middleware import Middleware
 
     port = spec.cfg.port or free_port(spec.cfg.host)
-    connect(address)
+    ray = connect(address)
+    cpus, gpus = replica_resources(spec.device, cpus=spec.num_cpus, gpus=spec.num_gpus,
+                                   cluster_gpus=float(ray.cluster_resources().get("GPU", 0)))
+    spec = dataclasses.replace(spec, num_cpus=cpus, num_gpus=gpus)
     quiet = logging.getLogger("ray.serve")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # Ray's INFO lines, and serve.run's note that serve.start's options hold
@@ -272,7 +277,7 @@ def chat_service(model: str | None, cfg: ServeConfig, **load):
     from .model import load_conversation
     from .server import ChatServer
 
-    return ChatServer(load_conversation(model, **load), cfg)
+    return ChatServer(load_conversation(model, **load), cfg, model=model or "moshiko")
 
 
 __all__ = ["DEPLOYMENT", "LOST_REASON", "REPLICA_HEADER", "RaySpec", "ReplicaLost", "ReplicaTag", "application",
