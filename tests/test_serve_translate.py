@@ -185,3 +185,34 @@ def test_a_full_server_says_429_with_retry_after(server, speech):
         t.join(60)
     assert result["text"]  # the waiting one was served once the model was free
     assert svc.pending == 0 and any("translate: busy" in line for line in lines)
+
+
+def test_a_client_that_hangs_up_has_its_translation_stopped(server, speech):
+    import aiohttp
+
+    running, svc, lines = server
+    hold = threading.Event()
+    busy = svc.executor.submit(hold.wait)  # the request waits for the model...
+    done_before = sum("characters in" in line for line in lines)
+
+    async def post_and_leave():
+        form = aiohttp.FormData()
+        form.add_field("file", wav_bytes(speech[: 3 * 24000]), filename="a.wav")
+        async with aiohttp.ClientSession() as s:
+            with pytest.raises(asyncio.TimeoutError):
+                async with s.post(f"{running.base}/v1/audio/translations", data=form,
+                                  timeout=aiohttp.ClientTimeout(total=1.0)):
+                    pass
+
+    try:
+        asyncio.run(post_and_leave())  # ... and its client gives up meanwhile
+        assert svc.pending == 1
+    finally:
+        hold.set()
+        busy.result(10)
+    for _ in range(200):
+        if svc.pending == 0:
+            break
+        threading.Event().wait(0.05)
+    assert svc.pending == 0 and any(" left; its translation stopped" in line for line in lines)
+    assert sum("characters in" in line for line in lines) == done_before  # nothing was translated for it

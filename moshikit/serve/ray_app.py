@@ -37,8 +37,8 @@ from .session import ServeConfig
 DEPLOYMENT = "moshikit"
 REPLICA_HEADER = b"x-moshikit-replica"
 LOST_REASON = "the server replica of this stream failed; connect again"
-PROTOBUF_HINT = ('pip install "protobuf<7" (older Ray Serve releases, 2.53 among them, read FieldDescriptor.label, which '
-                 "protobuf 7 removed: ray-project/ray#64710)")
+PROTOBUF_HINT = ('pip install "protobuf<7" (older Ray Serve releases, 2.53 among them, read '
+                 "FieldDescriptor.label, which protobuf 7 removed: ray-project/ray#64710)")
 
 
 @dataclass

@@ -10,8 +10,10 @@ comes out a little after the words it translates), as ``moshikit translate`` wri
 The upload is bounded in size (``max_upload``, 25 MB as OpenAI's) and in duration
 (``max_seconds``, read from the file's header before it waits for the model). The model runs
 on one worker thread, one request at a time, with at most ``queue`` requests waiting behind it;
-past that a request is refused at once with 429 and ``Retry-After``. Every refusal is one log
-line, and every error is OpenAI's error object (``serve.http``), never a traceback.
+past that a request is refused at once with 429 and ``Retry-After``. A client that hangs up
+(waiting or being served) has its translation stopped before the next 2 s of input, so the
+model goes on to the next. Every refusal is one log line, and every error is OpenAI's error
+object (``serve.http``), never a traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +43,10 @@ QUEUE = 4
 
 class TooLong(MoshikitError):
     """An upload longer than the server takes."""
+
+
+class ClientLeft(MoshikitError):
+    """The client hung up before its translation was done: the model stops it."""
 
 
 # ---------------------------------------------------------------- response bodies
@@ -123,12 +130,15 @@ def open_upload(data: bytes, filename: str, max_seconds: float) -> Upload:
     return upload
 
 
-def read_blocks(upload: Upload):
-    """The upload's mono 24 kHz blocks; a file that breaks mid-read is one AudioError."""
+def read_blocks(upload: Upload, gone: threading.Event | None = None):
+    """The upload's mono 24 kHz blocks; a file that breaks mid-read is one AudioError, and once
+    ``gone`` is set (the client hung up) the next block raises ClientLeft."""
     from ..audio import stream_24k
 
     try:
         for b in stream_24k(upload.source, "mix", seconds=2.0):
+            if gone is not None and gone.is_set():
+                raise ClientLeft("the client left")
             yield b[0]
     except MoshikitError:
         raise
@@ -180,11 +190,12 @@ class TranslateService:
 
     # ---- work
 
-    def run(self, upload: Upload):
-        """On the model's thread: the whole upload through Hibiki (``translate_stream``)."""
+    def run(self, upload: Upload, gone: threading.Event | None = None):
+        """On the model's thread: the whole upload through Hibiki (``translate_stream``), stopped
+        between two blocks of input once ``gone`` is set."""
         from ..translate import translate_stream
 
-        return translate_stream(self.tr, read_blocks(upload), source="upload", opts=self.opts)
+        return translate_stream(self.tr, read_blocks(upload, gone), source="upload", opts=self.opts)
 
     def log(self, line: str) -> None:
         if self.ctx is not None:
@@ -218,6 +229,7 @@ class TranslateService:
             form = await form_of(request, body)
         except ValueError as exc:
             return refuse(400, f"the request is not a multipart form ({shown(exc, 80)})")
+        del body  # the form holds the file now (spooled to disk past 1 MB)
         try:
             upload = form.get("file")
             fmt = form.get("response_format") or "json"
@@ -247,8 +259,14 @@ class TranslateService:
             del data
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
+            gone = threading.Event()
+            watcher = asyncio.create_task(hung_up(request, gone))
             try:
-                result = await loop.run_in_executor(self.executor, self.run, opened)
+                result = await loop.run_in_executor(self.executor, self.run, opened, gone)
+            except ClientLeft:
+                self.log(f"translate: {peer} left; its translation stopped after {time.perf_counter() - started:.1f} s")
+                self.count("translate_left")
+                return Response(status_code=400)  # nobody reads it
             except MoshikitError as exc:
                 return refuse(400, f"could not translate the audio: {exc}", "file")
             except Exception as exc:  # noqa: BLE001 - the model failed: one line, no traceback
@@ -256,6 +274,7 @@ class TranslateService:
                 self.count("translate_failed")
                 return openai_error(500, "the model failed on this request", type="server_error")
             finally:
+                watcher.cancel()
                 opened.close()
         finally:
             self.pending -= 1
@@ -264,6 +283,15 @@ class TranslateService:
                  f"in {took:.1f} s ({fmt})")
         self.count("translate_done")
         return Response(render_translation(result, fmt), media_type=MEDIA_TYPES[fmt])
+
+
+async def hung_up(request, gone: threading.Event) -> None:
+    """Set ``gone`` when the client of ``request`` (its body read) disconnects."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
 
 
 async def form_of(request, body: bytes):
@@ -300,5 +328,6 @@ def load_translate_service(model: str | None, *, backend: str | None = None, dev
     return TranslateService(tr, name, max_upload=max_upload, max_seconds=max_seconds, queue=queue)
 
 
-__all__ = ["MAX_SECONDS", "MAX_UPLOAD", "RESPONSE_FORMATS", "ROUTE", "TooLong", "TranslateService", "Upload",
-           "form_of", "load_translate_service", "open_upload", "render_translation", "verbose_json"]
+__all__ = ["MAX_SECONDS", "MAX_UPLOAD", "RESPONSE_FORMATS", "ROUTE", "ClientLeft", "TooLong", "TranslateService",
+           "Upload", "form_of", "hung_up", "load_translate_service", "open_upload", "read_blocks",
+           "render_translation", "verbose_json"]
