@@ -176,6 +176,8 @@ def test_a_full_server_says_429_with_retry_after(server, speech):
                 break
             threading.Event().wait(0.05)
         assert svc.pending == 1
+        [model] = svc.models()
+        assert model["busy"] == 1 and model["waiting"] == 0 and model["route"] == "/v1/audio/translations"
         with pytest.raises(openai.RateLimitError) as err:
             client(running).audio.translations.create(model="hibiki", file=("a.wav", wav_bytes(speech[:24000])))
         assert err.value.status_code == 429 and int(err.value.response.headers["Retry-After"]) > 0

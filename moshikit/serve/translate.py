@@ -170,9 +170,9 @@ class TranslateService:
 
     def models(self) -> list[dict]:
         info = self.tr.describe()
-        return [{"id": self.name, "kind": self.kind, "backend": info["lm_backend"], "device": info["device"],
-                 "slots": 1, "free": int(self.pending == 0), "queue": self.queue,
-                 "waiting": max(0, self.pending - 1)}]
+        return [{"id": self.name, "route": ROUTE, "protocol": "openai", "slots": 1, "busy": int(self.pending > 0),
+                 "queue": self.queue, "waiting": max(0, self.pending - 1), "backend": info["lm_backend"],
+                 "device": info["device"]}]
 
     def routes(self) -> list:
         from starlette.routing import Route
