@@ -10,6 +10,7 @@ import asyncio
 import functools
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -157,11 +158,83 @@ async def _talk(ws, pcm: np.ndarray, answered: asyncio.Event, pace: float = 0.04
 
 
 @pytest.fixture(scope="module")
-def cluster(mimi_weights):
+def ray_port():
+    """A private local Ray cluster for this module, and the port its Serve proxy listens on: each test
+    deploys its own application there (under the one name, so each replaces the last)."""
     if not ray_app.serve_protobuf_ok():
         pytest.skip(f"Ray Serve cannot deploy here: {ray_app.PROTOBUF_HINT}")
     import ray
 
+    try:
+        yield ray_app.free_port("127.0.0.1")
+    finally:
+        if ray.is_initialized():
+            try:
+                ray_app.stop_on_ray()
+            finally:
+                ray.shutdown()
+
+
+def deploy(port: int, loaders, **options) -> str:
+    from moshikit.serve import ServeConfig
+
+    cfg = ServeConfig(host="127.0.0.1", port=port)
+    return ray_app.start_on_ray(ray_app.RaySpec(loaders, cfg, **options), address="local")
+
+
+class Echo:
+    """A stand-in service without a model: a WebSocket that echoes text, under Ray in seconds."""
+
+    kind = "echo"
+
+    def models(self):
+        return [{"id": "echo", "pid": os.getpid()}]
+
+    def routes(self):
+        from starlette.routing import WebSocketRoute
+
+        async def echo(ws):
+            await ws.accept()
+            async for text in ws.iter_text():
+                await ws.send_text(text.upper())
+
+        return [WebSocketRoute("/api/echo", echo)]
+
+    async def start(self, ctx):
+        pass
+
+    async def stop(self):
+        pass
+
+
+def echo_service():
+    return Echo()
+
+
+def test_ray_smoke_one_replica_serves_the_application(ray_port):
+    import aiohttp
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the replica cannot import this module
+    base = deploy(ray_port, [echo_service], replicas=1, num_cpus=0.5)
+
+    async def run():
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/api/info") as r:
+                info, replica = await r.json(), r.headers[ray_app.REPLICA_HEADER.decode()]
+            async with session.ws_connect(base.replace("http://", "ws://") + "/api/echo") as ws:
+                assert ws._response.headers[ray_app.REPLICA_HEADER.decode()] == replica
+                await ws.send_str("through ray's proxy")
+                assert await asyncio.wait_for(ws.receive_str(), 30) == "THROUGH RAY'S PROXY"
+        return info, replica
+
+    info, replica = asyncio.run(run())
+    [service] = info["services"]
+    assert service["kind"] == "echo" and replica.endswith(f":{service['pid']}") and service["pid"] != os.getpid()
+
+
+@pytest.fixture
+def cluster(ray_port, mimi_weights):
     from moshikit.serve import ServeConfig
     from moshikit.synthetic import lm as synthetic_lm
 
@@ -172,17 +245,8 @@ def cluster(mimi_weights):
     translator = functools.partial(load_translate_service, "synthetic", backend="torch", device="cpu", seed=1)
     load()  # writes the codec's graphs and the synthetic Hibiki into the cache once, before two replicas
     translator()  # want them at once
-    cfg = ServeConfig(host="127.0.0.1", port=ray_app.free_port("127.0.0.1"))
     # one slot per replica (batch 1), and Ray routes no second stream to a replica that has one
-    spec = ray_app.RaySpec([load, translator], cfg, replicas=2, num_cpus=0.5, max_ongoing=1, health_check_seconds=1.0)
-    try:
-        base = ray_app.start_on_ray(spec, address="local")
-        yield base
-    finally:
-        try:
-            ray_app.stop_on_ray()
-        finally:
-            ray.shutdown()
+    return deploy(ray_port, [load, translator], replicas=2, num_cpus=0.5, max_ongoing=1, health_check_seconds=1.0)
 
 
 @pytest.mark.slow  # ~90 s: a private Ray cluster, two replicas loading a model each, one killed and replaced
@@ -241,7 +305,6 @@ def test_two_replicas_share_streams_and_one_dies_alone(cluster, speech):
     from moshikit.serve import ServeConfig
 
     bad = functools.partial(ray_app.chat_service, "/nonexistent/moshi", ServeConfig())
-    cfg = ServeConfig(host="127.0.0.1", port=int(base.rsplit(":", 1)[1]))
     with pytest.raises(MoshikitError, match="could not start the server: .*/nonexistent/moshi: no such file") as err:
-        ray_app.start_on_ray(ray_app.RaySpec([bad], cfg, replicas=1, num_cpus=0.5, start_tries=1))
+        deploy(int(base.rsplit(":", 1)[1]), [bad], replicas=1, num_cpus=0.5, start_tries=1)
     assert "\n" not in str(err.value)
