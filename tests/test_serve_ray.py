@@ -175,10 +175,10 @@ def ray_port():
                 ray.shutdown()
 
 
-def deploy(port: int, loaders, **options) -> str:
+def deploy(port: int, loaders, token: str | None = None, **options) -> str:
     from moshikit.serve import ServeConfig
 
-    cfg = ServeConfig(host="127.0.0.1", port=port)
+    cfg = ServeConfig(host="127.0.0.1", port=port, token=token)
     return ray_app.start_on_ray(ray_app.RaySpec(loaders, cfg, **options), address="local")
 
 
@@ -216,13 +216,16 @@ def test_ray_smoke_one_replica_serves_the_application(ray_port):
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the replica cannot import this module
-    base = deploy(ray_port, [echo_service], replicas=1, num_cpus=0.5)
+    token = "ray-smoke-token-0123456789"
+    base = deploy(ray_port, [echo_service], token=token, replicas=1, num_cpus=0.5)
 
     async def run():
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{base}/api/info") as r:
+            async with session.get(f"{base}/api/info") as r:  # the application's token check holds under Ray
+                assert r.status == 401
+            async with session.get(f"{base}/api/info", headers={"kyutai-api-key": token}) as r:
                 info, replica = await r.json(), r.headers[ray_app.REPLICA_HEADER.decode()]
-            async with session.ws_connect(base.replace("http://", "ws://") + "/api/echo") as ws:
+            async with session.ws_connect(base.replace("http://", "ws://") + f"/api/echo?auth_id={token}") as ws:
                 assert ws._response.headers[ray_app.REPLICA_HEADER.decode()] == replica
                 await ws.send_str("through ray's proxy")
                 assert await asyncio.wait_for(ws.receive_str(), 30) == "THROUGH RAY'S PROXY"
