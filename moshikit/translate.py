@@ -230,14 +230,18 @@ class Translation:
     def transcript(self) -> Transcript:
         """The translation's words and subtitle segments, for json/srt/vtt/txt."""
         words: list[Word] = []
+        new_word = True  # a space (even in a piece of its own) ends the word before it
         for p in self.pieces:
-            t = p["time"]
-            if p["text"].startswith(" ") or not words:
-                if p["text"].strip():
-                    words.append(Word(p["text"].strip(), t, t + FRAME_SECONDS))
+            t, text = p["time"], p["text"]
+            new_word = new_word or text.startswith(" ")
+            if not text.strip():
+                continue
+            if new_word or not words:
+                words.append(Word(text.strip(), t, t + FRAME_SECONDS))
             else:
-                words[-1].text += p["text"]
+                words[-1].text += text
                 words[-1].end = t + FRAME_SECONDS
+            new_word = text.endswith(" ")
         segments: list[Segment] = segment(words)
         return Transcript(self.source, self.output_seconds, words, segments, [],
                           dict(self.model, input_seconds=round(self.duration, 3),

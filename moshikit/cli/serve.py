@@ -6,8 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (DeviceOpt, Dtype, DtypeOpt, LMBackendName, LMBackendOpt, RevisionOpt, device_value,
-                      with_sampling_options)
+from .options import (DeviceOpt, Dtype, DtypeOpt, LMBackendName, LMBackendOpt, RayAddressOpt, RevisionOpt,
+                      device_value, with_sampling_options)
+
+_RAY = "Ray cluster"
 
 
 def _model_opt(name: str, what: str, *more: str):
@@ -78,6 +80,20 @@ def serve(
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", min=0.1, help="Close a session that sends no "
                                                                                 "audio for this many seconds.")] = 30.0,
     revision: RevisionOpt = None,
+    ray: Annotated[bool, typer.Option("--ray", rich_help_panel=_RAY,
+                                      help="Serve on a Ray cluster (Ray Serve): the same routes on --host/--port, "
+                                           "each replica loading the models (needs the ray extra).")] = False,
+    ray_address: RayAddressOpt = None,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, rich_help_panel=_RAY,
+                                          help="Replicas of the server on the cluster.")] = 1,
+    replica_cpus: Annotated[Optional[float], typer.Option("--replica-cpus", min=0.01, show_default=False,
+                                                          rich_help_panel=_RAY,
+                                                          help="CPUs each replica reserves (default 1).")] = None,
+    replica_gpus: Annotated[Optional[float], typer.Option("--replica-gpus", min=0.0, show_default=False,
+                                                          rich_help_panel=_RAY,
+                                                          help="GPUs each replica reserves; 0.5 puts two on a GPU. "
+                                                               "Default: 1 for a CUDA --device, or when the "
+                                                               "cluster has GPUs; else 0.")] = None,
     sampling=None,  # SamplingOverrides, from with_sampling_options
 ) -> None:
     """Serve Kyutai's models in the protocols clients already speak.
@@ -121,6 +137,14 @@ def serve(
                           allow_origins=tuple(allow_origin or ()), max_connections=max_connections,
                           max_connections_per_client=max_per_client, header_timeout=header_timeout)
     dev = device_value(device)
+    if ray or ray_address:
+        if ssl or ssl_cert:
+            raise UsageError("--ray serves plain HTTP (Ray Serve's proxy): put TLS in front of it, or leave out --ssl")
+        return _serve_on_ray(out, cfg, required, ray_address=ray_address, replicas=replicas, cpus=replica_cpus,
+                             gpus=replica_gpus, device=dev, chat=model if model or not (stt or tts or translate)
+                             else False, stt=stt, tts=tts, translate=translate, batch=batch, stt_batch=stt_batch,
+                             tts_batch=tts_batch, backend=backend.value, dtype=dtype.value, revision=revision,
+                             sampling=sampling)
     services = []
     if model or not (stt or tts or translate):
         out.message("[dim]loading the chat model...[/]")
@@ -168,4 +192,45 @@ def serve(
         out.message("Ctrl-C stops")
 
     lib.serve_forever(server, ready, ssl_ctx=ctx)
+    out.message("stopped")
+
+
+def _serve_on_ray(out, cfg, required, *, ray_address, replicas, cpus, gpus, device, chat, stt, tts, translate, batch,
+                  stt_batch, tts_batch, backend, dtype, revision, sampling) -> None:
+    """``serve --ray``: the services as loaders each replica runs, deployed on Ray Serve until Ctrl-C."""
+    import functools
+
+    from .. import serve as lib
+    from ..serve import ray_app
+
+    loaders, streams = [], 2  # what one replica takes at once: its streams and requests, and /api/info
+    if chat is not False:
+        loaders.append(functools.partial(ray_app.chat_service, chat, cfg, backend=backend, device=device,
+                                         sampling=sampling, batch=batch, revision=revision, dtype=dtype))
+        streams += batch
+    if stt:
+        loaders.append(functools.partial(lib.load_stt_service, stt, backend=backend, device=device, dtype=dtype,
+                                         batch=stt_batch, revision=revision))
+        streams += stt_batch or 8
+    if tts:
+        loaders.append(functools.partial(lib.load_tts_service, tts, device=device, dtype=dtype, batch=tts_batch,
+                                         revision=revision))
+        streams += tts_batch or 8
+    if translate:
+        loaders.append(functools.partial(lib.load_translate_service, translate, backend=backend, device=device,
+                                         dtype=dtype, revision=revision))
+        streams += 5  # one at the model, four waiting
+    spec = ray_app.RaySpec(loaders, cfg, replicas=replicas, num_cpus=cpus, num_gpus=gpus, device=device,
+                           max_ongoing=streams)
+
+    def ready(base: str) -> None:
+        out.message(f"serving on Ray Serve: {replicas} replica{'s' if replicas > 1 else ''}, each loading "
+                    f"{len(loaders)} model{'s' if len(loaders) > 1 else ''}; Ctrl-C stops")
+        if required:
+            out.message("  (the token is required: ?token=, `Authorization: Bearer TOKEN` or the kyutai-api-key "
+                        "header)")
+        out.write(base + "\n")
+
+    out.message(f"[dim]deploying on Ray ({ray_address or 'the cluster of this machine'})...[/]")
+    ray_app.serve_on_ray(spec, ready, address=ray_address)
     out.message("stopped")
