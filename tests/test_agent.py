@@ -133,7 +133,6 @@ def words(text: str) -> str:
 @pytest.mark.usefixtures("one_torch_thread")
 def test_two_turns_give_a_reply_wav_and_turns_with_latencies(stt_model, tts_model, speech, tmp_path):
     from moshikit.agent.offline import write_outputs
-    from moshikit.audio import read_24k
 
     utt = speech[:int(1.2 * SR)]
     pcm = np.concatenate([silence(0.32), utt, silence(6.0), utt, silence(1.2)])
@@ -171,7 +170,11 @@ def test_two_turns_give_a_reply_wav_and_turns_with_latencies(stt_model, tts_mode
 
     assert json.loads((tmp_path / "turns.json").read_text())["turns"] == summary["turns"]
     assert summary["turns"][0]["latency"]["end_of_speech_to_end_of_turn"] == pytest.approx(0.8)
-    wav = read_24k(tmp_path / "reply.wav", "keep")
+    import soundfile as sf
+
+    wav, rate = sf.read(tmp_path / "reply.wav", dtype="float32", always_2d=True)
+    wav = wav.T
+    assert rate == SR
     assert wav.shape[0] == 2 and wav.shape[1] >= pcm.size
     # Left: the user, as given (16-bit PCM: within one step). Right: the agent, only in its turns.
     assert np.abs(wav[0, :pcm.size] - pcm).max() <= 1 / 32768 + 1e-6
