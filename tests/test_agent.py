@@ -222,7 +222,7 @@ def test_an_llm_failure_is_one_line_and_the_next_turn_retries(stt_model, tts_mod
     errors: list[str] = []
     with ScriptedLLM(["Yes."], tokens_per_second=50) as server:
         server.fail_next(fault)
-        result = run_agent(stt_model, tts_model, server, pcm, timeout=0.5, max_steps=12, on_error=errors.append)
+        result = run_agent(stt_model, tts_model, server, pcm, timeout=0.5, max_steps=20, on_error=errors.append)
         requests = server.requests
     t1, t2 = result.turns
     assert t1.status == "error" and t1.audio_start is None and not t1.agent
@@ -252,3 +252,36 @@ def test_cli_needs_an_input_and_a_model(capsys, tmp_path):
     (tmp_path / "o.wav").write_bytes(b"x")
     code, _, err = run_cli(capsys, "-i", "x.wav", "--llm-model", "m", "-o", str(tmp_path / "o.wav"))
     assert code == 2 and "exists" in err
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_pause_head_ends_the_turn_and_the_words_reach_the_llm(tmp_path_factory, mimi_weights, tts_model,
+                                                                   speech):
+    """A scripted stt-1b (moshikit.synthetic.stt): "good sea" at 0.5-1.06 s, its pause head on from
+    1.58 s. The turn ends on the pause head (not the 0.8 s silence fallback, which would be later),
+    and exactly those words reach the LLM."""
+    from moshikit import stt
+    from moshikit.agent.offline import OfflineAgent
+    from moshikit.synthetic.stt import write_stt_repo
+    from moshikit.tts.engine import Settings
+
+    good, s, ea = 35, 8, 21  # pieces of the tiny tokenizer ("▁good", "▁s", "ea"), as tests/test_stt.py
+    spoken = [(0.42, 0), (0.5, good), (0.58, 2), (0.9, s), (0.98, ea), (1.06, 1)]
+    repo = write_stt_repo(tmp_path_factory.mktemp("stt") / "scripted", kind="scripted", mimi_path=mimi_weights,
+                          script=[(round((t + 0.5) * 12.5), tok) for t, tok in spoken],
+                          pause_from=round((1.6 + 0.5) * 12.5))
+    model = stt.load_stt(str(repo), backend="torch", device="cpu")
+    pcm = np.concatenate([silence(0.32), speech[:int(1.2 * SR)], silence(2.0)])
+    with ScriptedLLM("Yes.", tokens_per_second=50) as server:
+        agent = OfflineAgent(model, tts_model, [tts_model.resolve_voice(None)],
+                             Settings(seed=1, temp=tts_model.default_temp, max_steps=20),
+                             ChatClient(server.url, "scripted"), TurnOptions())
+        assert agent.mode == "pause"
+        result = agent.run(pcm)
+        requests = server.requests
+    (turn,) = result.turns
+    assert turn.by == "pause" and turn.user == "good sea"
+    # Step 26 (1.58 s of audio + the 0.5 s delay) is stepped with frame 26; the next frame sees it.
+    assert turn.end_of_turn == pytest.approx(27 * 0.08)
+    assert requests[0]["messages"] == [{"role": "user", "content": "good sea"}]
+    assert turn.status == "done" and turn.audio_start is not None
