@@ -257,8 +257,8 @@ def test_cli_needs_an_input_and_a_model(capsys, tmp_path):
 @pytest.mark.usefixtures("one_torch_thread")
 def test_the_pause_head_ends_the_turn_and_the_words_reach_the_llm(tmp_path_factory, mimi_weights, tts_model,
                                                                    speech):
-    """A scripted stt-1b (moshikit.synthetic.stt): "good sea" at 0.5-1.06 s, its pause head on from
-    1.58 s. The turn ends on the pause head (not the 0.8 s silence fallback, which would be later),
+    """A scripted stt-1b (moshikit.synthetic.stt): "good sea" at 0.54-1.18 s, its pause head on from
+    1.58 s (step 26). The turn ends on the pause head (not the 0.8 s silence fallback, which would be later),
     and exactly those words reach the LLM."""
     from moshikit import stt
     from moshikit.agent.offline import OfflineAgent
@@ -266,10 +266,10 @@ def test_the_pause_head_ends_the_turn_and_the_words_reach_the_llm(tmp_path_facto
     from moshikit.tts.engine import Settings
 
     good, s, ea = 35, 8, 21  # pieces of the tiny tokenizer ("▁good", "▁s", "ea"), as tests/test_stt.py
-    spoken = [(0.42, 0), (0.5, good), (0.58, 2), (0.9, s), (0.98, ea), (1.06, 1)]
+    # Model steps (audio time = step / 12.5 - 0.5 s): "good" from 0.54 s, "sea" from 1.1 s.
+    spoken = [(12, 0), (13, good), (14, 2), (19, s), (20, ea), (21, 1)]
     repo = write_stt_repo(tmp_path_factory.mktemp("stt") / "scripted", kind="scripted", mimi_path=mimi_weights,
-                          script=[(round((t + 0.5) * 12.5), tok) for t, tok in spoken],
-                          pause_from=round((1.6 + 0.5) * 12.5))
+                          script=spoken, pause_from=26)
     model = stt.load_stt(str(repo), backend="torch", device="cpu")
     pcm = np.concatenate([silence(0.32), speech[:int(1.2 * SR)], silence(2.0)])
     with ScriptedLLM("Yes.", tokens_per_second=50) as server:
@@ -285,3 +285,24 @@ def test_the_pause_head_ends_the_turn_and_the_words_reach_the_llm(tmp_path_facto
     assert turn.end_of_turn == pytest.approx(27 * 0.08)
     assert requests[0]["messages"] == [{"role": "user", "content": "good sea"}]
     assert turn.status == "done" and turn.audio_start is not None
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cli_turns_fail_one_line_each_when_the_llm_is_unreachable(capsys, tmp_path, mimi_weights, speech, write_wav):
+    """The whole command on synthetic models: every turn's request fails (nothing listens on the
+    port), each is one line, the files are still written, and the exit status says no turn was answered."""
+    import json
+
+    utt = speech[:int(0.8 * SR)]
+    wav = write_wav(tmp_path / "q.wav", np.concatenate([silence(0.32), utt, silence(1.5), utt, silence(1.2)]))
+    code, out, err = run_cli(capsys, "-i", str(wav), "-o", str(tmp_path / "r.wav"), "-t", str(tmp_path / "t.json"),
+                             "--stt", "synthetic", "--tts", "synthetic", "--llm-url", "http://127.0.0.1:9/v1",
+                             "--llm-model", "m", "--turn-silence", "0.8", "--json")
+    assert code == 1 and "Traceback" not in err
+    lines = [x for x in err.splitlines() if "cannot reach the LLM server at http://127.0.0.1:9/v1" in x]
+    assert len(lines) == 2
+    summary = json.loads(out)
+    assert [t["status"] for t in summary["turns"]] == ["error", "error"]
+    assert summary["turn_taking"] == "silence" and summary["channels"] == {"left": "user", "right": "agent"}
+    assert json.loads((tmp_path / "t.json").read_text())["turns"] == summary["turns"]
+    assert (tmp_path / "r.wav").exists()

@@ -122,10 +122,8 @@ def agent(
         if parts:
             out.message(f"[dim]  {'; '.join(parts)}[/]")
 
-    def on_error(line: str) -> None:
-        from rich.markup import escape
-
-        out.message(f"[red]llm: {escape(line)}[/] [dim](the next turn tries again)[/]")
+    def on_error(line: str) -> None:  # shown in --json mode too (stderr)
+        out.status(f"llm: {line} (the next turn tries again)")
 
     runner = OfflineAgent(s, t, voices, settings, client, options, system=prompt, max_history_chars=history_chars,
                           on_turn=on_turn, on_error=on_error)
