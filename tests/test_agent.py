@@ -91,7 +91,7 @@ def test_history_drops_the_oldest_turns_to_fit():
         h.add("assistant", f"answer {i}")  # 8 characters
     msgs = h.messages()
     assert msgs[0] == {"role": "system", "content": "sys"}
-    # The newest that fit 25 characters: "answer 3", "question 4"... starting on a user turn.
+    # The newest that fit 25 characters ("answer 3" would make 26), starting on a user turn.
     assert [m["content"] for m in msgs[1:]] == ["question 4", "answer 4"]
     h.add("user", "x" * 100)  # the newest message always goes, whatever its size
     assert [m["content"] for m in h.messages()[1:]] == ["x" * 100]
