@@ -136,8 +136,10 @@ class Stream:
     def __init__(self, model: SttModel, source: str, blocks: Iterable[np.ndarray], *, refine: bool = True,
                  on_word: Callable[["Stream", object], None] | None = None,
                  on_audio: Callable[[float], None] | None = None, on_text: Callable[[str], None] | None = None,
-                 on_turn: Callable[[float], None] | None = None, key: object = None) -> None:
+                 on_turn: Callable[[float], None] | None = None, key: object = None,
+                 pause_threshold: float = 0.5) -> None:
         self.model, self.source, self.key = model, source, key
+        self.pause_threshold = pause_threshold  # end of turn: pause head 2 above this (Unmute: 0.5)
         self.energy = Energy() if refine else None
         sp = model.tokenizer
         self.words = WordBuilder(lambda ids: sp.decode(ids), sp.id_to_piece, model.offset, self.energy)
@@ -189,7 +191,7 @@ class Stream:
             if self._on_word is not None and w.text:
                 self._on_word(self, w)
         if pause is not None:
-            paused = pause > 0.5
+            paused = pause > self.pause_threshold
             t = self.words.time(self.step)
             if paused and not self._paused and 0 <= t <= self.duration:
                 self.end_of_turn.append(t)

@@ -14,6 +14,7 @@ import typer
 from typer.completion import completion_init
 
 from .. import __version__
+from .agent import agent
 from .bench import bench_app
 from .chat import chat
 from .decode import decode
@@ -41,6 +42,7 @@ app.command(rich_help_panel="Moshi")(serve)
 app.command(rich_help_panel="Speech to text")(transcribe)
 app.command(rich_help_panel="Translation")(translate)
 app.command(rich_help_panel="Text to speech")(speak)
+app.command(rich_help_panel="Agent")(agent)
 app.command(rich_help_panel="Setup")(info)
 app.command(rich_help_panel="Setup")(download)
 app.add_typer(models_app, name="models", rich_help_panel="Setup")
