@@ -67,7 +67,7 @@ def test_an_upload_is_opened_measured_and_removed(speech, tmp_path):
     finally:
         up.close()
     assert not os.path.exists(up.path)
-    with pytest.raises(served.TooLong, match="2 s long; this server translates at most 1 s"):
+    with pytest.raises(served.TooLong, match="2 s long; this server takes at most 1 s"):
         served.open_upload(wav_bytes(speech[:48000]), "x.wav", max_seconds=1)
     with pytest.raises(served.AudioError, match="^the uploaded file: not a readable audio file"):
         served.open_upload(b"RIFF junk", "../../etc/passwd", max_seconds=5)

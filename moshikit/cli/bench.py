@@ -328,7 +328,7 @@ def serve(
                                                help="Text-to-speech model the server serves (synthetic, pocket...).")
                    ] = None,
     synthetic: SyntheticOpt = False,
-    streams: Annotated[str, typer.Option("--streams", help="Concurrent clients per measurement, comma-separated.")
+    streams: Annotated[str, typer.Option("--streams", metavar="N,N", help="Concurrent clients per measurement, comma-separated.")
                        ] = "1,4",
     seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio seconds per STT stream.")] = 10.0,
     words: Annotated[int, typer.Option("--words", min=1, help="Words per TTS request.")] = 20,

@@ -217,9 +217,12 @@ class Gate:
         if not (given and access.token_ok(token, given)):
             server.stats["refused_token"] += 1
             server.log(f"refused {peer} {shown(path)}: {'wrong' if given else 'no'} token")
-            if ws:
+            if ws and path in IN_PROTOCOL_REFUSALS:
                 return await _refuse_ws(receive, send, "unauthorized: this server needs the token from the address "
                                         "it printed (?token=...)", "unauthorized")
+            if ws:  # moshi-server's routes answer 401 before the upgrade, as Kyutai's clients expect
+                return await _refuse_upgrade(scope, receive, send, 401, "401 unauthorized: send the token "
+                                             "(kyutai-api-key header, ?auth_id=, ?token= or a Bearer token)")
             return await _refuse(send, 401, "401 unauthorized: open the address `moshikit serve` "
                                  "printed, with its ?token=..., or send it as a Bearer token")
         if ws or how == "cookie" or port is None:
@@ -233,6 +236,26 @@ class Gate:
             await send(message)
 
         return await self.app(scope, receive, send_with_cookie)
+
+
+#: WebSocket routes whose clients read a refusal inside the protocol (browsers cannot read an HTTP
+#: status): moshi's chat. Every other WebSocket route is refused before its upgrade.
+IN_PROTOCOL_REFUSALS = frozenset({"/api/chat"})
+
+
+async def _refuse_upgrade(scope, receive, send, status: int, text: str) -> None:
+    """Refuse a WebSocket before the upgrade with an HTTP ``status`` (where the server can say one;
+    otherwise uvicorn answers 403)."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": access.CLOSE_REFUSED})
+        return
+    body = (text + "\n").encode()
+    await send({"type": "websocket.http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 async def _refuse_ws(receive, send, text: str, short: str) -> None:

@@ -203,6 +203,11 @@ def start_on_ray(spec: RaySpec, *, address: str | None = None) -> str:
     from starlette.middleware import Middleware
 
     port = spec.cfg.port or free_port(spec.cfg.host)
+    options = {}
+    if proxy_takes_middlewares():
+        options["middlewares"] = [Middleware(ReplicaLost)]
+    else:  # Ray 2.54 and later: a callback the proxy imports (started here: it inherits this environment)
+        os.environ.setdefault(PROXY_CALLBACK, "moshikit.serve.ray_app.proxy_middlewares")
     ray = connect(address)
     cpus, gpus = replica_resources(spec.device, cpus=spec.num_cpus, gpus=spec.num_gpus,
                                    cluster_gpus=float(ray.cluster_resources().get("GPU", 0)))
@@ -213,8 +218,7 @@ def start_on_ray(spec: RaySpec, *, address: str | None = None) -> str:
     try:
         with warnings.catch_warnings():  # proxy middlewares are "deprecated" for FastAPI's, which a proxy has not
             warnings.simplefilter("ignore", UserWarning)
-            serve.start(http_options=HTTPOptions(host=spec.cfg.host, port=port,
-                                                 middlewares=[Middleware(ReplicaLost)]))
+            serve.start(http_options=HTTPOptions(host=spec.cfg.host, port=port, **options))
         try:
             serve.run(application(spec, port), name=DEPLOYMENT, route_prefix="/", blocking=False)
         except RuntimeError as exc:  # the replicas could not start: say why, in one line
@@ -224,6 +228,29 @@ def start_on_ray(spec: RaySpec, *, address: str | None = None) -> str:
         quiet.setLevel(level)
     host = spec.cfg.host if ":" not in spec.cfg.host else f"[{spec.cfg.host}]"
     return f"http://{host}:{port}"
+
+
+#: The environment variable naming a function whose middlewares Ray Serve's proxy runs (Ray >= 2.54).
+PROXY_CALLBACK = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+
+
+def proxy_takes_middlewares() -> bool:
+    """Whether this Ray Serve takes proxy middlewares in ``HTTPOptions`` (before 2.54; later ones
+    take them from ``PROXY_CALLBACK`` only)."""
+    from importlib.metadata import version
+
+    try:
+        major, minor = (int(x) for x in version("ray").split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) < (2, 54)
+
+
+def proxy_middlewares() -> list:
+    """What Ray Serve's proxy runs in front of the replicas (imported by the proxy by name)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ReplicaLost)]
 
 
 def deploy_failure(exc: BaseException) -> str:
@@ -280,6 +307,6 @@ def chat_service(model: str | None, cfg: ServeConfig, **load):
     return ChatServer(load_conversation(model, **load), cfg, model=model or "moshiko")
 
 
-__all__ = ["DEPLOYMENT", "LOST_REASON", "REPLICA_HEADER", "RaySpec", "ReplicaLost", "ReplicaTag", "application",
+__all__ = ["DEPLOYMENT", "LOST_REASON", "REPLICA_HEADER", "RaySpec", "ReplicaLost", "ReplicaTag", "application", "proxy_middlewares", "proxy_takes_middlewares",
            "build_asgi", "chat_service", "check_ray_serve", "deploy_failure", "free_port", "replica_name",
            "replica_resources", "serve_on_ray", "serve_protobuf_ok", "start_on_ray", "stop_on_ray"]

@@ -19,16 +19,14 @@ object (``serve.http``), never a traceback.
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable
 
 from ..clienttext import shown
 from ..errors import AudioError, MoshikitError
+from .upload import ClientLeft, TooLong, Upload, form_of, open_upload, read_blocks
 
 ROUTE = "/v1/audio/translations"
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -39,17 +37,6 @@ MAX_UPLOAD = 25 * 1024 * 1024  # OpenAI's limit for an audio upload
 FORM_OVERHEAD = 64 * 1024  # the multipart envelope and the small fields around the file
 MAX_SECONDS = 600.0
 QUEUE = 4
-
-
-class TooLong(MoshikitError):
-    """An upload longer than the server takes."""
-
-
-class ClientLeft(MoshikitError):
-    """The client hung up before its translation was done: the model stops it."""
-
-
-# ---------------------------------------------------------------- response bodies
 
 
 def verbose_json(result) -> dict:
@@ -84,66 +71,6 @@ def render_translation(result, fmt: str) -> str:
 
 
 # ---------------------------------------------------------------- the service
-
-
-@dataclass
-class Upload:
-    """An upload on disk, opened and measured (its header only), waiting for the model."""
-
-    path: str
-    source: object  # audio.AudioSource
-    duration: float
-
-    def close(self) -> None:
-        self.source.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-
-
-def open_upload(data: bytes, filename: str, max_seconds: float) -> Upload:
-    """Write ``data`` to a private temporary file and open it as audio (any format ``translate``
-    reads); an unreadable, empty or too long file is one error."""
-    from ..audio import open_audio
-
-    suffix = os.path.splitext(filename)[1][:10] if filename else ""
-    if not suffix.replace(".", "").isalnum():
-        suffix = ""
-    fd, path = tempfile.mkstemp(prefix="moshikit-upload-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        try:
-            src = open_audio(path)
-        except AudioError as exc:
-            # the temporary name means nothing to the client: say it of the upload
-            raise AudioError(str(exc).replace(path, "the uploaded file")) from None
-    except BaseException:
-        os.unlink(path)
-        raise
-    upload = Upload(path, src, src.duration)
-    if upload.duration > max_seconds:
-        upload.close()
-        raise TooLong(f"the audio is {upload.duration:.0f} s long; this server translates at most "
-                      f"{max_seconds:.0f} s per request")
-    return upload
-
-
-def read_blocks(upload: Upload, gone: threading.Event | None = None):
-    """The upload's mono 24 kHz blocks; a file that breaks mid-read is one AudioError, and once
-    ``gone`` is set (the client hung up) the next block raises ClientLeft."""
-    from ..audio import stream_24k
-
-    try:
-        for b in stream_24k(upload.source, "mix", seconds=2.0):
-            if gone is not None and gone.is_set():
-                raise ClientLeft("the client left")
-            yield b[0]
-    except MoshikitError:
-        raise
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise AudioError(f"the uploaded file cannot be read ({str(exc).splitlines()[0][:120]})") from None
 
 
 class TranslateService:
@@ -195,7 +122,7 @@ class TranslateService:
         between two blocks of input once ``gone`` is set."""
         from ..translate import translate_stream
 
-        return translate_stream(self.tr, read_blocks(upload, gone), source="upload", opts=self.opts)
+        return translate_stream(self.tr, read_blocks(upload, gone=gone), source="upload", opts=self.opts)
 
     def log(self, line: str) -> None:
         if self.ctx is not None:
@@ -294,25 +221,6 @@ async def hung_up(request, gone: threading.Event) -> None:
             return
 
 
-async def form_of(request, body: bytes):
-    """The multipart form of ``request`` whose body was already read (bounded) as ``body``."""
-    from starlette.requests import Request
-
-    sent = False
-
-    async def receive():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        return await Request(request.scope, receive).form(max_files=1, max_fields=16)
-    except Exception as exc:  # starlette's MultiPartException, an AssertionError on no content type...
-        raise ValueError(str(exc) or type(exc).__name__) from None
-
-
 def load_translate_service(model: str | None, *, backend: str | None = None, device: str | None = None,
                            dtype: str | None = None, revision: str | None = None, seed: int | None = None,
                            max_upload: int = MAX_UPLOAD, max_seconds: float = MAX_SECONDS, queue: int = QUEUE,
@@ -328,6 +236,5 @@ def load_translate_service(model: str | None, *, backend: str | None = None, dev
     return TranslateService(tr, name, max_upload=max_upload, max_seconds=max_seconds, queue=queue)
 
 
-__all__ = ["MAX_SECONDS", "MAX_UPLOAD", "RESPONSE_FORMATS", "ROUTE", "ClientLeft", "TooLong", "TranslateService",
-           "Upload", "form_of", "hung_up", "load_translate_service", "open_upload", "read_blocks",
+__all__ = ["MAX_SECONDS", "MAX_UPLOAD", "RESPONSE_FORMATS", "ROUTE", "TranslateService", "hung_up", "load_translate_service",
            "render_translation", "verbose_json"]

@@ -19,6 +19,10 @@ class TooLong(MoshikitError):
     """An upload longer than the server takes."""
 
 
+class ClientLeft(MoshikitError):
+    """The client hung up while its upload was waiting or being worked on."""
+
+
 @dataclass
 class Upload:
     path: str
@@ -64,12 +68,15 @@ def open_upload(data: bytes, filename: str, max_seconds: float) -> Upload:
     return upload
 
 
-def read_blocks(upload: Upload, seconds: float = 2.0):
-    """The upload's mono 24 kHz float32 blocks; a file that breaks mid-read is one AudioError."""
+def read_blocks(upload: Upload, seconds: float = 2.0, gone=None):
+    """The upload's mono 24 kHz float32 blocks; a file that breaks mid-read is one AudioError, and
+    once ``gone`` (a ``threading.Event``) is set, the client hung up: the next block raises ClientLeft."""
     from ..audio import stream_24k
 
     try:
         for b in stream_24k(upload.source, "mix", seconds=seconds):
+            if gone is not None and gone.is_set():
+                raise ClientLeft("the client left")
             yield b[0]
     except MoshikitError:
         raise
