@@ -46,6 +46,7 @@ class ServePlan:
     stt_batch: int | None = None
     tts_batch: int | None = None
     backend: str | None = None  # the server's LM backend (--backend)
+    tts_backend: str | None = None  # the server's --tts-backend
     device: str | None = None
     reference: bool = True
     notes: list[str] = field(default_factory=list)
@@ -57,7 +58,8 @@ class Server:
     def __init__(self, plan: ServePlan, timeout: float = 900.0) -> None:
         cmd = [sys.executable, "-m", "moshikit", "serve", "--port", "0"]
         for flag, value in (("--stt", plan.stt), ("--tts", plan.tts), ("--stt-batch", plan.stt_batch),
-                            ("--tts-batch", plan.tts_batch), ("--backend", plan.backend), ("--device", plan.device)):
+                            ("--tts-batch", plan.tts_batch), ("--backend", plan.backend), ("--device", plan.device),
+                            ("--tts-backend", plan.tts_backend)):
             if value is not None:
                 cmd += [flag, str(value)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -271,7 +273,8 @@ def _tts_rows(plan: ServePlan) -> Iterator[Row]:
     text = " ".join(TEXT.split()[: plan.words])
     if plan.reference:
         yield from _tts_reference(plan, text)
-    server = Server(ServePlan(tts=plan.tts, tts_batch=plan.tts_batch, device=plan.device))
+    server = Server(ServePlan(tts=plan.tts, tts_batch=plan.tts_batch, device=plan.device,
+                              tts_backend=plan.tts_backend))
     try:
         asyncio.run(tts_clients(server.base, 1, "Warm up.", plan.tts))
         for n in plan.streams:
@@ -294,12 +297,12 @@ def _tts_reference(plan: ServePlan, text: str) -> Iterator[Row]:
     moshikit's ``speak`` path otherwise."""
     from ..tts import Settings, chunks, load_tts, tts_choice
 
-    if tts_choice(plan.tts, None, plan.device).backend == "pocket":
+    if tts_choice(plan.tts, plan.tts_backend, plan.device).backend == "pocket":
         from .tts_pocket import pocket_subjects
 
         name, _, run, _ = pocket_subjects(plan.tts, text)[1]
     else:
-        model = load_tts(plan.tts, device=plan.device)
+        model = load_tts(plan.tts, backend=plan.tts_backend, device=plan.device)
         voice = model.resolve_voice(None)
 
         def run():

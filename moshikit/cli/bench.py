@@ -338,6 +338,8 @@ def serve(
                                                      help="The server's --tts-batch.")] = None,
     backend: Annotated[Optional[str], typer.Option("--backend", "-b", show_default=False,
                                                    help="The server's LM backend (cpu, torch, mlx).")] = None,
+    tts_backend: Annotated[Optional[str], typer.Option("--tts-backend", metavar="NAME", show_default=False,
+                                                       help="The server's TTS backend (torch, mlx, pocket).")] = None,
     reference: ReferenceOpt = True,
     device: DeviceOpt = None,
     json_file: JsonFileOpt = None,
@@ -356,7 +358,7 @@ def serve(
     if not (stt or tts):
         raise UsageError("name a model to serve: --stt MODEL, --tts MODEL, or --synthetic for both")
     plan = bench_serve.ServePlan(stt, tts, _ints(streams), seconds, words, stt_batch, tts_batch, backend,
-                                 device_value(device), reference)
+                                 tts_backend, device_value(device), reference)
     result = bench.BenchResult(env=bench.environment({"stt": stt, "tts": tts}), synthetic=synthetic, notes=plan.notes)
     render(result, lambda: bench_serve.bench_serve(plan), json_file, compare, None)
 

@@ -32,6 +32,9 @@ def serve(
     tts_batch: Annotated[Optional[int], typer.Option("--tts-batch", min=1, show_default=False,
                                                      help="Text-to-speech requests served at once (default sized "
                                                           "for the device).")] = None,
+    tts_backend: Annotated[Optional[str], typer.Option("--tts-backend", metavar="NAME", show_default=False,
+                                                       help="The text-to-speech backend: torch, mlx or pocket "
+                                                            "(default: speak's choice for the model).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 lets other machines in "
                                                      "(browsers then need --ssl for the microphone).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0 picks a free one).")] = 8998,
@@ -157,8 +160,8 @@ def serve(
                                              batch=stt_batch, revision=revision))
     if tts:
         out.message("[dim]loading the text-to-speech model...[/]")
-        services.append(lib.load_tts_service(tts, device=dev, dtype=dtype.value, batch=tts_batch,
-                                             revision=revision))
+        services.append(lib.load_tts_service(tts, backend=tts_backend, device=dev, dtype=dtype.value,
+                                             batch=tts_batch, revision=revision))
     if translate:
         out.message("[dim]loading the translation model...[/]")
         services.append(lib.load_translate_service(translate, backend=backend.value, device=dev, dtype=dtype.value,
