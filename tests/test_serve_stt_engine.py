@@ -111,9 +111,12 @@ def test_full_engine_refuses_and_queues(model):
         feeds[0].cancel()
         deadline = time.time() + 10
         assert engine.used == 2  # a cancelled stream's slot counts as free at once
-        while not (feeds[0].ended and not engine._pending) and time.time() < deadline:
+        def waiting_one_seated():  # the engine's thread takes it from the queue, then seats it
+            return any(s is not None and s.feed is feeds[2] for s in engine._slots)
+
+        while not (feeds[0].ended and waiting_one_seated()) and time.time() < deadline:
             time.sleep(0.01)
-        assert feeds[0].ended and any(s is not None and s.feed is feeds[2] for s in engine._slots)
+        assert feeds[0].ended and waiting_one_seated() and not engine._pending
     finally:
         engine.stop()
 
