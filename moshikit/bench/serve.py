@@ -11,7 +11,8 @@ generation), in the same run.
   time* when every stream's lag stays under ``LAG_HELD`` seconds. Unpaced (``x real time``): the
   same N streams sent as fast as the server reads them, audio seconds over wall seconds per stream.
 * Text-to-speech: N concurrent ``POST /v1/audio/speech`` (raw PCM, streamed): time to the first
-  audio byte, and x real time per request.
+  audio byte, and x real time per request. A request the full server refuses (429) comes back after
+  its ``Retry-After``, as a client does; the wait counts in its times.
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ async def stt_client(url: str, pcm: np.ndarray, *, paced: bool, flush_seconds: f
                     got["marker"] = time.perf_counter()
                     return
                 elif kind == "Error":
-                    raise RuntimeError(f"the server said: {msg.get('message')}")
+                    from ..errors import MoshikitError
+
+                    raise MoshikitError(f"the server refused a stream: {msg.get('message')}")
 
         reader = asyncio.ensure_future(receive())
         sent = 0
@@ -169,14 +172,23 @@ def tts_request(base: str, text: str, model: str) -> tuple[float | None, float, 
     import json
     from urllib.parse import urlsplit
 
+    from ..errors import MoshikitError
+
     u = urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
     body = json.dumps({"model": model, "input": text, "voice": "default", "response_format": "pcm"})
     t0 = time.perf_counter()
-    conn.request("POST", "/v1/audio/speech", body, {"Content-Type": "application/json"})
-    resp = conn.getresponse()
+    while True:  # a full server says when to come back (429, Retry-After): the wait counts, as a client's
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+        conn.request("POST", "/v1/audio/speech", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 429 or time.perf_counter() - t0 > 600:
+            break
+        resp.read()
+        conn.close()
+        time.sleep(float(resp.getheader("Retry-After") or 1))
     if resp.status != 200:
-        raise RuntimeError(f"speech request: HTTP {resp.status}: {resp.read()[:200]!r}")
+        raise MoshikitError(f"the server answered a speech request with HTTP {resp.status}: "
+                            f"{resp.read()[:200].decode(errors='replace')}")
     first, size = None, 0
     while chunk := resp.read1(65536):
         if first is None:
