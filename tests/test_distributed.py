@@ -231,7 +231,12 @@ def test_a_killed_worker_has_its_files_retried(cluster, tree, tmp_path, mimi_wei
     assert killed is not None and job.stats.worker_deaths == 1
     status = {Path(r.source).name: r.status for r in results}
     assert status.pop("corrupt.wav") == "failed"
-    assert set(status.values()) == {"done"} and len(status) == 10
+    # "skipped": a file the killed worker finished (its output written atomically) before it died,
+    # kept by the resume rule when its shard is retried; every output is complete either way
+    assert set(status.values()) <= {"done", "skipped"} and "done" in status.values() and len(status) == 10
+    from moshikit.tokens import is_complete
+
+    assert all(is_complete(Path(r.output)) for r in results if r.status in ("done", "skipped"))
     assert job.stats.retried_files >= 1
 
 
