@@ -49,6 +49,21 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+class Logs:
+    """What a service needs of its server's context before and after it starts: a log line and a
+    counter (nothing is said while ``ctx`` is None)."""
+
+    ctx: Context | None = None
+
+    def log(self, line: str) -> None:
+        if self.ctx is not None:
+            self.ctx.log(line)
+
+    def count(self, key: str) -> None:
+        if self.ctx is not None:
+            self.ctx.stats[key] += 1
+
+
 class ServerApp:
     """The services of one server as one ASGI application (``asgi``)."""
 

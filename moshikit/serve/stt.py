@@ -23,6 +23,7 @@ import asyncio
 import time
 from typing import Callable
 
+from .app import Logs
 from ..clienttext import shown
 from . import asr_protocol as proto
 from .http import CLOSE_BUSY, CLOSE_FAILED, refuse_ws
@@ -46,7 +47,7 @@ def _peer(conn) -> str:
     return shown(f"{c.host}:{c.port}" if c else "?")
 
 
-class SttService:
+class SttService(Logs):
     """One loaded STT model behind moshi-server's protocol and OpenAI's transcriptions route."""
 
     kind = "stt"
@@ -98,13 +99,6 @@ class SttService:
 
     # --- helpers
 
-    def log(self, line: str) -> None:
-        if self.ctx is not None:
-            self.ctx.log(line)
-
-    def count(self, what: str) -> None:
-        if self.ctx is not None:
-            self.ctx.stats[what] += 1
 
     def post(self, fn: Callable, *args) -> None:
         """Run ``fn(*args)`` on the server's loop (from the model's thread)."""

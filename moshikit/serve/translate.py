@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from .app import Logs
 from ..clienttext import shown
 from ..errors import AudioError, MoshikitError
 from .upload import ClientLeft, TooLong, Upload, form_of, open_upload, read_blocks
@@ -73,7 +74,7 @@ def render_translation(result, fmt: str) -> str:
 # ---------------------------------------------------------------- the service
 
 
-class TranslateService:
+class TranslateService(Logs):
     """``POST /v1/audio/translations`` on one loaded ``Translator`` (see the module docstring)."""
 
     kind = "translate"
@@ -124,13 +125,6 @@ class TranslateService:
 
         return translate_stream(self.tr, read_blocks(upload, gone=gone), source="upload", opts=self.opts)
 
-    def log(self, line: str) -> None:
-        if self.ctx is not None:
-            self.ctx.log(line)
-
-    def count(self, key: str) -> None:
-        if self.ctx is not None:
-            self.ctx.stats[key] += 1
 
     async def handle(self, request):
         from starlette.datastructures import UploadFile

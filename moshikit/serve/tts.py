@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from .app import Logs
 from .. import clienttext
 from ..errors import MoshikitError
 from .tts_engines import Job, SerialEngine, SlotEngine
@@ -45,7 +46,7 @@ class Limits:
 
 
 @dataclass
-class TtsService:
+class TtsService(Logs):
     """A ``serve`` service (``kind = "tts"``) over a loaded TTS model and its worker."""
 
     model: object  # a backends.base.TTSBackend
@@ -82,13 +83,6 @@ class TtsService:
     async def stop(self) -> None:
         await asyncio.to_thread(self.engine.stop)
 
-    def log(self, line: str) -> None:
-        if self.ctx is not None:
-            self.ctx.log(line)
-
-    def count(self, key: str) -> None:
-        if self.ctx is not None:
-            self.ctx.stats[key] += 1
 
     # ---------------------------------------------------------------- shared checks
 
