@@ -53,6 +53,11 @@ async def read_body(request, limit: int, *, timeout: float = 60.0) -> bytes:
     than ``timeout`` seconds to arrive: a slow upload holds a connection, not the server."""
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > limit:
+        if int(size) <= 4 * limit:  # read and dropped, so that the client, still sending, reads the answer
+            try:
+                await asyncio.wait_for(_drain(request), timeout)
+            except Exception:  # noqa: BLE001 (the refusal stands whatever the drain met: a timeout, a client gone)
+                pass
         raise HTTPProblem(413, f"the request body has {int(size)} bytes; the most is {limit}", code="too_large")
     chunks, got = [], 0
 
@@ -69,6 +74,11 @@ async def read_body(request, limit: int, *, timeout: float = 60.0) -> bytes:
     except asyncio.TimeoutError:
         raise HTTPProblem(408, f"the request body took over {timeout:g} s to arrive", code="timeout") from None
     return b"".join(chunks)
+
+
+async def _drain(request) -> None:
+    async for _ in request.stream():
+        pass
 
 
 async def refuse_ws(websocket, code: int, reason: str, *, message: bytes | str | None = None) -> None:
