@@ -198,6 +198,14 @@ def measure(fn: Callable[[], object], *, repeats: int, warmup: int = 1, clock: C
     return out
 
 
+def load_average() -> float | None:
+    """The 1-minute load average when a row is measured (other processes share the CPU)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def throughput_row(stage: str, name: str, task: str, audio_seconds: float, walls: list[float], **params) -> Row:
     samples = [audio_seconds / w for w in walls]
     return Row(stage, name, task, "x real time", Stats.of(samples), params, samples=samples)

@@ -18,7 +18,6 @@ generation), in the same run.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .core import Row, Stats, latency_row, throughput_row
+from .core import Row, Stats, latency_row, load_average, throughput_row
 
 FRAME = 1920
 RATE = 24000
@@ -208,12 +207,6 @@ async def tts_clients(base: str, n: int, text: str, model: str) -> list[tuple[fl
 # ---------------------------------------------------------------- the stage
 
 
-def _load() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
 
 def _row(stage: str, name: str, task: str, unit: str, samples: list[float], **params) -> Row:
     return Row(stage, name, task, unit, Stats.of(samples), params, samples=samples)
@@ -247,7 +240,7 @@ def _stt_rows(plan: ServePlan, speech: np.ndarray) -> Iterator[Row]:
         one()
         yield throughput_row("serve", f"moshikit transcribe, in process ({model.lm.info.backend})",
                              f"1 stream x {plan.seconds:g} s", plan.seconds, [time.perf_counter() - t],
-                             streams=1, load=_load())
+                             streams=1, load=load_average())
         delay = model.delay_frames / 12.5
         del model
     else:
@@ -262,7 +255,7 @@ def _stt_rows(plan: ServePlan, speech: np.ndarray) -> Iterator[Row]:
         for n in plan.streams:
             results = asyncio.run(stt_clients(url, clips[:n], paced=False, flush_seconds=flush))
             yield throughput_row("serve", "moshikit serve stt, unpaced", f"{n} streams x {plan.seconds:g} s",
-                                 plan.seconds + flush, [r.wall for r in results], streams=n, load=_load(),
+                                 plan.seconds + flush, [r.wall for r in results], streams=n, load=load_average(),
                                  peak_rss_mb=server.peak_rss_mb())
             results = asyncio.run(stt_clients(url, clips[:n], paced=True, flush_seconds=flush, delay=delay))
             lags = [r.lag for r in results]
@@ -271,7 +264,7 @@ def _stt_rows(plan: ServePlan, speech: np.ndarray) -> Iterator[Row]:
             if ok:
                 held.append(n)
             row = latency_row("serve", "moshikit serve stt, real-time pace", f"{n} streams: marker lag",
-                              lags, streams=n, held=ok, load=_load())
+                              lags, streams=n, held=ok, load=load_average())
             if firsts:
                 row.params["first_word_ms_p50"] = round(1000 * float(np.median(firsts)), 1)
             yield row
@@ -295,11 +288,11 @@ def _tts_rows(plan: ServePlan) -> Iterator[Row]:
             audio = [s / RATE for _, _, s in results]
             samples = [a / w for a, w in zip(audio, walls)]
             yield _row("serve", "moshikit serve tts (/v1/audio/speech)", f"{n} requests x {plan.words} words",
-                       "x real time", samples, streams=n, load=_load(), peak_rss_mb=server.peak_rss_mb())
+                       "x real time", samples, streams=n, load=load_average(), peak_rss_mb=server.peak_rss_mb())
             firsts = [f for f, _, _ in results if f is not None]
             if firsts:
                 yield latency_row("serve", "moshikit serve tts (/v1/audio/speech)", f"{n} requests: first audio",
-                                  firsts, streams=n, load=_load())
+                                  firsts, streams=n, load=load_average())
     finally:
         server.close()
 
@@ -327,6 +320,6 @@ def _tts_reference(plan: ServePlan, text: str) -> Iterator[Row]:
     first, samples = run()
     wall = time.perf_counter() - t
     yield throughput_row("serve", name, f"1 request x {plan.words} words", samples / RATE, [wall], streams=1,
-                         load=_load())
+                         load=load_average())
     if first is not None:
-        yield latency_row("serve", name, "1 request: first audio", [first], streams=1, load=_load())
+        yield latency_row("serve", name, "1 request: first audio", [first], streams=1, load=load_average())

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .core import FRAME_SECONDS, Clock, PeakMemory, Row, latency_row, throughput_row
+from .core import FRAME_SECONDS, Clock, PeakMemory, Row, latency_row, load_average, throughput_row
 
 FRAME = 1920
 
@@ -192,23 +192,16 @@ def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter, sleep=time.sle
                 mems[i] = mem.result
         for i, (name, params, _, _) in enumerate(subjects):
             row = throughput_row("stt", name, f"transcribe {n} x {plan.seconds:g} s", n * plan.seconds, walls[i],
-                                 batch=batch, device=device, load=_load(), **params)
+                                 batch=batch, device=device, load=load_average(), **params)
             row.memory = mems[i]
             yield row
     if plan.live_frames:
         for name, params, _, live in subjects:
             walls = live()
             row = latency_row("stt", name, "live: encode+step per 80 ms frame, paced", walls, batch=1,
-                              frames=plan.live_frames, device=device, load=_load(), **params)
+                              frames=plan.live_frames, device=device, load=load_average(), **params)
             over = sum(w > FRAME_SECONDS for w in walls) / len(walls)
             row.params.update(over_budget=round(over, 4), headroom_ms=round(FRAME_SECONDS * 1000 - row.stats.p99, 2),
                               x_real_time=round(FRAME_SECONDS / float(np.mean(walls)), 3))
             yield row
 
-
-def _load() -> float | None:
-    """The 1-minute load average when the row was measured (other processes share the CPU)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
