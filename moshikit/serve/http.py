@@ -15,6 +15,15 @@ CLOSE_POLICY = 1008
 CLOSE_FAILED = 1011
 
 
+#: What a socket raises when its peer is gone (Starlette's and uvicorn's, named to import nothing).
+GONE = ("WebSocketDisconnect", "ClientDisconnected")
+
+
+def gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says the peer has left (a socket closed, reset or timed out under us)."""
+    return isinstance(exc, (ConnectionError, RuntimeError, asyncio.TimeoutError)) or type(exc).__name__ in GONE
+
+
 class HTTPProblem(Exception):
     """A request refused with an HTTP status and OpenAI's error object (``as_response``)."""
 
@@ -93,8 +102,6 @@ async def refuse_ws(websocket, code: int, reason: str, *, message: bytes | str |
             send = websocket.send_bytes if isinstance(message, bytes) else websocket.send_text
             await asyncio.wait_for(send(message), 2.0)
         await asyncio.wait_for(websocket.close(code=code, reason=close_reason(reason).decode("utf-8")), 2.0)
-    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-        pass
     except Exception as exc:  # noqa: BLE001 (a peer gone mid-close: nothing left to tell it)
-        if type(exc).__name__ not in ("WebSocketDisconnect", "ClientDisconnected"):
+        if not gone(exc):
             raise

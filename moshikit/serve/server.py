@@ -14,16 +14,8 @@ import numpy as np
 from .. import access, wire
 from ..backends.base import SamplingControl
 from ..conversation import Conversation
-from .http import CLOSE_BAD_DATA, CLOSE_BUSY, CLOSE_POLICY, CLOSE_TOO_BIG, refuse_ws
+from .http import CLOSE_BAD_DATA, CLOSE_BUSY, CLOSE_POLICY, CLOSE_TOO_BIG, gone, refuse_ws
 from .session import Drop, FRAME, FRAMES_PER_SECOND, ServeConfig, Session
-
-#: What a socket raises when its peer is gone (Starlette's and uvicorn's, named to import nothing).
-GONE = ("WebSocketDisconnect", "ClientDisconnected")
-
-
-def gone(exc: BaseException) -> bool:
-    return isinstance(exc, (ConnectionError, RuntimeError, asyncio.TimeoutError)) or type(exc).__name__ in GONE
-
 
 class ChatServer:
     """The chat service around one batched ``Conversation`` (a ``Service`` of ``ServerApp``)."""
