@@ -167,19 +167,6 @@ def routes_of(service) -> list[str]:
     return [r.path for r in service.routes()]
 
 
-def _headers(scope) -> dict[str, str]:
-    """A request's headers, names lower-cased (``access.presented`` looks them up in either case)."""
-    out = {}
-    for k, v in scope.get("headers", ()):
-        out[k.decode("latin-1").lower()] = v.decode("latin-1")
-    return _Caseless(out)
-
-
-class _Caseless(dict):
-    def get(self, key, default=None):
-        return super().get(key.lower(), default)
-
-
 def _cookies(headers) -> dict[str, str]:
     from http.cookies import CookieError, SimpleCookie
 
@@ -202,10 +189,11 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        from urllib.parse import parse_qsl
+        from starlette.requests import HTTPConnection
 
         server = self.server
-        headers = _headers(scope)
+        conn = HTTPConnection(scope)  # Starlette's view of the request: case-insensitive headers, the query
+        headers = conn.headers
         method = scope.get("method", "GET")
         raw = scope.get("raw_path") or scope.get("path", "/").encode()
         path = access.normalise_path(raw.decode("latin-1"))
@@ -227,8 +215,7 @@ class Gate:
         if not token or not access.needs_token(path):
             return await self.app(scope, receive, send)
         port = (scope.get("server") or (None, None))[1]
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        given, how = access.presented(query, headers, _cookies(headers), port)
+        given, how = access.presented(conn.query_params, headers, _cookies(headers), port)
         if not (given and access.token_ok(token, given)):
             server.stats["refused_token"] += 1
             server.log(f"refused {peer} {shown(path)}: {'wrong' if given else 'no'} token")
@@ -266,11 +253,7 @@ async def _refuse_upgrade(scope, receive, send, status: int, text: str) -> None:
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": access.CLOSE_REFUSED})
         return
-    body = (text + "\n").encode()
-    await send({"type": "websocket.http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "websocket.http.response.body", "body": body})
+    await _answer(send, "websocket.http.response", status, text)
 
 
 async def _refuse_ws(receive, send, text: str, short: str) -> None:
@@ -285,7 +268,13 @@ async def _refuse_ws(receive, send, text: str, short: str) -> None:
 
 
 async def _refuse(send, status: int, text: str) -> None:
+    await _answer(send, "http.response", status, text)
+
+
+async def _answer(send, kind: str, status: int, text: str) -> None:
+    """``text`` as a plain-text answer with ``status``: ``kind`` is ``http.response`` or, before a
+    WebSocket upgrade, ``websocket.http.response``."""
     body = (text + "\n").encode()
-    await send({"type": "http.response.start", "status": status,
+    await send({"type": f"{kind}.start", "status": status,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{kind}.body", "body": body})
