@@ -15,6 +15,7 @@ start, stop)``, ``("done", ended)``, ``("error", message)``; the last event is a
 
 from __future__ import annotations
 
+import abc
 import collections
 import threading
 from typing import Callable
@@ -65,7 +66,7 @@ class Job:
         self.sink(event)
 
 
-class _Engine:
+class _Engine(abc.ABC):
     #: takes a job's words as they arrive (True), or only once all of its text is in
     streams_text = True
 
@@ -132,8 +133,9 @@ class _Engine:
     def abandon(self) -> list[Job]:
         return []
 
+    @abc.abstractmethod
     def run(self) -> None:
-        raise NotImplementedError
+        """The engine's loop, on its worker thread."""
 
 
 class SlotEngine(_Engine):
