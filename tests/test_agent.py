@@ -31,7 +31,7 @@ def test_client_streams_the_scripted_reply_and_the_server_records_the_request():
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
         assert list(client.stream(messages)) == ["Hello", " there,", " how", " are", " you?"]
         assert server.requests == [{"model": "scripted", "messages": messages, "stream": True}]
-        assert server.finished == 1
+        assert server.settle(finished=1) == (1, 0)
 
 
 def test_the_openai_client_reads_the_scripted_server():
@@ -78,10 +78,7 @@ def test_cancel_stops_the_stream_and_the_server_sees_it():
                 got.append(piece)
         assert time.perf_counter() - started < 1.0  # not the 2.5 s the whole reply takes
         assert 1 <= len(got) < 50
-        deadline = time.monotonic() + 3
-        while server.cancelled < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (server.cancelled, server.finished) == (1, 0)
+        assert server.settle(cancelled=1) == (0, 1)
 
 
 def test_history_drops_the_oldest_turns_to_fit():
@@ -194,10 +191,8 @@ def test_barge_in_cuts_the_audio_and_cancels_the_request(stt_model, tts_model, s
     long_reply = " ".join(f"word{i}" for i in range(20)) + "."
     with ScriptedLLM([long_reply, "Okay."], tokens_per_second=4) as server:
         result = run_agent(stt_model, tts_model, server, pcm, max_steps=80)
-        deadline = time.monotonic() + 3
-        while server.cancelled < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        requests, cancelled = server.requests, server.cancelled
+        _, cancelled = server.settle(cancelled=1)
+        requests = server.requests
     t1, t2 = result.turns
     assert t1.audio_start is not None and t1.audio_start < second  # the agent was speaking
     assert t1.status == "interrupted" and t1.request_cancelled and cancelled == 1

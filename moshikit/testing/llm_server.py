@@ -8,7 +8,8 @@ server-sent events, ``data: [DONE]``), records every request it received, and fa
 
 A token is one word with its space. Requests whose model is not ``model`` get OpenAI's 404
 (``model_not_found``). ``requests`` holds each request's JSON body; ``finished`` / ``cancelled``
-count replies streamed to their end and those the client closed mid-stream.
+count replies streamed to their end and those the client closed mid-stream; a client has read the
+end of a reply before the server counts it, so read them through ``settle``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,16 @@ class ScriptedLLM:
     def user_messages(self, i: int = -1) -> list[str]:
         """The user messages of request ``i`` (the history and the new one, in order)."""
         return [m["content"] for m in self.requests[i]["messages"] if m.get("role") == "user"]
+
+    def settle(self, *, finished: int = 0, cancelled: int = 0, timeout: float = 5.0) -> tuple[int, int]:
+        """``(finished, cancelled)`` once both reach at least the given counts (or at ``timeout``):
+        the server counts a reply after its last write, which the client may have read already."""
+        deadline = time.monotonic() + timeout
+        while (self.finished < finished or self.cancelled < cancelled) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.05)  # a count that should have stayed put has had the time to move
+        with self._lock:
+            return self.finished, self.cancelled
 
     # ------------------------------------------------------------ running
 

@@ -20,20 +20,34 @@ from pathlib import Path
 from ..distributed import ray_token_available
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int, taken: set[int]) -> list[int]:
+    """``n`` free ports, distinct from each other and from ``taken`` (which they join): a port the
+    kernel hands out, released, can come back on the next ask, and Ray refuses two components on
+    one port."""
+    held, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in taken:
+                ports.append(port)
+                taken.add(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
 
 
-def _ports(head: bool) -> list[str]:
+def _port_args(head: bool, taken: set[int]) -> list[str]:
     names = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
              "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"]
     if head:
         names += ["--dashboard-port"]
     args = []
-    for n in names:
-        args += [n, str(_free_port())]
+    for name, port in zip(names, _free_ports(len(names), taken)):
+        args += [name, str(port)]
     return args
 
 
@@ -52,7 +66,8 @@ class LocalCluster:
             # --address` does not: say it to every node, or the workers cannot join the head.
             self.env["RAY_AUTH_MODE"] = "token"
         self.tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths are length-limited
-        self.address = f"127.0.0.1:{_free_port()}"
+        self._taken: set[int] = set()
+        self.address = f"127.0.0.1:{_free_ports(1, self._taken)[0]}"
         self.procs: list[subprocess.Popen] = []
         self._ray = str(Path(sys.executable).with_name("ray"))
 
@@ -68,10 +83,10 @@ class LocalCluster:
     def start(self) -> "LocalCluster":
         port = self.address.rsplit(":", 1)[1]
         self._start(["--head", "--port", port, "--temp-dir", self.tmp, "--include-dashboard=false",
-                     *_ports(head=True)])
+                     *_port_args(True, self._taken)])
         self._wait_port(int(port))
         for _ in range(self.workers):
-            self._start(["--address", self.address, *_ports(head=False)])
+            self._start(["--address", self.address, *_port_args(False, self._taken)])
         self.wait_nodes(self.workers + 1)
         return self
 
