@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -124,7 +124,9 @@ class OfflineAgent:
     def __init__(self, stt_model, tts, voices: list, settings, client: ChatClient, options: TurnOptions | None = None,
                  *, system: str | None = None, max_history_chars: int | None = None,
                  on_turn: Callable[[Turn], None] | None = None, on_error: Callable[[str], None] | None = None,
-                 on_text: Callable[[str], None] | None = None) -> None:
+                 on_text: Callable[[str], None] | None = None,
+                 on_audio: Callable[[float, np.ndarray], None] | None = None,
+                 on_cut: Callable[[float], None] | None = None) -> None:
         self.stt, self.tts, self.voices, self.settings, self.client = stt_model, tts, voices, settings, client
         self.options = options or TurnOptions()
         from ..backends.base import StreamsLMBackend
@@ -134,6 +136,7 @@ class OfflineAgent:
         self.mode = self.options.mode(self.has_pause_heads)
         self.history = History(system, **({} if max_history_chars is None else {"max_chars": max_history_chars}))
         self.on_turn, self.on_error, self.on_text = on_turn, on_error, on_text
+        self.on_audio, self.on_cut = on_audio, on_cut
         self.turns: list[Turn] = []
         self.errors: list[str] = []
         self.vad = VoiceActivity(self.options.voice_db)
@@ -158,23 +161,41 @@ class OfflineAgent:
     # ------------------------------------------------------------ running
 
     def run(self, pcm: np.ndarray, source: str = "<input>") -> Result:
-        from ..stt import Stream, run_streams
-
+        """The agent over a recording (the whole input in memory)."""
         pcm = np.asarray(pcm, np.float32).reshape(-1)
         n = -(-pcm.size // FRAME)
         padded = np.zeros(n * FRAME, np.float32)
         padded[:pcm.size] = pcm
+        result = self.run_frames((padded[i * FRAME:(i + 1) * FRAME] for i in range(n)), source)
+        result.user = pcm
+        return result
+
+    def run_frames(self, blocks: Iterable[np.ndarray], source: str = "<input>") -> Result:
+        """The agent over 80 ms frames (1920 float32 samples at 24 kHz) from any source: a file, a
+        microphone or a WebSocket, whose iterator may block until the next frame arrives. Frame ``i``
+        is at ``i * 0.08`` s on the timeline. The agent's audio goes to ``on_audio(at, block)`` as it
+        is generated (``at`` on the timeline, where it starts) and to the result's track; a barge-in
+        calls ``on_cut(at)``: audio handed over past ``at`` is not to be played."""
+        from ..stt import Stream, run_streams
+
+        heard: list[np.ndarray] = []
 
         def frames():
-            for i in range(n):
+            previous = None
+            for i, block in enumerate(blocks):
+                block = np.asarray(block, np.float32).reshape(-1)
                 try:
-                    if i:
-                        self.vad.feed(padded[(i - 1) * FRAME:i * FRAME], (i - 1) * FRAME_SECONDS)
+                    if previous is not None:
+                        self.vad.feed(previous, (i - 1) * FRAME_SECONDS)
                     self._tick(i * FRAME_SECONDS)
                 except BaseException as exc:  # the STT's reader would take it for a broken file
                     self.failure = exc
                     return
-                yield padded[i * FRAME:(i + 1) * FRAME]
+                heard.append(block)
+                previous = block
+                yield block
+            if previous is not None:
+                self.vad.feed(previous, (len(heard) - 1) * FRAME_SECONDS)
 
         stream = Stream(self.stt, source, frames(), refine=False, on_text=self._text,
                         on_turn=self._pause if self.mode == "pause" else None,
@@ -184,9 +205,7 @@ class OfflineAgent:
                 pass
             if self.failure is not None:
                 raise self.failure
-            now = n * FRAME_SECONDS
-            if n:
-                self.vad.feed(padded[(n - 1) * FRAME:], (n - 1) * FRAME_SECONDS)
+            now = len(heard) * FRAME_SECONDS
             self._tick(now, end_of_input=True)
             deadline = time.perf_counter() + MAX_WAIT
             while self.turn is not None:  # the last answer plays out after the input
@@ -200,7 +219,8 @@ class OfflineAgent:
             if self.responder is not None and not self.responder.done:
                 self.responder.cancel()
                 self.responder.join(5)
-        return Result(self.turns, pcm, self.track.pcm[:self.track.size].copy(), self.mode,
+        user = np.concatenate(heard) if heard else np.zeros(0, np.float32)
+        return Result(self.turns, user, self.track.pcm[:self.track.size].copy(), self.mode,
                       self.options.describe(self.has_pause_heads, self.stt.name), self.errors)
 
     def _tick(self, now: float, end_of_input: bool = False) -> None:
@@ -269,6 +289,8 @@ class OfflineAgent:
             return
         for wall, block in r.take_frames():
             at = self.track.place(self.anchor[0] + wall, block)
+            if self.on_audio is not None:
+                self.on_audio(at, block)
             if turn.audio_start is None:
                 turn.audio_start = at
         turn.audio_end = self.track.end if turn.audio_start is not None else None
@@ -281,6 +303,8 @@ class OfflineAgent:
             r.cancel()
             r.join(10)
         self.track.cut(now)
+        if self.on_cut is not None:
+            self.on_cut(now)
         turn.interrupted_at = now
         if turn.audio_end is not None:
             turn.audio_end = min(turn.audio_end, now)
