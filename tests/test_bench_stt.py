@@ -92,3 +92,40 @@ def test_bench_stt_tiny_rows_name_the_reference_and_the_precision(tmp_path, one_
     assert ("moshikit torch fp32", "x real time") in names and ("moshikit torch int8", "ms") in names
     live = [x for x in rows if x["unit"] == "ms"]
     assert len(live) == 5 and all(x["params"]["frames"] == 2 and "over_budget" in x["params"] for x in live)
+    # The CPU engine's rows carry their share of this machine's roofline, one limit row per precision.
+    limits = {x["name"]: x for x in rows if x["name"].startswith("limit: ")}
+    assert set(limits) == {"limit: LM step, fp32", "limit: LM step, int8"}
+    for x in limits.values():
+        p = x["params"]
+        assert p["bound"] in ("memory", "arithmetic") and p["step_ms"] == max(p["read_ms"], p["math_ms"])
+        measured = next(r for r in rows if r["name"] == f"moshikit cpu {p['precision']}" and r["unit"] != "ms")
+        # of_limit is rounded to 4 decimals, the limit's x real time to 3 (at least 0.001 on any machine).
+        assert measured["params"]["of_limit"] == pytest.approx(measured["stats"]["p50"] / x["stats"]["p50"],
+                                                               rel=0.01, abs=1e-4)
+    assert all("of_limit" not in r["params"] for r in rows if r["name"].startswith("moshikit torch"))
+
+
+def test_the_roofline_counts_the_engines_weights_keys_and_operations():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from moshikit.backends.cpu_kernels import Linear
+    from moshikit.bench.limits import Machine, StepCost, engine_cost, limit, mean_window
+
+    class Engine(nn.Module):  # two layers of one 4x8 matmul each, dim 4, float32 keys and values
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.ModuleList([Linear(nn.Linear(4, 8, bias=False), "fp32")])
+                                         for _ in range(2)])
+            self.dim, self.kv_dtype = 4, torch.float32
+
+    cost = engine_cost(Engine(), batch=3, window=10)
+    assert cost.weight_bytes == 2 * 4 * 8 * 4
+    assert cost.kv_bytes == 2 * 2 * 3 * 4 * 10 * 4  # layers x (k, v) x batch x dim x window x 4 bytes
+    assert cost.ops == 2 * (2 * 32 * 3 + 2 * 2 * 3 * 4 * 10)
+    m = Machine(read_gb_s=1.0, gop_s={"fp32": 1.0}, threads=1)
+    b = limit(StepCost(10**9, 0, 10**8), m, "fp32", batch=4)  # 1 s to read, 0.1 s of arithmetic
+    assert (b["bound"], b["step_ms"], b["x_real_time"]) == ("memory", 1000.0, 0.32)
+    assert limit(StepCost(0, 0, 2e9), m, "fp32", 1)["bound"] == "arithmetic"
+    assert mean_window(3, 3000) == 64 and mean_window(130, 3000) == (64 * 64 + 64 * 128 + 2 * 192) / 130
+    assert mean_window(100, 50) == 50  # the window never passes the context

@@ -9,6 +9,10 @@ Rows, all from one run so their ratios hold on a loaded machine:
 * ``moshikit <backend> <precision>``: ``stt.run_streams`` as ``transcribe`` runs it (codec in
   2 s chunks, slot refill), per batch size, per backend (``-b cpu,torch``: moshikit's CPU
   engine beside moshi's ``LMGen`` under moshikit's loop) and per precision asked for.
+* ``limit: LM step, <precision>``: for the CPU engine's rows, the roofline of one LM step on
+  this machine (``bench.limits``: the weights and keys/values read at the measured memory
+  bandwidth, the multiply-adds at the measured matmul throughput); each such row's
+  ``of_limit`` is its share of that bound (the codec and sampling are outside the bound).
 * the live row of each: one stream paced at 12.5 frames a second, encode + step per frame
   against the 80 ms budget (what ``transcribe --mic`` needs to keep up).
 
@@ -26,7 +30,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .core import FRAME_SECONDS, Clock, PeakMemory, Row, latency_row, load_average, throughput_row
+from .core import FRAME_SECONDS, Clock, PeakMemory, Row, Stats, latency_row, load_average, throughput_row
 
 FRAME = 1920
 
@@ -43,6 +47,7 @@ class SttPlan:
     repeats: int = 2
     dtypes: list[str | None] = field(default_factory=lambda: [None])  # moshikit precisions (None: auto)
     live_frames: int = 0  # paced frames of the live row (0: no live row)
+    limits: bool = True  # the roofline row of the CPU engine's precisions (bench.limits)
     notes: list[str] = field(default_factory=list)
 
 
@@ -179,6 +184,15 @@ def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter, sleep=time.sle
     warm = [a[: 2 * 24000] for a in audio[:1]]
     for _, _, fn, _ in subjects:  # warm-up (graphs, caches) on 2 s of audio
         fn(1, warm)
+    engines = {m.precision: m for m in models if m.lm.info.backend == "cpu"} if plan.limits else {}
+    machine = None
+    if engines:
+        from .limits import measure_machine
+
+        machine = measure_machine(tuple(engines))
+        plan.notes.append(f"this machine, measured in this run ({machine.threads} threads): memory read "
+                          f"{machine.read_gb_s:g} GB/s; matmul " + ", ".join(
+                              f"{p} {g:g} GOP/s" for p, g in machine.gop_s.items()) + " (bench.limits)")
     for batch in plan.batch_sizes:
         n = max(batch, plan.streams)
         walls: dict[int, list[float]] = {i: [] for i in range(len(subjects))}
@@ -190,11 +204,25 @@ def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter, sleep=time.sle
                     fn(batch, audio)
                     walls[i].append(clock() - t)
                 mems[i] = mem.result
+        bounds = {}
+        for precision, m in engines.items():
+            from .limits import engine_cost, limit, mean_window
+
+            frames = int(np.ceil(plan.seconds / FRAME_SECONDS)) + m.prefix_frames + m.delay_frames
+            cost = engine_cost(m.lm.engine, batch, mean_window(frames, m.lm.info.context))
+            bounds[precision] = limit(cost, machine, precision, batch)
         for i, (name, params, _, _) in enumerate(subjects):
             row = throughput_row("stt", name, f"transcribe {n} x {plan.seconds:g} s", n * plan.seconds, walls[i],
                                  batch=batch, device=device, load=load_average(), **params)
             row.memory = mems[i]
+            bound = bounds.get(params["precision"]) if name.startswith("moshikit cpu") else None
+            if bound:
+                row.params["of_limit"] = round(row.stats.p50 / bound["x_real_time"], 4)
             yield row
+        for precision, bound in bounds.items():
+            yield Row("stt", f"limit: LM step, {precision}", f"transcribe {n} x {plan.seconds:g} s", "x real time",
+                      Stats.of([bound["x_real_time"]]), {"batch": batch, "device": device, "precision": precision,
+                                                         **bound, "machine": machine.to_json()})
     if plan.live_frames:
         for name, params, _, live in subjects:
             walls = live()
