@@ -78,6 +78,29 @@ def test_streamed_mp3_decodes_to_the_speech(served, client, reference, tmp_path)
     assert len(pieces) > 1
 
 
+def test_sse_events_carry_the_same_audio(served, client, reference):
+    """``stream_format: sse`` (as the official client sends it): speech.audio.delta events whose
+    base64 bytes, joined, are the pcm of the plain stream, then speech.audio.done with usage."""
+    import base64
+    import json
+
+    events = []
+    with client.audio.speech.with_streaming_response.create(model="synthetic", voice="default", input=TEXT,
+                                                             response_format="pcm", stream_format="sse") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-audio-media-type"] == "audio/pcm"
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "speech.audio.done" and set(kinds[:-1]) == {"speech.audio.delta"} and len(kinds) > 2
+    pcm = s16(b"".join(base64.b64decode(e["audio"]) for e in events[:-1]))
+    np.testing.assert_allclose(pcm, reference, atol=1 / 32767)  # one 16-bit step, as the wav stream
+    usage = events[-1]["usage"]
+    assert usage["input_tokens"] == len(TEXT.split()) and usage["output_tokens"] == -(-reference.size // 1920)
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
 @pytest.mark.slow
 def test_pcm_opus_and_flac(served, client):
     import io
@@ -106,6 +129,7 @@ def test_pcm_opus_and_flac(served, client):
     ({"speed": 9.0}, "BadRequestError", "speed", "0.25 to 4.0"),
     ({"model": "whisper-1"}, "NotFoundError", "model", "'synthetic'"),
     ({"input": "\u65e5\u672c"}, "BadRequestError", "input", "cannot speak"),
+    ({"extra_body": {"stream_format": "chunks"}}, "BadRequestError", "stream_format", "'audio'"),
 ])
 def test_bad_requests_get_openai_errors_and_one_log_line(served, client, kwargs, error, param, says):
     running, lines = served

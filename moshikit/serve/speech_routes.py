@@ -3,9 +3,12 @@
 JSON body: ``model`` (the served model's id, or one of OpenAI's TTS model names), ``input``
 (at most ``Limits.max_input`` characters), ``voice`` (see ``serve.tts``), ``response_format``
 (``mp3`` by default as OpenAI; wav, opus, flac, pcm; see ``speech_formats``), ``speed`` and
-``stream_format`` (``audio`` only: OpenAI's ``sse`` is refused); ``instructions`` is accepted and
-ignored (Kyutai's models take no style prompt). Errors are OpenAI's error object; once the
-audio has started, a failure can only end the body early (and is logged).
+``stream_format``: ``audio`` (the bytes of the format, streamed) or ``sse`` (OpenAI's server-sent
+events: ``speech.audio.delta`` events carrying the same bytes in base64 as they are made, then
+``speech.audio.done`` with ``usage``: input words and output 80 ms frames, as Kyutai's models
+count neither in OpenAI's tokens); ``instructions`` is accepted and ignored (Kyutai's models
+take no style prompt). Errors are OpenAI's error object; once the audio has started, a failure
+can only end the body early (and is logged; with ``sse``, an ``error`` event says why).
 """
 
 from __future__ import annotations
@@ -58,9 +61,10 @@ async def speech(service, request):
         return refuse(400, f"response_format {clienttext.shown(fmt, 40)!r} is not "
                       f"{'supported here' if known else 'a format'}: use one of "
                       f"{', '.join(speech_formats.SUPPORTED)}", param="response_format")
-    if req.get("stream_format", "audio") != "audio":
-        return refuse(400, "stream_format: only 'audio' (the audio bytes, streamed) is supported",
-                      param="stream_format")
+    stream_format = req.get("stream_format", "audio")
+    if stream_format not in ("audio", "sse"):
+        return refuse(400, f"stream_format {clienttext.shown(stream_format, 40)!r}: use 'audio' (the audio bytes, "
+                      "streamed) or 'sse' (OpenAI's speech.audio.delta events)", param="stream_format")
     try:
         bonus = service.pace(req.get("speed", 1.0))
     except MoshikitError as exc:
@@ -91,8 +95,14 @@ async def speech(service, request):
         return busy_response(RETRY_AFTER_S, "every TTS slot is taken")
     service.engine.wake()
     service.count("tts_requests")
-    service.log(f"tts: speech for {peer}: {len(text)} characters, {fmt}, voice {clienttext.shown(voice.name, 80)}")
-    return StreamingResponse(_body(service, job, events, encoder, peer), media_type=encoder.content_type)
+    service.log(f"tts: speech for {peer}: {len(text)} characters, {fmt}{' as sse' if stream_format == 'sse' else ''}, "
+                f"voice {clienttext.shown(voice.name, 80)}")
+    made = {"samples": 0}
+    body = _body(service, job, events, encoder, peer, made)
+    if stream_format == "sse":
+        return StreamingResponse(_events(body, len(text.split()), made), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Audio-Media-Type": encoder.content_type})
+    return StreamingResponse(body, media_type=encoder.content_type)
 
 
 RETRY_AFTER_S = 2  # seconds a refused client is told to wait
@@ -100,7 +110,35 @@ RETRY_AFTER_S = 2  # seconds a refused client is told to wait
 OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
 
-async def _body(service, job, events: asyncio.Queue, encoder, peer: str):
+def _event(data: dict) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+async def _events(body, words: int, made: dict):
+    """OpenAI's ``stream_format: sse`` around the audio body: a delta event per piece of the format's
+    bytes, then ``speech.audio.done`` (or an ``error`` event when the audio ended early)."""
+    import base64
+
+    async for data in body:
+        if isinstance(data, _Failed):
+            yield _event({"type": "error", "error": {"message": data.message, "type": "server_error"}})
+            return
+        yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    frames = -(-made["samples"] // 1920)  # 80 ms at 24 kHz
+    yield _event({"type": "speech.audio.done", "usage": {"input_tokens": words, "output_tokens": frames,
+                                                         "total_tokens": words + frames}})
+
+
+class _Failed(bytes):
+    """The end of a body cut by a failure (no bytes; its message for an ``sse`` client)."""
+
+    def __new__(cls, message: str) -> "_Failed":
+        obj = super().__new__(cls, b"")
+        obj.message = message
+        return obj
+
+
+async def _body(service, job, events: asyncio.Queue, encoder, peer: str, made: dict):
     """The response body: the format's header, then audio as each frame is generated."""
     try:
         head = encoder.start()
@@ -110,6 +148,7 @@ async def _body(service, job, events: asyncio.Queue, encoder, peer: str):
             event = await events.get()
             kind = event[0]
             if kind == "audio":
+                made["samples"] += len(event[1])
                 data = encoder.write(event[1])
                 if data:
                     yield data
@@ -120,6 +159,7 @@ async def _body(service, job, events: asyncio.Queue, encoder, peer: str):
                 return
             elif kind == "error":
                 service.log(f"tts: speech for {peer} failed: {clienttext.shown(event[1], 160)}")
+                yield _Failed(f"the speech failed: {event[1]}")  # nothing to the audio body
                 return
     finally:
         job.cancel()
