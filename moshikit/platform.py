@@ -33,6 +33,24 @@ class Choice:
 
 
 @dataclass
+class PairChoice(Choice):
+    """A command that runs two models (``agent``: its STT and its TTS): one row of ``info`` with
+    both backends, each choice also whole (``stt``, ``tts``: a Choice's fields, its own reason)
+    for ``info --json``."""
+
+    stt: dict = field(default_factory=dict)
+    tts: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, stt: Choice, tts: Choice) -> "PairChoice":
+        device = stt.device if stt.device == tts.device else f"{stt.device} + {tts.device}"
+        return cls(f"{stt.backend} + {tts.backend}", device, "STT as `transcribe` runs it, TTS as `speak` does "
+                   "(their rows say why)",
+                   {"backend": stt.backend, "device": stt.device, "reason": stt.reason},
+                   {"backend": tts.backend, "device": tts.device, "reason": tts.reason})
+
+
+@dataclass
 class PlatformInfo:
     system: str
     machine: str
@@ -257,10 +275,28 @@ def default_tts(plat: PlatformInfo | None = None, model: str | None = None) -> C
     return Choice("torch", "cpu", "no GPU: PyTorch on the CPU")
 
 
+def default_agent_stt(plat: PlatformInfo | None = None) -> Choice:
+    """``agent``'s speech-to-text with no ``--stt``: ``transcribe``'s choice (stt-1b, whose pause
+    heads end the user's turns; int8 on moshikit's CPU engine without a GPU)."""
+    return default_stt(plat)
+
+
+def default_agent_tts(plat: PlatformInfo | None = None, model: str | None = None) -> Choice:
+    """``agent``'s text-to-speech: ``speak``'s choice for ``model`` (with none and no GPU, Pocket
+    TTS when it is installed: ~150 ms to first audio on 2 cores, docs/benchmarks.md)."""
+    return default_tts(plat, model)
+
+
+def default_agent(plat: PlatformInfo | None = None) -> PairChoice:
+    """``agent`` with no ``--stt``/``--tts``: its STT and TTS, as ``agent.models.choices`` resolves them."""
+    return PairChoice.of(default_agent_stt(plat), default_agent_tts(plat))
+
+
 #: What each command runs on when no --backend/--device is given: the very functions the commands
 #: resolve with (``resolve(..., default=...)``), and the rows of ``moshikit info``.
 DEFAULTS = {"encode": default_codec, "decode": default_codec, "transcribe": default_stt,
-            "translate": default_translate, "speak": default_tts, "chat": default_lm, "serve": default_lm}
+            "translate": default_translate, "speak": default_tts, "chat": default_lm, "serve": default_lm,
+            "agent": default_agent}
 
 
 def resolve(kind: str, backend: str | None, device: str | None,

@@ -100,7 +100,7 @@ LAYERS = {
     "moshikit": 3, "moshikit.api": 3, "moshikit.codec": 3, "moshikit.stt": 3, "moshikit.translate": 3,
     "moshikit.chat": 3, "moshikit.live": 3, "moshikit.remote": 3, "moshikit.serve": 3, "moshikit.webpage": 3,
     "moshikit.bench": 3, "moshikit.distributed": 3, "moshikit.loading": 3, "moshikit.hubcache": 3,
-    "moshikit.tts.files": 3, "moshikit.tts.play": 3,
+    "moshikit.tts.files": 3, "moshikit.tts.play": 3, "moshikit.agent": 3,
     # 2: models and backends (one module per backend), the model resolver (hub) and the synthetic
     # checkpoints it can resolve to.
     "moshikit.backends": 2, "moshikit.hub": 2, "moshikit.synthetic": 2, "moshikit.tts": 2,

@@ -98,11 +98,13 @@ def agent(
     from .. import stt
     from ..tts import load_tts
     from ..tts.engine import Settings
+    from ..agent.models import choices
 
     dev = device_value(device)
-    s = stt.load_stt(stt_model, device=dev)
+    stt_pick, tts_pick = choices(stt_model, tts_model, dev)  # the `agent` row of `moshikit info`
+    s = stt.load_stt(stt_model, backend=stt_pick.backend, device=stt_pick.device)
     out.message(f"[dim]stt: {s.name} ({s.lm.info.backend} on {s.lm.info.device}); text delay {s.delay:g} s[/]")
-    t = load_tts(tts_model, device=dev)
+    t = load_tts(tts_model, backend=tts_pick.backend, device=tts_pick.device)
     out.message(f"[dim]tts: {t.name} ({t.backend} on {t.describe().get('device', '?')})[/]")
     voices = [t.resolve_voice(voice)]
     settings = Settings(seed=seed, temp=t.default_temp)

@@ -166,7 +166,8 @@ def _histograms(con, result) -> None:
     from .. import bench
 
     for r in result.rows:
-        if r.unit != "ms" or r.stats.n < 5 or ("encode+decode" not in r.task and r.stage == "codec"):
+        if r.unit != "ms" or r.stats.n < 5 or ("encode+decode" not in r.task and r.stage == "codec") \
+                or r.stage == "agent":  # a few turns: p50/p90 say it
             continue
         con.print(f"\n[bold]{r.name}[/] {r.task}: latency distribution (ms)")
         for lo, hi, count, bar in bench.histogram(r.samples):

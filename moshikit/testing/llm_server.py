@@ -157,3 +157,26 @@ class ScriptedLLM:
         with self._lock:
             self.finished += 1
         return response
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m moshikit.testing.llm_server --reply TEXT [--tokens-per-second N]
+    [--first-token-delay S]``: the server in a process of its own (``bench agent`` runs it so, like
+    a local LLM server, away from the measured process); prints its URL, serves until stdin closes."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m moshikit.testing.llm_server")
+    p.add_argument("--reply", action="append", help="A scripted reply (repeat: one per request, in turn).")
+    p.add_argument("--model", default="scripted")
+    p.add_argument("--tokens-per-second", type=float, default=50.0)
+    p.add_argument("--first-token-delay", type=float, default=0.0)
+    args = p.parse_args(argv)
+    with ScriptedLLM(args.reply or "Hello! How can I help you today?", model=args.model,
+                     tokens_per_second=args.tokens_per_second, first_token_delay=args.first_token_delay) as server:
+        print(server.url, flush=True)
+        sys.stdin.read()  # the parent closes our stdin (or exits) to stop us
+
+
+if __name__ == "__main__":
+    main()

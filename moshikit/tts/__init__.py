@@ -46,11 +46,11 @@ def pocket_backend(model: str | None, backend: str | None) -> str | None:
     return "pocket"
 
 
-def tts_choice(model: str | None, backend: str | None, device: str | None):
+def tts_choice(model: str | None, backend: str | None, device: str | None, default=None):
     """The backend and device ``speak`` runs ``model`` on: a Pocket TTS name implies pocket; with
-    no backend, ``platform.default_tts`` for this model (with no model on a machine without a GPU:
-    Pocket TTS when it is installed), the function ``moshikit info`` shows too."""
+    no backend, ``default()`` (``platform.default_tts`` for this model: with no model on a machine
+    without a GPU, Pocket TTS when it is installed), the function ``moshikit info`` shows too."""
     from .. import platform
 
     return platform.resolve("tts", pocket_backend(model, backend), device,
-                            default=lambda: platform.default_tts(model=model))
+                            default=default or (lambda: platform.default_tts(model=model)))

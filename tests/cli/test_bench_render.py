@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from moshikit import bench
+from moshikit.bench.agent import AGENT, LLM_REFERENCE, PARTS, TTS_REFERENCE
 from moshikit.bench.core import Row, Stats
 from moshikit.cli import bench_render
 from moshikit.cli.bench_render import report
@@ -25,10 +26,12 @@ SUBJECTS = {
     "translate": ["moshikit translate", "moshi run_inference InferenceState (reference)"],
     "tts": ["moshikit speak", "moshi TTSModel.generate (reference)", "moshikit speak -b pocket",
             "pocket-tts generate_audio_stream (reference)"],
+    "agent": [AGENT, LLM_REFERENCE, TTS_REFERENCE],
 }
 TASKS = {"codec": ["encode", "decode", "stream encode+decode"], "lm": ["step"],
          "chat": ["frame encode+step+decode", "paced frame encode+step+decode"], "stt": ["transcribe", "live step"],
-         "translate": ["translate"], "tts": ["speak", "time to first audio"]}
+         "translate": ["translate"], "tts": ["speak", "time to first audio"],
+         "agent": [*PARTS.values(), "request -> first token"]}
 
 
 def _result() -> bench.BenchResult:
@@ -37,7 +40,7 @@ def _result() -> bench.BenchResult:
     for stage, names in SUBJECTS.items():
         for name in names:
             for task in TASKS[stage]:
-                ms = "step" in task or "frame" in task or "first" in task
+                ms = "step" in task or "frame" in task or "first" in task or stage == "agent"
                 result.rows.append(Row(stage, name, task, "ms" if ms else "x real time",
                                        Stats(20, 1234.5, 1200.25, 1400.5, 1500.75, 1100.0, 1600.0) if ms else
                                        Stats(20, 21.37, 23.4, 24.1, 24.9, 20.0, 25.0),
@@ -75,6 +78,7 @@ def test_the_reference_comes_first_in_each_stage():
     assert lines.index("moshi MimiModel (reference)") < lines.index("moshikit onnx")
     assert lines.index("rustymimi Tokenizer (reference)") < lines.index("moshikit onnx")
     assert lines.index("moshi TTSModel.generate (reference)") < lines.index("moshikit speak")
+    assert lines.index(LLM_REFERENCE) < lines.index(AGENT) and lines.index(TTS_REFERENCE) < lines.index(AGENT)
 
 
 def test_a_wide_terminal_gets_one_table():

@@ -65,17 +65,24 @@ def _argv(command: str, tmp_path, request) -> list[str]:
         "speak": ["speak", "Hello there.", "-o", str(tmp_path / "o.wav")],
         "chat": ["chat", "-m", "synthetic", "-i", str(wav), "-o", str(tmp_path / "o.wav")],
         "serve": ["serve", "--model", "synthetic", "--port", "0"],
+        "agent": ["agent", "-i", str(wav), "--llm-model", "m", "-o", str(tmp_path / "o.wav")],
     }[command]
 
 
+#: Commands that resolve more than one model before loading any: how many resolutions to wait for.
+MODELS = {"agent": 2}
+
+
 def _chosen(command: str, tmp_path, monkeypatch, request) -> list[platform.Choice]:
-    """Run ``command`` until it resolves its backend; every resolution it made."""
+    """Run ``command`` until it resolves its backend (both of ``agent``'s); every resolution it made."""
     seen: list[platform.Choice] = []
     real = platform.resolve
 
     def recording(*args, **kwargs):
         seen.append(real(*args, **kwargs))
-        raise Resolved
+        if len(seen) >= MODELS.get(command, 1):
+            raise Resolved
+        return seen[-1]
 
     patched = [mod for name, mod in list(sys.modules.items())  # modules that imported it by name too
                if name.startswith("moshikit") and getattr(mod, "resolve", None) is real]
@@ -88,7 +95,8 @@ def _chosen(command: str, tmp_path, monkeypatch, request) -> list[platform.Choic
 
 
 def test_every_command_has_a_row():
-    assert set(platform.DEFAULTS) == {"encode", "decode", "transcribe", "translate", "speak", "chat", "serve"}
+    assert set(platform.DEFAULTS) == {"encode", "decode", "transcribe", "translate", "speak", "chat", "serve",
+                                      "agent"}
 
 
 @pytest.mark.parametrize("command", sorted(platform.DEFAULTS))
@@ -96,6 +104,11 @@ def test_info_shows_what_the_command_runs_on(command, machine, tmp_path, monkeyp
     assert main(["info", "--json", "--no-gpus"]) == 0
     row = json.loads(capsys.readouterr().out)["defaults"][command]
     chosen = _chosen(command, tmp_path, monkeypatch, request)
+    if command == "agent":  # its STT, then its TTS: one row with both, and each whole in the JSON
+        assert len(chosen) == 2
+        assert row == vars(platform.PairChoice.of(*chosen))
+        assert (row["stt"]["backend"], row["tts"]["backend"]) == (chosen[0].backend, chosen[1].backend)
+        return
     assert chosen and {(c.backend, c.device, c.reason) for c in chosen} == {(row["backend"], row["device"],
                                                                              row["reason"])}
 
@@ -109,6 +122,12 @@ def test_the_rows_the_issue_named(monkeypatch, capsys):
     monkeypatch.setattr(registry, "probe", lambda kind, name: (True, "stub"))
     assert main(["info", "--no-gpus"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 4}
+    rows: dict[str, str] = {}
+    for line in (x for x in out.splitlines() if x.count("│") >= 4):  # a row's wrapped lines join it
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if cells[0]:
+            name = cells[0]
+        rows[name] = rows.get(name, "") + " " + " ".join(cells[1:])
     assert "pocket" in rows["speak"] and "int8" in rows["transcribe"] and "tiny" not in rows["transcribe"]
     assert "torch" in rows["translate"] and "serve" in rows
+    assert "cpu + pocket" in rows["agent"]  # stt-1b on the CPU engine, Pocket TTS
