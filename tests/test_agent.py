@@ -17,7 +17,7 @@ import pytest
 
 from moshikit.agent.llm import Cancelled, ChatClient, LLMError
 from moshikit.agent.turns import History, TurnOptions
-from moshikit.testing.llm_server import ScriptedLLM
+from moshikit.synthetic.llm_server import ScriptedLLM
 
 SR = 24000
 

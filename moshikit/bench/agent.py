@@ -150,13 +150,13 @@ def tts_first_audio(tts, voices: list, settings, text: str, tokens_per_second: f
 
 
 class LLMServer:
-    """The scripted OpenAI-compatible server (``moshikit.testing.llm_server``) in a child process,
+    """The scripted OpenAI-compatible server (``moshikit.synthetic.llm_server``) in a child process,
     as a local LLM server runs beside the agent; ``url`` once it listens."""
 
     MODEL = "scripted"
 
     def __init__(self, reply: str, tokens_per_second: float, first_token_delay: float) -> None:
-        cmd = [sys.executable, "-m", "moshikit.testing.llm_server", "--reply", reply, "--model", self.MODEL,
+        cmd = [sys.executable, "-m", "moshikit.synthetic.llm_server", "--reply", reply, "--model", self.MODEL,
                "--tokens-per-second", str(tokens_per_second), "--first-token-delay", str(first_token_delay)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
