@@ -207,13 +207,15 @@ def load_average() -> float | None:
 
 
 def throughput_row(stage: str, name: str, task: str, audio_seconds: float, walls: list[float], **params) -> Row:
+    """A row in x real time; ``load`` (the load average now) unless given."""
     samples = [audio_seconds / w for w in walls]
-    return Row(stage, name, task, "x real time", Stats.of(samples), params, samples=samples)
+    return Row(stage, name, task, "x real time", Stats.of(samples), {"load": load_average(), **params}, samples=samples)
 
 
 def latency_row(stage: str, name: str, task: str, walls: list[float], **params) -> Row:
+    """A row in ms; ``load`` (the load average now) unless given."""
     samples = [w * 1000 for w in walls]
-    return Row(stage, name, task, "ms", Stats.of(samples), params, samples=samples)
+    return Row(stage, name, task, "ms", Stats.of(samples), {"load": load_average(), **params}, samples=samples)
 
 
 def histogram(samples: Sequence[float], bins: int = 12, width: int = 40) -> list[tuple[float, float, int, str]]:
