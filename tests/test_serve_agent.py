@@ -194,3 +194,17 @@ def _wait_idle(agent, seconds: float = 10.0) -> None:
     while agent.session is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert agent.session is None
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--agent", "--chat", "synthetic", "--llm-model", "m"], "--agent and --chat both answer on /api/chat"),
+    (["--agent"], "give --llm-model NAME"),
+    (["--agent", "--llm-model", "m", "--ray"], "--agent serves from this machine"),
+    (["--agent", "--llm-model", "m", "--batch", "2"], "the agent serves one session at a time"),
+])
+def test_serve_agent_refuses_what_cannot_be_in_one_line(capsys, args, said):
+    from moshikit.cli.app import main
+
+    assert main(["serve", *args]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
