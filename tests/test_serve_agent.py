@@ -62,7 +62,8 @@ async def talk(url: str, pcm: np.ndarray, *, until_text: str, timeout: float = 4
     writer, reader = sphn.OpusStreamWriter(SR), sphn.OpusStreamReader(SR)
     audio, texts, events = [], [], []
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url) as ws:
+        # A server that stopped reading (its input queue full: back-pressure) answers a close late.
+        async with session.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)) as ws:
             hello = await asyncio.wait_for(ws.receive_bytes(), 10)
 
             async def send():
