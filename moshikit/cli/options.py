@@ -175,3 +175,31 @@ DtypeOpt = Annotated[Dtype, typer.Option(
     "--dtype", help="The LM's precision (PyTorch): auto is bf16 on GPUs of compute capability 8.0 and later, "
                     "fp16 on older GPUs, fp32 on CPUs; transcribe on a CPU: int8 "
                     "weights for full-size checkpoints. int8: 8-bit weights (CPU only).")]
+
+
+# The agent's options (`agent`, `serve --agent`), written once.
+LLMUrlOpt = Annotated[str, typer.Option(
+    "--llm-url", metavar="URL",
+    help="An OpenAI-compatible server (ollama, llama.cpp's llama-server, vLLM, a hosted API); an API key "
+         "is read from MOSHIKIT_LLM_KEY.")]
+LLMModelOpt = Annotated[Optional[str], typer.Option(
+    "--llm-model", metavar="NAME", show_default=False,
+    help="The chat model's name on that server (ollama: `ollama list`).")]
+SystemOpt = Annotated[Optional[str], typer.Option(
+    "--system", metavar="TEXT|FILE", show_default=False, help="The system prompt, or a file holding it.")]
+VoiceOpt = Annotated[Optional[str], typer.Option(
+    "--voice", metavar="VOICE", show_default=False, help="The agent's voice (as `speak --voice`).")]
+TurnThresholdOpt = Annotated[float, typer.Option(
+    "--turn-threshold", min=0.0, max=1.0,
+    help="End of turn when the STT's pause prediction (stt-1b's 2 s head, as Kyutai's Unmute reads it) "
+         "is above this.")]
+TurnSilenceOpt = Annotated[Optional[float], typer.Option(
+    "--turn-silence", metavar="S", min=0.1, show_default=False,
+    help="End turns after S seconds of silence instead (voice activity): the way for STT models without "
+         "pause heads (stt-en), which use 0.8 s when this is not given.")]
+HistoryCharsOpt = Annotated[int, typer.Option(
+    "--history-chars", min=200,
+    help="The most text of past turns each request carries (the oldest turns go first; ~4 characters "
+         "a token).")]
+LLMTimeoutOpt = Annotated[float, typer.Option(
+    "--llm-timeout", min=0.1, help="Seconds the LLM server may stay silent before the turn fails.")]

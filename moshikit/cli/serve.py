@@ -6,8 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (DeviceOpt, Dtype, DtypeOpt, LMBackendName, LMBackendOpt, RayAddressOpt, RevisionOpt,
-                      device_value, with_sampling_options)
+from .options import (DeviceOpt, Dtype, DtypeOpt, HistoryCharsOpt, LLMModelOpt, LLMTimeoutOpt, LLMUrlOpt,
+                      LMBackendName, LMBackendOpt, RayAddressOpt, RevisionOpt, SystemOpt, TurnSilenceOpt,
+                      TurnThresholdOpt, VoiceOpt, device_value, with_sampling_options)
 
 _RAY = "Ray cluster"
 
@@ -21,11 +22,24 @@ def serve(
     model: _model_opt("--chat", "Moshi or Hibiki to talk with over /api/chat (a catalog name, repo id, folder or "
                                 "synthetic; the default when no other model is named: moshiko).", "--model", "-m") = None,
     stt: _model_opt("--stt", "Speech-to-text for moshi-server's /api/asr-streaming and OpenAI's "
-                             "/v1/audio/transcriptions (stt-1b, stt-2.6b, synthetic...).") = None,
+                             "/v1/audio/transcriptions (stt-1b, stt-2.6b, synthetic...); with --agent, the "
+                             "agent's (default: this machine's, see `moshikit info`).") = None,
     tts: _model_opt("--tts", "Text-to-speech for moshi-server's /api/tts_streaming and OpenAI's /v1/audio/speech "
-                             "(tts, pocket, synthetic...).") = None,
+                             "(tts, pocket, synthetic...); with --agent, the agent's voice model.") = None,
     translate: _model_opt("--translate", "Hibiki for OpenAI's /v1/audio/translations (hibiki, synthetic-hibiki...).")
     = None,
+    agent: Annotated[bool, typer.Option("--agent", help="Serve the agent (`moshikit agent`: Kyutai STT -> the "
+                                                        "chat model of --llm-url/--llm-model -> Kyutai TTS) on "
+                                                        "/api/chat instead of Moshi: the page and Moshi's clients "
+                                                        "talk with it unchanged, one session at a time.")] = False,
+    llm_url: LLMUrlOpt = "http://localhost:11434/v1",
+    llm_model: LLMModelOpt = None,
+    system: SystemOpt = None,
+    voice: VoiceOpt = None,
+    turn_threshold: TurnThresholdOpt = 0.5,
+    turn_silence: TurnSilenceOpt = None,
+    history_chars: HistoryCharsOpt = 12000,
+    llm_timeout: LLMTimeoutOpt = 30.0,
     stt_batch: Annotated[Optional[int], typer.Option("--stt-batch", min=1, show_default=False,
                                                      help="Speech-to-text streams served at once (one batched model; "
                                                           "default sized for the device).")] = None,
@@ -113,6 +127,15 @@ def serve(
     from .output import Out
 
     out = Out()
+    if agent:
+        if model:
+            raise UsageError("--agent and --chat both answer on /api/chat: serve one of them")
+        if ray or ray_address:
+            raise UsageError("--agent serves from this machine: leave out --ray")
+        if batch > 1:
+            raise UsageError("--batch is Moshi's: the agent serves one session at a time")
+        if not llm_model:
+            raise UsageError("which chat model? give --llm-model NAME (ollama: `ollama list`)")
     if (ssl_cert is None) != (ssl_key is None):
         raise UsageError("--ssl-cert and --ssl-key go together")
     if token_file is not None:
@@ -149,7 +172,16 @@ def serve(
                              tts_batch=tts_batch, backend=backend.value, dtype=dtype.value, revision=revision,
                              sampling=sampling)
     services = []
-    if model or not (stt or tts or translate):
+    if agent:
+        import os
+
+        out.message("[dim]loading the agent's speech-to-text and text-to-speech models...[/]")
+        services.append(lib.load_agent_service(
+            llm_url, llm_model, cfg, system=system, voice=voice, stt=stt, tts=tts, device=dev,
+            seed=getattr(sampling, "seed", None), turn_threshold=turn_threshold, turn_silence=turn_silence,
+            history_chars=history_chars, llm_timeout=llm_timeout, api_key=os.environ.get("MOSHIKIT_LLM_KEY") or None))
+        stt = tts = None  # the agent's: not served on their own routes
+    elif model or not (stt or tts or translate):
         out.message("[dim]loading the chat model...[/]")
         conv = lib.load_conversation(model, backend=backend.value, device=dev, sampling=sampling,
                                      batch=batch, revision=revision, dtype=dtype.value)
@@ -172,7 +204,11 @@ def serve(
     def ready(url: str) -> None:
         base = url.removesuffix("/api/chat")
         for s in services:
-            if s is chat:
+            if s is chat and agent:
+                m = chat.models()[0]
+                out.message(f"serving the agent ({m['llm']} at {llm_url}; stt {m['stt']}, tts {m['tts']}; one "
+                            f"session at a time): {', '.join(lib.routes_of(s))}")
+            elif s is chat:
                 lm = chat.conv.lm.info
                 out.message(f"serving Moshi ({lm.backend} LM on {lm.device}, {batch} session{'s' if batch > 1 else ''})"
                             f": {', '.join(lib.routes_of(s))}")

@@ -52,9 +52,16 @@ from .session import FRAME, FRAMES_PER_SECOND, ServeConfig, Session
 from .tls import self_signed_certificate, ssl_context, tls_dir
 
 __all__ = ["FRAME", "FRAMES_PER_SECOND", "ChatServer", "Context", "RunningServer", "ServeConfig", "ServerApp",
-           "Service", "Session", "load_stt_service", "load_translate_service", "load_tts_service", "routes_of",
+           "Service", "Session", "load_agent_service", "load_stt_service", "load_translate_service", "load_tts_service", "routes_of",
            "check_moshi_config", "load_conversation", "self_signed_certificate", "serve_forever", "ssl_context",
            "tls_dir"]
+
+
+def load_agent_service(llm_url, llm_model, cfg=None, **options):
+    """The agent (``moshikit agent``) as the chat service: Moshi's protocol on /api/chat."""
+    from .agent import load_agent_service as load
+
+    return load(llm_url, llm_model, cfg, **options)
 
 
 def load_stt_service(model, **options):

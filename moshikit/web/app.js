@@ -1,6 +1,8 @@
 // moshikit's web page for a Moshi chat server (moshikit serve, python -m moshi.server).
 // Protocol: WebSocket /api/chat; binary messages, first byte the kind: 0 handshake, 1 Ogg Opus
 // audio (24 kHz mono, both ways), 2 text piece, 5 error; close 1013 = busy, 1008 = refused.
+// Agent mode (serve --agent, told by /api/info): the text pieces are the LLM's; with ?events=1 the
+// server also sends metadata (kind 4, JSON): {"user": piece}, {"turn": {...latency}}, {"error": line}.
 import { OggReader, OggWriter } from "./ogg.js";
 
 const RATE = 24000; // the protocol's sample rate
@@ -25,6 +27,60 @@ const record = { user: [], moshi: [], userLen: 0, moshiLen: 0, text: [] }; // fo
 // What tests and curious users can read: window.moshi.stats.
 const stats = { sent: 0, received: 0, texts: 0, played: 0, underruns: 0, dropped: 0, buffered: 0, delays: [], peakOut: 0, micDropped: 0 };
 window.moshi = { stats, record };
+
+// The agent (serve --agent) when /api/info says so; null for Moshi.
+let agent = null;
+const infoReady = fetch(new URL("api/info" + (query.get("token") ? `?token=${encodeURIComponent(query.get("token"))}` : ""),
+                                new URL("/", location.href)))
+  .then((r) => (r.ok ? r.json() : null))
+  .then((info) => {
+    const chat = info && (info.services || []).find((s) => s.kind === "chat" && s.mode === "agent");
+    if (chat) agentMode(chat);
+  })
+  .catch(() => {});
+
+function agentMode(chat) {
+  agent = chat;
+  window.moshi.agent = chat;
+  document.title = "moshikit agent";
+  document.body.dataset.mode = "agent";
+  document.querySelector("h1").textContent = "Agent";
+  $("status").textContent = `Ready. Connect, then talk with ${chat.llm}.`;
+  $("meter-out").closest("label").firstChild.textContent = "Agent ";
+  $("latency").closest("span").firstChild.textContent = "Last turn ";
+  document.querySelector(".transcript-box h2").textContent = "Conversation";
+  document.querySelector(".settings").hidden = true;
+  const about = $("agent-info");
+  about.textContent = `LLM ${chat.llm} · STT ${chat.stt} · TTS ${chat.tts}`;
+  about.hidden = false;
+}
+
+// One line of the conversation per speaker turn: the user's words (the STT's) and the agent's (the LLM's).
+function say(who, piece) {
+  const t = $("transcript");
+  let line = t.lastElementChild;
+  if (!line || line.dataset.who !== who) {
+    line = document.createElement("p");
+    line.dataset.who = who;
+    line.className = who;
+    const label = document.createElement("b");
+    label.textContent = who === "you" ? "You: " : who === "agent" ? "Agent: " : "";
+    line.append(label);
+    t.append(line);
+  }
+  line.append(piece);
+  t.scrollTop = t.scrollHeight;
+}
+
+function onEvent(c, ev) {
+  if (typeof ev.user === "string") say("you", ev.user);
+  else if (ev.turn) {
+    const lat = ev.turn.latency || {};
+    stats.turns = (stats.turns || 0) + 1;
+    if (typeof lat.end_of_speech_to_first_audio === "number") stats.turnLatency = lat.end_of_speech_to_first_audio;
+    if (ev.turn.status === "interrupted") say("note", " (interrupted)");
+  } else if (typeof ev.error === "string") say("note", `LLM: ${ev.error} (the next turn tries again)`);
+}
 
 function setState(state, status, message) {
   document.body.dataset.state = state;
@@ -68,7 +124,9 @@ function chatUrl() {
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   const token = query.get("token");
   if (token) url.searchParams.set("token", token);
+  if (agent) url.searchParams.set("events", "1");
   for (const k of SAMPLING) {
+    if (agent) break;
     const v = ($(k).value || "").trim();
     if (v !== "") url.searchParams.set(k, v);
   }
@@ -159,6 +217,9 @@ function onMessage(c, ev) {
   else if (kind === 1) onAudio(c, payload);
   else if (kind === 2) onText(c, new TextDecoder().decode(payload));
   else if (kind === 5) c.serverError = new TextDecoder().decode(payload);
+  else if (kind === 4 && agent) {
+    try { onEvent(c, JSON.parse(new TextDecoder().decode(payload))); } catch (e) { /* not ours */ }
+  }
 }
 
 function startLive(c) {
@@ -189,8 +250,9 @@ function startLive(c) {
   capture.port.onmessage = (e) => onMic(c, e.data);
   c.timer = setInterval(showStats, 250);
   // Autoplay rules: without a tap (say, ?autoconnect=1) the browser may hold the audio back.
-  setState("live", ctx.state === "suspended" ? "Live: tap anywhere to hear Moshi." : "Live: talk to Moshi.");
-  ctx.onstatechange = () => { if (c.live && !c.ended && ctx.state === "running") $("status").textContent = "Live: talk to Moshi."; };
+  const who = agent ? "the agent" : "Moshi";
+  setState("live", ctx.state === "suspended" ? `Live: tap anywhere to hear ${who}.` : `Live: talk to ${who}.`);
+  ctx.onstatechange = () => { if (c.live && !c.ended && ctx.state === "running") $("status").textContent = `Live: talk to ${who}.`; };
 }
 
 function onMic(c, chunk) {
@@ -274,6 +336,7 @@ function onDecoded(c, ad) {
 function onText(c, piece) {
   stats.texts++;
   record.text.push({ time: (record.moshiLen + FRAME) / RATE - FRAME / RATE, text: piece });
+  if (agent) return say("agent", piece);
   const t = $("transcript");
   t.append(piece);
   t.scrollTop = t.scrollHeight;
@@ -281,7 +344,8 @@ function onText(c, piece) {
 
 function showStats() {
   const d = stats.delays.slice().sort((a, b) => a - b);
-  $("latency").textContent = d.length ? `${Math.round(d[Math.floor(d.length / 2)])} ms` : "–";
+  $("latency").textContent = agent ? (stats.turnLatency === undefined ? "–" : `${stats.turnLatency.toFixed(2)} s`)
+    : d.length ? `${Math.round(d[Math.floor(d.length / 2)])} ms` : "–";
   $("buffer").textContent = `${Math.round(stats.buffered * 1000)} ms · ${stats.underruns} underrun${stats.underruns === 1 ? "" : "s"}`
     + (stats.micDropped > 0 ? ` · server behind: ${stats.micDropped.toFixed(1)} s of microphone skipped` : "");
   $("save-audio").disabled = record.userLen + record.moshiLen === 0;
@@ -396,4 +460,4 @@ $("mute").onclick = () => {
 for (const k of SAMPLING) if (query.has(k)) $(k).value = query.get(k);
 document.addEventListener("click", () => { if (call && call.ctx) call.ctx.resume(); });
 setState("idle");
-if (query.get("autoconnect") === "1") connect();
+if (query.get("autoconnect") === "1") infoReady.then(connect);
