@@ -374,16 +374,14 @@ def load_agent_service(llm_url: str, llm_model: str, cfg: ServeConfig | None = N
                        turn_silence: float | None = None, history_chars: int | None = None,
                        llm_timeout: float = 30.0, api_key: str | None = None) -> AgentServer:
     """The agent's models loaded (``stt``/``tts`` None: this machine's) behind ``AgentServer``."""
-    from .. import stt as stt_lib
+    from ..agent import models
     from ..agent.llm import ChatClient
     from ..agent.turns import TurnOptions, read_system
-    from ..tts import load_tts
     from ..tts.engine import Settings
 
     prompt = read_system(system)
     client = ChatClient(llm_url, llm_model, timeout=llm_timeout, api_key=api_key)
-    s = stt_lib.load_stt(stt, device=device)
-    t = load_tts(tts, device=device)
+    s, t = models.load(stt, tts, device)  # as `agent` chooses them (the `agent` row of `moshikit info`)
     return AgentServer(s, t, [t.resolve_voice(voice)], Settings(seed=seed, temp=t.default_temp), client,
                        TurnOptions(threshold=turn_threshold, silence=turn_silence), cfg, system=prompt,
                        max_history_chars=history_chars)
