@@ -7,9 +7,10 @@ filled, fused projections, matmul kernels picked from the CPU and the batch by
 moshi's ``LMGen`` step by step (the token cache, delays, initial tokens, what the first
 ``max(delays)`` calls return; see ``torch_lm`` for the step semantics), so text is moshi's.
 
-This first slice runs models without a depth transformer: Kyutai's speech-to-text models
-(``transcribe`` uses it on a CPU by default). Other models are refused with a hint to use
-``--backend torch``.
+Models with a depth transformer (Moshi) sample their audio tokens through ``cpu_depth`` after
+the text token, as ``LMGen.depformer_step``. Runs Kyutai's speech-to-text models (``transcribe``
+uses it on a CPU by default) and Moshi; conditioned models (Hibiki, Kyutai TTS) are refused
+with a hint to use ``--backend torch``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class CpuLM:
         _prepare_torch()
         import torch
 
+        from .cpu_depth import Depth, unsupported_depth
         from .cpu_step import Step, unsupported
         from .torch_lm import checkpoint_info, file_dtype, load_moshi_model
 
@@ -72,13 +74,14 @@ class CpuLM:
             model = load_moshi_model(self.checkpoint, "cpu", load_dtype)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise ModelError(f"{repo.moshi_weights}: cannot load as a Moshi LM: {str(exc).splitlines()[0]}") from None
-        why = unsupported(model)
+        why = unsupported(model) or unsupported_depth(model)
         if why:
             raise BackendError(f"{repo.source}: the cpu backend cannot run this model yet ({why})",
                                hint="use --backend torch")
         kv_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
         with torch.no_grad():
             self.engine = Step(model, precision, kv_dtype)
+            self.depth = Depth(model, precision, kv_dtype) if model.dep_q else None
         self.delays = np.asarray(model.delays, dtype=np.int64)
         self.initial = np.array([model.text_initial_token_id] + [model.initial_token_id] * int(model.n_q),
                                 dtype=np.int64)
@@ -102,7 +105,7 @@ class CpuLM:
         return self.engine
 
     def weight_bytes(self) -> int:
-        return self.engine.weight_bytes()
+        return self.engine.weight_bytes() + (self.depth.weight_bytes() if self.depth is not None else 0)
 
     def text_tokenizer(self):
         return self.checkpoint.get_text_tokenizer()
@@ -115,6 +118,8 @@ class CpuLM:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.engine.reset(batch_size)
+        if self.depth is not None:
+            self.depth.reset(batch_size)
         self._batch = batch_size
         # LMGen's token cache: [B, 1 + n_q, max_delay + 2], per-stream offsets, a batch-wide step count.
         self._cache = np.full((batch_size, 1 + self.info.n_q, int(self.delays.max()) + 2), UNGENERATED, np.int64)
@@ -139,44 +144,50 @@ class CpuLM:
         if m.all():
             self._steps = 0
 
-    def _sample(self, logits) -> np.ndarray:
+    def _sample(self, logits, temp: float, top_k: int):
+        """Tokens [B] (a tensor) from ``logits`` [B, card]: greedy at ``temp`` 0, else moshi's
+        temperature and top-k (Gumbel-max draw from this LM's seeded generator)."""
         torch = self._torch
-        s = self.sampling
-        if s.temp_text <= 0:
-            return torch.argmax(logits, dim=-1).numpy()
-        probs = torch.softmax(logits / s.temp_text, dim=-1)
-        if s.top_k_text > 0:
-            probs, index = torch.topk(probs, min(s.top_k_text, probs.shape[-1]), dim=-1)
+        if temp <= 0:
+            return torch.argmax(logits, dim=-1)
+        probs = torch.softmax(logits / temp, dim=-1)
+        if top_k > 0:
+            probs, index = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1)
         else:
             index = None
         noise = torch.empty_like(probs).exponential_(1, generator=self._generator)
         pick = (probs / noise).argmax(dim=-1, keepdim=True)
-        return (pick if index is None else index.gather(-1, pick))[:, 0].numpy()
+        return (pick if index is None else index.gather(-1, pick))[:, 0]
 
     def _step(self, codes: np.ndarray, active: np.ndarray | None = None):
-        """LMGen's ``_step`` for a model without a depth transformer: (text ids [B, 1] or None, output).
-        With ``active`` (bool [B]), as LMGen under an exec mask: only those streams advance."""
+        """LMGen's ``_step``: (ids [B, 1 + dep_q] or None, temporal output). With ``active``
+        (bool [B]), as LMGen under an exec mask: only those streams advance."""
         codes = check_codes(codes, self._batch, self.input_codebooks, self.info.card)
         b, cache, d, off = self._batch, self._cache, self.delays, self._offsets
         ct = cache.shape[2]
         on = np.ones(b, bool) if active is None else np.asarray(active, bool).reshape(b)
         rows = np.flatnonzero(on)[:, None]
         k = 1 + self.info.n_q
-        cache[rows, np.arange(1, k)[None], (off[on][:, None] + d[None, 1:]) % ct] = codes[on]
+        first = 1 + self.info.dep_q  # the input codebooks' rows (the model's own audio before them)
+        cache[rows, np.arange(first, k)[None], (off[on][:, None] + d[None, first:]) % ct] = codes[on]
         tokens = cache[np.arange(b)[:, None], np.arange(k)[None], (off % ct)[:, None]]
         tokens = np.where(off[:, None] <= d[None, :], self.initial[None], tokens)
         out, logits = self.engine(self._torch.from_numpy(tokens),
                                   None if active is None else self._torch.from_numpy(on.copy()))
-        text = self._sample(logits)
+        s = self.sampling
+        text = self._sample(logits, s.temp_text, s.top_k_text)
         off += on
         self._steps += 1
-        cache[rows[:, 0], 0, off[on] % ct] = text[on]
+        cache[rows[:, 0], 0, off[on] % ct] = text.numpy()[on]
+        if self.depth is not None:
+            audio = self.depth(out, text, lambda x: self._sample(x, s.temp, s.top_k)).numpy()
+            cache[rows, np.arange(1, first)[None], (off[on] % ct)[:, None]] = audio[on]
         max_delay = int(d.max())
         if self._steps <= max_delay:
             return None, out
-        ids = cache[np.arange(b), 0, (off - max_delay + d[0]) % ct].copy()
+        ids = cache[np.arange(b)[:, None], np.arange(first)[None], (off[:, None] - max_delay + d[None, :first]) % ct]
         ids[off <= max_delay] = UNGENERATED
-        return ids[:, None], out
+        return ids, out
 
     def step(self, codes: np.ndarray) -> np.ndarray | None:
         return self._step(codes)[0]

@@ -15,7 +15,7 @@ It computes what moshi's ``LMModel.forward_text`` computes in streaming mode, on
 * matmuls run in the kernel ``cpu_kernels`` picks (int8, bf16 or fp32 weights);
 * the input embedding is one gather over a table of every codebook.
 
-Supported: what Kyutai's STT models use (RoPE or no positional embedding, RMS or layer norms,
+Supported: what Kyutai's STT models and Moshi use (RoPE or no positional embedding, RMS or layer norms,
 gated or plain feed-forward, optional layer scale, no cross-attention, ``kv_repeat`` 1).
 ``unsupported(model)`` says what else a model needs.
 """
@@ -43,8 +43,6 @@ WINDOW_ALIGN = 64
 def unsupported(model) -> str | None:
     """Why the engine cannot run ``model`` (a moshi ``LMModel``), or None."""
     t = model.transformer
-    if model.dep_q:
-        return "models that generate audio (a depth transformer) are not in the engine yet"
     if model.fuser is not None or model.condition_provider is not None:
         return "conditioned models are not in the engine yet"
     if t.positional_embedding not in ("rope", "none"):
@@ -94,7 +92,7 @@ class Norm(nn.Module):
         return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
 
 
-def _scale(module: nn.Module) -> torch.Tensor | None:
+def scale_of(module: nn.Module) -> torch.Tensor | None:
     scale = getattr(module, "scale", None)
     return None if scale is None else scale.detach().float()
 
@@ -109,7 +107,7 @@ class Layer(nn.Module):
         self.norm1, self.norm2 = Norm(layer.norm1), Norm(layer.norm2)
         self.qkv = Linear(attn.in_projs[0], kind)
         self.out = Linear(attn.out_projs[0], kind)
-        self.scale1, self.scale2 = _scale(layer.layer_scale_1), _scale(layer.layer_scale_2)
+        self.scale1, self.scale2 = scale_of(layer.layer_scale_1), scale_of(layer.layer_scale_2)
         if layer.gating is not None:
             self.gated = True
             self.ff_in, self.ff_out = Linear(layer.gating.linear_in, kind), Linear(layer.gating.linear_out, kind)

@@ -203,11 +203,11 @@ def test_transcribe_runs_on_the_engine_on_a_cpu_and_torch_stays_selectable(rando
 
 
 def test_what_the_engine_cannot_run_is_refused_with_a_hint(tmp_path, mimi_weights, random_repo):
-    from moshikit.synthetic import lm as synthetic_lm
+    from moshikit.synthetic.hibiki import write_hibiki_repo
 
-    chat = synthetic_lm.write_moshi_repo(tmp_path / "moshi", size="tiny", mimi_path=mimi_weights)
-    with pytest.raises(BackendError, match="depth transformer") as exc:
-        cpu_engine.load(chat)
+    hibiki = write_hibiki_repo(tmp_path / "hibiki", mimi_path=mimi_weights)
+    with pytest.raises(BackendError, match="conditioned models") as exc:
+        cpu_engine.load(hibiki)
     assert "--backend torch" in exc.value.hint
     with pytest.raises(BackendError, match="CPU"):
         cpu_engine.load(random_repo, device="cuda")
