@@ -78,16 +78,17 @@ def load_translator(model: str | None = None, *, backend: str | None = None, dev
                     cfg: float = 1.0, seed: int | None = None) -> Translator:
     """Resolve ``--model`` (``hibiki``, ``hibiki-2b``, a repo id, a path, ``synthetic``) and load it.
 
-    Translation runs on the torch LM backend (conditioning, guidance and the end-of-input step
-    are there; MLX not yet): ``auto`` means torch (``platform.default_translate``), and a catalog
-    name then means its PyTorch variant on every platform (on Apple silicon torch runs on MPS)."""
+    Translation runs on the torch LM backend or moshikit's CPU engine (``--backend cpu``; both have
+    the conditioning, guidance and end-of-input step; MLX not yet): ``auto`` means torch
+    (``platform.default_translate``), and a catalog name then means its PyTorch variant on every
+    platform (on Apple silicon torch runs on MPS)."""
     from . import catalog, platform
     from .backends.base import GuidedLM
     from .loading import load_lm_and_codec
 
-    if backend not in (None, "auto", "torch"):
-        raise BackendError(f"translation runs on the torch backend; the {backend} backend has no Hibiki "
-                           "conditioning here yet", hint="use --backend torch (the default)")
+    if backend not in (None, "auto", "torch", "cpu"):
+        raise BackendError(f"translation runs on the torch backend or the cpu engine; the {backend} backend "
+                           "has no Hibiki conditioning here yet", hint="use --backend torch (the default)")
     variant = "pytorch-bf16" if model is None or catalog.family_of(model) is not None else None
     loaded = load_lm_and_codec(model, kind="hibiki", check_config=check_hibiki_config, backend=backend,
                                device=device, dtype=dtype, codec_backend=codec_backend, revision=revision,

@@ -147,15 +147,19 @@ class Depth(nn.Module):
                     m.set_batch(batch)
 
     @torch.inference_mode()
-    def forward(self, out: torch.Tensor, text: torch.Tensor,
-                sample: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def forward(self, out: torch.Tensor, text: torch.Tensor, sample: Callable[[torch.Tensor], torch.Tensor],
+                cfg_coef: float = 1.0) -> torch.Tensor:
         """The frame's audio tokens [B, dep_q] after the temporal output ``out`` [B, dim_t] and the
-        text token ``text`` [B]; ``sample(logits [B, card]) -> tokens [B]`` picks each."""
-        b = out.shape[0]
-        if b != self.batch:
-            self.reset(b)
-        projected = self.project(out).view(b, -1, self.dim)
-        prev = text
+        text token ``text`` [B]; ``sample(logits [B, card]) -> tokens [B]`` picks each. With
+        classifier-free guidance (``cfg_coef`` != 1), ``out`` is [2B, dim_t]: the conditioned
+        streams, then the unconditioned ones; each codebook's logits are mixed as moshi's
+        ``depformer_step`` mixes them and one token goes to both halves."""
+        rows = out.shape[0]
+        if rows != self.batch:
+            self.reset(rows)
+        guided = cfg_coef != 1.0
+        projected = self.project(out).view(rows, -1, self.dim)
+        prev = torch.cat([text, text]) if guided else text
         tokens = []
         for k in range(self.steps):
             table = self.text_table if k == 0 else self.tables[k - 1]
@@ -164,8 +168,13 @@ class Depth(nn.Module):
                 x = layer(x, k, kv)
             if self.norms[k] is not None:
                 x = self.norms[k](x)
-            prev = sample(self.heads_out[k](x))
-            tokens.append(prev)
+            logits = self.heads_out[k](x)
+            if guided:
+                cond, null = logits.chunk(2)
+                logits = null + (cond - null) * cfg_coef
+            token = sample(logits)
+            tokens.append(token)
+            prev = torch.cat([token, token]) if guided else token
         return torch.stack(tokens, dim=1)
 
     def logits(self, out: torch.Tensor, given: torch.Tensor) -> torch.Tensor:

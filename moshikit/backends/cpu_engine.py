@@ -9,8 +9,9 @@ moshi's ``LMGen`` step by step (the token cache, delays, initial tokens, what th
 
 Models with a depth transformer (Moshi) sample their audio tokens through ``cpu_depth`` after
 the text token, as ``LMGen.depformer_step``. Runs Kyutai's speech-to-text models (``transcribe``
-uses it on a CPU by default) and Moshi; conditioned models (Hibiki, Kyutai TTS) are refused
-with a hint to use ``--backend torch``.
+uses it on a CPU by default), Moshi and Hibiki (its conditions summed into the input,
+classifier-free guidance over a doubled batch, the end-of-input step); Kyutai TTS (conditioned by
+cross-attention) is refused with a hint to use ``--backend torch``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,16 @@ class CpuLM:
         if why:
             raise BackendError(f"{repo.source}: the cpu backend cannot run this model yet ({why})",
                                hint="use --backend torch")
+        cp = model.condition_provider
+        self.conditioned = bool(cp is not None and cp.conditioners)
+        if self.conditioned and self.checkpoint.model_type != "hibiki":
+            raise BackendError(f"{repo.source}: the cpu backend cannot run conditioned models of type "
+                               f"{self.checkpoint.model_type!r}", hint="use --backend torch")
+        #: Hibiki's ``description`` conditions, summed into the input: "very_good" for every stream,
+        #: "very_bad" for the unconditioned half under classifier-free guidance.
+        self._conditions = {v: _condition(model, v) for v in ("very_good", "very_bad")} if self.conditioned else {}
+        self.cfg_coef = 1.0
+        self._cond = None
         kv_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
         with torch.no_grad():
             self.engine = Step(model, precision, kv_dtype)
@@ -117,9 +128,14 @@ class CpuLM:
         """Start ``batch_size`` fresh streams (and restart the seeded random stream)."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self.engine.reset(batch_size)
+        rows = batch_size * (2 if self.cfg_coef != 1.0 else 1)  # guidance: the unconditioned half after
+        self.engine.reset(rows)
         if self.depth is not None:
-            self.depth.reset(batch_size)
+            self.depth.reset(rows)
+        if self.conditioned:
+            c = self._conditions
+            self._cond = self._torch.stack([c["very_good"]] * batch_size
+                                           + [c["very_bad"]] * (rows - batch_size))
         self._batch = batch_size
         # LMGen's token cache: [B, 1 + n_q, max_delay + 2], per-stream offsets, a batch-wide step count.
         self._cache = np.full((batch_size, 1 + self.info.n_q, int(self.delays.max()) + 2), UNGENERATED, np.int64)
@@ -134,10 +150,26 @@ class CpuLM:
         """Sample with ``sampling`` from the next step (the seed applies at the next ``reset``)."""
         self.sampling = sampling
 
+    def set_guidance(self, cfg_coef: float) -> None:
+        """Classifier-free guidance strength of a conditioned (Hibiki) model; 1 turns it off. The
+        streams restart (as on the torch backend, where it takes effect at the next ``reset``)."""
+        if cfg_coef != 1.0 and not self.conditioned:
+            raise BackendError(f"{self.repo.source}: guidance (--cfg) needs a conditioned model such as Hibiki")
+        if float(cfg_coef) != self.cfg_coef:
+            self.cfg_coef = float(cfg_coef)
+            self.reset(self._batch)
+
+    def step_end_of_input(self) -> np.ndarray | None:
+        """One step whose input codes are all ``card``: how Hibiki is told the source has ended."""
+        codes = np.full((self._batch, self.input_codebooks), self.info.card, dtype=np.int64)
+        return self._step(codes, end_of_input=True)[0]
+
     def reset_slots(self, mask: np.ndarray) -> None:
         """Restart the streams where ``mask`` is true; the others go on untouched."""
         m = np.asarray(mask, dtype=bool).reshape(self._batch)
         self._offsets[m] = 0
+        if self.cfg_coef != 1.0:
+            m = np.concatenate([m, m])
         self.engine.reset_slots(self._torch.from_numpy(m.copy()))
         # As moshi's LMGen after a masked reset (torch_lm.reset_slots): the batch-wide count stays,
         # restarted streams return ids < 0 until their delay has passed.
@@ -159,10 +191,11 @@ class CpuLM:
         pick = (probs / noise).argmax(dim=-1, keepdim=True)
         return (pick if index is None else index.gather(-1, pick))[:, 0]
 
-    def _step(self, codes: np.ndarray, active: np.ndarray | None = None):
-        """LMGen's ``_step``: (ids [B, 1 + dep_q] or None, temporal output). With ``active``
-        (bool [B]), as LMGen under an exec mask: only those streams advance."""
-        codes = check_codes(codes, self._batch, self.input_codebooks, self.info.card)
+    def _step(self, codes: np.ndarray, active: np.ndarray | None = None, end_of_input: bool = False):
+        """LMGen's ``_step``: (ids [B, 1 + dep_q] or None, temporal output of the B streams). With
+        ``active`` (bool [B]), as LMGen under an exec mask: only those streams advance."""
+        if not end_of_input:  # Hibiki's end-of-input step feeds ``card`` itself
+            codes = check_codes(codes, self._batch, self.input_codebooks, self.info.card)
         b, cache, d, off = self._batch, self._cache, self.delays, self._offsets
         ct = cache.shape[2]
         on = np.ones(b, bool) if active is None else np.asarray(active, bool).reshape(b)
@@ -172,16 +205,23 @@ class CpuLM:
         cache[rows, np.arange(first, k)[None], (off[on][:, None] + d[None, first:]) % ct] = codes[on]
         tokens = cache[np.arange(b)[:, None], np.arange(k)[None], (off % ct)[:, None]]
         tokens = np.where(off[:, None] <= d[None, :], self.initial[None], tokens)
-        out, logits = self.engine(self._torch.from_numpy(tokens),
-                                  None if active is None else self._torch.from_numpy(on.copy()))
+        guided = self.cfg_coef != 1.0
+        if guided:  # the same tokens for the unconditioned half (moshi's cfg without masking)
+            tokens = np.concatenate([tokens, tokens])
+        mask = None if active is None else self._torch.from_numpy(np.concatenate([on, on]) if guided else on.copy())
+        out, logits = self.engine(self._torch.from_numpy(tokens), mask, self._cond)
+        if guided:
+            cond, null = logits.chunk(2)
+            logits = null + (cond - null) * self.cfg_coef
         s = self.sampling
         text = self._sample(logits, s.temp_text, s.top_k_text)
         off += on
         self._steps += 1
         cache[rows[:, 0], 0, off[on] % ct] = text.numpy()[on]
         if self.depth is not None:
-            audio = self.depth(out, text, lambda x: self._sample(x, s.temp, s.top_k)).numpy()
+            audio = self.depth(out, text, lambda x: self._sample(x, s.temp, s.top_k), self.cfg_coef).numpy()
             cache[rows, np.arange(1, first)[None], (off[on] % ct)[:, None]] = audio[on]
+        out = out[:b]  # the conditioned streams (extra heads read them)
         max_delay = int(d.max())
         if self._steps <= max_delay:
             return None, out
@@ -207,6 +247,17 @@ class CpuLM:
             return None, None
         probs = self.engine.extra_heads(out)
         return ids, None if probs is None else probs.float().numpy()
+
+
+def _condition(model, value: str):
+    """The vector Hibiki's ``description`` condition ``value`` adds to every input, [dim] float32."""
+    import torch
+    from moshi.conditioners import ConditionAttributes
+
+    with torch.no_grad():
+        tensors = model.condition_provider.prepare_and_provide([ConditionAttributes(text={"description": value},
+                                                                                    tensor={})])
+        return model.fuser.get_sum(tensors)[0, 0].float().clone()
 
 
 def load(repo_dir_or_config, *, device: str | None = None, dtype=None,

@@ -15,7 +15,7 @@ It computes what moshi's ``LMModel.forward_text`` computes in streaming mode, on
 * matmuls run in the kernel ``cpu_kernels`` picks (int8, bf16 or fp32 weights);
 * the input embedding is one gather over a table of every codebook.
 
-Supported: what Kyutai's STT models and Moshi use (RoPE or no positional embedding, RMS or layer norms,
+Supported: what Kyutai's STT models, Moshi and Hibiki use (conditions summed into the input, RoPE or no positional embedding, RMS or layer norms,
 gated or plain feed-forward, optional layer scale, no cross-attention, ``kv_repeat`` 1).
 ``unsupported(model)`` says what else a model needs.
 """
@@ -43,8 +43,9 @@ WINDOW_ALIGN = 64
 def unsupported(model) -> str | None:
     """Why the engine cannot run ``model`` (a moshi ``LMModel``), or None."""
     t = model.transformer
-    if model.fuser is not None or model.condition_provider is not None:
-        return "conditioned models are not in the engine yet"
+    fuser = model.fuser
+    if fuser is not None and any(fuser.fuse2cond.get(k) for k in ("prepend", "cross")):
+        return "models conditioned by cross-attention or prepended conditions (Kyutai TTS)"
     if t.positional_embedding not in ("rope", "none"):
         return f"positional embedding {t.positional_embedding!r}"
     if t.rope is not None and not t.rope.interleave:
@@ -213,16 +214,19 @@ class Step(nn.Module):
             grown[:, :, :, :cap] = kv
             self.kv[i] = grown
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Input embedding of ``tokens`` [B, 1 + n_q] (text, then audio; -1: nothing)."""
+    def embed(self, tokens: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embedding of ``tokens`` [B, 1 + n_q] (text, then audio; -1: nothing), plus the
+        conditions summed into it (``cond`` [B, dim], Hibiki's), as moshi's ``forward_text``."""
         idx = torch.where(tokens < 0, self.zero_row, tokens + self.bases)
         rows = self.table[idx]  # [B, 1 + n_q, dim]
-        x = rows[:, 1:].float().sum(1)
-        return x + rows[:, 0].float()
+        x = rows[:, 1:].float().sum(1) + rows[:, 0].float()
+        return x if cond is None else x + cond
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame: ``tokens`` [B, 1 + n_q] -> (transformer output [B, dim], text logits [B, text_card]).
+    def forward(self, tokens: torch.Tensor, active: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame: ``tokens`` [B, 1 + n_q] -> (transformer output [B, dim], text logits [B, text_card]);
+        ``cond`` [B, dim]: conditions summed into the input.
 
         With ``active`` (bool [B]), only those streams advance. The others are computed too (same
         kernels, same batch) but keep their length, so the keys and values they wrote go to the
@@ -239,7 +243,7 @@ class Step(nn.Module):
         if self.freqs is not None:
             angles = self.freqs * positions.float()[:, None]
             self.rot = torch.complex(torch.cos(angles), torch.sin(angles))[:, None, None, :]
-        x = self.embed(tokens)
+        x = self.embed(tokens, cond)
         for layer, kv in zip(self.layers, self.kv):
             x = layer(x, self, kv)
         self.lengths = positions + 1 if active is None else torch.where(active, positions + 1, positions)

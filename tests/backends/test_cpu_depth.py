@@ -107,3 +107,30 @@ def test_seeded_sampling_repeats_and_differs_from_greedy(repo):
     first, again = run(hot), run(hot)
     np.testing.assert_array_equal(first, again)
     assert (first != run(GREEDY)).any()
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_hibiki_greedy_tokens_are_moshi_lmgen_tokens(tmp_path_factory, mimi_weights, cfg):
+    """Hibiki (its description conditions summed into the input; with guidance, the unconditioned
+    half of a doubled batch mixed into text and audio logits) and its end-of-input step: the engine
+    in fp32 gives moshi's LMGen tokens step for step (the same reasoning on ties as above)."""
+    from moshikit.synthetic.hibiki import write_hibiki_repo
+
+    repo = write_hibiki_repo(tmp_path_factory.mktemp("hibiki") / "hibiki", mimi_path=mimi_weights)
+    ref = torch_lm.load(repo, device="cpu", sampling=GREEDY)
+    eng = cpu_engine.load(repo, device="cpu", dtype="fp32", sampling=GREEDY)
+    k = eng.input_codebooks
+    codes = np.random.default_rng(2).integers(0, 2048, (16, 2, k))
+    steps = 0
+    for lm in (ref, eng):
+        lm.set_guidance(cfg)
+        lm.reset(2)
+    for t, c in enumerate(codes):
+        a, b = ref.step(c), eng.step(c)
+        assert (a is None) == (b is None), t
+        if a is not None:
+            np.testing.assert_array_equal(b, a, err_msg=f"step {t}")
+            steps += 1
+    for t in range(3):
+        np.testing.assert_array_equal(eng.step_end_of_input(), ref.step_end_of_input(), err_msg=f"end {t}")
+    assert steps >= 8
