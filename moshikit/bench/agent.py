@@ -53,6 +53,7 @@ TTS_REFERENCE = "TTS alone: speak --stream at the LLM's pace (reference)"
 class AgentPlan:
     stt: str | None = None  # as `agent --stt` (None: the agent's default here)
     tts: str | None = None  # as `agent --tts`
+    tts_backend: str | None = None  # as `speak -b` (pocket: Pocket TTS)
     input: str | None = None  # a file of user turns; None: `turns` synthetic utterances
     turns: int = 6
     words: int = 12  # words of each scripted reply
@@ -104,10 +105,6 @@ def first_token(url: str, model: str, messages: list[dict]) -> float:
     raise MoshikitError("the scripted LLM server sent no token")
 
 
-class _Enough(Exception):
-    """Raised from ``on_pcm``: the first audio is all a reference measurement needs."""
-
-
 def tts_first_audio(tts, voices: list, settings, text: str, tokens_per_second: float) -> float:
     """Seconds from the first token of ``text`` to the TTS's first audio, its tokens arriving
     ``tokens_per_second`` apart and each word spoken once the space after it came (``speak --stream``)."""
@@ -123,17 +120,14 @@ def tts_first_audio(tts, voices: list, settings, text: str, tokens_per_second: f
 
     got: list[float] = []
 
-    def on_pcm(_pcm) -> None:
-        got.append(time.perf_counter() - started)
-        raise _Enough
+    def on_pcm(_pcm) -> None:  # the reply is spoken to its end: a generation stopped from a callback
+        got.append(time.perf_counter() - started)  # can leave a backend's own thread running (Pocket TTS)
 
     failed: list[BaseException] = []
 
     def speak() -> None:
         try:
             tts.generate(words_as_they_come(pieces()), voices, settings, on_pcm=on_pcm)
-        except _Enough:
-            pass
         except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
             failed.append(exc)
 
@@ -191,7 +185,7 @@ def bench_agent(plan: AgentPlan) -> Iterator[Row]:
         from ..audio import read_24k
 
         given = read_24k(plan.input)[0]
-    stt_model, tts = load(plan.stt, plan.tts, plan.device)
+    stt_model, tts = load(plan.stt, plan.tts, plan.device, plan.tts_backend)
     voices = [tts.resolve_voice(None)]
     settings = Settings(seed=0, temp=tts.default_temp, max_steps=plan.max_steps)
     silence = plan.turn_silence

@@ -370,6 +370,10 @@ def agent(
                                                     "the agent's here, see `moshikit info`).")] = None,
     tts: Annotated[Optional[str], typer.Option("--tts", metavar="MODEL", show_default=False,
                                                help="The agent's text-to-speech model (as `agent --tts`).")] = None,
+    tts_backend: Annotated[Optional[str], typer.Option(
+        "--tts-backend", metavar="NAME", show_default=False,
+        help="The text-to-speech backend (torch, mlx or pocket; `--tts synthetic --tts-backend pocket`: "
+             "a synthetic Pocket TTS).")] = None,
     synthetic: SyntheticOpt = False,
     input: Annotated[Optional[str], typer.Option(
         "--input", "-i", metavar="FILE", show_default=False,
@@ -400,9 +404,10 @@ def agent(
         stt, tts = stt or "synthetic", tts or "synthetic"
     # Random weights may never end a text: the steps of a normal pace (~2.5 words a second).
     max_steps = 16 + 2 + round(words / 2.5 * 12.5) if tts == "synthetic" else None
-    plan = bench_agent.AgentPlan(stt, tts, input, turns, words, tokens_per_second, first_token_delay, turn_silence,
-                                 device_value(device), reference, max_steps)
-    result = bench.BenchResult(env=bench.environment({"stt": stt, "tts": tts, "input": input,
+    plan = bench_agent.AgentPlan(stt, tts, tts_backend, input, turns, words, tokens_per_second, first_token_delay,
+                                 turn_silence, device_value(device), reference, max_steps)
+    result = bench.BenchResult(env=bench.environment({"stt": stt, "tts": tts, "tts_backend": tts_backend,
+                                                      "input": input,
                                                       "tokens_per_second": tokens_per_second,
                                                       "first_token_delay": first_token_delay}),
                                synthetic=synthetic, notes=plan.notes)

@@ -83,14 +83,24 @@ def generate(model, chunks: Iterable[Chunk], voices: list, settings: Settings | 
         for text, pause in pieces(sentence):
             if text and not stop.is_set():
                 spoke = True
-                for audio in tts.generate_audio_stream(state, text, copy_state=True, stop=stop):
-                    pcm = np.clip(audio.numpy(), -1, 1).astype(np.float32)
-                    if limit is not None and result.samples + pcm.size >= limit:
-                        pcm = pcm[:max(0, limit - result.samples)]
-                        stop.set()
-                        result.ended = False
-                    if pcm.size:
-                        emit(pcm)
+                stream = tts.generate_audio_stream(state, text, copy_state=True, stop=stop)
+                try:
+                    for audio in stream:
+                        pcm = np.clip(audio.numpy(), -1, 1).astype(np.float32)
+                        if limit is not None and result.samples + pcm.size >= limit:
+                            pcm = pcm[:max(0, limit - result.samples)]
+                            stop.set()
+                            result.ended = False
+                        if pcm.size:
+                            emit(pcm)
+                except BaseException:
+                    # The caller stopped it (on_pcm raised: a barge-in, a client gone): pocket-tts
+                    # generates and decodes on two threads of its own, which run on unless told
+                    # and drained (after the stop, a frame at most).
+                    stop.set()
+                    for _ in stream:
+                        pass
+                    raise
             if pause and not stop.is_set():
                 emit(np.zeros(int(round(pause * model.sample_rate)), np.float32))
     if not spoke:

@@ -297,3 +297,31 @@ def test_pocket_leaves_the_process_thread_count_alone(tmp_path, _isolated_env):
             "assert torch.get_num_threads() == 2, torch.get_num_threads()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_generation_stopped_by_its_caller_ends_pocket_tts_threads(pocket):
+    """A barge-in or a client gone raises from ``on_pcm``: pocket-tts's own generation and decoding
+    threads stop too (before the fix they ran to the text's end, and a process leaving while they
+    ran aborted in C++: "terminate called without an active exception")."""
+    import threading
+    import time
+
+    class Stop(Exception):
+        pass
+
+    def on_pcm(_pcm):
+        raise Stop
+
+    def pocket_threads():
+        return [t for t in threading.enumerate()
+                if t.is_alive() and ("run_generation" in t.name or "_decode_audio_worker" in t.name)]
+
+    # One sentence the synthetic model speaks in ~3 s of wall time (one call of pocket-tts's generator).
+    text = ("Hello there, this is a long enough sentence to speak for a while, and it goes on and on "
+            "without a stop for many more words than before")
+    with pytest.raises(Stop):
+        pocket.generate(chunks([text]), [pocket.resolve_voice(None)], Settings(seed=0), on_pcm=on_pcm)
+    deadline = time.monotonic() + 0.5  # the generation thread's last lines after its final frame
+    while pocket_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pocket_threads() == []
