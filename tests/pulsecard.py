@@ -61,8 +61,10 @@ def pulse(tmp_path_factory, speech, write_wav, portaudio):
         wav = write_wav(root / "speech.wav", speech)
         players: list[subprocess.Popen] = []
 
-        def play(times: int = 3) -> None:
-            loop = f"for i in $(seq {times}); do paplay --device=micsink '{wav}'; done"
+        def play(times: int = 3, pcm=None) -> None:
+            """Play the speech sample (or ``pcm``, 24 kHz) into the microphone ``times`` times."""
+            clip = wav if pcm is None else write_wav(root / f"clip{len(players)}.wav", pcm)
+            loop = f"for i in $(seq {times}); do paplay --device=micsink '{clip}'; done"
             players.append(subprocess.Popen(["sh", "-c", loop], env=env, start_new_session=True))
 
         yield env, play

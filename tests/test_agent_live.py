@@ -226,26 +226,28 @@ def test_ctrl_c_ends_the_session_cleanly_and_the_record_is_written(card, capsys,
 
 
 @pytest.mark.slow
-def test_a_30_s_live_session_on_a_clocked_sound_card_drops_no_input(pulse, tmp_path):
+def test_a_30_s_live_session_on_a_clocked_sound_card_drops_no_input(pulse, tmp_path, speech):
     """`moshikit agent` live for 30 s on PulseAudio's null sinks (the clock of real hardware), with
     synthetic STT and TTS, the scripted LLM and echo cancellation on: every microphone frame is
     heard (none dropped, no overflow after the STT's warm-up, which runs before the devices open),
     and the user's turns are answered on the speaker."""
     env, play = pulse
-    play(times=20)
+    play(times=20, pcm=np.concatenate([speech[:int(1.2 * SR)], silence(3.0)]))  # a question every 4.2 s
     seconds = 30
     with ScriptedLLM(["Hello there, nice to hear you.", "Sure, go on.", "Okay."] * 10, tokens_per_second=20) as server:
         r = subprocess.run([sys.executable, "-m", "moshikit", "agent", "--stt", "synthetic", "--tts", "synthetic",
                             "--llm-url", server.url, "--llm-model", "scripted", "--turn-silence", "0.8",
                             "--duration", str(seconds), "--record", str(tmp_path / "rec"), "--json"],
-                           env=env, capture_output=True, text=True, timeout=600)
+                           env=dict(env, OMP_NUM_THREADS="1"),  # tiny models: threads only slow them (conftest)
+                           capture_output=True, text=True, timeout=600)
         requests = len(server.requests)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout)
     live = s["live"]
-    assert live["frames_in"] == seconds / 0.08, live
-    assert live["dropped_in"] == 0 and live["overflows"] == 0, live
-    assert live["input_lag_max"] < 1.0, live  # the STT kept up (at most a second waited)
+    said = json.dumps(live)
+    assert live["frames_in"] == seconds / 0.08, said
+    assert live["dropped_in"] == 0 and live["overflows"] == 0, said
+    assert live["input_lag_max"] < 1.0, said  # the STT kept up (at most a second waited)
     answered = [t for t in s["turns"] if t["audio_start"] is not None]
-    assert answered and requests >= len(answered), s["turns"]
+    assert len(answered) >= 3 and requests >= len(answered), json.dumps(s["turns"])
     assert os.path.exists(s["record"]["wav"]) and os.path.exists(s["record"]["turns"])

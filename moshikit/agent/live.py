@@ -138,6 +138,7 @@ class LiveAgent:
         self.heard: list[np.ndarray] = []
         self.streams: list = []
         self.aec = self.in_resample = self.back_resample = self.out_resample = None
+        self.work: collections.deque[float] = collections.deque(maxlen=2000)  # seconds of work per frame
 
     # ------------------------------------------------------------ the agent's callbacks
 
@@ -260,7 +261,9 @@ class LiveAgent:
                 self.state.elapsed = self.state.frames_in * 0.08
                 self.state.input_level = level(frame)
                 self.heard.append(frame)
+                t = time.perf_counter()
                 yield frame
+                self.work.append(time.perf_counter() - t)  # the STT's step and the turn engine's tick
             now = time.monotonic()
             if self.on_update is not None and now - last_ui >= 0.1:
                 self.refresh()
@@ -323,7 +326,15 @@ class LiveAgent:
         s = self.state
         return {"seconds": round(s.elapsed, 2), "frames_in": s.frames_in, "dropped_in": s.dropped_in,
                 "overflows": s.overflows, "input_lag_max": round(s.input_lag_max, 3), "aec": s.aec,
-                "devices": s.devices, "cut_seconds": round(self.speaker.flushed / self.out_rate, 3)}
+                "devices": s.devices, "cut_seconds": round(self.speaker.flushed / self.out_rate, 3),
+                **self.work_ms()}
+
+    def work_ms(self) -> dict:
+        """The main thread's work per 80 ms frame (the STT's step, the turn engine), p50 and p99 in ms."""
+        if not self.work:
+            return {"frame_work_p50_ms": None, "frame_work_p99_ms": None}
+        p50, p99 = np.percentile(np.asarray(self.work), [50, 99]) * 1000
+        return {"frame_work_p50_ms": round(float(p50), 1), "frame_work_p99_ms": round(float(p99), 1)}
 
 
 def level(pcm: np.ndarray) -> float:
