@@ -251,3 +251,23 @@ def test_a_30_s_live_session_on_a_clocked_sound_card_drops_no_input(pulse, tmp_p
     answered = [t for t in s["turns"] if t["audio_start"] is not None]
     assert len(answered) >= 3 and requests >= len(answered), json.dumps(s["turns"])
     assert os.path.exists(s["record"]["wav"]) and os.path.exists(s["record"]["turns"])
+
+
+def test_the_panel_shows_the_turn_the_streaming_reply_and_the_latency_split():
+    from rich.console import Console
+
+    from moshikit.agent.live import LiveState
+    from moshikit.cli.agent_ui import latency_line, render
+
+    assert latency_line({}) == "-"
+    assert latency_line({"end of turn": 0.8, "first token": 0.12}) == "end of turn 0.80 s -> first token 0.12 s"
+    state = LiveState(heard="and then", user="what time is it", agent="It is [noon]", turns=2, frames_in=25,
+                      latency={"end of turn": 0.8, "first token": 0.12, "first audio": 0.31}, aec="on",
+                      error="llm: cannot reach the LLM server", devices="mic -> speaker")
+    console = Console(width=100, record=True, file=open(os.devnull, "w"))
+    console.print(render(state, 100))
+    text = console.export_text()
+    for shown in ("and then", "turn 2", "what time is it", "It is [noon]",  # client text is not markup
+                  "end of turn 0.80 s -> first token 0.12 s -> first audio 0.31 s  (1.23 s)",
+                  "in 25   dropped 0", "cancellation on", "llm: cannot reach the LLM server", "mic -> speaker"):
+        assert shown in text, shown
