@@ -290,7 +290,11 @@ class LiveAgent:
         every way out. A second Ctrl-C interrupts hard (KeyboardInterrupt, the result still returned)."""
         self.agent = agent
         agent.paced_input = True  # the microphone is the clock
-        self.open_devices()
+        try:
+            self.open_devices()
+        except BaseException:  # the speaker would not open: the microphone is closed again
+            self.close_devices()
+            raise
         restore = None
         if threading.current_thread() is threading.main_thread():
             def on_sigint(signum, frame) -> None:
