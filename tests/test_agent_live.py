@@ -249,7 +249,6 @@ def test_a_30_s_live_session_on_a_clocked_sound_card_drops_no_input(pulse, tmp_p
     # No input lost. How long audio waited for the STT (input_lag_max) is reported, not asserted: on an
     # idle 2-core machine it stays well under a second, on one shared with other work it reached 12 s.
     assert live["dropped_in"] == 0 and live["overflows"] == 0, said
-    assert live["input_lag_max"] < 20.0, said  # under the microphone queue's 20 s (drops would follow)
     answered = [t for t in s["turns"] if t["audio_start"] is not None]
     assert len(answered) >= 3 and requests >= len(answered), json.dumps(s["turns"])
     assert os.path.exists(s["record"]["wav"]) and os.path.exists(s["record"]["turns"])
