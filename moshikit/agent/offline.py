@@ -147,6 +147,16 @@ class OfflineAgent:
         self.responder: Responder | None = None
         self.anchor = (0.0, 0.0)  # (timeline seconds, wall perf_counter) where the request started
         self.failure: BaseException | None = None
+        self.stopped = False  # stop(): the input's end ends the session, the answer in progress is cut
+        # True when the frames come at the wall clock's pace themselves (a microphone): the timeline
+        # never waits for the wall clock then (frames that waited in a queue are caught up at once).
+        self.paced_input = False
+
+    def stop(self) -> None:
+        """End the session when the input ends (Ctrl-C, a live session's duration): no new turn
+        starts there, and an answer still in progress is cut at that moment and its request cancelled.
+        The frames' iterator must still end (return) for ``run_frames`` to return."""
+        self.stopped = True
 
     # ------------------------------------------------------------ the STT's callbacks
 
@@ -206,6 +216,12 @@ class OfflineAgent:
             if self.failure is not None:
                 raise self.failure
             now = len(heard) * FRAME_SECONDS
+            if self.stopped and self.turn is not None:
+                self._collect()
+                if (self.responder is None or self.responder.done) and self.track.end <= now:
+                    self._close(self.turn, now)
+                else:
+                    self._interrupt(now)
             self._tick(now, end_of_input=True)
             deadline = time.perf_counter() + MAX_WAIT
             while self.turn is not None:  # the last answer plays out after the input
@@ -226,7 +242,8 @@ class OfflineAgent:
     def _tick(self, now: float, end_of_input: bool = False) -> None:
         """The state at ``now`` on the timeline (frames before it heard, fed and stepped)."""
         r = self.responder
-        if r is not None and not r.done:  # the agent is working: the timeline keeps wall time
+        # The agent is working: the timeline keeps wall time (a microphone keeps it by itself).
+        if r is not None and not r.done and not self.paced_input:
             wait = self.anchor[1] + (now - self.anchor[0]) - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
@@ -258,7 +275,7 @@ class OfflineAgent:
             self.paused = False
             return None
         if end_of_input:
-            return "end of input" if self.turn is None else None
+            return "end of input" if self.turn is None and not self.stopped else None
         if self.mode == "pause":
             if self.paused:
                 self.paused = False

@@ -46,8 +46,9 @@ class RichUI:
     cursor under the panel and the next refresh drew a second panel below the first.
     """
 
-    def __init__(self, console) -> None:
+    def __init__(self, console, render=None) -> None:
         self.console = console
+        self.render = render or self._render  # state (None before the first) -> a Rich renderable
         self._fd = None
         self._saved = None
         self._pipe: int | None = None
@@ -119,7 +120,7 @@ class RichUI:
             tty.setcbreak(self._fd)
         console = self._take_stderr() or self.console
         self.console = console
-        self._live = Live(self._render(None), console=console, refresh_per_second=10, transient=False)
+        self._live = Live(self.render(None), console=console, refresh_per_second=10, transient=False)
         self._live.__enter__()
         if self._pump is not None:
             self._pump.start()
@@ -154,7 +155,7 @@ class RichUI:
         pass
 
     def update(self, state) -> None:
-        self._live.update(self._render(state))
+        self._live.update(self.render(state))
 
     def _render(self, state):
         from rich.console import Group
