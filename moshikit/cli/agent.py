@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import ExitStatus
-from .options import DeviceOpt, JsonOpt, OverwriteOpt, device_value
+from .options import (DeviceOpt, HistoryCharsOpt, JsonOpt, LLMModelOpt, LLMTimeoutOpt, LLMUrlOpt, OverwriteOpt,
+                      SystemOpt, TurnSilenceOpt, TurnThresholdOpt, VoiceOpt, device_value)
 
 
 def agent(
@@ -23,17 +24,10 @@ def agent(
         "--turns", "-t", metavar="FILE", show_default=False,
         help="A JSON of turns: what was said and heard, times, and each turn's latency parts (end of "
              "speech -> end of turn -> first LLM token -> first audio).")] = None,
-    llm_url: Annotated[str, typer.Option(
-        "--llm-url", metavar="URL",
-        help="An OpenAI-compatible server (ollama, llama.cpp's llama-server, vLLM, a hosted API); an API key "
-             "is read from MOSHIKIT_LLM_KEY.")] = "http://localhost:11434/v1",
-    llm_model: Annotated[Optional[str], typer.Option(
-        "--llm-model", metavar="NAME", show_default=False,
-        help="The chat model's name on that server (ollama: `ollama list`).")] = None,
-    system: Annotated[Optional[str], typer.Option(
-        "--system", metavar="TEXT|FILE", show_default=False, help="The system prompt, or a file holding it.")] = None,
-    voice: Annotated[Optional[str], typer.Option(
-        "--voice", metavar="VOICE", show_default=False, help="The agent's voice (as `speak --voice`).")] = None,
+    llm_url: LLMUrlOpt = "http://localhost:11434/v1",
+    llm_model: LLMModelOpt = None,
+    system: SystemOpt = None,
+    voice: VoiceOpt = None,
     stt_model: Annotated[Optional[str], typer.Option(
         "--stt", metavar="MODEL", show_default=False,
         help="Speech-to-text model (as `transcribe -m`): stt (kyutai/stt-1b-en_fr, with pause prediction), "
@@ -42,20 +36,14 @@ def agent(
         "--tts", metavar="MODEL", show_default=False,
         help="Text-to-speech model (as `speak -m`): tts, pocket-tts, a path, or 'synthetic'. Default: this "
              "machine's (see `moshikit info`).")] = None,
-    turn_threshold: Annotated[float, typer.Option(
-        "--turn-threshold", min=0.0, max=1.0,
-        help="End of turn when the STT's pause prediction (stt-1b's 2 s head, as Kyutai's Unmute reads it) "
-             "is above this.")] = 0.5,
-    turn_silence: Annotated[Optional[float], typer.Option(
-        "--turn-silence", metavar="S", min=0.1, show_default=False,
-        help="End turns after S seconds of silence instead (voice activity): the way for STT models without "
-             "pause heads (stt-en), which use 0.8 s when this is not given.")] = None,
-    history_chars: Annotated[int, typer.Option(
-        "--history-chars", min=200,
-        help="The most text of past turns each request carries (the oldest turns go first; ~4 characters "
-             "a token).")] = 12000,
-    llm_timeout: Annotated[float, typer.Option(
-        "--llm-timeout", min=0.1, help="Seconds the LLM server may stay silent before the turn fails.")] = 30.0,
+    tts_backend: Annotated[Optional[str], typer.Option(
+        "--tts-backend", metavar="NAME", show_default=False,
+        help="The text-to-speech backend (torch, mlx or pocket; `--tts synthetic --tts-backend pocket`: a "
+             "synthetic Pocket TTS). Default: as `speak` chooses.")] = None,
+    turn_threshold: TurnThresholdOpt = 0.5,
+    turn_silence: TurnSilenceOpt = None,
+    history_chars: HistoryCharsOpt = 12000,
+    llm_timeout: LLMTimeoutOpt = 30.0,
     seed: Annotated[Optional[int], typer.Option("--seed", show_default=False,
                                                 help="Seed the TTS's sampling.")] = None,
     input_device: Annotated[Optional[str], typer.Option(
@@ -139,7 +127,7 @@ def agent(
     from ..agent.models import choices
 
     dev = device_value(device)
-    stt_pick, tts_pick = choices(stt_model, tts_model, dev)  # the `agent` row of `moshikit info`
+    stt_pick, tts_pick = choices(stt_model, tts_model, dev, tts_backend)  # the `agent` row of `moshikit info`
     s = stt.load_stt(stt_model, backend=stt_pick.backend, device=stt_pick.device)
     out.message(f"[dim]stt: {s.name} ({s.lm.info.backend} on {s.lm.info.device}); text delay {s.delay:g} s[/]")
     t = load_tts(tts_model, backend=tts_pick.backend, device=tts_pick.device)

@@ -179,7 +179,8 @@ def serve(
         services.append(lib.load_agent_service(
             llm_url, llm_model, cfg, system=system, voice=voice, stt=stt, tts=tts, device=dev,
             seed=getattr(sampling, "seed", None), turn_threshold=turn_threshold, turn_silence=turn_silence,
-            history_chars=history_chars, llm_timeout=llm_timeout, api_key=os.environ.get("MOSHIKIT_LLM_KEY") or None))
+            history_chars=history_chars, llm_timeout=llm_timeout, api_key=os.environ.get("MOSHIKIT_LLM_KEY") or None,
+            tts_backend=tts_backend))
         stt = tts = None  # the agent's: not served on their own routes
     elif model or not (stt or tts or translate):
         out.message("[dim]loading the chat model...[/]")

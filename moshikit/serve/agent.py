@@ -372,7 +372,8 @@ def load_agent_service(llm_url: str, llm_model: str, cfg: ServeConfig | None = N
                        voice: str | None = None, stt: str | None = None, tts: str | None = None,
                        device: str | None = None, seed: int | None = None, turn_threshold: float = 0.5,
                        turn_silence: float | None = None, history_chars: int | None = None,
-                       llm_timeout: float = 30.0, api_key: str | None = None) -> AgentServer:
+                       llm_timeout: float = 30.0, api_key: str | None = None,
+                       tts_backend: str | None = None) -> AgentServer:
     """The agent's models loaded (``stt``/``tts`` None: this machine's) behind ``AgentServer``."""
     from ..agent import models
     from ..agent.llm import ChatClient
@@ -381,7 +382,7 @@ def load_agent_service(llm_url: str, llm_model: str, cfg: ServeConfig | None = N
 
     prompt = read_system(system)
     client = ChatClient(llm_url, llm_model, timeout=llm_timeout, api_key=api_key)
-    s, t = models.load(stt, tts, device)  # as `agent` chooses them (the `agent` row of `moshikit info`)
+    s, t = models.load(stt, tts, device, tts_backend)  # as `agent` chooses them (the `agent` row of `moshikit info`)
     return AgentServer(s, t, [t.resolve_voice(voice)], Settings(seed=seed, temp=t.default_temp), client,
                        TurnOptions(threshold=turn_threshold, silence=turn_silence), cfg, system=prompt,
                        max_history_chars=history_chars)
