@@ -82,9 +82,10 @@ def test_the_cli_writes_only_through_out():
 
 
 def test_no_module_is_a_warehouse():
-    """No library module over ~450 lines (tests, testing/ and synthetic/ aside): a module holds one room."""
+    """No product module over 450 lines (the test helpers in testing/ aside; the synthetic checkpoints
+    ship, so they count): a module holds one room."""
     big = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py")
-           if not {"testing", "synthetic"} & set(p.parts) and (n := len(p.read_text().splitlines())) > 460}
+           if "testing" not in p.parts and (n := len(p.read_text().splitlines())) > 450}
     assert big == {}
 
 
@@ -112,8 +113,8 @@ LAYERS = {
     # (``backends.registry`` and ``backends.base``: data and typing only, no backend code).
     "moshikit.errors": 0, "moshikit.atomic": 0, "moshikit.audio": 0, "moshikit.tokens": 0,
     "moshikit.transcript": 0, "moshikit.platform": 0, "moshikit.cpu_precision": 0, "moshikit.catalog": 0,
-    "moshikit.catalog_pocket": 0, "moshikit.version": 0, "moshikit.wire": 0, "moshikit.access": 0,
-    "moshikit.origins": 0, "moshikit.clienttext": 0, "moshikit.inputs": 0, "moshikit.filejobs": 0,
+    "moshikit.catalog_pocket": 0, "moshikit.catalog_machine": 0, "moshikit.version": 0, "moshikit.wire": 0,
+    "moshikit.access": 0, "moshikit.origins": 0, "moshikit.clienttext": 0, "moshikit.inputs": 0, "moshikit.filejobs": 0,
     "moshikit.chatparams": 0, "moshikit.aec": 0, "moshikit.mic": 0, "moshikit.tts.text": 0,
     "moshikit.backends.registry": 0, "moshikit.backends.base": 0,
 }

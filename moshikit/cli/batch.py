@@ -2,11 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import typer
 
+from ..errors import ExitStatus
 from .output import Out
+
+
+def plan_jobs(out: Out, inputs: list[str], output: str | None, suffix: str, *, include: Sequence[str] | None = None,
+              extensions: Sequence[str] | None = None, manifest: str | None = None,
+              manifest_column: str | None = None) -> tuple[list, list]:
+    """A batch command's jobs and the inputs that cannot start, from its arguments or, with ``--manifest``
+    (without ``--ray``), planned as the cluster plans them; when none can start, a line for each and exit FAILED."""
+    if manifest:
+        from .. import distributed as dist
+
+        entries = dist.read_manifest(manifest, manifest_column)
+        tasks, failed = dist.plan_tasks(inputs, output, suffix, manifest=entries, include=include or ())
+        jobs = dist.jobs_of(tasks)
+    else:
+        from .. import filejobs
+
+        more = {} if extensions is None else {"extensions": extensions}
+        jobs, failed = filejobs.plan(inputs, output, suffix, include=include or (), **more)
+    return require_some(out, jobs, failed), failed
+
+
+def require_some(out: Out, jobs: list, failed: list) -> list:
+    """``jobs``; when there are none, a line for each input that could not start, and exit FAILED."""
+    if not jobs:
+        for r in failed:
+            out.error(r.error)
+        raise typer.Exit(ExitStatus.FAILED)
+    return jobs
+
+
+def exit_on_failure(summary: dict) -> None:
+    """A batch with a failed file exits FAILED (after its summary is printed)."""
+    if summary["failed"]:
+        raise typer.Exit(ExitStatus.FAILED)
+
+
+def text_printer(out: Out) -> Callable[[str], None]:
+    """Text pieces to the terminal (stderr) as a model emits them."""
+    def show(piece: str) -> None:
+        out.write(piece, err=True)
+
+    return show
 
 
 def run_batch(out: Out, label: str, total: int, total_seconds: float | None,

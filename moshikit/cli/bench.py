@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import DeviceOpt, MimiWeightOpt, ModelOpt, device_value
+from .options import DeviceOpt, MimiWeightOpt, ModelOpt, device_value, option_group
 
 bench_app = typer.Typer(
     help="Measure latency and throughput of each stage; backends side by side in one run.",
@@ -30,6 +30,58 @@ CudaGraphsOpt = Annotated[Optional[bool], typer.Option(
     "--cuda-graphs/--no-cuda-graphs", help="moshi's CUDA graphs (default: moshi's, on with CUDA).",
     show_default=False)]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", "-n", min=1, help="Timed repetitions per measurement.")]
+BatchSizesOpt = Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")]
+
+
+def _configure_torch(compile: Optional[bool] = None, cuda_graphs: Optional[bool] = None) -> None:
+    from ..backends.torch_env import configure
+
+    configure(compile, cuda_graphs)
+
+
+#: --compile and --cuda-graphs of the stages that run moshi's torch code, set before the stage starts.
+_with_torch_options = option_group("torch_env", {"compile": (CompileOpt, None), "cuda_graphs": (CudaGraphsOpt, None)},
+                                   _configure_torch)
+
+
+def _model_opt(help: str):
+    """``--model/-m`` of a stage that names its own kind of checkpoint."""
+    return Annotated[Optional[str], typer.Option("--model", "-m", show_default=False, help=help)]
+
+
+def _backend_opt(help: str):
+    """``--backend/-b`` of a stage whose default is the platform's choice."""
+    return Annotated[Optional[str], typer.Option("--backend", "-b", show_default=False, help=help)]
+
+
+def _lm_size_opt(full: str):
+    """``--lm-size``: what ``full`` builds with --synthetic."""
+    return Annotated[str, typer.Option("--lm-size",
+                                       help=f"With --synthetic: tiny (seconds to build) or full ({full}).")]
+
+
+def _seconds_opt(help: str):
+    return Annotated[float, typer.Option("--seconds", min=1.0, help=help)]
+
+
+def _lm_size(value: str) -> str:
+    from ..errors import UsageError
+
+    if value not in ("tiny", "full"):
+        raise UsageError(f"--lm-size must be tiny or full, not {value!r}")
+    return value
+
+
+def _report(env: dict, synthetic: bool, rows, json_file: Optional[str], compare: Optional[str],
+            plot: Optional[str] = None, notes: Optional[list] = None) -> None:
+    """Run a stage's rows under the live status, then the table, notes, comparison, --json and --plot.
+    ``notes`` is the plan's own list: what the stage skips while running lands there."""
+    from .. import bench
+    from .bench_render import render
+
+    result = bench.BenchResult(env=bench.environment(env), synthetic=synthetic,
+                               notes=notes if notes is not None else [])
+    render(result, rows, json_file, compare, plot)
 
 
 def _backends(value: str, kind: str) -> list[str]:
@@ -51,11 +103,12 @@ def _lm_backends(value: str) -> list[str]:
 
 
 @bench_app.command("codec")
+@_with_torch_options
 def codec(
     backend: BackendsOpt = "all",
     synthetic: SyntheticOpt = False,
     reference: ReferenceOpt = True,
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1",
+    batch_sizes: BatchSizesOpt = "1",
     seconds: Annotated[str, typer.Option("--seconds", metavar="S,S...",
                                          help="Comma-separated clip lengths (s).")] = "10",
     frames: Annotated[int, typer.Option("--stream-frames", min=0, help="80 ms frames timed in streaming.")] = 50,
@@ -71,17 +124,12 @@ def codec(
     compare: CompareOpt = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Save a latency histogram PNG (needs matplotlib).",
                                                 show_default=False)] = None,
-    compile: CompileOpt = None,
-    cuda_graphs: CudaGraphsOpt = None,
+    torch_env: None = None,  # --compile/--no-compile, --cuda-graphs/--no-cuda-graphs, applied (_with_torch_options)
 ) -> None:
     """Mimi batch encode/decode throughput and streaming per-frame latency."""
-    from ..backends.torch_env import configure
-
-    configure(compile, cuda_graphs)
     from .. import bench
     from ..errors import UsageError
     from ..hub import resolve_mimi
-    from .bench_render import render
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",")]
@@ -100,13 +148,11 @@ def codec(
     weights = resolve_mimi(mimi_weight, "synthetic" if synthetic else model)
     plan = bench.CodecPlan(_backends(backend, "codec"), str(weights.path), reference, sizes, lengths, repeats,
                            frames, num_codebooks, device_value(device), files=file_plan)
-    result = bench.BenchResult(env=bench.environment({"weights": str(weights.path)}), synthetic=synthetic,
-                               notes=plan.notes)  # the same list: subjects skipped while running
-    render(result, lambda: bench.bench_codec(plan), json_file, compare, plot)
+    _report({"weights": str(weights.path)}, synthetic, lambda: bench.bench_codec(plan), json_file, compare, plot,
+            plan.notes)
 
 
-LMSizeOpt = Annotated[str, typer.Option("--lm-size", help="With --synthetic: tiny (seconds to build) or full "
-                                                          "(the Moshi 7B architecture, ~15 GB on disk).")]
+LMSizeOpt = _lm_size_opt("the Moshi 7B architecture, ~15 GB on disk")
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="LM steps timed per batch size.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA, "
                                                                  "fp32 on CPU).", show_default=False)]
@@ -114,51 +160,44 @@ DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or 
 
 def _lm_repo(synthetic: bool, size: str, model: Optional[str]) -> str:
     from .. import bench
-    from ..errors import UsageError
 
     if synthetic:
-        if size not in ("tiny", "full"):
-            raise UsageError(f"--lm-size must be tiny or full, not {size!r}")
-        return bench.synthetic_moshi_repo(size)
+        return bench.synthetic_moshi_repo(_lm_size(size))
     from ..hub import resolve_model
 
     return str(resolve_model(model, kind="moshi").path)
 
 
 @bench_app.command("lm")
+@_with_torch_options
 def lm(
     backend: BackendsOpt = "all",
     synthetic: SyntheticOpt = False,
     lm_size: LMSizeOpt = "tiny",
     reference: ReferenceOpt = True,
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1",
+    batch_sizes: BatchSizesOpt = "1",
     steps: StepsOpt = 50,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     model: ModelOpt = None,
     json_file: JsonFileOpt = None,
     compare: CompareOpt = None,
-    compile: CompileOpt = None,
-    cuda_graphs: CudaGraphsOpt = None,
+    torch_env: None = None,  # --compile/--no-compile, --cuda-graphs/--no-cuda-graphs, applied (_with_torch_options)
 ) -> None:
     """One Moshi step (temporal + depth): latency per batch size, real-time capacity, first output."""
-    from ..backends.torch_env import configure
-
-    configure(compile, cuda_graphs)
     from .. import bench
-    from .bench_render import render
 
     sizes = _ints(batch_sizes)
     if synthetic and lm_size == "full" and dtype is None:
         dtype = "bf16"  # 7.7 B parameters: 15 GB in bf16, 31 GB in fp32
     repo = _lm_repo(synthetic, lm_size, model)
     plan = bench.LMPlan(_lm_backends(backend), repo, reference, sizes, steps, device_value(device), dtype)
-    result = bench.BenchResult(env=bench.environment({"lm": repo, "lm_size": lm_size if synthetic else None}),
-                               synthetic=synthetic)
-    render(result, lambda: bench.bench_lm(plan), json_file, compare, None)
+    _report({"lm": repo, "lm_size": lm_size if synthetic else None}, synthetic, lambda: bench.bench_lm(plan),
+            json_file, compare)
 
 
 @bench_app.command("chat")
+@_with_torch_options
 def chat(
     synthetic: SyntheticOpt = False,
     lm_size: LMSizeOpt = "tiny",
@@ -171,16 +210,11 @@ def chat(
     json_file: JsonFileOpt = None,
     compare: CompareOpt = None,
     plot: Annotated[Optional[str], typer.Option("--plot", show_default=False)] = None,
-    compile: CompileOpt = None,
-    cuda_graphs: CudaGraphsOpt = None,
+    torch_env: None = None,  # --compile/--no-compile, --cuda-graphs/--no-cuda-graphs, applied (_with_torch_options)
 ) -> None:
     """The whole loop per 80 ms frame (encode + LM step + decode), unpaced and paced."""
-    from ..backends.torch_env import configure
-
-    configure(compile, cuda_graphs)
     from .. import bench
     from ..hub import resolve_mimi
-    from .bench_render import render
 
     repo = _lm_repo(synthetic, lm_size, model)
     weights = str(resolve_mimi(mimi_weight, "synthetic" if synthetic else model).path)
@@ -191,26 +225,21 @@ def chat(
             yield from bench.bench_chat(codec_backend, lm_backend, weights, repo, frames=frames, device=dev,
                                         paced=paced)
 
-    result = bench.BenchResult(env=bench.environment({"lm": repo}), synthetic=synthetic)
-    render(result, rows, json_file, compare, plot)
+    _report({"lm": repo}, synthetic, rows, json_file, compare, plot)
 
 
 @bench_app.command("stt")
 def stt(
     synthetic: SyntheticOpt = False,
-    lm_size: Annotated[str, typer.Option("--lm-size", help="With --synthetic: tiny (seconds to build) or full "
-                                                           "(the published architecture of -m stt|stt-en).")] = "tiny",
-    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
-                                                 help="An STT checkpoint (default: stt); with --synthetic "
-                                                      "--lm-size full: stt or stt-en.")] = None,
-    backend: Annotated[Optional[str], typer.Option("--backend", "-b", show_default=False,
-                                                   help="cpu, torch or mlx, or several comma-separated (default: "
-                                                        "the platform's: cpu on a CPU).")] = None,
+    lm_size: _lm_size_opt("the published architecture of -m stt|stt-en") = "tiny",
+    model: _model_opt("An STT checkpoint (default: stt); with --synthetic --lm-size full: stt or stt-en.") = None,
+    backend: _backend_opt("cpu, torch or mlx, or several comma-separated (default: the platform's: cpu on a CPU).")
+    = None,
     reference: ReferenceOpt = True,
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,4",
+    batch_sizes: BatchSizesOpt = "1,4",
     streams: Annotated[int, typer.Option("--streams", min=1, help="Files transcribed per measurement "
                                                                   "(at least the batch size).")] = 4,
-    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio seconds per file.")] = 10.0,
+    seconds: _seconds_opt("Audio seconds per file.") = 10.0,
     dtype: Annotated[str, typer.Option("--dtype", help="Comma-separated moshikit precisions: auto (what "
                                                        "transcribe picks), int8, bf16, fp32...")] = "auto",
     live_frames: Annotated[int, typer.Option("--live-frames", min=0, help="Frames of the live row (one stream "
@@ -223,14 +252,10 @@ def stt(
     compare: CompareOpt = None,
 ) -> None:
     """Transcription throughput (x real time) per batch size and live latency, next to moshi's own loop."""
-    from .. import bench
     from ..bench import stt as bench_stt
     from ..errors import UsageError
-    from .bench_render import render
 
-    if lm_size not in ("tiny", "full"):
-        raise UsageError(f"--lm-size must be tiny or full, not {lm_size!r}")
-    if synthetic and lm_size == "full" and model not in (None, "stt", "stt-en"):
+    if _lm_size(lm_size) == "full" and synthetic and model not in (None, "stt", "stt-en"):
         raise UsageError("--synthetic --lm-size full builds -m stt or -m stt-en")
     if threads:
         import torch
@@ -240,21 +265,18 @@ def stt(
     dtypes = [None if d.strip() in ("", "auto") else d.strip() for d in dtype.split(",")]
     plan = bench_stt.SttPlan(path, backend, reference, _ints(batch_sizes), streams, seconds, device_value(device),
                              repeats, dtypes, live_frames)
-    result = bench.BenchResult(env=bench.environment({"stt": path, "lm_size": lm_size if synthetic else None,
-                                                      "synthetic_model": (model or "stt") if synthetic else None}),
-                               synthetic=synthetic, notes=plan.notes)
-    render(result, lambda: bench_stt.bench_stt(plan), json_file, compare, None)
+    _report({"stt": path, "lm_size": lm_size if synthetic else None,
+             "synthetic_model": (model or "stt") if synthetic else None}, synthetic,
+            lambda: bench_stt.bench_stt(plan), json_file, compare, notes=plan.notes)
 
 
 @bench_app.command("translate")
 def translate(
     synthetic: SyntheticOpt = False,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
-                                                 help="A Hibiki checkpoint (default: hibiki).")] = None,
-    backend: Annotated[Optional[str], typer.Option("--backend", "-b", show_default=False,
-                                                   help="The LM backend (default: the platform's).")] = None,
+    model: _model_opt("A Hibiki checkpoint (default: hibiki).") = None,
+    backend: _backend_opt("The LM backend (default: the platform's).") = None,
     reference: ReferenceOpt = True,
-    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio seconds translated.")] = 10.0,
+    seconds: _seconds_opt("Audio seconds translated.") = 10.0,
     cfg: Annotated[float, typer.Option("--cfg", min=0.0, help="Guidance strength, both rows.")] = 1.0,
     repeats: RepeatsOpt = 2,
     device: DeviceOpt = None,
@@ -262,28 +284,23 @@ def translate(
     compare: CompareOpt = None,
 ) -> None:
     """Hibiki translation throughput (x real time), next to moshi's run_inference in the same run."""
-    from .. import bench
     from ..bench.translate import TranslatePlan, bench_translate
-    from .bench_render import render
 
     plan = TranslatePlan("synthetic" if synthetic else model, backend, device_value(device), seconds, repeats,
                          reference, cfg)
-    result = bench.BenchResult(env=bench.environment({"hibiki": plan.model}), synthetic=synthetic)
-    render(result, lambda: bench_translate(plan), json_file, compare, None)
+    _report({"hibiki": plan.model}, synthetic, lambda: bench_translate(plan), json_file, compare)
 
 
 @bench_app.command("tts")
 def tts(
     synthetic: SyntheticOpt = False,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
-                                                 help="A TTS checkpoint (default: tts).")] = None,
+    model: _model_opt("A TTS checkpoint (default: tts).") = None,
     reference: ReferenceOpt = True,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes (moshikit's and the reference's).")
                            ] = "1",
     words: Annotated[int, typer.Option("--words", min=1, help="Words spoken per measurement.")] = 20,
     repeats: RepeatsOpt = 2,
-    lm_size: Annotated[str, typer.Option("--lm-size", help="With --synthetic: tiny (seconds to build) or full "
-                                                           "(the tts-1.6b-en_fr architecture, ~3.7 GB).")] = "tiny",
+    lm_size: _lm_size_opt("the tts-1.6b-en_fr architecture, ~3.7 GB") = "tiny",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     json_file: JsonFileOpt = None,
@@ -296,14 +313,10 @@ def tts(
     kyutai: Annotated[bool, typer.Option("--kyutai/--no-kyutai", help="The Kyutai TTS rows.")] = True,
 ) -> None:
     """Text to speech: time to first audio and x real time, next to moshi's TTSModel.generate (and Pocket TTS)."""
-    from .. import bench
-    from ..errors import UsageError
     from ..bench import tts as bench_tts
-    from .bench_render import render
+    from ..errors import UsageError
 
-    if lm_size not in ("tiny", "full"):
-        raise UsageError(f"--lm-size must be tiny or full, not {lm_size!r}")
-    if lm_size == "full" and not synthetic:
+    if _lm_size(lm_size) == "full" and not synthetic:
         raise UsageError("--lm-size full goes with --synthetic")
     chosen = "synthetic" if synthetic else model
     max_steps = None
@@ -315,8 +328,7 @@ def tts(
     plan = bench_tts.TtsPlan(chosen, device_value(device), reference, _ints(batch_sizes), words, repeats,
                              max_steps=max_steps, dtype=dtype, warmup=lm_size != "full",
                              backends=_backends(backend, "tts"), pocket=pocket, kyutai=kyutai)
-    result = bench.BenchResult(env=bench.environment({"tts": plan.model, "pocket": pocket}), synthetic=synthetic)
-    render(result, lambda: bench_tts.bench_tts(plan), json_file, compare, None)
+    _report({"tts": plan.model, "pocket": pocket}, synthetic, lambda: bench_tts.bench_tts(plan), json_file, compare)
 
 
 @bench_app.command("serve")
@@ -330,14 +342,13 @@ def serve(
     synthetic: SyntheticOpt = False,
     streams: Annotated[str, typer.Option("--streams", metavar="N,N", help="Concurrent clients per measurement, comma-separated.")
                        ] = "1,4",
-    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio seconds per STT stream.")] = 10.0,
+    seconds: _seconds_opt("Audio seconds per STT stream.") = 10.0,
     words: Annotated[int, typer.Option("--words", min=1, help="Words per TTS request.")] = 20,
     stt_batch: Annotated[Optional[int], typer.Option("--stt-batch", min=1, show_default=False,
                                                      help="The server's --stt-batch.")] = None,
     tts_batch: Annotated[Optional[int], typer.Option("--tts-batch", min=1, show_default=False,
                                                      help="The server's --tts-batch.")] = None,
-    backend: Annotated[Optional[str], typer.Option("--backend", "-b", show_default=False,
-                                                   help="The server's LM backend (cpu, torch, mlx).")] = None,
+    backend: _backend_opt("The server's LM backend (cpu, torch, mlx).") = None,
     tts_backend: Annotated[Optional[str], typer.Option("--tts-backend", metavar="NAME", show_default=False,
                                                        help="The server's TTS backend (torch, mlx, pocket).")] = None,
     reference: ReferenceOpt = True,
@@ -348,10 +359,8 @@ def serve(
     """A `moshikit serve` under N concurrent clients over loopback: STT streams at real-time pace
     (time to first word, lag, the most streams held) and TTS requests (first audio, x real time),
     next to the same models run in this process."""
-    from .. import bench
     from ..bench import serve as bench_serve
     from ..errors import UsageError
-    from .bench_render import render
 
     if synthetic:
         stt, tts = stt or "synthetic", tts or "synthetic"
@@ -359,8 +368,8 @@ def serve(
         raise UsageError("name a model to serve: --stt MODEL, --tts MODEL, or --synthetic for both")
     plan = bench_serve.ServePlan(stt, tts, _ints(streams), seconds, words, stt_batch, tts_batch, backend,
                                  tts_backend, device_value(device), reference)
-    result = bench.BenchResult(env=bench.environment({"stt": stt, "tts": tts}), synthetic=synthetic, notes=plan.notes)
-    render(result, lambda: bench_serve.bench_serve(plan), json_file, compare, None)
+    _report({"stt": stt, "tts": tts}, synthetic, lambda: bench_serve.bench_serve(plan), json_file, compare,
+            notes=plan.notes)
 
 
 @bench_app.command("agent")
@@ -426,7 +435,6 @@ def quick(ctx: typer.Context, synthetic: SyntheticOpt = False,
         return
     from .. import bench
     from ..hub import resolve_mimi
-    from .bench_render import render
 
     weights = str(resolve_mimi(None, "synthetic" if synthetic else None).path)
     repo = _lm_repo(synthetic, "tiny", None)
@@ -442,8 +450,7 @@ def quick(ctx: typer.Context, synthetic: SyntheticOpt = False,
         yield from bench.bench_lm(lm_plan)
         yield from bench.bench_chat("auto", "auto", weights, repo, frames=20)  # what `chat` runs here
 
-    result = bench.BenchResult(env=bench.environment({"lm": repo}), synthetic=synthetic)
-    render(result, rows, json_file, None, None)
+    _report({"lm": repo}, synthetic, rows, json_file, None)
 
 
 def _ints(value: str) -> list[int]:

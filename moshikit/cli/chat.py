@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (DeviceOpt, Dtype, DtypeOpt, JsonOpt, LMBackendName, LMBackendOpt, RevisionOpt, device_value,
-                      with_sampling_options)
+from .options import (DeviceOpt, Dtype, DtypeOpt, JsonOpt, ListDevicesOpt, LMBackendName, LMBackendOpt, RevisionOpt,
+                      device_value, with_sampling_options)
 
 
 #: What works without a sound card, said when there is none.
@@ -39,7 +39,7 @@ def chat(
         "--input-device", show_default=False, help="Microphone: index or (part of) its name.")] = None,
     output_device: Annotated[Optional[str], typer.Option(
         "--output-device", show_default=False, help="Speaker: index or (part of) its name.")] = None,
-    list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
+    list_devices: ListDevicesOpt = False,
     aec: Annotated[bool, typer.Option("--aec/--no-aec", help="Cancel Moshi's echo from the microphone "
                                                              "(--no-aec with headphones).")] = True,
     record: Annotated[Optional[str], typer.Option(

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ExitStatus
 from .options import (BackendOpt, CodecBackendName, DeviceOpt, IncludeOpt, JsonOpt, MimiWeightOpt, ModelOpt,
                       OutputOpt, OverwriteOpt, RevisionOpt, device_value)
 
@@ -37,16 +36,12 @@ def decode(
     from .. import codec as ops
     from .. import filejobs
     from ..hub import resolve_mimi
-    from .batch import run_batch
+    from .batch import exit_on_failure, plan_jobs, run_batch
     from .output import Out
 
     out = Out(json_mode=json_out)
-    jobs, failed = filejobs.plan(inputs, output, "." + fmt.value, include=include or (),
-                            extensions=filejobs.TOKEN_EXTENSIONS)
-    if not jobs:
-        for r in failed:
-            out.error(r.error)
-        raise typer.Exit(ExitStatus.FAILED)
+    jobs, failed = plan_jobs(out, inputs, output, "." + fmt.value, include=include,
+                             extensions=filejobs.TOKEN_EXTENSIONS)
     weights = resolve_mimi(mimi_weight, model, revision)
     codecs: dict[int, ops.Codec] = {}
 
@@ -62,5 +57,4 @@ def decode(
     opts = ops.DecodeOptions(fmt=fmt.value, overwrite=overwrite, force=force)
     summary = run_batch(out, "decode", len(jobs), None,
                         lambda tick: ops.decode_files(jobs, get_codec, opts, on_audio=tick), failed)
-    if summary["failed"]:
-        raise typer.Exit(ExitStatus.FAILED)
+    exit_on_failure(summary)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import typer
-
-from ..errors import ExitStatus
-from .batch import run_batch
+from .batch import require_some, run_batch
 from .output import Out
 
 
@@ -17,10 +14,7 @@ def run_on_ray(out: Out, kind: str, inputs: list[str], output: str | None, suffi
     dist.require_ray()
     entries = dist.read_manifest(manifest, manifest_column) if manifest else []
     tasks, failed = dist.plan_tasks(inputs, output, suffix, manifest=entries, include=include or ())
-    if not tasks:
-        for r in failed:
-            out.error(r.error)
-        raise typer.Exit(ExitStatus.FAILED)
+    require_some(out, tasks, failed)
     job = dist.RayJob(tasks, dist.WorkSpec(kind, load, opts), dist.RayOptions(
         address=address, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
         manifest=job_manifest or dist.default_manifest(kind, output)))
@@ -48,13 +42,3 @@ def run_on_ray(out: Out, kind: str, inputs: list[str], output: str | None, suffi
         if summary["worker_deaths"]:
             out.message(f"  {summary['worker_deaths']} worker(s) died; {summary['retried_files']} file(s) retried")
     return summary
-
-
-def local_jobs_from_manifest(inputs: list[str], output: str | None, suffix: str, include, manifest,
-                             manifest_column):
-    """--manifest without --ray: the same planning, as local jobs."""
-    from .. import distributed as dist
-
-    entries = dist.read_manifest(manifest, manifest_column)
-    tasks, failed = dist.plan_tasks(inputs, output, suffix, manifest=entries, include=include or ())
-    return dist.jobs_of(tasks), failed

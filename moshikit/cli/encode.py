@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ExitStatus, UsageError
+from ..errors import UsageError
 from .options import (BackendOpt, CodecBackendName, DeviceOpt, IncludeOpt, InputsArg, JobSource, JsonOpt,
                       MimiWeightOpt, ModelOpt, OutputOpt, OverwriteOpt, RevisionOpt, device_value, with_job_options)
 
@@ -47,9 +47,8 @@ def encode(
     With --ray the same work runs on a Ray cluster (see the Ray cluster options).
     """
     from .. import codec as ops
-    from .. import filejobs
     from ..tokens import output_suffix
-    from .batch import run_batch
+    from .batch import exit_on_failure, plan_jobs, run_batch
     from .output import Out
 
     out = Out(json_mode=json_out)
@@ -66,28 +65,16 @@ def encode(
         summary = run_on_ray(out, "encode", inputs, output, output_suffix(fmt.value), include=include,
                              manifest=job.manifest, manifest_column=job.manifest_column, load=load, opts=opts,
                              **job.ray_options())
-        if summary["failed"]:
-            raise typer.Exit(ExitStatus.FAILED)
-        return
-    if job.manifest:
-        from .distributed import local_jobs_from_manifest
-
-        jobs, failed = local_jobs_from_manifest(inputs, output, output_suffix(fmt.value), include, job.manifest,
-                                                job.manifest_column)
-    else:
-        jobs, failed = filejobs.plan(inputs, output, output_suffix(fmt.value), include=include or ())
-    if not jobs:
-        for r in failed:
-            out.error(r.error)
-        raise typer.Exit(ExitStatus.FAILED)
+        return exit_on_failure(summary)
+    jobs, failed = plan_jobs(out, inputs, output, output_suffix(fmt.value), include=include, manifest=job.manifest,
+                             manifest_column=job.manifest_column)
     codec = ops.load_codec(backend.value, device_value(device), mimi_weight=mimi_weight, model=model,
                            revision=revision, num_codebooks=num_codebooks)
     out.message(f"[dim]codec: {codec.info.backend} on {codec.info.device} ({codec.choice.reason}); "
                 f"weights: {codec.weights.path}[/]")
     summary = run_batch(out, "encode", len(jobs), None,
                         lambda tick: ops.encode_files(jobs, codec, opts, on_audio=tick), failed)
-    if summary["failed"]:
-        raise typer.Exit(ExitStatus.FAILED)
+    exit_on_failure(summary)
 
 
 def _absolute(path: str | None) -> str | None:

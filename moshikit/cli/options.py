@@ -50,6 +50,14 @@ OutputOpt = Annotated[Optional[str], typer.Option(
          "Default: beside each input.")]
 IncludeOpt = Annotated[Optional[list[str]], typer.Option(
     "--include", "-i", show_default=False, help="Glob of file names to take from directories (repeatable).")]
+#: The inputs of the commands that also listen live (transcribe, translate).
+AudioOrMicArg = Annotated[Optional[list[str]], typer.Argument(
+    help="Audio files or directories (recursive); none with --mic.", show_default=False)]
+ListDevicesOpt = Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")]
+MicDeviceOpt = Annotated[Optional[str], typer.Option(
+    "--input-device", show_default=False, help="Input device for --mic: index or (part of) its name.")]
+MicDurationOpt = Annotated[Optional[float], typer.Option(
+    "--duration", min=0.1, show_default=False, help="With --mic: stop after this many seconds.")]
 
 
 def device_value(device: Optional[Device]) -> Optional[str]:

@@ -6,8 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import ExitStatus
-from .options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, OverwriteOpt, RevisionOpt, device_value
+from .options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, ListDevicesOpt, OverwriteOpt, RevisionOpt, device_value
 
 NO_SPEAKER_INSTEAD = "write a file with -o FILE instead, or see --list-devices"
 
@@ -52,7 +51,7 @@ def speak(
     play: Annotated[bool, typer.Option("--play", help="Play through the speaker as it is generated.")] = False,
     output_device: Annotated[Optional[str], typer.Option(
         "--output-device", show_default=False, help="Speaker for --play: index or (part of) its name.")] = None,
-    list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
+    list_devices: ListDevicesOpt = False,
     backend: Annotated[str, typer.Option("--backend", "-b", metavar="NAME",
                                          help="torch (Kyutai TTS through moshi), pocket (Pocket TTS, CPU, voice "
                                               "cloning), or auto: the platform's choice.")] = "auto",
@@ -274,10 +273,9 @@ def _tree(out, directory, output, words, voice, model, backend, device, dtype, r
           settings, batch, temp=None) -> None:
     from pathlib import Path
 
-    from .. import filejobs
     from ..errors import UsageError
     from ..tts.files import OUTPUT_FORMATS, BatchOptions, speak_files
-    from .batch import run_batch
+    from .batch import exit_on_failure, plan_jobs, run_batch
 
     if output is None:
         raise UsageError("a directory of texts needs -o DIR (its tree is mirrored there)")
@@ -291,11 +289,7 @@ def _tree(out, directory, output, words, voice, model, backend, device, dtype, r
         wfmt = words.lower().lstrip(".").rsplit(".", 1)[-1]
         if wfmt not in ("json", "srt", "vtt"):
             raise UsageError("--words for a directory: json, srt or vtt (written beside each output)")
-    jobs, failed = filejobs.plan([directory], str(out_dir), f".{fmt}", extensions=(".txt",))
-    if not jobs:
-        for r in failed:
-            out.error(r.error)
-        raise typer.Exit(ExitStatus.FAILED)
+    jobs, failed = plan_jobs(out, [directory], str(out_dir), f".{fmt}", extensions=(".txt",))
     m = _load(out, model, backend, device, dtype, revision)
     _fit(m, settings, temp, words)
     voices = [m.resolve_voice(voice)]
@@ -306,6 +300,5 @@ def _tree(out, directory, output, words, voice, model, backend, device, dtype, r
         if len(jobs) > 1:
             out.message(f"[dim]batch: {why}[/]")
     opts = BatchOptions(suffix=f".{fmt}", words=wfmt, overwrite=overwrite, settings=settings, batch=batch)
-    summary = run_batch(out, "speak", len(jobs), None, lambda tick: speak_files(jobs, m, voices, opts, tick), failed)
-    if summary["failed"]:
-        raise typer.Exit(ExitStatus.FAILED)
+    exit_on_failure(run_batch(out, "speak", len(jobs), None, lambda tick: speak_files(jobs, m, voices, opts, tick),
+                              failed))

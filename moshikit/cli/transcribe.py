@@ -7,16 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import ExitStatus
-from .options import (DeviceOpt, Dtype, DtypeOpt, IncludeOpt, JobSource, JsonOpt, LMBackendName, LMBackendOpt,
-                      OverwriteOpt, RevisionOpt, device_value, with_job_options)
+from .options import (AudioOrMicArg, DeviceOpt, Dtype, DtypeOpt, IncludeOpt, JobSource, JsonOpt, ListDevicesOpt,
+                      LMBackendName, LMBackendOpt, MicDeviceOpt, MicDurationOpt, OverwriteOpt, RevisionOpt,
+                      device_value, with_job_options)
 
 
 
 @with_job_options
 def transcribe(
-    inputs: Annotated[Optional[list[str]], typer.Argument(
-        help="Audio files or directories (recursive); none with --mic.", show_default=False)] = None,
+    inputs: AudioOrMicArg = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", show_default=False,
         help="Output directory (input trees are mirrored inside), a file name for a single input, "
@@ -34,11 +33,9 @@ def transcribe(
         "--batch-size", min=1, show_default=False,
         help="Files transcribed as parallel streams of one batch (default: 16 on a GPU, 4 on a CPU).")] = None,
     mic: Annotated[bool, typer.Option("--mic", help="Transcribe the microphone live until Ctrl-C.")] = False,
-    input_device: Annotated[Optional[str], typer.Option(
-        "--input-device", show_default=False, help="Input device for --mic: index or (part of) its name.")] = None,
-    list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
-    duration: Annotated[Optional[float], typer.Option(
-        "--duration", min=0.1, show_default=False, help="With --mic: stop after this many seconds.")] = None,
+    input_device: MicDeviceOpt = None,
+    list_devices: ListDevicesOpt = False,
+    duration: MicDurationOpt = None,
     save: Annotated[Optional[str], typer.Option(
         "--save", show_default=False, help="With --mic: keep the audio (mic.wav) and the transcript in this directory.")] = None,
     include: IncludeOpt = None,
@@ -91,6 +88,7 @@ def _ray(out, inputs, output, formats, model, backend, device, batch_size, inclu
     import os
 
     from .. import stt
+    from .batch import exit_on_failure
     from .distributed import run_on_ray
 
     # Workers run elsewhere: a local model directory given relatively is made absolute.
@@ -101,8 +99,7 @@ def _ray(out, inputs, output, formats, model, backend, device, batch_size, inclu
                          load={"model": model, "backend": backend, "device": device[0], "dtype": device[1],
                                "revision": revision},
                          opts=opts, **ray_opts)
-    if summary["failed"]:
-        raise typer.Exit(ExitStatus.FAILED)
+    exit_on_failure(summary)
 
 
 def _load(out, model, backend, device_dtype, revision):
@@ -123,26 +120,17 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
     import tempfile
     from pathlib import Path
 
-    from .. import filejobs, stt
+    from .. import stt
     from ..errors import UsageError
-    from .batch import run_batch
+    from .batch import exit_on_failure, plan_jobs, run_batch, text_printer
 
     to_stdout = output == "-"
     if to_stdout and (len(inputs) != 1 or Path(inputs[0]).is_dir() or len(formats) != 1):
         raise UsageError("-o - prints one transcript: give one input file and one --format")
     tmp = tempfile.mkdtemp(prefix="moshikit-") if to_stdout else None
     try:
-        if manifest:
-            from .distributed import local_jobs_from_manifest
-
-            jobs, failed = local_jobs_from_manifest(inputs, tmp or output, f".{formats[0]}", include, manifest,
-                                                    manifest_column)
-        else:
-            jobs, failed = filejobs.plan(inputs, tmp or output, f".{formats[0]}", include=include or ())
-        if not jobs:
-            for r in failed:
-                out.error(r.error)
-            raise typer.Exit(ExitStatus.FAILED)
+        jobs, failed = plan_jobs(out, inputs, tmp or output, f".{formats[0]}", include=include, manifest=manifest,
+                                 manifest_column=manifest_column)
         m = _load(out, model, backend, device, revision)
         if batch_size is None:
             batch_size, why = stt.default_batch(m)
@@ -151,7 +139,7 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
         opts = stt.TranscribeOptions(formats=formats, batch_size=min(batch_size, len(jobs)),
                                      overwrite=overwrite or to_stdout)
         live = len(jobs) == 1 and not out.json_mode and not to_stdout
-        on_text = _printer(out) if live else None
+        on_text = text_printer(out) if live else None
 
         def work(tick):
             for result in stt.transcribe_files(jobs, m, opts, on_audio=tick, on_text=on_text):
@@ -165,16 +153,7 @@ def _files(out, inputs, output, formats, model, backend, device, batch_size, inc
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    if summary["failed"]:
-        raise typer.Exit(ExitStatus.FAILED)
-
-
-def _printer(out):
-    """Text pieces to the terminal (stderr) as the model emits them."""
-    def show(piece: str) -> None:
-        out.write(piece, err=True)
-
-    return show
+    exit_on_failure(summary)
 
 
 def _mic(out, model, backend, device, revision, input_device, duration, save, formats) -> None:
@@ -182,6 +161,7 @@ def _mic(out, model, backend, device, revision, input_device, duration, save, fo
 
     from .. import stt
     from ..mic import Microphone
+    from .batch import text_printer
 
     # No PortAudio or no microphone: say so, and what works instead, before loading a model.
     mic = Microphone(input_device, seconds=duration, instead="transcribe audio files instead, or see --list-devices")
@@ -190,7 +170,7 @@ def _mic(out, model, backend, device, revision, input_device, duration, save, fo
     recorder = _Recorder(Path(save)) if save else None
     blocks = recorder.tee(mic) if recorder else mic
     turns = (lambda t: out.write(f"  [end of turn {t:.1f} s]\n", err=True)) if not out.json_mode else None
-    transcript = stt.transcribe_live(m, blocks, on_text=None if out.json_mode else _printer(out), on_turn=turns)
+    transcript = stt.transcribe_live(m, blocks, on_text=None if out.json_mode else text_printer(out), on_turn=turns)
     if not out.json_mode:
         out.write("\n", err=True)
     if mic.dropped:

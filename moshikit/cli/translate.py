@@ -6,16 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import ExitStatus
-from .options import (DeviceOpt, Dtype, DtypeOpt, IncludeOpt, JsonOpt, LMBackendName, LMBackendOpt, OverwriteOpt,
-                      RevisionOpt, device_value)
+from .options import (AudioOrMicArg, DeviceOpt, Dtype, DtypeOpt, IncludeOpt, JsonOpt, ListDevicesOpt, LMBackendName,
+                      LMBackendOpt, MicDeviceOpt, MicDurationOpt, OverwriteOpt, RevisionOpt, device_value)
 
 NO_DEVICE_INSTEAD = "translate audio files instead, or see --list-devices"
 
 
 def translate(
-    inputs: Annotated[Optional[list[str]], typer.Argument(
-        help="Audio files or directories (recursive); none with --mic.", show_default=False)] = None,
+    inputs: AudioOrMicArg = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", show_default=False,
         help="The translated audio for a single input (out.wav), or an output directory (input trees are "
@@ -45,13 +43,11 @@ def translate(
         "--piece-seconds", min=2.0, help="Longer input is cut at pauses into pieces of at most this long.")] = 110.0,
     mic: Annotated[bool, typer.Option("--mic", help="Translate the microphone live (with --play).")] = False,
     play: Annotated[bool, typer.Option("--play", help="With --mic: speak the translation on the speaker.")] = False,
-    input_device: Annotated[Optional[str], typer.Option(
-        "--input-device", show_default=False, help="Input device for --mic: index or (part of) its name.")] = None,
+    input_device: MicDeviceOpt = None,
     output_device: Annotated[Optional[str], typer.Option(
         "--output-device", show_default=False, help="Output device for --play: index or (part of) its name.")] = None,
-    duration: Annotated[Optional[float], typer.Option(
-        "--duration", min=0.1, show_default=False, help="With --mic: stop after this many seconds.")] = None,
-    list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
+    duration: MicDurationOpt = None,
+    list_devices: ListDevicesOpt = False,
     include: IncludeOpt = None,
     revision: RevisionOpt = None,
     overwrite: OverwriteOpt = False,
@@ -113,10 +109,9 @@ def _formats(fmt: str) -> list[str]:
 def _files(out, inputs, output, text, stereo, fmt, include, overwrite, piece_seconds, load) -> None:
     from pathlib import Path
 
-    from .. import filejobs
     from .. import translate as lib
     from ..errors import UsageError
-    from .batch import run_batch
+    from .batch import exit_on_failure, plan_jobs, run_batch, text_printer
 
     formats = _formats(fmt)
     single = len(inputs) == 1 and Path(inputs[0]).is_file()
@@ -134,16 +129,12 @@ def _files(out, inputs, output, text, stereo, fmt, include, overwrite, piece_sec
     suffix = f".{formats[0]}" if formats else ".wav"
     if output is None:
         suffix = ".en" + suffix  # beside the input, never over it
-    jobs, failed = filejobs.plan(inputs, output, suffix, include=include or ())
-    if not jobs:
-        for r in failed:
-            out.error(r.error)
-        raise typer.Exit(ExitStatus.FAILED)
+    jobs, failed = plan_jobs(out, inputs, output, suffix, include=include)
     tr = _load(out, **load)
     opts = lib.TranslateOptions(formats=formats, overwrite=overwrite, max_piece_seconds=piece_seconds,
                                 min_piece_seconds=piece_seconds / 2)
     live = len(jobs) == 1 and not out.json_mode
-    on_text = _printer(out) if live else None
+    on_text = text_printer(out) if live else None
 
     def work(tick):
         if single and (text or stereo):
@@ -154,9 +145,7 @@ def _files(out, inputs, output, text, stereo, fmt, include, overwrite, piece_sec
                 out.write("\n", err=True)
             yield result
 
-    summary = run_batch(out, "translate", len(jobs), None, work, failed, progress=not live)
-    if summary["failed"]:
-        raise typer.Exit(ExitStatus.FAILED)
+    exit_on_failure(run_batch(out, "translate", len(jobs), None, work, failed, progress=not live))
 
 
 def _single(tr, job, text, stereo, opts, tick, on_text):
@@ -188,18 +177,12 @@ def _single(tr, job, text, stereo, opts, tick, on_text):
                       seconds=time.perf_counter() - started)
 
 
-def _printer(out):
-    def show(piece: str) -> None:
-        out.write(piece, err=True)
-
-    return show
-
-
 def _live(out, load, input_device, output_device, duration) -> None:
     """Listen on the microphone, speak the translation: chat's live loop on Hibiki."""
     from .. import chat as lib
     from ..conversation import Conversation
     from ..mic import find_devices
+    from .batch import text_printer
 
     find_devices(input_device, output_device, instead=NO_DEVICE_INSTEAD)
     tr = _load(out, **load)
@@ -209,7 +192,7 @@ def _live(out, load, input_device, output_device, duration) -> None:
     engine = lib.LocalEngine(conv)
     cfg = lib.LiveConfig(input_device=input_device, output_device=output_device, aec=False, duration=duration)
     try:
-        state = lib.run_live(engine, cfg, on_text=None if out.json_mode else _printer(out))
+        state = lib.run_live(engine, cfg, on_text=None if out.json_mode else text_printer(out))
     finally:
         engine.close()
     if not out.json_mode:

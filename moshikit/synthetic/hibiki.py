@@ -35,7 +35,8 @@ import os
 from pathlib import Path
 
 from .core import MIMI_NAME
-from .lm import CONFIG_NAME, MOSHI_NAME, DictSource, lm_kwargs, random_state, to_published, write_repo_files
+from .lm import CONFIG_NAME, MOSHI_NAME, lm_kwargs, random_state, to_published, write_repo_files
+from .tensors import DictSource
 
 #: File names as published in kyutai/hibiki-1b-pytorch-bf16.
 HIBIKI_TOKENIZER_NAME = "tokenizer_spm_48k_multi6_2.model"

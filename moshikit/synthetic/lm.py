@@ -30,19 +30,18 @@ Random weights: valid for speed and mechanics, never for quality.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
 from .core import MIMI_NAME
+from .tensors import DictSource, PoolSource, TensorItem, TensorSource, write_safetensors
 
 #: File names as published in kyutai/moshiko-pytorch-bf16 / kyutai/moshiko-mlx-bf16.
 MOSHI_NAME = "model.safetensors"
@@ -75,8 +74,6 @@ _ATTN_RENAMES = ((".self_attn.in_projs.", ".self_attn.in_proj_weight"),
                  (".cross_attention.in_projs.", ".cross_attention.in_proj_weight"),
                  (".cross_attention.out_projs.", ".cross_attention.out_proj.weight"))
 
-_ST_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
-_POOL_SIZE = 4_194_301  # a prime, so the pool's period never lines up with a row length
 
 
 # --------------------------------------------------------------------------- configs
@@ -241,106 +238,6 @@ def to_mlx(published: dict, config: dict) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- tensor sources
-
-
-class _Source(Protocol):
-    """Gives flat element ranges of named tensors, as torch tensors of the output dtype."""
-
-    shapes: dict[str, tuple[int, ...]]
-
-    def read(self, name: str, start: int, count: int, dtype) -> "object": ...
-
-
-class DictSource(_Source):
-    def __init__(self, tensors: dict) -> None:
-        self._t = {k: v.reshape(-1) for k, v in tensors.items()}
-        self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-
-    def read(self, name, start, count, dtype):
-        return self._t[name][start : start + count].to(dtype)
-
-
-class PoolSource(_Source):
-    """Cheap deterministic "random" tensors for the full model.
-
-    Every tensor is a window of one pool of standard-normal values (a prime
-    length, started at an offset hashed from the tensor's name), scaled like
-    moshi's init (std ``1/sqrt(fan_in)``); RMSNorm scales (``alpha``) are ones.
-    Producing 7.7 B values costs about as much as copying them.
-    """
-
-    def __init__(self, shapes: dict[str, tuple[int, ...]], seed: int) -> None:
-        import torch
-
-        self.shapes = shapes
-        self._seed = seed
-        rng = np.random.default_rng(seed)
-        self._pool = torch.from_numpy(rng.standard_normal(_POOL_SIZE, dtype=np.float32))
-
-    def _offset(self, name: str) -> int:
-        h = hashlib.sha256(f"{self._seed}:{name}".encode()).digest()
-        return int.from_bytes(h[:8], "little") % _POOL_SIZE
-
-    def read(self, name, start, count, dtype):
-        import torch
-
-        shape = self.shapes[name]
-        if name.endswith(".alpha"):
-            return torch.ones(count, dtype=dtype)
-        scale = 1.0 / float(np.sqrt(shape[-1] if len(shape) > 1 else 1))
-        pos = (self._offset(name) + start) % _POOL_SIZE
-        parts, left = [], count
-        while left > 0:
-            n = min(left, _POOL_SIZE - pos)
-            parts.append(self._pool[pos : pos + n])
-            left -= n
-            pos = 0
-        flat = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return (flat * scale).to(dtype)
-
-
-# --------------------------------------------------------------------------- safetensors writer
-
-
-@dataclass(frozen=True)
-class _Item:
-    name: str
-    shape: tuple[int, ...]
-    produce: Callable[[int, int], "object"]  # (start, count) -> 1-D torch tensor of the file dtype
-
-
-def _write_safetensors(path: Path, items: Iterable[_Item], dtype: str, metadata: dict,
-                       chunk_elems: int = 1 << 24) -> None:
-    """Write a safetensors file tensor by tensor, a chunk at a time (constant memory)."""
-    import torch
-
-    items = list(items)
-    tdtype = getattr(torch, dtype)
-    esize = torch.empty((), dtype=tdtype).element_size()
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    for it in items:
-        n = int(np.prod(it.shape)) if it.shape else 1
-        header[it.name] = {"dtype": _ST_DTYPES[dtype], "shape": list(it.shape),
-                           "data_offsets": [offset, offset + n * esize]}
-        offset += n * esize
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for it in items:
-            n = int(np.prod(it.shape)) if it.shape else 1
-            for start in range(0, n, chunk_elems):
-                t = it.produce(start, min(chunk_elems, n - start)).contiguous()
-                assert t.dtype == tdtype
-                f.write(t.view(torch.uint8).numpy().tobytes())
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- tokenizer
 
 _CORPUS = """\
@@ -408,12 +305,12 @@ def random_state(config: dict, seed: int) -> dict:
     return {k: v.detach().clone() for k, v in random_model(config, seed).state_dict().items()}
 
 
-def _items(source: _Source, config: dict, layout: Layout, dtype: str) -> list[_Item]:
+def _items(source: TensorSource, config: dict, layout: Layout, dtype: str) -> list[TensorItem]:
     import torch
 
     tdtype = getattr(torch, dtype)
     if layout == "pytorch":
-        return [_Item(name, shape, lambda s, c, name=name: source.read(name, s, c, tdtype))
+        return [TensorItem(name, shape, lambda s, c, name=name: source.read(name, s, c, tdtype))
                 for name, shape in sorted(source.shapes.items())]
     if layout != "mlx":
         raise ValueError(f"layout must be 'pytorch' or 'mlx', not {layout!r}")
@@ -422,7 +319,7 @@ def _items(source: _Source, config: dict, layout: Layout, dtype: str) -> list[_I
         base = 0
         if e.chunks > 1:
             base = e.chunk * int(np.prod(e.shape))
-        items.append(_Item(e.name, e.shape,
+        items.append(TensorItem(e.name, e.shape,
                            lambda s, c, src=e.source, base=base: source.read(src, base + s, c, tdtype)))
     return sorted(items, key=lambda it: it.name)
 
@@ -462,12 +359,12 @@ def write_moshi_repo(dest: str | os.PathLike, *, size: Size = "tiny", seed: int 
     return write_repo_files(dest, config, source, layout, dtype, f"synthetic-lm {size} seed={seed}", mimi_path)
 
 
-def write_repo_files(dest: Path, config: dict, source: _Source, layout: Layout, dtype: str, label: str,
+def write_repo_files(dest: Path, config: dict, source: TensorSource, layout: Layout, dtype: str, label: str,
                      mimi_path: str | os.PathLike | None, *, corpus: str = _CORPUS, chars: str = "") -> Path:
     """The files of a published LM repo: weights (in ``layout``), tokenizer (``write_tokenizer`` of
     ``corpus`` and ``chars``), Mimi, config.json."""
     fmt = "pt" if layout == "pytorch" else "mlx"
-    _write_safetensors(dest / config["moshi_name"], _items(source, config, layout, dtype), dtype,
+    write_safetensors(dest / config["moshi_name"], _items(source, config, layout, dtype), dtype,
                        {"format": fmt, "moshikit": label})
     write_tokenizer(dest / config["tokenizer_name"], config["text_card"], corpus=corpus, chars=chars)
     if mimi_path is not None:

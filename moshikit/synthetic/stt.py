@@ -36,7 +36,8 @@ from typing import Literal, Sequence
 import numpy as np
 
 from .core import MIMI_NAME
-from .lm import CONFIG_NAME, MOSHI_NAME, DictSource, lm_kwargs, random_state, to_published, write_repo_files
+from .lm import CONFIG_NAME, MOSHI_NAME, lm_kwargs, random_state, to_published, write_repo_files
+from .tensors import DictSource
 
 #: File names as published in kyutai/stt-1b-en_fr.
 STT_TOKENIZER_NAME = "tokenizer_en_fr_audio_8000.model"
@@ -212,7 +213,8 @@ def write_full_stt_repo(dest: str | os.PathLike, name: str = "stt", *, seed: int
     """A full-size random-weight STT repo (the published architecture of ``name``), its tensors
     streamed to disk from a shared random pool (never all in memory): ~2 GB (stt) or ~5 GB (stt-en)
     in bf16, a minute or two. Random weights: valid for speed and mechanics, never for quality."""
-    from .lm import PoolSource, published_shapes
+    from .lm import published_shapes
+    from .tensors import PoolSource
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

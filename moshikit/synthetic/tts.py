@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .core import MIMI_NAME
-from .lm import CONFIG_NAME, DictSource, lm_kwargs, random_model, to_published, write_repo_files
+from .lm import CONFIG_NAME, lm_kwargs, random_model, to_published, write_repo_files
+from .tensors import DictSource
 
 #: Names as published in kyutai/tts-1.6b-en_fr.
 TTS_TOKENIZER_NAME = "tokenizer_spm_8k_en_fr_audio.model"
@@ -251,7 +252,8 @@ def ensure_full_tts(seed: int = 0) -> Path:
     streamed to disk from a random pool, a minute or two), with its voices. Random weights never
     take the next word as a trained model does: runs on it are capped in steps (speed only)."""
     from .core import ensure_synthetic_mimi, synthetic_dir
-    from .lm import PoolSource, published_shapes
+    from .lm import published_shapes
+    from .tensors import PoolSource
 
     dest = synthetic_dir() / f"seed{seed}" / "tts-full-pytorch-v2"  # -v2: cross-attention under published names
     if not (dest / CONFIG_NAME).exists():
