@@ -188,7 +188,7 @@ def plan_steps(device: str, out: Path, run_tests: bool | None = None, work: Path
                      "-p", "no:randomly", "-p", "no:cacheprovider", f"--junitxml={out / 'tests.xml'}"]
         if not run_tests:
             argv += ["--collect-only"]
-        steps.append(Step("tests (cuda)" if run_tests else "tests (collected only)", argv, key="tests", cap=150))
+        steps.append(Step("tests (cuda)" if run_tests else "tests (collected only)", argv, key="tests", cap=180))
     else:
         steps.append(Step("tests", [], status="skipped", notes=["no tests/ beside the package: run from a checkout"]))
     if gpu:
@@ -205,14 +205,14 @@ def plan_steps(device: str, out: Path, run_tests: bool | None = None, work: Path
         serve = ["--streams", "2", "--seconds", "1", "--words", "3", "--stt-batch", "2", "--tts-batch", "2"]
         lm = ["--lm-size", "tiny", "--no-reference", "--batch-sizes", "1,2", "--steps", "3"]
 
-    def bench(name: str, extra: list[str], cap: float, floor: float = 20.0) -> Step:
+    def bench(name: str, extra: list[str], cap: float, floor: float = 10.0) -> Step:
         return Step(f"bench {name}", mk + ["bench", name, "--synthetic", "--device", device, *extra,
                                            "--json", str(work / f"bench-{name}.json")], cap=cap, floor=floor)
 
     def proof(key: str, name: str, cap: float) -> Step:
         argv = py + ["-m", "moshikit.testing.proof_steps", key, "--device", device, "--work", str(work / key),
                      "--json", str(work / f"{key}.json")] + ([] if gpu else ["--small"])
-        return Step(name, argv, key=key, cap=cap, floor=20.0)
+        return Step(name, argv, key=key, cap=cap, floor=10.0)
 
     steps += [bench("codec", codec, 45), bench("chat", chat, 40), bench("stt", stt, 45),
               proof("files", "encode, decode, transcribe (a folder)", 60),
