@@ -12,10 +12,12 @@ under 50 MiB (26.9 MiB with these pins). Optional parts are left out and skipped
 with a note: q8 through bitsandbytes (61 MB), chat's echo cancellation through livekit; so is
 rustymimi (28.8 MB, a CPU-only codec the proof's CUDA rows skip anyway).
 
-On the lent machine, in one call:
+On the lent machine, in one call from the checkout (the wheels into a folder of their own, so
+nothing of the machine's is changed and no write access to its site-packages is needed; the
+proof's child processes inherit PYTHONPATH):
 
-    pip install --no-index --no-deps gpu-wheels/*.whl && \\
-        python -m moshikit.testing.gpu_proof --device cuda --out "$OUT/proof"
+    python -m pip install -q --no-index --no-deps --target .lent gpu-wheels/*.whl && \\
+        PYTHONPATH=$PWD/.lent python -m moshikit.testing.gpu_proof --device cuda --out "$OUT/proof"
 """
 
 from __future__ import annotations
