@@ -8,14 +8,16 @@ and no network; the checkout travels to it with at most 64 MiB in all. This fetc
 cp312 manylinux x86_64 and without dependencies (``--no-deps``: moshi's metadata pins
 torch<2.10, which the lent torch does not meet; what moshikit imports runs on it), the rest
 of what the proof imports, into ``gpu-wheels/`` (ignored by git), and checks the total stays
-under 50 MiB (25.7 MiB with these pins). Optional parts are left out and skipped by the proof
+under 50 MiB (26.9 MiB with these pins). Optional parts are left out and skipped by the proof
 with a note: q8 through bitsandbytes (61 MB), chat's echo cancellation through livekit; so is
 rustymimi (28.8 MB, a CPU-only codec the proof's CUDA rows skip anyway).
 
-On the lent machine, in one call:
+On the lent machine, in one call from the checkout (the wheels into a folder of their own, so
+nothing of the machine's is changed and no write access to its site-packages is needed; the
+proof's child processes inherit PYTHONPATH):
 
-    pip install --no-index --no-deps gpu-wheels/*.whl && \\
-        python -m moshikit.testing.gpu_proof --device cuda --out "$OUT/proof"
+    python -m pip install -q --no-index --no-deps --target .lent gpu-wheels/*.whl && \\
+        PYTHONPATH=$PWD/.lent python -m moshikit.testing.gpu_proof --device cuda --out "$OUT/proof"
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ WHEELS = (
     # the CLI
     "typer==0.26.8", "annotated-doc==0.0.7", "shellingham==1.5.4", "rich==15.0.0", "markdown-it-py==4.3.0",
     "mdurl==0.1.2", "pygments==2.21.0",
-    # serve (aiohttp and what it imports)
+    # chat --url's client and moshi's (aiohttp and what it imports)
     "aiohttp==3.11.18", "aiohappyeyeballs==2.7.1", "aiosignal==1.4.0", "attrs==26.1.0", "frozenlist==1.8.0",
     "multidict==6.9.1", "propcache==0.5.4", "yarl==1.25.1", "idna==3.21",
+    # serve (Starlette on uvicorn; moshi-server's msgpack protocol; OpenAI's uploads) and bench serve's client
+    "starlette==1.10.0", "anyio==4.16.0", "sniffio==1.3.1", "uvicorn==0.55.0", "h11==0.16.0", "click==8.5.1",
+    "websockets==17.4", "python-multipart==0.0.34", "msgpack==1.2.4",
     # the cuda tests
     "pytest==9.2.0", "iniconfig==2.3.1", "pluggy==1.7.0",
 )
