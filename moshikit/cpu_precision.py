@@ -71,7 +71,10 @@ def choose(dtype: str | None, device: str | None, weights: str | os.PathLike | N
     backend's default."""
     if dtype not in (None, "auto"):
         return Precision(dtype, "chosen with --dtype")
-    if backend not in ("torch", "cpu") or str(device or "cpu").split(":")[0] != "cpu":
+    where = str(device or "cpu").split(":")[0]
+    if backend == "cpu":  # moshikit's CPU engine runs on the CPU whatever device was (not) asked
+        where = "cpu"
+    if backend not in ("torch", "cpu") or where != "cpu":
         return Precision(None, "the backend's default for this device")
     try:
         size = Path(weights).stat().st_size if weights is not None else 0

@@ -109,6 +109,10 @@ def test_auto_precision_is_int8_for_large_checkpoints_on_a_cpu_only(tmp_path):
     assert cpu_precision.choose(None, "cuda", big).dtype is None
     assert cpu_precision.choose(None, "cpu", big, backend="mlx").dtype is None
     assert cpu_precision.choose("fp32", "cpu", big).dtype == "fp32"  # --dtype forces
+    # `-b cpu` with no --device resolves to device "auto": the CPU engine is on the CPU all the same
+    # (it ran fp32 there before, so `transcribe -b cpu` and `bench stt -b cpu` read 4x the bytes).
+    assert cpu_precision.choose(None, "auto", big, backend="cpu").dtype == "int8"
+    assert cpu_precision.choose(None, "auto", big, backend="torch").dtype is None  # torch may pick a GPU
 
 
 def test_default_transcribe_precision_of_a_tiny_checkpoint_is_unchanged(random_repo):
