@@ -151,6 +151,25 @@ class Resampler:
         return np.ascontiguousarray(out.T).reshape(block.shape[0], -1)
 
 
+def drain_into(blocks, out: np.ndarray) -> int:
+    """Fill ``out`` from the front of ``blocks`` (a deque of 1-D float32 arrays, consumed: the
+    first one only in part when ``out`` ends inside it); what is left of ``out`` is silence.
+    Returns the samples taken. A playback queue's step (sound-card callbacks, a paced sender)."""
+    filled = 0
+    n = out.shape[0]
+    while filled < n and blocks:
+        block = blocks[0]
+        k = min(n - filled, block.size)
+        out[filled:filled + k] = block[:k]
+        filled += k
+        if k == block.size:
+            blocks.popleft()
+        else:
+            blocks[0] = block[k:]
+    out[filled:] = 0
+    return filled
+
+
 def mix(block: np.ndarray, channels: str) -> np.ndarray:
     """[C, n] -> [C', n]: ``mix`` averages to mono, ``split`` keeps each channel."""
     if channels == "split" or block.shape[0] == 1:

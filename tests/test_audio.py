@@ -94,3 +94,18 @@ def test_opus_refuses_a_rate_it_cannot_store(tmp_path):
     with pytest.raises(AudioError, match="Opus cannot store 44100 Hz"):
         AudioWriter(tmp_path / "a.opus", 44100, 1)
     assert not list(tmp_path.iterdir())
+
+
+def test_drain_into_takes_whole_and_partial_blocks_and_pads_with_silence():
+    from collections import deque
+
+    from moshikit.audio import drain_into
+
+    q = deque([np.ones(3, np.float32), np.full(4, 2.0, np.float32)])
+    out = np.full(5, 9.0, np.float32)
+    assert drain_into(q, out) == 5
+    np.testing.assert_array_equal(out, [1, 1, 1, 2, 2])
+    assert [b.tolist() for b in q] == [[2.0, 2.0]]  # the rest of the second block stays first
+    out = np.full(4, 9.0, np.float32)
+    assert drain_into(q, out) == 2 and not q
+    np.testing.assert_array_equal(out, [2, 2, 0, 0])  # then silence

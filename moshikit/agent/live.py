@@ -82,7 +82,6 @@ class Speaker:
 
     def __init__(self) -> None:
         self.chunks: collections.deque[np.ndarray] = collections.deque()
-        self.current = np.zeros(0, np.float32)
         self.played: collections.deque[np.ndarray] = collections.deque(maxlen=4096)
         self.lock = threading.Lock()  # held for a few list operations only
         self.flushed = 0  # samples dropped by barge-ins
@@ -93,28 +92,19 @@ class Speaker:
 
     def flush(self) -> None:
         with self.lock:
-            self.flushed += self.current.size + sum(c.size for c in self.chunks)
+            self.flushed += sum(c.size for c in self.chunks)
             self.chunks.clear()
-            self.current = np.zeros(0, np.float32)
 
     def queued(self) -> int:
         with self.lock:
-            return self.current.size + sum(c.size for c in self.chunks)
+            return sum(c.size for c in self.chunks)
 
     def callback(self, outdata, frames, time_info, status) -> None:
+        from ..audio import drain_into
+
         out = outdata[:, 0]
-        filled = 0
         with self.lock:
-            while filled < frames:
-                if not self.current.size:
-                    if not self.chunks:
-                        break
-                    self.current = self.chunks.popleft()
-                k = min(frames - filled, self.current.size)
-                out[filled:filled + k] = self.current[:k]
-                self.current = self.current[k:]
-                filled += k
-        out[filled:] = 0.0
+            drain_into(self.chunks, out)
         if outdata.shape[1] > 1:
             outdata[:, 1:] = outdata[:, :1]
         self.played.append(out.copy())

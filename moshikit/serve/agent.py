@@ -34,8 +34,8 @@ from .. import wire
 from ..agent.llm import Cancelled
 from ..clienttext import shown
 from .app import Logs
-from .http import CLOSE_BAD_DATA, CLOSE_BUSY, CLOSE_FAILED, CLOSE_TOO_BIG, gone, refuse_ws
-from .session import FRAME, FRAMES_PER_SECOND, Drop, ServeConfig
+from .http import CLOSE_BUSY, CLOSE_FAILED, gone, refuse_ws
+from .session import FRAME, FRAMES_PER_SECOND, Drop, ServeConfig, client_messages
 
 FRAME_SECONDS = FRAME / wire.SAMPLE_RATE
 
@@ -98,17 +98,10 @@ class AgentSession:
 
     def take(self, n: int) -> np.ndarray:
         """The next ``n`` samples of the agent's audio (silence where there are none)."""
-        out = np.zeros(n, np.float32)
-        filled = 0
-        while filled < n and self.play:
-            block = self.play[0]
-            k = min(n - filled, block.size)
-            out[filled:filled + k] = block[:k]
-            filled += k
-            if k == block.size:
-                self.play.popleft()
-            else:
-                self.play[0] = block[k:]
+        from ..audio import drain_into
+
+        out = np.empty(n, np.float32)
+        drain_into(self.play, out)
         return out
 
 
@@ -218,34 +211,12 @@ class AgentServer(Logs):
                      f"{s.turns} turns): {shown(reason)}")
 
     async def _recv_loop(self, s: AgentSession, opus_in) -> None:
-        guard = wire.OggGuard()
         max_in = max(1, int(self.cfg.max_input_seconds * FRAMES_PER_SECOND))
-        while True:
-            msg = await s.ws.receive()
-            if s.closed or msg["type"] == "websocket.disconnect":
-                return
-            data = msg.get("bytes")
-            if data is None:
-                raise Drop(CLOSE_BAD_DATA, "this protocol uses binary messages only")
-            if len(data) > self.cfg.max_message:
-                raise Drop(CLOSE_TOO_BIG, f"a message over {self.cfg.max_message} bytes")
-            if not data:
-                continue
-            kind, payload = data[0], data[1:]
-            if kind == wire.AUDIO:
-                try:
-                    if guard.packets(payload) > wire.MAX_PACKETS_PER_MESSAGE:
-                        raise Drop(CLOSE_TOO_BIG, "too much audio in one message")
-                    pcm = opus_in.append_bytes(payload)
-                except ValueError as exc:
-                    raise Drop(CLOSE_BAD_DATA, f"audio must be an Ogg Opus stream ({str(exc)[:80]})") from None
-                self._queue_audio(s, np.asarray(pcm, np.float32).reshape(-1))
+        async for kind, data in client_messages(s.ws, self.cfg, opus_in, lambda: s.closed):
+            if kind == "audio":
+                self._queue_audio(s, data)
                 while s.inbox.qsize() > max_in and not s.closed:  # back-pressure: stop reading for a while
                     await asyncio.sleep(0.02)
-            elif kind in (wire.HANDSHAKE, wire.TEXT, wire.CONTROL, wire.METADATA, wire.PING, wire.ERROR):
-                continue  # what clients may send; nothing to do with it
-            else:
-                raise Drop(CLOSE_BAD_DATA, f"unknown message kind {kind}")
 
     @staticmethod
     def _queue_audio(s: AgentSession, pcm: np.ndarray) -> None:

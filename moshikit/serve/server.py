@@ -14,8 +14,8 @@ import numpy as np
 from .. import access, wire
 from ..backends.base import SamplingControl
 from ..conversation import Conversation
-from .http import CLOSE_BAD_DATA, CLOSE_BUSY, CLOSE_POLICY, CLOSE_TOO_BIG, gone, refuse_ws
-from .session import Drop, FRAME, FRAMES_PER_SECOND, ServeConfig, Session
+from .http import CLOSE_BUSY, CLOSE_POLICY, gone, refuse_ws
+from .session import Drop, FRAME, FRAMES_PER_SECOND, ServeConfig, Session, client_messages
 
 class ChatServer:
     """The chat service around one batched ``Conversation`` (a ``Service`` of ``ServerApp``)."""
@@ -137,39 +137,17 @@ class ChatServer:
                       f"{sess.frames_out} out, {sess.late} late): {reason}")
 
     async def _recv_loop(self, s: Session) -> None:
-        guard = wire.OggGuard()
         max_in = max(1, int(self.cfg.max_input_seconds * FRAMES_PER_SECOND))
-        while True:
-            msg = await s.ws.receive()
-            if s.closed or msg["type"] == "websocket.disconnect":
-                return
-            data = msg.get("bytes")
-            if data is None:
-                raise Drop(CLOSE_BAD_DATA, "this protocol uses binary messages only")
-            if len(data) > self.cfg.max_message:
-                raise Drop(CLOSE_TOO_BIG, f"a message over {self.cfg.max_message} bytes")
-            if not data:
-                continue
-            kind, payload = data[0], data[1:]
-            if kind == wire.AUDIO:
-                try:
-                    if guard.packets(payload) > wire.MAX_PACKETS_PER_MESSAGE:
-                        raise Drop(1009, "too much audio in one message")
-                    pcm = s.opus_in.append_bytes(payload)
-                except ValueError as exc:
-                    raise Drop(1003, f"audio must be an Ogg Opus stream ({str(exc)[:80]})") from None
-                self._queue_audio(s, np.asarray(pcm, np.float32).reshape(-1))
+        async for kind, data in client_messages(s.ws, self.cfg, s.opus_in, lambda: s.closed):
+            if kind == "audio":
+                self._queue_audio(s, data)
                 while len(s.inbox) > max_in and not s.closed:
                     s.space.clear()
                     await s.space.wait()
-            elif kind == wire.CONTROL and payload[:1] == bytes([wire.CONTROL_RESTART]):
+            elif data[:1] == bytes([wire.CONTROL_RESTART]):
                 s.inbox.clear()
                 s.pending = np.zeros(0, np.float32)
                 s.fresh = True
-            elif kind in (wire.HANDSHAKE, wire.TEXT, wire.CONTROL, wire.METADATA, wire.PING, wire.ERROR):
-                continue  # what the web client may send; nothing to do with it
-            else:
-                raise Drop(1003, f"unknown message kind {kind}")
 
     def _queue_audio(self, s: Session, pcm: np.ndarray) -> None:
         if not pcm.size:

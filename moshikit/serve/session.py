@@ -67,3 +67,39 @@ class Drop(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+async def client_messages(ws, cfg: "ServeConfig", opus_in, closed):
+    """What a client of ``/api/chat`` (moshi's protocol) sends, checked: ``("audio", pcm)`` for each
+    audio message (float32 at 24 kHz, decoded from the client's Ogg Opus stream through ``opus_in``)
+    and ``("control", payload)``; what clients may send and needs nothing is skipped; anything else,
+    an oversized message or a broken Ogg stream ends the session (``Drop``). Ends when the client
+    goes or ``closed()``."""
+    from .http import CLOSE_BAD_DATA, CLOSE_TOO_BIG
+
+    guard = wire.OggGuard()
+    while True:
+        msg = await ws.receive()
+        if closed() or msg["type"] == "websocket.disconnect":
+            return
+        data = msg.get("bytes")
+        if data is None:
+            raise Drop(CLOSE_BAD_DATA, "this protocol uses binary messages only")
+        if len(data) > cfg.max_message:
+            raise Drop(CLOSE_TOO_BIG, f"a message over {cfg.max_message} bytes")
+        if not data:
+            continue
+        kind, payload = data[0], data[1:]
+        if kind == wire.AUDIO:
+            try:
+                if guard.packets(payload) > wire.MAX_PACKETS_PER_MESSAGE:
+                    raise Drop(CLOSE_TOO_BIG, "too much audio in one message")
+                pcm = opus_in.append_bytes(payload)
+            except ValueError as exc:
+                raise Drop(CLOSE_BAD_DATA, f"audio must be an Ogg Opus stream ({str(exc)[:80]})") from None
+            yield "audio", np.asarray(pcm, np.float32).reshape(-1)
+        elif kind == wire.CONTROL:
+            yield "control", payload
+        elif kind not in (wire.HANDSHAKE, wire.TEXT, wire.METADATA, wire.PING, wire.ERROR):
+            raise Drop(CLOSE_BAD_DATA, f"unknown message kind {kind}")
+

@@ -42,20 +42,11 @@ class Speaker:
         return self
 
     def _callback(self, outdata, frames, time_info, status) -> None:  # PortAudio's thread: never block
+        from ..audio import drain_into
+
         out = outdata[:, 0]
-        n = 0
         with self._lock:
-            while n < frames and self._queue:
-                block = self._queue[0]
-                take = min(frames - n, block.size)
-                out[n:n + take] = block[:take]
-                n += take
-                if take == block.size:
-                    self._queue.popleft()
-                else:
-                    self._queue[0] = block[take:]
-        if n < frames:
-            out[n:] = 0
+            n = drain_into(self._queue, out)
             if self._started and n == 0:
                 self.underruns += 1
         self.played += n
