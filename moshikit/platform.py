@@ -251,13 +251,14 @@ def stt_lm(choice: Choice) -> Choice:
 
 
 def default_translate(plat: PlatformInfo | None = None) -> Choice:
-    """``translate``: Hibiki runs on the torch LM backend only (its conditioning, guidance and
-    end-of-input step), on the GPU PyTorch finds (CUDA, else Apple's MPS), else the CPU."""
+    """``translate``: Hibiki on the torch LM backend (its conditioning, guidance and end-of-input
+    step; moshikit's CPU engine has them too, with ``-b cpu``, not yet measured against it), on the
+    GPU PyTorch finds (CUDA, else Apple's MPS), else the CPU."""
     plat = plat or detect()
     device = "cuda" if plat.cuda else "mps" if plat.mps else "cpu"
     where = {"cuda": f"CUDA GPU found ({plat.cuda[0].name})" if plat.cuda else "", "mps": "Apple MPS",
              "cpu": "no GPU: on the CPU"}[device]
-    return Choice("torch", device, f"Hibiki runs on the torch backend only; {where}")
+    return Choice("torch", device, f"Hibiki on the torch backend (-b cpu: moshikit's CPU engine); {where}")
 
 
 def default_tts(plat: PlatformInfo | None = None, model: str | None = None) -> Choice:
