@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .cpu_kernels import Linear
-from .cpu_step import Norm, scale_of
+from .cpu_step import Norm, feed_forwards, scale_of
 
 
 def unsupported_depth(model) -> str | None:
@@ -65,21 +65,9 @@ class DepthLayer(nn.Module):
         self.qkv = nn.ModuleList(Linear(p, kind) for p in attn.in_projs)
         self.out = nn.ModuleList(Linear(p, kind) for p in attn.out_projs)
         self.scale1, self.scale2 = scale_of(layer.layer_scale_1), scale_of(layer.layer_scale_2)
-        if layer.gating is None:
-            self.gated = False
-            self.ff_in, self.ff_out = nn.ModuleList([Linear(layer.linear1, kind)]), \
-                nn.ModuleList([Linear(layer.linear2, kind)])
-            self.activation = layer.activation
-            self.ff_pick = [0] * steps
-        else:
-            self.gated = True
-            gatings = list(layer.gating) if isinstance(layer.gating, nn.ModuleList) else [layer.gating]
-            self.ff_in = nn.ModuleList(Linear(g.linear_in, kind) for g in gatings)
-            self.ff_out = nn.ModuleList(Linear(g.linear_out, kind) for g in gatings)
-            self.activation = gatings[0].activation
-            wschedule = layer.weights_per_step_schedule
-            self.ff_pick = [0] * steps if len(gatings) == 1 else \
-                [wschedule[k] if wschedule else k for k in range(steps)]
+        self.ff = nn.ModuleList(feed_forwards(layer, kind))
+        wschedule = layer.weights_per_step_schedule
+        self.ff_pick = [0] * steps if len(self.ff) == 1 else [wschedule[k] if wschedule else k for k in range(steps)]
 
     def forward(self, x: torch.Tensor, k: int, kv: torch.Tensor) -> torch.Tensor:
         """Codebook ``k`` for ``B`` streams: ``x`` [B, dim]; ``kv`` [2, B, H, steps, D] this layer's
@@ -94,14 +82,7 @@ class DepthLayer(nn.Module):
         y = F.scaled_dot_product_attention(q, kv[0, :, :, :k + 1], kv[1, :, :, :k + 1])
         y = self.out[self.pick[k]](y.reshape(b, dim).float())
         x = x + (y if self.scale1 is None else self.scale1 * y)
-        w = self.ff_pick[k]
-        z = self.ff_in[w](self.norm2(x))
-        if self.gated:
-            z = z.view(b, 2, -1)
-            z = self.activation(z[:, 0]) * z[:, 1]
-        else:
-            z = self.activation(z)
-        z = self.ff_out[w](z)
+        z = self.ff[self.ff_pick[k]](self.norm2(x))
         return x + (z if self.scale2 is None else self.scale2 * z)
 
 

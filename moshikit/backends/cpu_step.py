@@ -98,6 +98,33 @@ def scale_of(module: nn.Module) -> torch.Tensor | None:
     return None if scale is None else scale.detach().float()
 
 
+class FeedForward(nn.Module):
+    """A layer's feed-forward on normalised input [B, dim]: moshi's gating (both inputs in one
+    matmul, ``activation(a) * b``) or two plain linears around ``activation``."""
+
+    def __init__(self, inner: nn.Linear, outer: nn.Linear, activation, gated: bool, kind: str) -> None:
+        super().__init__()
+        self.inner, self.outer = Linear(inner, kind), Linear(outer, kind)
+        self.activation, self.gated = activation, gated
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.inner(z)
+        if self.gated:
+            z = z.view(z.shape[0], 2, -1)
+            z = self.activation(z[:, 0]) * z[:, 1]
+        else:
+            z = self.activation(z)
+        return self.outer(z)
+
+
+def feed_forwards(layer: nn.Module, kind: str) -> list[FeedForward]:
+    """A moshi layer's feed-forward(s): one, or one per step where its gating has weights per step."""
+    if layer.gating is None:
+        return [FeedForward(layer.linear1, layer.linear2, layer.activation, False, kind)]
+    gatings = list(layer.gating) if isinstance(layer.gating, nn.ModuleList) else [layer.gating]
+    return [FeedForward(g.linear_in, g.linear_out, g.activation, True, kind) for g in gatings]
+
+
 class Layer(nn.Module):
     """One transformer layer: attention with the engine's KV cache, then the feed-forward."""
 
@@ -109,14 +136,7 @@ class Layer(nn.Module):
         self.qkv = Linear(attn.in_projs[0], kind)
         self.out = Linear(attn.out_projs[0], kind)
         self.scale1, self.scale2 = scale_of(layer.layer_scale_1), scale_of(layer.layer_scale_2)
-        if layer.gating is not None:
-            self.gated = True
-            self.ff_in, self.ff_out = Linear(layer.gating.linear_in, kind), Linear(layer.gating.linear_out, kind)
-            self.activation = layer.gating.activation
-        else:
-            self.gated = False
-            self.ff_in, self.ff_out = Linear(layer.linear1, kind), Linear(layer.linear2, kind)
-            self.activation = layer.activation
+        (self.ff,) = feed_forwards(layer, kind)  # one: per-step feed-forwards are refused by `unsupported`
 
     def forward(self, x: torch.Tensor, step: "Step", kv: torch.Tensor) -> torch.Tensor:
         b, dim = x.shape
@@ -136,13 +156,7 @@ class Layer(nn.Module):
         y = F.scaled_dot_product_attention(q, kv[0, :, :, :n], kv[1, :, :, :n], step.mask)
         y = self.out(y.reshape(b, dim).float())
         x = x + (y if self.scale1 is None else self.scale1 * y)
-        z = self.ff_in(self.norm2(x))
-        if self.gated:
-            z = z.view(b, 2, -1)
-            z = self.activation(z[:, 0]) * z[:, 1]
-        else:
-            z = self.activation(z)
-        z = self.ff_out(z)
+        z = self.ff(self.norm2(x))
         return x + (z if self.scale2 is None else self.scale2 * z)
 
 
