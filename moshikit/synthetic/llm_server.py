@@ -160,13 +160,13 @@ class ScriptedLLM:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m moshikit.testing.llm_server --reply TEXT [--tokens-per-second N]
+    """``python -m moshikit.synthetic.llm_server --reply TEXT [--tokens-per-second N]
     [--first-token-delay S]``: the server in a process of its own (``bench agent`` runs it so, like
     a local LLM server, away from the measured process); prints its URL, serves until stdin closes."""
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m moshikit.testing.llm_server")
+    p = argparse.ArgumentParser(prog="python -m moshikit.synthetic.llm_server")
     p.add_argument("--reply", action="append", help="A scripted reply (repeat: one per request, in turn).")
     p.add_argument("--model", default="scripted")
     p.add_argument("--tokens-per-second", type=float, default=50.0)
