@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 from pulsecard import pulse  # noqa: F401 - the fixture
+from test_agent import silence, stt_model  # noqa: F401 - the fixture
 from test_mic import FakeSoundDevice
 
 from moshikit import mic
@@ -93,19 +94,6 @@ def card(monkeypatch):
         return fake
 
     return install
-
-
-@pytest.fixture(scope="module")
-def stt_model(tmp_path_factory, mimi_weights):
-    from moshikit import stt
-    from moshikit.synthetic.stt import write_stt_repo
-
-    repo = write_stt_repo(tmp_path_factory.mktemp("stt") / "random", kind="random", mimi_path=mimi_weights)
-    return stt.load_stt(str(repo), backend="torch", device="cpu")
-
-
-def silence(seconds: float) -> np.ndarray:
-    return np.zeros(int(round(seconds * SR)), np.float32)
 
 
 @pytest.mark.usefixtures("one_torch_thread")

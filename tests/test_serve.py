@@ -119,7 +119,7 @@ def test_busy_refusal_then_free_again(served):
     try:
         with pytest.raises(RemoteError, match="refused the session: busy"):
             remote.connect(url, timeout=5)
-        assert asyncio.run(_close_code(url)) == 1013  # "try again later", as the README says
+        assert asyncio.run(close_code(url)) == 1013  # "try again later", as the README says
     finally:
         first.close()
     assert server.stats["refused"] >= 1
@@ -147,7 +147,7 @@ async def _expect_close(url: str, *messages, text: str | None = None) -> tuple[i
                     got.append(msg.data)
 
 
-async def _close_code(url: str) -> int | None:
+async def close_code(url: str) -> int | None:
     """The close code a plain WebSocket client gets, reading until the server closes."""
     import aiohttp
 

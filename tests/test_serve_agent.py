@@ -18,6 +18,9 @@ import time
 import numpy as np
 import pytest
 
+from test_agent import stt_model  # noqa: F401 - the fixture
+from test_serve import close_code
+
 from moshikit import remote, serve, wire
 from moshikit.agent.llm import ChatClient
 from moshikit.agent.turns import TurnOptions
@@ -29,15 +32,6 @@ F = wire.FRAME
 TOKEN = "a-token-of-24-characters"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def stt_model(tmp_path_factory, mimi_weights):
-    from moshikit import stt
-    from moshikit.synthetic.stt import write_stt_repo
-
-    repo = write_stt_repo(tmp_path_factory.mktemp("stt") / "random", kind="random", mimi_path=mimi_weights)
-    return stt.load_stt(str(repo), backend="torch", device="cpu")
 
 
 def start(stt_model, tts_model, llm, **cfg):
@@ -152,7 +146,7 @@ def test_one_session_at_a_time_and_the_token(stt_model, tts_model):
             try:
                 with pytest.raises(RemoteError, match="refused the session: busy"):
                     remote.connect(running.url + f"?token={TOKEN}", timeout=5)
-                assert asyncio.run(_close_code(running.url + f"?token={TOKEN}")) == 1013
+                assert asyncio.run(close_code(running.url + f"?token={TOKEN}")) == 1013
                 assert agent.ctx.stats["refused"] == 2
             finally:
                 first.close()
@@ -168,7 +162,7 @@ def test_an_idle_client_is_closed_and_frees_the_agent(stt_model, tts_model):
     with ScriptedLLM("Yes.") as llm:
         running, agent, logs = start(stt_model, tts_model, llm, idle_timeout=0.5)
         try:
-            assert asyncio.run(_close_code(running.url)) == 1000
+            assert asyncio.run(close_code(running.url)) == 1000
             _wait_idle(agent)
         finally:
             running.stop()
@@ -180,17 +174,6 @@ def _get(url: str) -> bytes:
 
     with urllib.request.urlopen(url, timeout=10) as resp:
         return resp.read()
-
-
-async def _close_code(url: str) -> int | None:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url) as ws:
-            while True:
-                msg = await asyncio.wait_for(ws.receive(), 10)
-                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-                    return ws.close_code
 
 
 def _wait_idle(agent, seconds: float = 10.0) -> None:

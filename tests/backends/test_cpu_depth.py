@@ -63,6 +63,19 @@ def moshi_depth_logits(model, out: torch.Tensor, given: torch.Tensor) -> np.ndar
     return torch.stack(logits, dim=1).numpy()
 
 
+def assert_same_steps(ref, eng, codes: np.ndarray) -> int:
+    """Step both LMs over ``codes`` [T, B, K]: the same steps give tokens, and the same tokens.
+    Returns how many steps gave tokens."""
+    steps = 0
+    for t, c in enumerate(codes):
+        a, b = ref.step(c), eng.step(c)
+        assert (a is None) == (b is None), t
+        if a is not None:
+            np.testing.assert_array_equal(b, a, err_msg=f"step {t}")
+            steps += 1
+    return steps
+
+
 @pytest.mark.parametrize("kind", ["fp32", pytest.param("int8", marks=needs_int8), "bf16"])
 def test_depth_logits_are_within_the_stated_bound_of_moshi(model, kind):
     rng = np.random.default_rng(3)
@@ -88,11 +101,7 @@ def test_greedy_tokens_are_moshi_lmgen_tokens(repo):
     assert eng.info.dep_q == ref.info.dep_q == 8 and eng.input_codebooks == 8
     ref.reset(2)
     eng.reset(2)
-    for t, c in enumerate(codes):
-        a, b = ref.step(c), eng.step(c)
-        assert (a is None) == (b is None), t
-        if a is not None:
-            np.testing.assert_array_equal(b, a, err_msg=f"step {t}")
+    assert_same_steps(ref, eng, codes) > 0
 
 
 def test_seeded_sampling_repeats_and_differs_from_greedy(repo):
@@ -121,16 +130,10 @@ def test_hibiki_greedy_tokens_are_moshi_lmgen_tokens(tmp_path_factory, mimi_weig
     eng = cpu_engine.load(repo, device="cpu", dtype="fp32", sampling=GREEDY)
     k = eng.input_codebooks
     codes = np.random.default_rng(2).integers(0, 2048, (16, 2, k))
-    steps = 0
     for lm in (ref, eng):
         lm.set_guidance(cfg)
         lm.reset(2)
-    for t, c in enumerate(codes):
-        a, b = ref.step(c), eng.step(c)
-        assert (a is None) == (b is None), t
-        if a is not None:
-            np.testing.assert_array_equal(b, a, err_msg=f"step {t}")
-            steps += 1
+    steps = assert_same_steps(ref, eng, codes)
     for t in range(3):
         np.testing.assert_array_equal(eng.step_end_of_input(), ref.step_end_of_input(), err_msg=f"end {t}")
     assert steps >= 8

@@ -14,7 +14,7 @@ from moshikit.agent.llm import ChatClient
 from moshikit.agent.turns import TurnOptions
 from moshikit.testing.llm_server import ScriptedLLM
 
-from test_web_page import CHROMIUM, PHONE, browser_missing, wait_state
+from test_web_page import PHONE, chromium, wait_state
 
 SR = 24000
 
@@ -34,17 +34,7 @@ def mic_wav(speech, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(mic_wav):
-    reason = browser_missing()
-    if reason:
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic_wav}",
-            "--autoplay-policy=no-user-gesture-required"])
-        yield b
-        b.close()
+    yield from chromium(mic_wav)
 
 
 @pytest.mark.slow  # ~40 s on 2 busy cores

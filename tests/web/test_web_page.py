@@ -53,8 +53,9 @@ def mic_wav(speech, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def browser(mic_wav):
+def chromium(mic_wav: Path):
+    """Headless chromium whose fake microphone plays ``mic_wav`` (a generator for module fixtures:
+    ``yield from chromium(path)``); skips the tests without playwright or chromium."""
     reason = browser_missing()
     if reason:
         pytest.skip(reason)
@@ -66,6 +67,11 @@ def browser(mic_wav):
             "--autoplay-policy=no-user-gesture-required"])
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def browser(mic_wav):
+    yield from chromium(mic_wav)
 
 
 def open_page(browser, url: str, *, mic: bool = True, init_script: str | None = None):
