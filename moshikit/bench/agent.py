@@ -232,10 +232,10 @@ def bench_agent(plan: AgentPlan) -> Iterator[Row]:
             messages = [{"role": "user", "content": turns[0].user or "hello"}]
             firsts = [first_token(server.url, LLMServer.MODEL, messages) for _ in range(len(turns))]
             yield latency_row("agent", LLM_REFERENCE, "request -> first token", firsts, turns=len(turns),
-                              load=load_average(), **params)
+                              **params)
             audio = [tts_first_audio(tts, voices, settings, text, plan.tokens_per_second)
                      for _ in range(len(turns))]
             yield latency_row("agent", TTS_REFERENCE, "first token -> first audio", audio, turns=len(turns),
-                              load=load_average(), **params)
+                              **params)
     finally:
         server.close()

@@ -240,7 +240,7 @@ def _stt_rows(plan: ServePlan, speech: np.ndarray) -> Iterator[Row]:
         one()
         yield throughput_row("serve", f"moshikit transcribe, in process ({model.lm.info.backend})",
                              f"1 stream x {plan.seconds:g} s", plan.seconds, [time.perf_counter() - t],
-                             streams=1, load=load_average())
+                             streams=1)
         delay = model.delay_frames / 12.5
         del model
     else:
@@ -255,7 +255,7 @@ def _stt_rows(plan: ServePlan, speech: np.ndarray) -> Iterator[Row]:
         for n in plan.streams:
             results = asyncio.run(stt_clients(url, clips[:n], paced=False, flush_seconds=flush))
             yield throughput_row("serve", "moshikit serve stt, unpaced", f"{n} streams x {plan.seconds:g} s",
-                                 plan.seconds + flush, [r.wall for r in results], streams=n, load=load_average(),
+                                 plan.seconds + flush, [r.wall for r in results], streams=n,
                                  peak_rss_mb=server.peak_rss_mb())
             results = asyncio.run(stt_clients(url, clips[:n], paced=True, flush_seconds=flush, delay=delay))
             lags = [r.lag for r in results]
@@ -264,7 +264,7 @@ def _stt_rows(plan: ServePlan, speech: np.ndarray) -> Iterator[Row]:
             if ok:
                 held.append(n)
             row = latency_row("serve", "moshikit serve stt, real-time pace", f"{n} streams: marker lag",
-                              lags, streams=n, held=ok, load=load_average())
+                              lags, streams=n, held=ok)
             if firsts:
                 row.params["first_word_ms_p50"] = round(1000 * float(np.median(firsts)), 1)
             yield row
@@ -292,7 +292,7 @@ def _tts_rows(plan: ServePlan) -> Iterator[Row]:
             firsts = [f for f, _, _ in results if f is not None]
             if firsts:
                 yield latency_row("serve", "moshikit serve tts (/v1/audio/speech)", f"{n} requests: first audio",
-                                  firsts, streams=n, load=load_average())
+                                  firsts, streams=n)
     finally:
         server.close()
 
@@ -319,7 +319,6 @@ def _tts_reference(plan: ServePlan, text: str) -> Iterator[Row]:
     t = time.perf_counter()
     first, samples = run()
     wall = time.perf_counter() - t
-    yield throughput_row("serve", name, f"1 request x {plan.words} words", samples / RATE, [wall], streams=1,
-                         load=load_average())
+    yield throughput_row("serve", name, f"1 request x {plan.words} words", samples / RATE, [wall], streams=1)
     if first is not None:
-        yield latency_row("serve", name, "1 request: first audio", [first], streams=1, load=load_average())
+        yield latency_row("serve", name, "1 request: first audio", [first], streams=1)

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .core import FRAME_SECONDS, Clock, PeakMemory, Row, Stats, latency_row, load_average, throughput_row
+from .core import FRAME_SECONDS, Clock, PeakMemory, Row, Stats, latency_row, throughput_row
 
 FRAME = 1920
 
@@ -213,7 +213,7 @@ def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter, sleep=time.sle
             bounds[precision] = limit(cost, machine, precision, batch)
         for i, (name, params, _, _) in enumerate(subjects):
             row = throughput_row("stt", name, f"transcribe {n} x {plan.seconds:g} s", n * plan.seconds, walls[i],
-                                 batch=batch, device=device, load=load_average(), **params)
+                                 batch=batch, device=device, **params)
             row.memory = mems[i]
             bound = bounds.get(params["precision"]) if name.startswith("moshikit cpu") else None
             if bound:
@@ -227,7 +227,7 @@ def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter, sleep=time.sle
         for name, params, _, live in subjects:
             walls = live()
             row = latency_row("stt", name, "live: encode+step per 80 ms frame, paced", walls, batch=1,
-                              frames=plan.live_frames, device=device, load=load_average(), **params)
+                              frames=plan.live_frames, device=device, **params)
             over = sum(w > FRAME_SECONDS for w in walls) / len(walls)
             row.params.update(over_budget=round(over, 4), headroom_ms=round(FRAME_SECONDS * 1000 - row.stats.p99, 2),
                               x_real_time=round(FRAME_SECONDS / float(np.mean(walls)), 3))
