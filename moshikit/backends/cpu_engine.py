@@ -91,7 +91,7 @@ class CpuLM:
         self._cond = None
         kv_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
         with torch.no_grad():
-            self.engine = Step(model, precision, kv_dtype)
+            self.engine = Step(model, precision, kv_dtype, release=True)
             self.depth = Depth(model, precision, kv_dtype) if model.dep_q else None
         self.delays = np.asarray(model.delays, dtype=np.int64)
         self.initial = np.array([model.text_initial_token_id] + [model.initial_token_id] * int(model.n_q),

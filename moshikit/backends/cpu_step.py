@@ -163,7 +163,10 @@ class Layer(nn.Module):
 class Step(nn.Module):
     """The temporal transformer of a moshi ``LMModel`` for ``B`` streams, one frame a call."""
 
-    def __init__(self, model, kind: str = "int8", kv_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model, kind: str = "int8", kv_dtype: torch.dtype = torch.float32, *,
+                 release: bool = False) -> None:
+        """``release``: empty each of ``model``'s layers once converted (the caller drops the model),
+        so loading peaks near the model's own size (Moshi 7B: 15 GB in bf16, not 15 + 7.5 GB)."""
         super().__init__()
         why = unsupported(model)
         if why:
@@ -186,6 +189,8 @@ class Step(nn.Module):
         self.layers = nn.ModuleList()
         for layer in t.layers:
             self.layers.append(Layer(layer, kind))
+            if release:
+                layer.to("meta")
         self.out_norm = Norm(model.out_norm)
         self.text_head = Linear(model.text_linear, "fp32")  # the logits keep float32 weights
         heads = list(model.extra_heads)

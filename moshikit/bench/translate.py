@@ -20,7 +20,7 @@ from .core import Row, throughput_row
 
 @dataclass
 class TranslatePlan:
-    model: str | None  # a Hibiki checkpoint (catalog name, path or "synthetic")
+    model: str | None  # a Hibiki checkpoint (catalog name, path, or "synthetic": tiny, or see synthetic_hibiki)
     backend: str | None = None
     device: str | None = None
     seconds: float = 10.0
@@ -31,7 +31,8 @@ class TranslatePlan:
 
 
 class RunInferenceReference:
-    """moshi.run_inference's ``InferenceState`` at batch 1 on the translator's checkpoint."""
+    """moshi.run_inference's ``InferenceState`` at batch 1 on the translator's checkpoint: on the
+    translator's device and dtype, or (moshikit's CPU engine) in bf16 on the CPU, moshi's CPU choice."""
 
     def __init__(self, tr, cfg: float, seed: int) -> None:
         import torch
@@ -40,9 +41,12 @@ class RunInferenceReference:
 
         self.torch, self.seed = torch, seed
         info = tr.lm.checkpoint
-        device = str(tr.lm.model.device)
+        if tr.lm.info.backend == "torch":
+            device, dtype = str(tr.lm.model.device), tr.lm.dtype
+        else:
+            device, dtype = "cpu", torch.bfloat16
         mimi = info.get_mimi(device=device)
-        lm = info.get_moshi(device=device, dtype=tr.lm.dtype)
+        lm = info.get_moshi(device=device, dtype=dtype)
         self.state = run_inference.InferenceState(info, mimi, info.get_text_tokenizer(), lm, 1, cfg, device,
                                                   **info.lm_gen_config)
         self.state.printer = RawPrinter(io.StringIO(), io.StringIO())  # it prints every token and logs
@@ -58,6 +62,15 @@ class RunInferenceReference:
             self.state.run(x)
 
 
+def synthetic_hibiki(size: str) -> str:
+    """``--synthetic``: the tiny test Hibiki, or (``full``) Hibiki 1B's architecture (~3.7 GB, built once)."""
+    if size == "tiny":
+        return "synthetic"
+    from ..synthetic.hibiki import ensure_full_hibiki
+
+    return str(ensure_full_hibiki())
+
+
 def bench_translate(plan: TranslatePlan, *, clock=time.perf_counter) -> Iterator[Row]:
     """Rows: moshikit's translation and run_inference's, x real time, same audio and run."""
     from .. import translate
@@ -67,7 +80,7 @@ def bench_translate(plan: TranslatePlan, *, clock=time.perf_counter) -> Iterator
                                    seed=plan.seed)
     pcm = np.resize(speech_sample(), int(plan.seconds * 24000)).astype(np.float32)
     subjects: list[tuple[str, Callable[[], object]]] = []
-    if plan.reference and tr.lm.info.backend == "torch":
+    if plan.reference and tr.lm.info.backend in ("torch", "cpu"):
         ref = RunInferenceReference(tr, plan.cfg, plan.seed)
         subjects.append(("moshi run_inference InferenceState (reference)", lambda: ref(pcm)))
     subjects.append((f"moshikit {tr.lm.info.backend} (codec {tr.codec.info.backend})",

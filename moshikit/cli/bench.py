@@ -189,6 +189,7 @@ def stt(
 @bench_app.command("translate")
 def translate(
     synthetic: SyntheticOpt = False,
+    lm_size: lm_size_opt("Hibiki 1B's architecture, ~3.7 GB on disk") = "tiny",
     model: model_opt("A Hibiki checkpoint (default: hibiki).") = None,
     backend: backend_opt("The LM backend (default: the platform's).") = None,
     reference: ReferenceOpt = True,
@@ -200,11 +201,11 @@ def translate(
     compare: CompareOpt = None,
 ) -> None:
     """Hibiki translation throughput (x real time), next to moshi's run_inference in the same run."""
-    from ..bench.translate import TranslatePlan, bench_translate
+    from ..bench.translate import TranslatePlan, bench_translate, synthetic_hibiki
 
-    plan = TranslatePlan("synthetic" if synthetic else model, backend, device_value(device), seconds, repeats,
-                         reference, cfg)
-    report({"hibiki": plan.model}, synthetic, lambda: bench_translate(plan), json_file, compare)
+    plan = TranslatePlan(synthetic_hibiki(check_lm_size(lm_size)) if synthetic else model, backend,
+                         device_value(device), seconds, repeats, reference, cfg)
+    report({"hibiki": plan.model, "lm_size": lm_size if synthetic else None}, synthetic, lambda: bench_translate(plan), json_file, compare)
 
 
 @bench_app.command("tts")

@@ -26,6 +26,13 @@ right after the end of input (and in its first steps, where moshi feeds the same
 as the initial token: an EOS there is ignored, as Kyutai's inference ignores any EOS
 before the end of input). Everything else is moshi's own random init.
 
+``size="full"`` (``bench translate --lm-size full``) keeps Hibiki 1B's published temporal
+transformer (Kyutai's Rust server config for kyutai/hibiki-1b-rs-bf16: d_model 2048, 16 heads,
+16 layers, feed-forward 8192, 48,000 text tokens out, 16 audio codebooks: 8 generated, 8
+heard); its depth transformer (not in that config) is taken as moshi's (1024 wide, 6 layers,
+weights per codebook). Its ~3.7 GB of bf16 tensors stream from a shared random pool, with the
+same end-of-input wiring.
+
 Random weights: valid for mechanics, parity and speed, never for quality.
 """
 
@@ -35,8 +42,9 @@ import os
 from pathlib import Path
 
 from .core import MIMI_NAME
-from .lm import CONFIG_NAME, MOSHI_NAME, lm_kwargs, random_state, to_published, write_repo_files
-from .tensors import DictSource
+from .lm import CONFIG_NAME, MOSHI_NAME, Size, lm_kwargs, published_shapes, random_state, to_published, \
+    write_repo_files
+from .tensors import DictSource, PoolSource
 
 #: File names as published in kyutai/hibiki-1b-pytorch-bf16.
 HIBIKI_TOKENIZER_NAME = "tokenizer_spm_48k_multi6_2.model"
@@ -48,9 +56,15 @@ EOS_ID = 2
 _EOS_FEATURE = 5
 
 
-def hibiki_config_json(*, codebooks: int = 8) -> dict:
-    """config.json of a tiny Hibiki repo: the published keys with tiny LM sizes."""
-    lm = lm_kwargs("tiny")
+#: Hibiki 1B's temporal transformer (see the module docstring); the rest is moshi's 7B LM's.
+FULL_OVERRIDES = {"dim": 2048, "num_heads": 16, "num_layers": 16, "hidden_scale": 4.0, "text_card": 48000}
+
+
+def hibiki_config_json(*, codebooks: int = 8, size: Size = "tiny") -> dict:
+    """config.json of a Hibiki repo: the published keys, with tiny LM sizes or (``full``) Hibiki 1B's."""
+    lm = lm_kwargs(size)
+    if size == "full":
+        lm.update(FULL_OVERRIDES)
     lm.update(n_q=2 * codebooks, dep_q=codebooks, existing_text_padding_id=3,
               delays=[0] + ([0] + [2] * (codebooks - 1)) * 2,
               conditioners={"description": {"type": "lut", "lut": {
@@ -79,17 +93,45 @@ def hibiki_state(config: dict, seed: int) -> dict:
     return state
 
 
+class _WiredPool(PoolSource):
+    """``PoolSource`` with ``hibiki_state``'s end-of-input wiring: two rows replaced."""
+
+    def __init__(self, config: dict, seed: int) -> None:
+        super().__init__(published_shapes(config=config), seed)
+        dim, card = config["dim"], config["card"]
+        self._rows = {f"emb.{config['dep_q']}.weight": (card * dim, 60.0),
+                      "text_linear.weight": (EOS_ID * dim, 4.0)}
+        self._dim = dim
+
+    def read(self, name, start, count, dtype):
+        flat = super().read(name, start, count, dtype)
+        if name in self._rows:
+            row, value = self._rows[name]
+            lo, hi = max(start, row), min(start + count, row + self._dim)
+            if lo < hi:  # the wired row overlaps this window: zeros, one feature set
+                flat = flat.clone()
+                flat[lo - start : hi - start] = 0
+                if lo <= row + _EOS_FEATURE < hi:
+                    flat[row + _EOS_FEATURE - start] = value
+        return flat
+
+
 def write_hibiki_repo(dest: str | os.PathLike, *, seed: int = 0, mimi_path: str | os.PathLike | None = None,
-                      codebooks: int = 8, layout: str = "pytorch") -> Path:
-    """Write a tiny synthetic Hibiki repo at ``dest`` (see the module docstring) and return it."""
+                      codebooks: int = 8, layout: str = "pytorch", size: Size = "tiny") -> Path:
+    """Write a synthetic Hibiki repo at ``dest`` (see the module docstring) and return it: tiny
+    (moshi's own random init, seconds) or ``full`` (streamed from the pool, ~3.7 GB, a minute or two)."""
     import torch
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    config = hibiki_config_json(codebooks=codebooks)
-    with torch.no_grad():
-        source = DictSource(to_published(hibiki_state(config, seed)))
-    return write_repo_files(dest, config, source, layout, "bfloat16", f"synthetic-hibiki seed={seed}", mimi_path)
+    config = hibiki_config_json(codebooks=codebooks, size=size)
+    if size == "full":
+        source = _WiredPool(config, seed)
+    else:
+        with torch.no_grad():
+            source = DictSource(to_published(hibiki_state(config, seed)))
+    return write_repo_files(dest, config, source, layout, "bfloat16", f"synthetic-hibiki {size} seed={seed}",
+                            mimi_path)
 
 
 def ensure_synthetic_hibiki(seed: int = 0, *, mimi_path: str | os.PathLike | None = None) -> Path:
@@ -102,5 +144,15 @@ def ensure_synthetic_hibiki(seed: int = 0, *, mimi_path: str | os.PathLike | Non
     return dest
 
 
+def ensure_full_hibiki(seed: int = 0) -> Path:
+    """The full-size synthetic Hibiki 1B repo in moshikit's cache, written on first use."""
+    from .core import ensure_synthetic_mimi, synthetic_dir
+
+    dest = synthetic_dir() / f"seed{seed}" / "hibiki-full-pytorch"
+    if not (dest / CONFIG_NAME).exists():
+        write_hibiki_repo(dest, seed=seed, mimi_path=ensure_synthetic_mimi(), size="full")
+    return dest
+
+
 __all__ = ["DESCRIPTIONS", "EOS_ID", "HIBIKI_MIMI_NAME", "HIBIKI_TOKENIZER_NAME", "MIMI_NAME",
-           "ensure_synthetic_hibiki", "hibiki_config_json", "hibiki_state", "write_hibiki_repo"]
+           "ensure_full_hibiki", "ensure_synthetic_hibiki", "hibiki_config_json", "hibiki_state", "write_hibiki_repo"]

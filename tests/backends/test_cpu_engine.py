@@ -108,6 +108,17 @@ def test_the_cache_grows_then_slides_as_moshi_context_does():
     assert int(step.lengths[0]) == 100
 
 
+def test_releasing_the_model_while_converting_changes_nothing_but_memory():
+    """``release`` empties moshi's layers as they are converted (Moshi 7B then loads in ~15 GB, not
+    ~22); the engine computes the same: the same kernels in the same order, so exactly equal."""
+    seq = tokens_seq(12, 1)
+    kept = engine_logits(Step(moshi_model(), "fp32"), seq)
+    model = moshi_model()
+    released = Step(model, "fp32", release=True)
+    assert all(p.is_meta for p in model.transformer.layers.parameters())
+    assert np.array_equal(engine_logits(released, seq), kept)
+
+
 def test_a_restarted_stream_is_a_fresh_one_and_its_neighbours_go_on():
     model = moshi_model()
     step = Step(model, "fp32")
