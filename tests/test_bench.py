@@ -99,6 +99,20 @@ def test_lm_stage_rows(tiny_repo):
     assert cap.stats.p50 == want and steps[1].stats.n == 4
 
 
+def test_lm_stage_int8_engine_beside_moshi_bf16(tiny_repo):
+    """``--dtype int8``: the CPU engine in int8, moshi's reference in bf16 (it has no CPU int8)."""
+    rows = list(bench.bench_lm(bench.LMPlan(["cpu"], tiny_repo, reference=True, batch_sizes=[1], steps=3,
+                                            dtype="int8")))
+    names = {r.name for r in rows if r.task.startswith("step")}
+    assert names == {"moshi LMGen (reference)", "moshikit cpu"}
+    import torch
+
+    from moshikit.bench.lm import lm_subjects
+
+    ((_, make),) = lm_subjects(bench.LMPlan([], tiny_repo, reference=True, batch_sizes=[1], steps=1, dtype="int8"))
+    assert {p.dtype for p in make().gen.lm_model.parameters()} == {torch.bfloat16}
+
+
 def test_chat_paced_feeds_every_80_ms(tiny_repo, mimi_weights):
     now = {"t": 0.0}
     slept = []

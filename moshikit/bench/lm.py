@@ -58,8 +58,9 @@ class _LMGenReference:
         self.device = pick_device(device)
         from ..platform import auto_dtype
 
-        dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-            dtype if dtype in ("bf16", "fp16", "fp32") else auto_dtype(self.device)]  # what the commands pick
+        # What the commands pick; moshi has no int8 on a CPU: beside moshikit's int8, its lighter bf16.
+        name = dtype if dtype in ("bf16", "fp16", "fp32") else "bf16" if dtype == "int8" else auto_dtype(self.device)
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
         lm = checkpoint_info(resolve_repo(repo)).get_moshi(device=self.device, dtype=dt)
         self.gen = LMGen(lm, temp=0.8, temp_text=0.7)
         self.input_codebooks = lm.n_q - lm.dep_q  # the user's codebooks the model listens to

@@ -70,8 +70,9 @@ def codec(
 
 LMSizeOpt = lm_size_opt("the Moshi 7B architecture, ~15 GB on disk")
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="LM steps timed per batch size.")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA, "
-                                                                 "fp32 on CPU).", show_default=False)]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16, fp32 or int8 (CPU; moshi's reference "
+                                                                 "then runs bf16) (default: bf16 on CUDA, fp32 on "
+                                                                 "CPU).", show_default=False)]
 
 
 def _lm_repo(synthetic: bool, size: str, model: Optional[str]) -> str:
