@@ -200,7 +200,7 @@ def generate_batch(model, scripts: list[Iterable[Chunk]], voices: list[list[Voic
 
     if not tts.multistream:
         tts.lm.dep_q = tts.n_q
-    lm_gen = LMGen(tts.lm, temp=tts.temp, temp_text=tts.temp, cfg_coef=tts.cfg_coef,
+    lm_gen = (model.lm_gen or LMGen)(tts.lm, temp=tts.temp, temp_text=tts.temp, cfg_coef=tts.cfg_coef,
                    condition_tensors=condition_tensors, on_text_logits_hook=on_text_logits,
                    on_text_hook=on_text, on_audio_hook=on_audio, cfg_is_masked_until=masked_until,
                    cfg_is_no_text=True)
