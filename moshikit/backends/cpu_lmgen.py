@@ -106,6 +106,11 @@ class CpuLMGen:
         self.offset_cpu = 0
         self.engine.step.reset_slots(self._rows(mask))
 
+    def update_cross(self, source: torch.Tensor) -> None:
+        """A new cross-attention source for every stream (the slots' voices): moshi's
+        ``update_streaming_cross_attention_src`` on each cross-attention module."""
+        self.engine.step.set_cross(source)
+
     def set_exec_mask(self, exec_mask: torch.Tensor) -> None:
         """Only the streams where ``exec_mask`` is true advance at the next steps (LMGen's exec mask)."""
         self.exec_mask = exec_mask.bool().cpu()
