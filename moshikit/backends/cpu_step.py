@@ -211,9 +211,10 @@ class CrossAttention(nn.Module):
         w = attn.in_projs[0].weight.detach()
         dim = w.shape[0] // 3
         q = nn.Linear(w.shape[1], dim, bias=False)
-        q.weight = nn.Parameter(w[:dim], requires_grad=False)
+        q.weight = nn.Parameter(w[:dim].clone(), requires_grad=False)  # copies: not views holding all of w
         self.q = Linear(q, kind)
-        self.kv_weight = w[dim:].float()  # [2 * dim, dim]: the condition's keys and values, once a stream
+        # [2 * dim, dim], as loaded (moshi computes the condition's keys and values in the model's dtype)
+        self.kv_weight = w[dim:].clone()
         self.out = Linear(attn.out_projs[0], kind)
         self.norm = Norm(layer.norm_cross)
         self.scale = scale_of(layer.layer_scale_cross)
@@ -222,7 +223,8 @@ class CrossAttention(nn.Module):
     def set_source(self, src: torch.Tensor, rows: torch.Tensor | None, dtype: torch.dtype) -> None:
         """Keys and values of ``src`` [B', T, dim] for the streams ``rows`` (all: None)."""
         b, t, _ = src.shape
-        kv = F.linear(src.float(), self.kv_weight).view(b, t, 2, self.heads, -1).permute(2, 0, 3, 1, 4).to(dtype)
+        kv = F.linear(src.to(self.kv_weight.dtype), self.kv_weight)
+        kv = kv.view(b, t, 2, self.heads, -1).permute(2, 0, 3, 1, 4).to(dtype)
         if rows is None:
             self.kv = kv.contiguous()
         else:
@@ -236,7 +238,7 @@ class CrossAttention(nn.Module):
         return x + (y if self.scale is None else self.scale * y)
 
     def weight_bytes(self) -> int:
-        return self.kv_weight.numel() * 4
+        return self.kv_weight.numel() * self.kv_weight.element_size()
 
 
 class Step(nn.Module):
