@@ -69,3 +69,18 @@ def test_bench_tts_pocket_rows(tmp_path, capsys, _isolated_env):
     for r in doc["rows"]:
         assert r["stage"] == "tts" and r["stats"]["p50"] > 0 and r["params"]["device"] == "cpu"
     assert doc["env"]["pocket"] == "synthetic"
+
+
+def test_bench_tts_takes_the_cpu_engine(mimi_weights, tmp_path, capsys, one_torch_thread):
+    """``bench tts -b cpu --dtype int8``: the CPU engine's rows, batch included (int8 is its format alone)."""
+    from moshikit.cpu_precision import int8_supported
+
+    out = tmp_path / "tts.json"
+    dtype = ["--dtype", "int8"] if int8_supported() else []
+    code = main(["bench", "tts", "--synthetic", "-b", "cpu", *dtype, "--no-reference", "--words", "2",
+                 "--repeats", "1", "--batch-sizes", "1,2", "--json", str(out)])
+    assert code in (0, None), capsys.readouterr().err
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["name"], r["params"]["batch"]) for r in rows} == {("moshikit speak -b cpu", 1),
+                                                                 ("moshikit speak DIR --batch -b cpu", 2)}
+    assert all(r["stats"]["p50"] > 0 for r in rows)

@@ -91,6 +91,16 @@ def test_concurrent_streams_share_the_model_and_each_gets_what_it_gets_alone(ser
         assert words_of(messages) == words_of(alone[i])
 
 
+def test_the_cpu_engine_serves_its_slots(spoken):
+    """``serve --tts-backend cpu``: the slots run on moshikit's CPU engine (int8 where this torch
+    has it: other numbers than torch's fp32, so the words, whose order the text fixes, and the frames)."""
+    with tts_server(batch=2, backend="cpu") as (running, _):
+        assert running.service.model.backend == "cpu" and running.service.batch == 2
+        messages, code = speak_stream(running.base, WORDS)
+    assert code == 1000 and [w for w, _, _ in words_of(messages)] == WORDS
+    assert all(len(m["pcm"]) == 1920 for m in messages if m["type"] == "Audio") and audio_of(messages).size > 0
+
+
 @pytest.mark.slow
 def test_raw_pcm_and_ogg_opus_formats(served, alone):
     import sphn

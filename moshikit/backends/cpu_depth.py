@@ -13,8 +13,9 @@ output through ``depformer_in`` plus the embedding of the token before it (the t
 * matmuls in the kernel ``cpu_kernels`` picks (int8, bf16 or fp32 weights), like the temporal
   transformer's.
 
-Supported: what Moshi uses (no positional embedding in the depth transformer, plain embeddings,
-gated or plain feed-forward, optional layer scale). ``unsupported_depth(model)`` says what else
+Supported: what Moshi and Kyutai TTS use (no positional embedding in the depth transformer,
+plain, low-rank or demuxed embeddings as tables computed once, gated or plain feed-forward,
+optional layer scale). ``unsupported_depth(model)`` says what else
 a model needs.
 """
 
@@ -27,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .cpu_kernels import Linear
-from .cpu_step import Norm, feed_forwards, scale_of
+from .cpu_step import DemuxEmbedding, Norm, embedding_table, feed_forwards, scale_of
 
 
 def unsupported_depth(model) -> str | None:
@@ -37,9 +38,9 @@ def unsupported_depth(model) -> str | None:
         return None
     if dep.positional_embedding != "none":
         return f"a depth transformer with positional embedding {dep.positional_embedding!r}"
-    for emb in (model.depformer_text_emb, *model.depformer_emb):
-        if emb.demux_second_stream or emb.low_rank is not None or emb.norm is not None:
-            return "demuxed, low-rank or normalised depth embeddings"
+    if any(e.norm is not None for e in (model.depformer_text_emb, *model.depformer_emb)) \
+            or any(e.demux_second_stream for e in model.depformer_emb):
+        return "normalised or demuxed audio embeddings in the depth transformer"
     for layer in dep.layers:
         attn = layer.self_attn
         if layer.cross_attention is not None or layer.skip_self_attn or attn.kv_repeat != 1:
@@ -109,8 +110,12 @@ class Depth(nn.Module):
         self.in_pick = [0] * self.steps if not model.depformer_multi_linear else \
             [schedule[k] if schedule is not None else k for k in range(self.steps)]
         table_dtype = torch.float32 if kind == "fp32" else model.depformer_text_emb.weight.dtype
-        self.text_table = model.depformer_text_emb.weight.detach().to(table_dtype)
-        self.tables = [e.weight.detach().to(table_dtype) for e in model.depformer_emb]
+        # Tables with the low-rank projections applied once (Kyutai TTS); the text demuxed as the
+        # temporal transformer's (``DemuxEmbedding``) where the model muxes a second stream in.
+        text_emb = model.depformer_text_emb
+        self.text_demux = DemuxEmbedding(text_emb, table_dtype) if text_emb.demux_second_stream else None
+        self.text_table = torch.zeros(0) if self.text_demux else embedding_table(text_emb).to(table_dtype)
+        self.tables = [embedding_table(e).to(table_dtype) for e in model.depformer_emb]
         self.layers = nn.ModuleList(DepthLayer(layer, kind, self.steps) for layer in model.depformer.layers)
         norms = list(model.depformer_norms)
         self.norms = [None if isinstance(n, nn.Identity) else Norm(n) for n in norms]
@@ -129,12 +134,13 @@ class Depth(nn.Module):
 
     @torch.inference_mode()
     def forward(self, out: torch.Tensor, text: torch.Tensor, sample: Callable[[torch.Tensor], torch.Tensor],
-                cfg_coef: float = 1.0) -> torch.Tensor:
+                cfg_coef: float = 1.0, steps: int | None = None) -> torch.Tensor:
         """The frame's audio tokens [B, dep_q] after the temporal output ``out`` [B, dim_t] and the
         text token ``text`` [B]; ``sample(logits [B, card]) -> tokens [B]`` picks each. With
         classifier-free guidance (``cfg_coef`` != 1), ``out`` is [2B, dim_t]: the conditioned
         streams, then the unconditioned ones; each codebook's logits are mixed as moshi's
-        ``depformer_step`` mixes them and one token goes to both halves."""
+        ``depformer_step`` mixes them and one token goes to both halves. ``steps``: the first
+        codebooks only (Kyutai TTS run with fewer codebooks than it has)."""
         rows = out.shape[0]
         if rows != self.batch:
             self.reset(rows)
@@ -142,9 +148,8 @@ class Depth(nn.Module):
         projected = self.project(out).view(rows, -1, self.dim)
         prev = torch.cat([text, text]) if guided else text
         tokens = []
-        for k in range(self.steps):
-            table = self.text_table if k == 0 else self.tables[k - 1]
-            x = projected[:, self.in_pick[k]] + table[prev.clamp(min=0)].float()
+        for k in range(self.steps if steps is None else steps):
+            x = projected[:, self.in_pick[k]] + self.embed(k, prev)
             for layer, kv in zip(self.layers, self.kv):
                 x = layer(x, k, kv)
             if self.norms[k] is not None:
@@ -157,6 +162,13 @@ class Depth(nn.Module):
             tokens.append(token)
             prev = torch.cat([token, token]) if guided else token
         return torch.stack(tokens, dim=1)
+
+    def embed(self, k: int, prev: torch.Tensor) -> torch.Tensor:
+        """Codebook ``k``'s input embedding of the token before it, ``prev`` [B] (-1: zero), float32."""
+        if k == 0 and self.text_demux is not None:
+            return self.text_demux(prev)
+        table = self.text_table if k == 0 else self.tables[k - 1]
+        return table[prev.clamp(min=0)].float() * (prev != -1)[:, None]
 
     def logits(self, out: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         """Teacher forced: every codebook's logits [B, dep_q, card] when the tokens before each are
@@ -173,6 +185,6 @@ class Depth(nn.Module):
     def weight_bytes(self) -> int:
         total = sum(t.numel() * t.element_size() for t in (self.text_table, *self.tables))
         for m in self.modules():
-            if isinstance(m, Linear):
+            if isinstance(m, (Linear, DemuxEmbedding)):
                 total += m.weight_bytes()
         return total

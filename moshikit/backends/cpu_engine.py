@@ -10,8 +10,8 @@ moshi's ``LMGen`` step by step (the token cache, delays, initial tokens, what th
 Models with a depth transformer (Moshi) sample their audio tokens through ``cpu_depth`` after
 the text token, as ``LMGen.depformer_step``. Runs Kyutai's speech-to-text models (``transcribe``
 uses it on a CPU by default), Moshi and Hibiki (its conditions summed into the input,
-classifier-free guidance over a doubled batch, the end-of-input step); Kyutai TTS (conditioned by
-cross-attention) is refused with a hint to use ``--backend torch``.
+classifier-free guidance over a doubled batch, the end-of-input step). Kyutai TTS runs on the same
+step and depth transformer through ``cpu_tts`` (``speak -b cpu``); as a bare LM it is refused.
 """
 
 from __future__ import annotations

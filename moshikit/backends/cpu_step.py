@@ -15,9 +15,11 @@ It computes what moshi's ``LMModel.forward_text`` computes in streaming mode, on
 * matmuls run in the kernel ``cpu_kernels`` picks (int8, bf16 or fp32 weights);
 * the input embedding is one gather over a table of every codebook.
 
-Supported: what Kyutai's STT models, Moshi and Hibiki use (conditions summed into the input, RoPE or no positional embedding, RMS or layer norms,
-gated or plain feed-forward, optional layer scale, no cross-attention, ``kv_repeat`` 1).
-``unsupported(model)`` says what else a model needs.
+Supported: what Kyutai's STT models, Moshi, Hibiki and Kyutai TTS use (conditions summed into
+the input, RoPE or no positional embedding, RMS or layer norms, gated or plain feed-forward,
+optional layer scale, ``kv_repeat`` 1, cross-attention to a condition whose keys and values are
+computed once per stream by ``set_cross``, a text embedding demuxing a second stream or low-rank,
+as lookup tables computed once). ``unsupported(model)`` says what else a model needs.
 """
 
 from __future__ import annotations
@@ -44,21 +46,25 @@ def unsupported(model) -> str | None:
     """Why the engine cannot run ``model`` (a moshi ``LMModel``), or None."""
     t = model.transformer
     fuser = model.fuser
-    if fuser is not None and any(fuser.fuse2cond.get(k) for k in ("prepend", "cross")):
-        return "models conditioned by cross-attention or prepended conditions (Kyutai TTS)"
+    if fuser is not None and fuser.fuse2cond.get("prepend"):
+        return "models conditioned by prepended conditions"
     if t.positional_embedding not in ("rope", "none"):
         return f"positional embedding {t.positional_embedding!r}"
     if t.rope is not None and not t.rope.interleave:
         return "non-interleaved RoPE"
     if model.context is None:
         return "a transformer without a context"
-    for emb in (model.text_emb, *model.emb):
-        if emb.demux_second_stream or emb.low_rank is not None or emb.norm is not None:
-            return "demuxed, low-rank or normalised embeddings"
+    if model.text_emb.norm is not None or any(e.norm is not None or e.demux_second_stream for e in model.emb):
+        return "normalised or demuxed audio embeddings"
     for layer in t.layers:
         attn = layer.self_attn
-        if layer.cross_attention is not None or layer.skip_self_attn:
-            return "cross-attention"
+        if layer.skip_self_attn:
+            return "layers without self-attention"
+        cross = layer.cross_attention
+        if cross is not None and (cross.kv_repeat != 1 or len(cross.in_projs) != 1
+                                  or any(type(m) is not nn.Linear or m.bias is not None
+                                         for m in (*cross.in_projs, *cross.out_projs))):
+            return "grouped, biased or quantized cross-attention"
         if attn.kv_repeat != 1 or attn.weights_per_step or len(attn.in_projs) != 1:
             return "grouped or per-step attention weights"
         if not attn.causal or attn.context != model.context:
@@ -91,6 +97,36 @@ class Norm(nn.Module):
         if self.rms:
             return F.rms_norm(x, self.shape, self.weight, self.eps)
         return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+
+
+def embedding_table(emb: nn.Module) -> torch.Tensor:
+    """A moshi ``ScaledEmbedding`` (plain or low-rank, not demuxed) as one float32 table: row ``i``
+    is what it gives for token ``i`` (the low-rank projection applied once to every row)."""
+    w = emb.weight.detach().float()
+    return w if emb.low_rank is None else F.linear(w, emb.low_rank.weight.detach().float())
+
+
+class DemuxEmbedding(nn.Module):
+    """moshi's ``ScaledEmbedding`` with ``demux_second_stream`` (Kyutai TTS's text, its look-ahead
+    stream muxed in as ``(second + 1) * n + first``), as two tables computed once: ``out1`` and
+    ``out2`` applied to every row. Token -1 embeds to zero, as does a missing second stream."""
+
+    def __init__(self, emb: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        w = emb.weight.detach().float()
+        self.n = int(emb.num_embeddings)
+        self.first = F.linear(w, emb.out1.weight.detach().float()).to(dtype)
+        self.second = F.linear(w, emb.out2.weight.detach().float()).to(dtype)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` [B] -> [B, dim] float32."""
+        t = tokens.clamp(min=0)
+        second = t // self.n - 1
+        y = self.first[t % self.n].float() + self.second[second.clamp(min=0)].float() * (second >= 0)[:, None]
+        return y * (tokens != -1)[:, None]
+
+    def weight_bytes(self) -> int:
+        return 2 * self.first.numel() * self.first.element_size()
 
 
 def scale_of(module: nn.Module) -> torch.Tensor | None:
@@ -137,6 +173,7 @@ class Layer(nn.Module):
         self.out = Linear(attn.out_projs[0], kind)
         self.scale1, self.scale2 = scale_of(layer.layer_scale_1), scale_of(layer.layer_scale_2)
         (self.ff,) = feed_forwards(layer, kind)  # one: per-step feed-forwards are refused by `unsupported`
+        self.cross = None if layer.cross_attention is None else CrossAttention(layer, kind)
 
     def forward(self, x: torch.Tensor, step: "Step", kv: torch.Tensor) -> torch.Tensor:
         b, dim = x.shape
@@ -156,8 +193,52 @@ class Layer(nn.Module):
         y = F.scaled_dot_product_attention(q, kv[0, :, :, :n], kv[1, :, :, :n], step.mask)
         y = self.out(y.reshape(b, dim).float())
         x = x + (y if self.scale1 is None else self.scale1 * y)
+        if self.cross is not None:
+            x = self.cross(x)
         z = self.ff(self.norm2(x))
         return x + (z if self.scale2 is None else self.scale2 * z)
+
+
+class CrossAttention(nn.Module):
+    """A layer's cross-attention (moshi's ``_cross_attention_block``): queries from the normalised
+    input through the first third of its ``in_proj``, keys and values of the condition through
+    the rest, computed once per stream by ``set_source`` and attended every step (no mask, as moshi)."""
+
+    def __init__(self, layer: nn.Module, kind: str) -> None:
+        super().__init__()
+        attn = layer.cross_attention
+        self.heads = attn.num_heads
+        w = attn.in_projs[0].weight.detach()
+        dim = w.shape[0] // 3
+        q = nn.Linear(w.shape[1], dim, bias=False)
+        q.weight = nn.Parameter(w[:dim].clone(), requires_grad=False)  # copies: not views holding all of w
+        self.q = Linear(q, kind)
+        # [2 * dim, dim], as loaded (moshi computes the condition's keys and values in the model's dtype)
+        self.kv_weight = w[dim:].clone()
+        self.out = Linear(attn.out_projs[0], kind)
+        self.norm = Norm(layer.norm_cross)
+        self.scale = scale_of(layer.layer_scale_cross)
+        self.kv = torch.zeros(0)  # [2, B, H, T, D]
+
+    def set_source(self, src: torch.Tensor, rows: torch.Tensor | None, dtype: torch.dtype) -> None:
+        """Keys and values of ``src`` [B', T, dim] for the streams ``rows`` (all: None)."""
+        b, t, _ = src.shape
+        kv = F.linear(src.to(self.kv_weight.dtype), self.kv_weight)
+        kv = kv.view(b, t, 2, self.heads, -1).permute(2, 0, 3, 1, 4).to(dtype)
+        if rows is None:
+            self.kv = kv.contiguous()
+        else:
+            self.kv[:, rows] = kv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, dim = x.shape
+        q = self.q(self.norm(x)).view(b, self.heads, 1, -1).to(self.kv.dtype)
+        y = F.scaled_dot_product_attention(q, self.kv[0], self.kv[1])
+        y = self.out(y.reshape(b, dim).float())
+        return x + (y if self.scale is None else self.scale * y)
+
+    def weight_bytes(self) -> int:
+        return self.kv_weight.numel() * self.kv_weight.element_size()
 
 
 class Step(nn.Module):
@@ -177,9 +258,12 @@ class Step(nn.Module):
         self.heads = t.layers[0].self_attn.num_heads
         self.card, self.n_q = int(model.card), int(model.n_q)
         table_dtype = torch.float32 if kind == "fp32" else model.text_emb.weight.dtype
-        # One table: every audio codebook's rows, then the text rows, then a zero row (id -1).
-        tables = [e.weight.detach() for e in model.emb] + [model.text_emb.weight.detach()]
-        tables.append(torch.zeros(1, self.dim, dtype=tables[0].dtype))
+        # One table: every audio codebook's rows, then the text rows, then a zero row (id -1). A
+        # demuxed text embedding (Kyutai TTS) has tables of its own and no rows here.
+        demux = model.text_emb.demux_second_stream
+        self.demux = DemuxEmbedding(model.text_emb, table_dtype) if demux else None
+        tables = [embedding_table(e) for e in model.emb] + ([] if demux else [embedding_table(model.text_emb)])
+        tables.append(torch.zeros(1, self.dim))
         self.table = torch.cat(tables).to(table_dtype)
         del tables
         self.register_buffer("bases", torch.tensor([len(model.emb) * (self.card + 1)]
@@ -240,10 +324,26 @@ class Step(nn.Module):
     def embed(self, tokens: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Input embedding of ``tokens`` [B, 1 + n_q] (text, then audio; -1: nothing), plus the
         conditions summed into it (``cond`` [B, dim], Hibiki's), as moshi's ``forward_text``."""
+        if self.demux is not None:  # the text through its own tables, its column here the zero row
+            text = self.demux(tokens[:, 0])
+            tokens = torch.cat([torch.full_like(tokens[:, :1], -1), tokens[:, 1:]], 1)
         idx = torch.where(tokens < 0, self.zero_row, tokens + self.bases)
         rows = self.table[idx]  # [B, 1 + n_q, dim]
-        x = rows[:, 1:].float().sum(1) + rows[:, 0].float()
+        x = rows[:, 1:].float().sum(1) + (rows[:, 0].float() if self.demux is None else text)
         return x if cond is None else x + cond
+
+    def set_cross(self, src: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """The cross-attention condition (Kyutai TTS's speaker) ``src`` [B, T, dim] of every stream,
+        or of the streams ``rows`` (bool [B] or indices): its keys and values, once, for every layer."""
+        with torch.inference_mode():
+            for layer in self.layers:
+                if layer.cross is not None:
+                    layer.cross.set_source(src, rows, self.kv_dtype)
+
+    @property
+    def crossed(self) -> bool:
+        """Whether the model attends to a condition (``set_cross`` must come before the first step)."""
+        return any(layer.cross is not None for layer in self.layers)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, active: torch.Tensor | None = None,
@@ -283,7 +383,7 @@ class Step(nn.Module):
     def weight_bytes(self) -> int:
         total = self.table.numel() * self.table.element_size()
         for m in self.modules():
-            if isinstance(m, Linear):
+            if isinstance(m, (Linear, DemuxEmbedding, CrossAttention)):
                 total += m.weight_bytes()
             elif isinstance(m, Norm):
                 total += 4 * sum(p.numel() for p in (m.weight, m.bias) if p is not None)

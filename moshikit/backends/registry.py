@@ -45,12 +45,15 @@ BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec("torch", "lm", "moshikit.backends.torch_lm", "pip install moshikit",
                 "moshi's LMModel and LMGen in PyTorch"),
     BackendSpec("cpu", "lm", "moshikit.backends.cpu_engine", "pip install moshikit",
-                "moshikit's CPU engine for Kyutai LMs (speech-to-text for now): compact KV cache, "
+                "moshikit's CPU engine for Kyutai LMs (speech-to-text, Moshi, Hibiki): compact KV cache, "
                 "int8 kernels picked for the CPU"),
     BackendSpec("mlx", "lm", "moshikit.backends.mlx_lm", "pip install 'moshikit[mlx]'",
                 "moshi_mlx's Lm on MLX"),
     BackendSpec("torch", "tts", "moshikit.backends.torch_tts", "pip install moshikit",
                 "Kyutai TTS through moshi's TTSModel in PyTorch (CUDA, MPS or CPU)"),
+    BackendSpec("cpu", "tts", "moshikit.backends.cpu_tts", "pip install moshikit",
+                "Kyutai TTS on moshikit's CPU engine: moshi's TTSModel around it, its LM rebuilt with a compact "
+                "KV cache and int8 kernels picked for the CPU"),
     BackendSpec("mlx", "tts", "moshikit.backends.mlx_tts", "pip install 'moshikit[mlx]'",
                 "Kyutai TTS through moshi_mlx's Lm and TTS state machine on MLX (Apple silicon; CPU elsewhere)"),
     BackendSpec("pocket", "tts", "moshikit.backends.pocket_tts", "pip install 'moshikit[pocket]'",

@@ -37,6 +37,11 @@ class TtsPlan:
     kyutai: bool = True  # the Kyutai TTS rows
 
 
+def torch_dtype(plan: TtsPlan) -> str | None:
+    """The dtype of the PyTorch rows: the plan's, except int8 (the CPU engine's format; torch runs its default)."""
+    return None if plan.dtype == "int8" else plan.dtype
+
+
 def _sync() -> None:
     try:
         import torch
@@ -101,7 +106,7 @@ def _kyutai_subjects(plan: TtsPlan, text: str) -> list:
     model = voice = None
     # torch's row is "moshikit speak", another backend's "moshikit speak -b NAME"; Pocket TTS is --pocket
     for backend in [b for b in plan.backends if b != "pocket"]:
-        mine = load_tts(plan.model, backend=backend, dtype=plan.dtype,
+        mine = load_tts(plan.model, backend=backend, dtype=plan.dtype if backend == "cpu" else torch_dtype(plan),
                         device=plan.device if backend == "torch" or plan.device == "cpu" else None)
         mine_voice = mine.resolve_voice(None)
         if backend == "torch":
@@ -112,19 +117,19 @@ def _kyutai_subjects(plan: TtsPlan, text: str) -> list:
             _sync()
             return speech.first_audio, speech.samples
 
-        subjects.append(("moshikit speak" + ("" if backend == "torch" else f" -b {backend}"), 1, ours,
-                         str(mine.describe().get("device"))))
-        if backend != "torch" or not hasattr(mine, "generate_batch"):
+        flag = "" if backend == "torch" else f" -b {backend}"
+        subjects.append(("moshikit speak" + flag, 1, ours, str(mine.describe().get("device"))))
+        if not hasattr(mine, "generate_batch"):
             continue
         for batch in [b for b in plan.batch_sizes if b > 1]:
-            def ours_batch(batch=batch):
-                speeches = model.generate_batch([chunks([text]) for _ in range(batch)], [[voice]] * batch,
-                                                Settings(seed=plan.seed, max_steps=plan.max_steps))
+            def ours_batch(batch=batch, mine=mine, mine_voice=mine_voice):
+                speeches = mine.generate_batch([chunks([text]) for _ in range(batch)], [[mine_voice]] * batch,
+                                               Settings(seed=plan.seed, max_steps=plan.max_steps))
                 _sync()
                 return min(s.first_audio for s in speeches), speeches[0].samples
-            subjects.append(("moshikit speak DIR --batch", batch, ours_batch, model.device))
+            subjects.append(("moshikit speak DIR --batch" + flag, batch, ours_batch, mine.device))
     if plan.reference and model is None:
-        model = load_tts(plan.model, backend="torch", device=plan.device, dtype=plan.dtype)
+        model = load_tts(plan.model, backend="torch", device=plan.device, dtype=torch_dtype(plan))
         voice = model.resolve_voice(None)
     if plan.reference:
         for batch in plan.batch_sizes:

@@ -7,7 +7,9 @@ script is fed lazily: before every step the queue of words holds at least the
 look-ahead the model reads (``second_stream_ahead`` + 1 words) or the whole rest of the
 text, so the model sees exactly what it would have seen with the whole script up front,
 and the same seed gives the same codes. Memory stays flat: the KV cache is a ring,
-audio leaves frame by frame, and only the words' timings are kept.
+audio leaves frame by frame, and only the words' timings are kept. On the cpu backend the
+model's ``lm_gen`` (``backends.cpu_lmgen.CpuLMGen``: the same arguments and hooks over
+moshikit's CPU engine) stands in for ``LMGen``.
 """
 
 from __future__ import annotations
@@ -200,7 +202,7 @@ def generate_batch(model, scripts: list[Iterable[Chunk]], voices: list[list[Voic
 
     if not tts.multistream:
         tts.lm.dep_q = tts.n_q
-    lm_gen = LMGen(tts.lm, temp=tts.temp, temp_text=tts.temp, cfg_coef=tts.cfg_coef,
+    lm_gen = (model.lm_gen or LMGen)(tts.lm, temp=tts.temp, temp_text=tts.temp, cfg_coef=tts.cfg_coef,
                    condition_tensors=condition_tensors, on_text_logits_hook=on_text_logits,
                    on_text_hook=on_text, on_audio_hook=on_audio, cfg_is_masked_until=masked_until,
                    cfg_is_no_text=True)

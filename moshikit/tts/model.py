@@ -48,6 +48,10 @@ class TtsModel:
     backend: str = "torch"
     word_timings: bool = True  # the model's own alignment (``--words``)
     default_temp: float = DEFAULT_TEMP
+    #: What generation builds in place of moshi's ``LMGen`` (same arguments and calls): None for
+    #: moshi's own; the CPU engine's (``backends.cpu_tts``) otherwise.
+    lm_gen: object = None
+    precision: str | None = None  # the weights' format where the backend picks one (cpu: int8, bf16, fp32)
 
     @property
     def multi_speaker(self) -> bool:
@@ -85,8 +89,11 @@ class TtsModel:
         return stream_state_bytes(self.tts.lm)
 
     def describe(self) -> dict:
-        return {"name": self.name, "backend": self.backend, "device": self.device, "n_q": self.n_q,
-                "delay_steps": self.tts.delay_steps, "multi_speaker": self.multi_speaker}
+        described = {"name": self.name, "backend": self.backend, "device": self.device, "n_q": self.n_q,
+                     "delay_steps": self.tts.delay_steps, "multi_speaker": self.multi_speaker}
+        if self.precision:
+            described["dtype"] = self.precision
+        return described
 
     def list_voices(self) -> tuple[list[str], str]:
         from .voices import list_voices
@@ -206,9 +213,10 @@ TORCH_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
 
 
 def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype: str | None = None,
-                   revision: str | None = None, n_q: int | None = None) -> TtsModel:
+                   revision: str | None = None, n_q: int | None = None, reuse: bool = True) -> TtsModel:
     """Resolve ``model`` (``tts``, ``tts-public``, a repo id, a local folder or ``synthetic``) and load it
-    through moshi's ``TTSModel.from_checkpoint_info`` on torch (``device``: cpu, cuda, mps)."""
+    through moshi's ``TTSModel.from_checkpoint_info`` on torch (``device``: cpu, cuda, mps).
+    ``reuse=False``: a model of its own, neither taken from nor kept for later calls."""
     import torch
     from moshi.models.loaders import CheckpointInfo
     from moshi.models.tts import TTSModel
@@ -224,7 +232,7 @@ def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype
     ckpt = resolve_tts_checkpoint(model, revision=revision)
     config, files, source = ckpt.config, ckpt.files, ckpt.source
     key = ckpt.cache_key(dev, dtype, n_q)
-    if _LAST.get("key") == key:
+    if reuse and _LAST.get("key") == key:
         return _LAST["model"]
     torch_dtype = getattr(torch, TORCH_DTYPES[dtype]) if dtype in TORCH_DTYPES else (
         torch.bfloat16 if dev.startswith("cuda") else torch.float32)
@@ -241,6 +249,8 @@ def load_torch_tts(model: str | None = None, *, device: str | None = None, dtype
         raise ModelError(f"{source}: its config.json does not describe a Kyutai TTS model "
                          f"({type(exc).__name__}: {first})") from None
     loaded = TtsModel(tts, ckpt.name, ckpt.folder, ckpt.repo, synthetic=ckpt.synthetic)
+    if not reuse:
+        return loaded
     _LAST.clear()
     _LAST.update(key=key, model=loaded)
     return loaded

@@ -12,7 +12,8 @@ text), the same zeroed first audio steps, the same skipped frames and stopping r
 text spoken greedily in a slot gives the codes it gives alone in the same batch.
 
 Only models conditioned on voice embeddings with a distilled CFG (``tts-1.6b-en_fr``, the
-synthetic checkpoint) can share a batch this way; ``SlotBatch.supports`` says which.
+synthetic checkpoint) can share a batch this way, on the torch or the cpu backend (whose
+``lm_gen`` stands in for ``LMGen``); ``SlotBatch.supports`` says which.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class SlotBatch:
     @staticmethod
     def supports(model) -> bool:
         tts = getattr(model, "tts", None)
-        return (getattr(model, "backend", None) == "torch" and tts is not None and bool(model.multi_speaker)
-                and bool(tts.valid_cfg_conditionings))
+        return (getattr(model, "backend", None) in ("torch", "cpu") and tts is not None
+                and bool(model.multi_speaker) and bool(tts.valid_cfg_conditionings))
 
     def __init__(self, model, batch: int, voice: Voice, *, temp: float, cfg: float = 2.0) -> None:
         import torch
@@ -86,7 +87,7 @@ class SlotBatch:
         conditions = tts.lm.condition_provider.prepare_and_provide(attributes * batch)
         if not tts.multistream:
             tts.lm.dep_q = tts.n_q
-        self.lm_gen = LMGen(tts.lm, temp=temp, temp_text=temp, cfg_coef=1.0, condition_tensors=conditions,
+        self.lm_gen = (model.lm_gen or LMGen)(tts.lm, temp=temp, temp_text=temp, cfg_coef=1.0, condition_tensors=conditions,
                             on_text_logits_hook=self._on_text_logits, on_text_hook=self._on_text,
                             on_audio_hook=self._on_audio, support_out_of_sync=True, cfg_is_no_text=True)
         self.cross_modules = [m for m in tts.lm.modules()
@@ -135,6 +136,9 @@ class SlotBatch:
     def _refresh_cross(self) -> None:
         import torch
 
+        if self.model.lm_gen is not None:  # the CPU engine: its own keys and values of the sources
+            self.lm_gen.update_cross(self.sources)
+            return
         with torch.no_grad():
             for module in self.cross_modules:
                 module.update_streaming_cross_attention_src(self.sources)

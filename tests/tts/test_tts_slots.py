@@ -41,7 +41,16 @@ def speak_in_slots(model, voice, batch: int, plan: list[tuple[int, int, str]]):
     return {k: np.concatenate(v) for k, v in audio.items()}, words, done
 
 
-def test_one_slot_speaks_what_generate_speaks(tts_model):
+@pytest.fixture(params=["torch", "cpu"])
+def model(request, tts_model):
+    """The model on moshi's LMGen (torch) and on moshikit's CPU engine (cpu, fp32)."""
+    from moshikit.tts import load_tts
+
+    return tts_model if request.param == "torch" else load_tts("synthetic", backend="cpu", dtype="fp32")
+
+
+def test_one_slot_speaks_what_generate_speaks(model):
+    tts_model = model
     voice = resolve_voice(tts_model, None)
     pcm: list = []
     speech = generate(tts_model, chunks([TEXT]), [voice], Settings(temp=0.0), on_pcm=pcm.append)
@@ -53,7 +62,8 @@ def test_one_slot_speaks_what_generate_speaks(tts_model):
     assert done == {0: True}
 
 
-def test_a_text_sharing_the_batch_speaks_what_it_speaks_alone(tts_model):
+def test_a_text_sharing_the_batch_speaks_what_it_speaks_alone(model):
+    tts_model = model
     voice = resolve_voice(tts_model, None)
     alone, alone_words, _ = speak_in_slots(tts_model, voice, 2, [(0, 1, TEXT)])
     shared, shared_words, done = speak_in_slots(tts_model, voice, 2, [(0, 0, "Other words here."),
@@ -64,7 +74,8 @@ def test_a_text_sharing_the_batch_speaks_what_it_speaks_alone(tts_model):
     assert done == {0: True, 1: True} and shared[0].size > 0
 
 
-def test_a_slot_waits_for_its_words_and_is_refilled(tts_model):
+def test_a_slot_waits_for_its_words_and_is_refilled(model):
+    tts_model = model
     voice = resolve_voice(tts_model, None)
     with SlotBatch(tts_model, 2, voice, temp=0.0) as slots:
         slots.start(0, voice)

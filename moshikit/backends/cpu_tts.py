@@ -1,0 +1,104 @@
+"""Kyutai TTS on moshikit's CPU engine (``speak -b cpu``): moshi's ``TTSModel`` for everything
+around the language model (the text state machine, voices and conditions, Mimi), its LM's
+temporal and depth transformers rebuilt by ``cpu_lmgen.Engine`` (``cpu_step``: compact KV cache,
+cross-attention to the speaker computed once per stream, int8/bf16 kernels picked for the CPU;
+``cpu_depth``), generated through ``cpu_lmgen.CpuLMGen`` in place of moshi's ``LMGen``
+(``tts.engine`` drives either the same way).
+
+``--dtype``: int8 (auto, where this PyTorch has an int8 CPU engine), bf16, or fp32 (the
+reference: the tests compare it with ``-b torch``). The checkpoint resolves as for the torch
+backend (``tts.model``), ``--model synthetic`` included.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from ..errors import BackendError
+
+
+def probe() -> str:
+    import moshi
+    import torch
+    from moshi.models.tts import TTSModel  # noqa: F401 (moshi >= 0.2.9)
+
+    return f"torch {torch.__version__}, moshi {moshi.__version__}"
+
+
+def precision_of(dtype: str | None) -> str:
+    """``--dtype`` as the engine's weight format (auto: int8 where this PyTorch has it, else bf16)."""
+    if dtype in (None, "auto"):
+        from ..cpu_precision import int8_supported
+
+        return "int8" if int8_supported() else "bf16"
+    table = {"int8": "int8", "bf16": "bf16", "bfloat16": "bf16", "fp32": "fp32", "float32": "fp32"}
+    if dtype not in table:
+        raise BackendError(f"--dtype {dtype}: the cpu backend runs Kyutai TTS in int8, bf16 or fp32",
+                           hint="use --dtype int8 (or auto), or --backend torch")
+    return table[dtype]
+
+
+#: The last model loaded, reused when the same files and precision are asked for again (as for torch).
+_LAST: dict = {}
+
+
+def load(model: str | None, *, device: str | None = None, dtype: str | None = None,
+         revision: str | None = None, **options):
+    """A ``tts.model.TtsModel`` whose generation runs on the CPU engine (``backends.base.TTSBackend``)."""
+    from .torch_env import prepare as _prepare_torch
+
+    _prepare_torch()
+    import torch
+
+    from ..tts.model import load_torch_tts, resolve_tts_checkpoint
+    from .cpu_depth import unsupported_depth
+    from .cpu_lmgen import CpuLMGen, Engine
+    from .cpu_step import unsupported
+    from .torch_lm import file_dtype
+
+    if str(device or "cpu").split(":")[0] not in ("cpu", "auto"):
+        raise BackendError(f"the cpu backend runs on the CPU, not {device}", hint="use --backend torch on a GPU")
+    precision = precision_of(dtype)
+    ckpt = resolve_tts_checkpoint(model, revision=revision)
+    if (ckpt.config or {}).get("quantize"):
+        raise BackendError(f"{ckpt.source}: a quantized (-q8) checkpoint", hint="use the bf16 checkpoint, or "
+                           "--backend torch")
+    key = ckpt.cache_key(precision, options.get("n_q"))
+    if _LAST.get("key") == key:
+        return _LAST["model"]
+    fp32 = precision == "fp32" or file_dtype(ckpt.files["moshi_name"]) == "fp32"
+    loaded = load_torch_tts(model, device="cpu", dtype="float32" if fp32 else "bfloat16", revision=revision,
+                            n_q=options.get("n_q"), reuse=False)
+    lm = loaded.tts.lm
+    why = unsupported(lm) or unsupported_depth(lm)
+    if why:
+        raise BackendError(f"{ckpt.source}: the cpu backend cannot run this model yet ({why})",
+                           hint="use --backend torch")
+    engine = Engine(lm, precision, torch.float32 if precision == "fp32" else torch.bfloat16)
+    drop_weights(lm)
+    loaded.backend, loaded.precision = "cpu", precision
+    loaded.lm_gen = partial(CpuLMGen, engine=engine)
+    _LAST.clear()
+    _LAST.update(key=key, model=loaded)
+    return loaded
+
+
+def drop_weights(lm) -> None:
+    """Free what the engine copied out of moshi's LM (its transformers, embeddings and heads: the
+    model's size again in bf16): this model is the cpu backend's alone (``load_torch_tts(reuse=False)``),
+    and what generation still reads of it (the conditioners, the fuser, its sizes and token ids) stays."""
+    import torch
+
+    for module in (lm.transformer, lm.depformer, lm.emb, lm.depformer_emb, lm.depformer_in, lm.linears,
+                   lm.text_linear, lm.depformer_text_emb, lm.extra_heads):
+        if module is None:
+            continue
+        for p in module.parameters():
+            p.data = torch.empty(0, dtype=p.dtype)
+
+
+def voices(model: str | None, *, revision: str | None = None) -> tuple[str, list[str], str]:
+    """(model name, voice names, where) from the checkpoint's config.json alone (as the torch backend)."""
+    from .torch_tts import voices as torch_voices
+
+    return torch_voices(model, revision=revision)
