@@ -210,16 +210,20 @@ def test_the_wheel_script_asks_for_the_lent_machine_exactly():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("os").environ.get("MOSHIKIT_LENT_PYTHON"),
-                    reason="set MOSHIKIT_LENT_PYTHON to a clean interpreter with torch and the gpu-wheels set only")
+                    reason="set MOSHIKIT_LENT_PYTHON (and MOSHIKIT_LENT_PATH) as scripts/lent-env.sh prints")
 def test_dry_run_with_only_the_carried_wheels(tmp_path):
-    """The lent machine simulated: a clean environment holding torch, numpy, onnxruntime,
-    huggingface_hub 1.x and the wheels of scripts/gpu-wheels.py, nothing else."""
+    """The lent machine simulated (scripts/lent-env.sh builds it): a clean interpreter holding torch,
+    numpy, onnxruntime and huggingface_hub 1.x, MOSHIKIT_LENT_PATH the folder the wheels of
+    scripts/gpu-wheels.py went to with pip's --target, run as scripts/gpu-wheels.py's docstring
+    says: from the checkout (``-m`` finds moshikit there), that folder alone on PYTHONPATH."""
     import os
     import subprocess
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(root)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if os.environ.get("MOSHIKIT_LENT_PATH"):
+        env["PYTHONPATH"] = os.environ["MOSHIKIT_LENT_PATH"]
     proc = subprocess.run([os.environ["MOSHIKIT_LENT_PYTHON"], "-m", "moshikit.testing.gpu_proof", "--device", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=root,
                           timeout=gpu_proof.DRY_BUDGET_S + 300)  # past the proof's own budget: it reports
