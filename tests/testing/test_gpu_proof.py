@@ -70,6 +70,9 @@ def test_cpu_dry_run_writes_one_json_and_a_summary(tmp_path, mimi_weights, capsy
     assert lm["status"] == "passed" and {r["params"].get("batch") for r in lm["rows"]} >= {1, 2}
     md = (tmp_path / "gpu-proof.md").read_text()
     assert md.startswith("# GPU proof: cpu (passed)") and "| bench lm | passed |" in md
+    collected = report["steps"][0]["tests"]["tests"]  # test_cuda.py's tests, though the XML counts none
+    assert collected >= 6 and f"| tests (collected only) | passed | {report['steps'][0]['seconds']} | " \
+        f"{collected} tests collected |" in md
     assert capsys.readouterr().out == md
     files, _ = _files_under(tmp_path)  # the bench JSON stays in the proof's work folder, removed
     assert sorted(p.name for p in files) == ["gpu-proof.json", "gpu-proof.md", "tests.xml"]
@@ -228,3 +231,9 @@ def test_dry_run_with_only_the_carried_wheels(tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=root,
                           timeout=gpu_proof.DRY_BUDGET_S + 300)  # past the proof's own budget: it reports
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-proof.json").read_text())
+    assert [s["key"] for s in report["steps"]] == list(gpu_proof.STEP_NAMES)
+    assert [s["status"] for s in report["steps"]] == ["passed"] * len(gpu_proof.STEP_NAMES)
+    assert all(s["rows"] for s in report["steps"][1:])  # every step measured something
+    # What the carried set leaves out is skipped with a note, never an import error.
+    assert [n.split(":")[0] for n in report["notes"]] == [what for _, what in gpu_proof.OPTIONAL], report["notes"]
