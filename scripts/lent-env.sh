@@ -5,19 +5,20 @@
 #     scripts/lent-env.sh [ENV] [SITE]
 #
 # ENV (default /tmp/lent-env): a fresh venv (no system site-packages) holding only what the lent
-# machine has: torch, numpy and onnxruntime (linked from SITE, the site-packages of the
-# developers' venv, default .venv's; with what they import: torch's sympy, networkx, jinja2,
-# filelock, fsspec, triton and nvidia libraries; onnxruntime's flatbuffers, packaging, protobuf)
-# and huggingface_hub 1.x with its dependencies (from the package index, as the lent machine
-# has it). Then the wheels of scripts/gpu-wheels.py, fetched for this interpreter's Python,
+# machine has: torch, numpy and onnxruntime, linked from SITE (the site-packages of the developers'
+# venv: .venv's, or from a worktree the main checkout's) with what they import (torch's sympy,
+# networkx, jinja2, filelock, fsspec, triton and nvidia libraries; onnxruntime's flatbuffers,
+# packaging, protobuf), and huggingface_hub 1.x with its dependencies from the package index, as
+# the lent machine has it. Then the wheels of scripts/gpu-wheels.py, fetched for ENV's Python,
 # installed into ENV/lent with pip's --target as the lent machine does (scripts/gpu-wheels.py's
-# docstring). It prints the test's command. The lent machine's Python is 3.12; here ENV's
-# Python is SITE's, whose compiled packages it links.
+# docstring). It prints the test's command. The lent machine's Python is 3.12; ENV's is SITE's,
+# whose compiled packages it links.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENV=${1:-/tmp/lent-env}
-SITE=${2:-$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null \
-             || /work/main/.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')}
+MAIN=$(git worktree list --porcelain | sed -n '1s/^worktree //p')  # a worktree's venv is the main checkout's
+VENV=$([ -x .venv/bin/python ] && echo .venv || echo "$MAIN/.venv")
+SITE=${2:-$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')}
 BASE=$(sed -n 's/^executable = //p' "$SITE/../../../pyvenv.cfg")  # the interpreter SITE was built for
 rm -rf "$ENV"
 "$BASE" -m venv "$ENV"
@@ -59,5 +60,5 @@ EOF
 "$PY" scripts/gpu-wheels.py --dest "$ENV/wheels" --python-version "$PYVER"
 "$PY" -m pip install -q --no-index --no-deps --target "$ENV/lent" "$ENV"/wheels/*.whl
 "$PY" -c 'import torch, numpy, onnxruntime, huggingface_hub as h; print("torch", torch.__version__, "hub", h.__version__)'
-echo "MOSHIKIT_LENT_PYTHON=$PY MOSHIKIT_LENT_PATH=$ENV/lent PYTHONPATH=\$PWD .venv/bin/python -m pytest -m slow" \
+echo "MOSHIKIT_LENT_PYTHON=$PY MOSHIKIT_LENT_PATH=$ENV/lent PYTHONPATH=\$PWD $VENV/bin/python -m pytest -m slow" \
      "tests/testing/test_gpu_proof.py -k carried_wheels -q -p no:randomly"
