@@ -18,6 +18,9 @@ proof's child processes inherit PYTHONPATH):
 
     python -m pip install -q --no-index --no-deps --target .lent gpu-wheels/*.whl && \\
         PYTHONPATH=$PWD/.lent python -m moshikit.testing.gpu_proof --device cuda --out "$OUT/proof"
+
+``scripts/lent-env.sh`` builds that machine's stand-in here (a clean venv, these wheels installed
+the same way) for the proof's CPU dry run, a test.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -263,6 +264,9 @@ def read_results(step: Step, out: Path, work: Path) -> None:
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
         if suite is not None:
             counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+            collected = re.search(r"(\d+)(?:/\d+)? tests? collected", step.tail)
+            if "collect" in step.name and collected:  # the XML of --collect-only counts no test
+                counts["tests"] = int(collected.group(1))
             step.tests = counts
             if step.status == "passed" and "collect" not in step.name and counts["tests"] == counts["skipped"]:
                 step.status, step.notes = "failed", step.notes + ["every cuda test was skipped: no GPU seen"]
@@ -289,7 +293,8 @@ def summary(report: dict) -> str:
     for s in report["steps"]:
         if s["tests"]:
             t = s["tests"]
-            result = f"{t['tests']} tests, {t['failures'] + t['errors']} failed, {t['skipped']} skipped"
+            result = (f"{t['tests']} tests collected" if "collect" in s["name"] else
+                      f"{t['tests']} tests, {t['failures'] + t['errors']} failed, {t['skipped']} skipped")
         else:
             result = f"{len(s['rows'])} rows"
         lines.append(f"| {s['name']} | {s['status']} | {s['seconds']} | {result} |")

@@ -70,6 +70,9 @@ def test_cpu_dry_run_writes_one_json_and_a_summary(tmp_path, mimi_weights, capsy
     assert lm["status"] == "passed" and {r["params"].get("batch") for r in lm["rows"]} >= {1, 2}
     md = (tmp_path / "gpu-proof.md").read_text()
     assert md.startswith("# GPU proof: cpu (passed)") and "| bench lm | passed |" in md
+    collected = report["steps"][0]["tests"]["tests"]  # test_cuda.py's tests, though the XML counts none
+    assert collected >= 6 and f"| tests (collected only) | passed | {report['steps'][0]['seconds']} | " \
+        f"{collected} tests collected |" in md
     assert capsys.readouterr().out == md
     files, _ = _files_under(tmp_path)  # the bench JSON stays in the proof's work folder, removed
     assert sorted(p.name for p in files) == ["gpu-proof.json", "gpu-proof.md", "tests.xml"]
@@ -210,17 +213,27 @@ def test_the_wheel_script_asks_for_the_lent_machine_exactly():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("os").environ.get("MOSHIKIT_LENT_PYTHON"),
-                    reason="set MOSHIKIT_LENT_PYTHON to a clean interpreter with torch and the gpu-wheels set only")
+                    reason="set MOSHIKIT_LENT_PYTHON (and MOSHIKIT_LENT_PATH) as scripts/lent-env.sh prints")
 def test_dry_run_with_only_the_carried_wheels(tmp_path):
-    """The lent machine simulated: a clean environment holding torch, numpy, onnxruntime,
-    huggingface_hub 1.x and the wheels of scripts/gpu-wheels.py, nothing else."""
+    """The lent machine simulated (scripts/lent-env.sh builds it): a clean interpreter holding torch,
+    numpy, onnxruntime and huggingface_hub 1.x, MOSHIKIT_LENT_PATH the folder the wheels of
+    scripts/gpu-wheels.py went to with pip's --target, run as scripts/gpu-wheels.py's docstring
+    says: from the checkout (``-m`` finds moshikit there), that folder alone on PYTHONPATH."""
     import os
     import subprocess
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(root)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if os.environ.get("MOSHIKIT_LENT_PATH"):
+        env["PYTHONPATH"] = os.environ["MOSHIKIT_LENT_PATH"]
     proc = subprocess.run([os.environ["MOSHIKIT_LENT_PYTHON"], "-m", "moshikit.testing.gpu_proof", "--device", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=root,
                           timeout=gpu_proof.DRY_BUDGET_S + 300)  # past the proof's own budget: it reports
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-proof.json").read_text())
+    assert [s["key"] for s in report["steps"]] == list(gpu_proof.STEP_NAMES)
+    assert [s["status"] for s in report["steps"]] == ["passed"] * len(gpu_proof.STEP_NAMES)
+    assert all(s["rows"] for s in report["steps"][1:])  # every step measured something
+    # What the carried set leaves out is skipped with a note, never an import error.
+    assert [n.split(":")[0] for n in report["notes"]] == [what for _, what in gpu_proof.OPTIONAL], report["notes"]
