@@ -252,10 +252,13 @@ def stt_lm(choice: Choice) -> Choice:
 
 def default_translate(plat: PlatformInfo | None = None) -> Choice:
     """``translate``: Hibiki on the torch LM backend (its conditioning, guidance and end-of-input
-    step; moshikit's CPU engine has them too, with ``-b cpu``, not yet measured against it), on the
-    GPU PyTorch finds (CUDA, else Apple's MPS), else the CPU."""
+    step) on the GPU PyTorch finds (CUDA, else Apple's MPS); with no GPU, moshikit's CPU engine
+    where it loads (Hibiki 1B's architecture: 1.5x moshi's ``run_inference`` in int8 on a 2-core
+    Xeon, docs/benchmarks.md), else torch on the CPU."""
     plat = plat or detect()
     device = "cuda" if plat.cuda else "mps" if plat.mps else "cpu"
+    if device == "cpu" and registry.probe("lm", "cpu")[0]:
+        return Choice("cpu", "cpu", "no GPU: Hibiki on moshikit's CPU engine (int8 kernels picked for this CPU)")
     where = {"cuda": f"CUDA GPU found ({plat.cuda[0].name})" if plat.cuda else "", "mps": "Apple MPS",
              "cpu": "no GPU: on the CPU"}[device]
     return Choice("torch", device, f"Hibiki on the torch backend (-b cpu: moshikit's CPU engine); {where}")
@@ -264,7 +267,9 @@ def default_translate(plat: PlatformInfo | None = None) -> Choice:
 def default_tts(plat: PlatformInfo | None = None, model: str | None = None) -> Choice:
     """``speak``: Apple silicon: MLX (Metal). CUDA: torch on cuda. Otherwise, with no ``--model``,
     Pocket TTS when it is installed (made for CPUs: Kyutai TTS 1.6B runs far below real time
-    there, docs/benchmarks.md), else Kyutai TTS on torch on the CPU."""
+    there, docs/benchmarks.md), else Kyutai TTS on torch on the CPU (``-b cpu``: moshikit's CPU
+    engine, 2.3x moshi's ``TTSModel.generate`` at batch 1 and 3x at batch 4 in int8, measured; not
+    the default yet: its ``auto`` precision is int8 on every checkpoint, tiny test ones included)."""
     apple = is_apple_silicon() if plat is None else plat.apple_silicon
     if apple and "mlx" in registry.names("tts") and registry.probe("tts", "mlx")[0]:
         return Choice("mlx", "gpu", "Apple silicon: Metal through MLX")
