@@ -29,7 +29,7 @@ def serve(
                                                      help="The server's --tts-batch.")] = None,
     backend: backend_opt("The server's LM backend (cpu, torch, mlx).") = None,
     tts_backend: Annotated[Optional[str], typer.Option("--tts-backend", metavar="NAME", show_default=False,
-                                                       help="The server's TTS backend (torch, mlx, pocket).")] = None,
+                                                       help="The server's TTS backend (torch, cpu, mlx, pocket).")] = None,
     reference: ReferenceOpt = True,
     device: DeviceOpt = None,
     json_file: JsonFileOpt = None,

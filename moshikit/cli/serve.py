@@ -47,7 +47,7 @@ def serve(
                                                      help="Text-to-speech requests served at once (default sized "
                                                           "for the device).")] = None,
     tts_backend: Annotated[Optional[str], typer.Option("--tts-backend", metavar="NAME", show_default=False,
-                                                       help="The text-to-speech backend: torch, mlx or pocket "
+                                                       help="The text-to-speech backend: torch, cpu, mlx or pocket "
                                                             "(default: speak's choice for the model).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 lets other machines in "
                                                      "(browsers then need --ssl for the microphone).")] = "127.0.0.1",
