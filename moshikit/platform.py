@@ -168,6 +168,39 @@ def fit_batch(device: str | None, wanted: int, per_item_bytes: int, what: str = 
     return n, f"{n} {what} at once ({room})"
 
 
+def available_ram() -> int | None:
+    """Bytes of memory the OS could give now without swapping (Linux: ``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: The share of the available RAM a CPU batch's streams may fill (the codec, the OS and the
+#: files read take the rest).
+CPU_BATCH_MEMORY_SHARE = 0.5
+
+
+def fit_cpu_batch(wanted: int, per_item_bytes: int, what: str = "streams") -> tuple[int, str]:
+    """(batch, why): ``wanted`` items at once on the CPU, or as many as half the available RAM
+    holds at ``per_item_bytes`` each (at least 1); asked after the model is loaded."""
+    free = available_ram()
+    if not free or per_item_bytes <= 0:
+        return wanted, f"{wanted} {what} at once (the default on the CPU)"
+    n = max(1, min(wanted, int(free * CPU_BATCH_MEMORY_SHARE // per_item_bytes)))
+    room = f"{free / 1e9:.1f} GB of RAM available, up to ~{per_item_bytes / 1e6:.0f} MB each"
+    if n < wanted:
+        return n, f"{n} {what} at once, not {wanted}: {room} (set the batch size to choose)"
+    return n, f"{n} {what} at once ({room})"
+
+
 def real_device(backend: str, device: str | None, plat: PlatformInfo | None = None) -> str | None:
     """``--device gpu`` names MLX's GPU; for the PyTorch backends it means the GPU this
     machine has (CUDA, else MPS), and is refused where there is none."""

@@ -220,13 +220,19 @@ class Stream:
 #: Files transcribed at once when no batch size is given: on a GPU (fewer when its free memory
 #: holds fewer streams), on a CPU.
 GPU_BATCH, CPU_BATCH = 16, 4
+#: Files at once on moshikit's CPU engine: its int8 step reads the weights once for every stream,
+#: so a batch of 32 runs 10x real time where 4 run ~3x (stt-1b, 2-core Xeon, docs/benchmarks.md).
+ENGINE_BATCH = 32
 
 
-def default_batch(model: SttModel) -> tuple[int, str]:
-    """(batch size, why) for ``transcribe`` without ``--batch-size``."""
-    from .platform import fit_batch
+def default_batch(model: SttModel, *, files: bool = False) -> tuple[int, str]:
+    """(batch size, why) for ``transcribe`` (``files``: a set of files, where throughput counts)
+    or a live server without ``--batch-size``."""
+    from .platform import fit_batch, fit_cpu_batch
 
     device = model.lm.info.device
+    if device in ("cpu", None) and files and model.lm.info.backend == "cpu":
+        return fit_cpu_batch(ENGINE_BATCH, getattr(model.lm, "stream_bytes", lambda: 0)())
     if device in ("cpu", None):
         return CPU_BATCH, f"{CPU_BATCH} streams at once (the default on a CPU)"
     per = getattr(model.lm, "stream_bytes", lambda: 0)()

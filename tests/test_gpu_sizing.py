@@ -113,3 +113,49 @@ def test_speak_int8_is_refused_not_ignored():
 
     with pytest.raises(UsageError, match="--dtype int8: Kyutai TTS on PyTorch runs in bf16, fp16 or fp32"):
         load_torch_tts("synthetic", device="cpu", dtype="int8")
+
+
+def test_files_on_the_cpu_engine_run_32_at_once_as_ram_allows(monkeypatch):
+    """transcribe on the CPU engine: 32 files at once (its step reads the weights once for all),
+    fewer where half the available RAM would not hold their KV caches; a live server keeps 4."""
+    from dataclasses import dataclass
+
+    from moshikit import platform, stt
+
+    @dataclass
+    class Info:
+        device: str = "cpu"
+        backend: str = "cpu"
+
+    class LM:
+        info = Info()
+
+        def stream_bytes(self):
+            return 100_000_000
+
+    class Model:
+        lm = LM()
+
+    monkeypatch.setattr(platform, "available_ram", lambda: 10_000_000_000)  # 10 GB: 50 streams fit
+    assert stt.default_batch(Model(), files=True)[0] == stt.ENGINE_BATCH == 32
+    monkeypatch.setattr(platform, "available_ram", lambda: 2_000_000_000)  # half of 2 GB: 10 streams
+    n, why = stt.default_batch(Model(), files=True)
+    assert n == 10 and "not 32" in why
+    assert stt.default_batch(Model())[0] == stt.CPU_BATCH  # serve's live slots
+    LM.info = Info(backend="torch")
+    assert stt.default_batch(Model(), files=True)[0] == stt.CPU_BATCH
+
+
+def test_the_engine_states_what_a_stream_can_hold(mimi_weights, tmp_path):
+    from moshikit.backends import cpu_engine
+    from moshikit.synthetic.stt import write_stt_repo
+
+    import numpy as np
+
+    lm = cpu_engine.load(write_stt_repo(tmp_path / "stt", kind="random", mimi_path=mimi_weights))
+    lm.reset(1)
+    codes = np.zeros((1, lm.input_codebooks), np.int64)
+    for _ in range(lm.info.context + 5):  # past the context: the cache has grown to its most
+        lm.step(codes)
+    held = sum(kv.numel() * kv.element_size() for kv in lm.engine.kv)
+    assert lm.stream_bytes() == held > 0

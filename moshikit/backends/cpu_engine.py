@@ -118,6 +118,11 @@ class CpuLM:
     def weight_bytes(self) -> int:
         return self.engine.weight_bytes() + (self.depth.weight_bytes() if self.depth is not None else 0)
 
+    def stream_bytes(self) -> int:
+        """The most one stream's KV cache grows to (every layer's keys and values over the context)."""
+        step = self.engine
+        return len(step.layers) * 2 * step.dim * step.context * step.kv[0].element_size()
+
     def text_tokenizer(self):
         return self.checkpoint.get_text_tokenizer()
 
