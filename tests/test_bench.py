@@ -104,7 +104,18 @@ def test_lm_stage_int8_engine_beside_moshi_bf16(tiny_repo):
     rows = list(bench.bench_lm(bench.LMPlan(["cpu"], tiny_repo, reference=True, batch_sizes=[1], steps=3,
                                             dtype="int8")))
     names = {r.name for r in rows if r.task.startswith("step")}
-    assert names == {"moshi LMGen (reference)", "moshikit cpu"}
+    assert names == {"moshi LMGen (reference)", "moshikit cpu", "limit: step, int8"}
+    (bound,) = [r for r in rows if r.name == "limit: step, int8"]
+    (step,) = [r for r in rows if r.name == "moshikit cpu" and r.task.startswith("step")]
+    # The roofline counts every matmul weight of the temporal and depth transformers once a step.
+    from moshikit.backends import cpu_engine
+    from moshikit.backends.cpu_kernels import Linear
+
+    lm = cpu_engine.load(tiny_repo, dtype="int8")
+    linears = [m for part in (lm.engine, lm.depth) for m in part.modules() if isinstance(m, Linear)]
+    assert bound.params["weights_mb"] == round(sum(m.weight_bytes() for m in linears) / 2**20, 1)
+    assert bound.params["gop_per_step"] > 0 and bound.stats.p50 == bound.params["step_ms"] > 0
+    assert step.params["of_limit"] == round(bound.params["step_ms"] / step.stats.p50, 4)
     import torch
 
     from moshikit.bench.lm import lm_subjects

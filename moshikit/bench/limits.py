@@ -89,6 +89,31 @@ def engine_cost(engine, batch: int, window: float) -> StepCost:
     return StepCost(weights, kv, 2.0 * (macs + attention_macs))
 
 
+def depth_cost(depth, batch: int) -> StepCost:
+    """One frame of the CPU engine's depth transformer (``cpu_depth.Depth``) for ``batch`` streams:
+    every codebook's products with the weights its schedule picks (weights shared by several
+    codebooks read once), the input projection once, its keys and values ignored (a few KB)."""
+    from ..backends.cpu_kernels import Linear
+
+    used: dict[int, Linear] = {}
+    macs = depth.project.in_features * depth.project.out_features * batch
+    used[id(depth.project)] = depth.project
+    for k in range(depth.steps):
+        lins = [depth.heads_out[k]]
+        for layer in depth.layers:
+            ff = layer.ff[layer.ff_pick[k]]
+            lins += [layer.qkv[layer.pick[k]], layer.out[layer.pick[k]], ff.inner, ff.outer]
+        for lin in lins:
+            assert isinstance(lin, Linear)
+            macs += lin.in_features * lin.out_features * batch
+            used[id(lin)] = lin
+    return StepCost(sum(m.weight_bytes() for m in used.values()), 0, 2.0 * macs)
+
+
+def combined(*costs: StepCost) -> StepCost:
+    return StepCost(sum(c.weight_bytes for c in costs), sum(c.kv_bytes for c in costs), sum(c.ops for c in costs))
+
+
 def limit(cost: StepCost, machine: Machine, precision: str, batch: int) -> dict:
     """The roofline for a step: its bound in x real time and which side bounds it."""
     read = (cost.weight_bytes + cost.kv_bytes) / (machine.read_gb_s * 1e9)

@@ -94,12 +94,29 @@ def lm_subjects(plan: LMPlan) -> list[tuple[str, Callable[[], object]]]:
     return subjects
 
 
+def step_limit(subj, batch: int, frames: int, machine) -> dict:
+    """The roofline of one step (temporal + depth) of the CPU engine ``subj`` (``bench.limits``)."""
+    from .limits import combined, depth_cost, engine_cost, limit, mean_window
+
+    cost = engine_cost(subj.engine, batch, mean_window(frames, subj.engine.context))
+    if subj.depth is not None:
+        cost = combined(cost, depth_cost(subj.depth, batch))
+    return limit(cost, machine, subj.info.precision, batch)
+
+
 def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]:
-    """Per-step latency over a batch sweep, the largest batch that keeps real time, time to first output."""
+    """Per-step latency over a batch sweep, the largest batch that keeps real time, time to first output;
+    for the CPU engine, a ``limit`` row per batch: the step's roofline on this machine, in ms."""
     import gc
 
+    machine = None
     for name, make in lm_subjects(plan):
         subj = make()
+        engine = getattr(subj, "info", None) is not None and subj.info.backend == "cpu"
+        if engine and machine is None:
+            from .limits import measure_machine
+
+            machine = measure_machine((subj.info.precision,))
         k = subj.input_codebooks
         sync = getattr(subj, "sync", None) or torch_sync
         kept: dict[int, bool] = {}  # batch -> kept real time (p99 under 80 ms)
@@ -121,7 +138,13 @@ def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]
             row = latency_row("lm", name, "step (temporal + depth)", walls, batch=batch, steps=plan.steps,
                               dtype=plan.dtype or "auto")
             row.memory = mem.result
+            bound = step_limit(subj, batch, plan.steps + 3, machine) if engine else None
+            if bound is not None:
+                row.params["of_limit"] = round(bound["step_ms"] / row.stats.p50, 4)  # latency: bound / measured
             yield row
+            if bound is not None:
+                yield Row("lm", f"limit: step, {subj.info.precision}", "step (temporal + depth)", "ms",
+                          Stats.of([bound["step_ms"]]), {"batch": batch, **bound, "machine": machine.to_json()})
             if first is not None:
                 yield latency_row("lm", name, "time to first output", [first], batch=batch)
             kept[batch] = row.stats.p99 < FRAME_SECONDS * 1000
