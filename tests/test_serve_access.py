@@ -116,7 +116,9 @@ def test_wrong_or_missing_token_never_reaches_the_model(guarded, conv):
             remote.connect(url + "?token=nope", timeout=5)
         assert spy.steps == 0 and spy.resets == 0
     assert server.stats["sessions"] == sessions
-    refusals = logs[before:]
+    # A session of an earlier test in this module may log its end late (the server logs it after the
+    # socket closes): that line is not ours; that no session started here is checked just above.
+    refusals = [line for line in logs[before:] if not line.startswith("session from")]
     assert len(refusals) == 7 and all(line.startswith("refused 127.0.0.1") for line in refusals), refusals
     assert "no token" in refusals[0] and "wrong token" in refusals[1]
     # every path is guarded alike, however it is spelled (the page's scripts too: the page sets a cookie)
