@@ -81,27 +81,29 @@ def hibiki_config_json(*, codebooks: int = 8, size: Size = "tiny") -> dict:
     }
 
 
+def wired_rows(config: dict) -> dict[str, tuple[int, float]]:
+    """The end-of-input -> EOS wiring: {tensor name: (row, value)}; each row becomes zeros with
+    ``value`` at ``_EOS_FEATURE``. The first source codebook is embedding ``dep_q`` of the LM's
+    audio embeddings: its code ``card`` writes the feature, which the text head reads as EOS."""
+    return {f"emb.{config['dep_q']}.weight": (config["card"], 60.0), "text_linear.weight": (EOS_ID, 4.0)}
+
+
 def hibiki_state(config: dict, seed: int) -> dict:
     """moshi's random init for ``config`` plus the wired end-of-input -> EOS behaviour."""
     state = random_state(config, seed)
-    card, dep_q = config["card"], config["dep_q"]
-    # The first source codebook is embedding dep_q of the LM's audio embeddings.
-    state[f"emb.{dep_q}.weight"][card] = 0.0
-    state[f"emb.{dep_q}.weight"][card, _EOS_FEATURE] = 60.0
-    state["text_linear.weight"][EOS_ID] = 0.0
-    state["text_linear.weight"][EOS_ID, _EOS_FEATURE] = 4.0
+    for name, (row, value) in wired_rows(config).items():
+        state[name][row] = 0.0
+        state[name][row, _EOS_FEATURE] = value
     return state
 
 
 class _WiredPool(PoolSource):
-    """``PoolSource`` with ``hibiki_state``'s end-of-input wiring: two rows replaced."""
+    """``PoolSource`` with ``hibiki_state``'s end-of-input wiring (``wired_rows``) in its windows."""
 
     def __init__(self, config: dict, seed: int) -> None:
         super().__init__(published_shapes(config=config), seed)
-        dim, card = config["dim"], config["card"]
-        self._rows = {f"emb.{config['dep_q']}.weight": (card * dim, 60.0),
-                      "text_linear.weight": (EOS_ID * dim, 4.0)}
-        self._dim = dim
+        self._dim = config["dim"]
+        self._rows = {name: (row * self._dim, value) for name, (row, value) in wired_rows(config).items()}
 
     def read(self, name, start, count, dtype):
         flat = super().read(name, start, count, dtype)
