@@ -160,9 +160,13 @@ def fit_batch(device: str | None, wanted: int, per_item_bytes: int, what: str = 
     import torch
 
     free, total = torch.cuda.mem_get_info(torch.device(device))
-    fits = int(free * BATCH_MEMORY_SHARE // per_item_bytes)
-    n = max(1, min(wanted, fits))
     room = f"{free / 1e9:.1f} GB free of {total / 1e9:.1f} GB on {device}, ~{per_item_bytes / 1e6:.0f} MB each"
+    return _fitted(wanted, int(free * BATCH_MEMORY_SHARE // per_item_bytes), room, what)
+
+
+def _fitted(wanted: int, fits: int, room: str, what: str) -> tuple[int, str]:
+    """(batch, why) of ``fit_batch``/``fit_cpu_batch``: ``wanted``, or the ``fits`` that ``room`` holds (at least 1)."""
+    n = max(1, min(wanted, fits))
     if n < wanted:
         return n, f"{n} {what} at once, not {wanted}: {room} (set the batch size to choose)"
     return n, f"{n} {what} at once ({room})"
@@ -194,11 +198,8 @@ def fit_cpu_batch(wanted: int, per_item_bytes: int, what: str = "streams") -> tu
     free = available_ram()
     if not free or per_item_bytes <= 0:
         return wanted, f"{wanted} {what} at once (the default on the CPU)"
-    n = max(1, min(wanted, int(free * CPU_BATCH_MEMORY_SHARE // per_item_bytes)))
     room = f"{free / 1e9:.1f} GB of RAM available, up to ~{per_item_bytes / 1e6:.0f} MB each"
-    if n < wanted:
-        return n, f"{n} {what} at once, not {wanted}: {room} (set the batch size to choose)"
-    return n, f"{n} {what} at once ({room})"
+    return _fitted(wanted, int(free * CPU_BATCH_MEMORY_SHARE // per_item_bytes), room, what)
 
 
 def real_device(backend: str, device: str | None, plat: PlatformInfo | None = None) -> str | None:

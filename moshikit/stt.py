@@ -231,11 +231,11 @@ def default_batch(model: SttModel, *, files: bool = False) -> tuple[int, str]:
     from .platform import fit_batch, fit_cpu_batch
 
     device = model.lm.info.device
+    per = getattr(model.lm, "stream_bytes", lambda: 0)()
     if device in ("cpu", None) and files and model.lm.info.backend == "cpu":
-        return fit_cpu_batch(ENGINE_BATCH, getattr(model.lm, "stream_bytes", lambda: 0)())
+        return fit_cpu_batch(ENGINE_BATCH, per)
     if device in ("cpu", None):
         return CPU_BATCH, f"{CPU_BATCH} streams at once (the default on a CPU)"
-    per = getattr(model.lm, "stream_bytes", lambda: 0)()
     return fit_batch(device, GPU_BATCH, per)
 
 
