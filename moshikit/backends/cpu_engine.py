@@ -56,8 +56,9 @@ class CpuLM:
         _prepare_torch()
         import torch
 
-        from .cpu_depth import Depth, unsupported_depth
-        from .cpu_step import Step, unsupported
+        from .cpu_depth import unsupported_depth
+        from .cpu_lmgen import Engine
+        from .cpu_step import unsupported
         from .torch_lm import checkpoint_info, file_dtype, load_moshi_model
 
         if str(device or "cpu").split(":")[0] not in ("cpu", "auto"):
@@ -90,9 +91,8 @@ class CpuLM:
         self.cfg_coef = 1.0
         self._cond = None
         kv_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-        with torch.no_grad():
-            self.engine = Step(model, precision, kv_dtype, release=True)
-            self.depth = Depth(model, precision, kv_dtype) if model.dep_q else None
+        self._built = Engine(model, precision, kv_dtype, release=True)
+        self.engine, self.depth = self._built.step, self._built.depth
         self.delays = np.asarray(model.delays, dtype=np.int64)
         self.initial = np.array([model.text_initial_token_id] + [model.initial_token_id] * int(model.n_q),
                                 dtype=np.int64)
@@ -116,7 +116,7 @@ class CpuLM:
         return self.engine
 
     def weight_bytes(self) -> int:
-        return self.engine.weight_bytes() + (self.depth.weight_bytes() if self.depth is not None else 0)
+        return self._built.weight_bytes()
 
     def stream_bytes(self) -> int:
         """The most one stream's KV cache grows to (every layer's keys and values over the context)."""

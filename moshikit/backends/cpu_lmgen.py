@@ -22,14 +22,15 @@ import torch
 class Engine:
     """The engine's modules for one moshi ``LMModel``: its temporal step and its depth transformer."""
 
-    def __init__(self, model, kind: str, kv_dtype: torch.dtype) -> None:
+    def __init__(self, model, kind: str, kv_dtype: torch.dtype, *, release: bool = False) -> None:
+        """``release``: empty the model's temporal layers as they are converted (``Step``)."""
         from .cpu_depth import Depth
         from .cpu_step import Step
 
+        self.initial = model._get_initial_token().clone()  # [1, K, 1], as LMGen reads it (before any release)
         with torch.no_grad():
-            self.step = Step(model, kind, kv_dtype)
+            self.step = Step(model, kind, kv_dtype, release=release)
             self.depth = Depth(model, kind, kv_dtype) if model.dep_q else None
-        self.initial = model._get_initial_token().clone()  # [1, K, 1], as LMGen reads it
 
     def weight_bytes(self) -> int:
         return self.step.weight_bytes() + (self.depth.weight_bytes() if self.depth is not None else 0)
