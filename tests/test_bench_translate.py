@@ -21,10 +21,25 @@ def test_rows_side_by_side(mimi_weights, capsys):
 
 @pytest.mark.slow  # ~40 s on 2 loaded cores
 def test_engine_rows_beside_run_inference(mimi_weights):
-    """With the CPU engine, the reference is still moshi's run_inference (bf16 on the CPU), same run."""
+    """With the CPU engine, the reference is still moshi's run_inference (bf16 on the CPU), same run;
+    a limit row gives the LM's roofline on this machine and moshikit's row its share of it."""
+    from moshikit.bench.limits import lm_limit, measure_machine
+    from moshikit.translate import load_translator
+
     rows = list(bench_translate(TranslatePlan("synthetic", backend="cpu", seconds=1.0, repeats=1)))
-    assert [r.name.split(" (")[0] for r in rows] == ["moshi run_inference InferenceState", "moshikit cpu"]
+    assert [r.name.split(" (")[0] for r in rows] == ["moshi run_inference InferenceState", "moshikit cpu",
+                                                     "limit: LM step, fp32"]
     assert all(r.stats.p50 > 0 for r in rows)
+    ours, bound = rows[1], rows[2]
+    assert "of_limit" not in rows[0].params
+    assert ours.params["of_limit"] == pytest.approx(ours.stats.p50 / bound.stats.p50, abs=1e-4)  # 4 decimals
+    # The bound counts the temporal step and the depth transformer (Hibiki has one): their weights
+    # read once a frame, at the bandwidth measured in the same run.
+    tr = load_translator("synthetic", backend="cpu")
+    machine = measure_machine(("fp32",))
+    temporal_only = lm_limit(tr.lm.engine, None, 1, 13, machine, "fp32")
+    assert bound.params["weights_mb"] > temporal_only["weights_mb"] > 0
+    assert bound.params["machine"]["read_gb_s"] > 0 and bound.params["batch"] == 1
 
 
 def test_full_hibiki_keeps_the_end_of_input_wiring():

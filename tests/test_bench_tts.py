@@ -81,6 +81,17 @@ def test_bench_tts_takes_the_cpu_engine(mimi_weights, tmp_path, capsys, one_torc
                  "--repeats", "1", "--batch-sizes", "1,2", "--json", str(out)])
     assert code in (0, None), capsys.readouterr().err
     rows = json.loads(out.read_text())["rows"]
-    assert {(r["name"], r["params"]["batch"]) for r in rows} == {("moshikit speak -b cpu", 1),
-                                                                 ("moshikit speak DIR --batch -b cpu", 2)}
+    precision = "int8" if dtype else "bf16"
+    assert {(r["name"], r["params"]["batch"]) for r in rows} == {
+        ("moshikit speak -b cpu", 1), ("moshikit speak DIR --batch -b cpu", 2),
+        (f"limit: LM step, {precision}", 1), (f"limit: LM step, {precision}", 2)}
     assert all(r["stats"]["p50"] > 0 for r in rows)
+    # Each engine row carries its share of the LM's roofline on this machine (the row after it); the
+    # weights are read once a frame whatever the batch, so the bound grows with the batch.
+    bounds = {r["params"]["batch"]: r for r in rows if r["name"].startswith("limit: ")}
+    for r in rows:
+        if r["unit"] == "x real time" and not r["name"].startswith("limit: "):
+            bound = bounds[r["params"]["batch"]]
+            assert r["params"]["of_limit"] == pytest.approx(r["stats"]["p50"] / bound["stats"]["p50"], abs=1e-4)  # of_limit: 4 decimals
+            assert bound["params"]["weights_mb"] > 0 and bound["params"]["bound"] in ("memory", "arithmetic")
+    assert bounds[2]["stats"]["p50"] > bounds[1]["stats"]["p50"]

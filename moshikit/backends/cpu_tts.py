@@ -76,7 +76,7 @@ def load(model: str | None, *, device: str | None = None, dtype: str | None = No
                            hint="use --backend torch")
     engine = Engine(lm, precision, torch.float32 if precision == "fp32" else torch.bfloat16)
     drop_weights(lm)
-    loaded.backend, loaded.precision = "cpu", precision
+    loaded.backend, loaded.precision, loaded.engine = "cpu", precision, engine
     loaded.lm_gen = partial(CpuLMGen, engine=engine)
     _LAST.clear()
     _LAST.update(key=key, model=loaded)

@@ -111,6 +111,24 @@ def combined(*costs: StepCost) -> StepCost:
     return StepCost(sum(c.weight_bytes for c in costs), sum(c.kv_bytes for c in costs), sum(c.ops for c in costs))
 
 
+def lm_limit(step, depth, batch: int, frames: int, machine: Machine, precision: str) -> dict:
+    """The roofline of one frame of a Moshi-family LM on the CPU engine: its temporal step
+    (``cpu_step.Step``, attending over the mean window of ``frames`` steps from an empty cache)
+    and, where the model has one, its depth transformer (``cpu_depth.Depth``)."""
+    cost = engine_cost(step, batch, mean_window(frames, step.context))
+    if depth is not None:
+        cost = combined(cost, depth_cost(depth, batch))
+    return limit(cost, machine, precision, batch)
+
+
+def limit_row(stage: str, task: str, bound: dict, machine: Machine, precision: str, **params):
+    """The ``limit: LM step, <precision>`` row (x real time) beside the rows it bounds."""
+    from .core import Row, Stats
+
+    return Row(stage, f"limit: LM step, {precision}", task, "x real time", Stats.of([bound["x_real_time"]]),
+               {**params, "precision": precision, **bound, "machine": machine.to_json()})
+
+
 def limit(cost: StepCost, machine: Machine, precision: str, batch: int) -> dict:
     """The roofline for a step: its bound in x real time and which side bounds it."""
     read = (cost.weight_bytes + cost.kv_bytes) / (machine.read_gb_s * 1e9)

@@ -96,12 +96,9 @@ def lm_subjects(plan: LMPlan) -> list[tuple[str, Callable[[], object]]]:
 
 def step_limit(subj, batch: int, frames: int, machine) -> dict:
     """The roofline of one step (temporal + depth) of the CPU engine ``subj`` (``bench.limits``)."""
-    from .limits import combined, depth_cost, engine_cost, limit, mean_window
+    from .limits import lm_limit
 
-    cost = engine_cost(subj.engine, batch, mean_window(frames, subj.engine.context))
-    if subj.depth is not None:
-        cost = combined(cost, depth_cost(subj.depth, batch))
-    return limit(cost, machine, subj.info.precision, batch)
+    return lm_limit(subj.engine, subj.depth, batch, frames, machine, subj.info.precision)
 
 
 def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]:

@@ -3,7 +3,9 @@
 Both rows translate the same audio at batch size 1 in the same run, round-robin (a noisy
 machine slows both alike): moshikit's ``translate_stream`` and ``moshi.run_inference``'s
 ``InferenceState.run`` on its own copy of the checkpoint (moshi's loaders, the LM in the
-dtype moshikit picked), each including the end-of-input tail until EOS.
+dtype moshikit picked), each including the end-of-input tail until EOS. On the CPU engine a
+``limit: LM step, <precision>`` row gives the LM's roofline on this machine (``bench.limits``:
+Mimi's encode and decode are outside it) and moshikit's row its share, ``of_limit``.
 """
 
 from __future__ import annotations
@@ -93,6 +95,20 @@ def bench_translate(plan: TranslatePlan, *, clock=time.perf_counter) -> Iterator
             t = clock()
             fn()
             walls[i].append(clock() - t)
+    task = f"translate {plan.seconds:g} s"
+    bound = machine = None
+    if tr.lm.info.backend == "cpu":
+        from .core import FRAME_SECONDS
+        from .limits import limit_row, lm_limit, measure_machine
+
+        machine = measure_machine((tr.lm.info.precision,))
+        frames = int(np.ceil(plan.seconds / FRAME_SECONDS))
+        bound = lm_limit(tr.lm.engine, tr.lm.depth, 1, frames, machine, tr.lm.info.precision)
     for i, (name, _) in enumerate(subjects):
-        yield throughput_row("translate", name, f"translate {plan.seconds:g} s", plan.seconds, walls[i], batch=1,
-                             device=tr.lm.info.device, cfg=plan.cfg)
+        row = throughput_row("translate", name, task, plan.seconds, walls[i], batch=1, device=tr.lm.info.device,
+                             cfg=plan.cfg)
+        if bound is not None and name.startswith("moshikit"):
+            row.params["of_limit"] = round(row.stats.p50 / bound["x_real_time"], 4)
+        yield row
+    if bound is not None:
+        yield limit_row("translate", task, bound, machine, tr.lm.info.precision, batch=1, device=tr.lm.info.device)

@@ -5,7 +5,9 @@ same run, round-robin (a busy machine slows every row alike).
 Both sides speak the same text with the same voice and seed, so they produce the same audio
 (the parity the tests check): the rows differ only by how the work is driven. Both run at
 each batch size of the sweep: moshi's generate over a batch of texts, and moshikit's
-``generate_batch`` (what ``speak DIR`` runs with ``--batch``).
+``generate_batch`` (what ``speak DIR`` runs with ``--batch``). Rows of the CPU engine
+(``-b cpu``) come with a ``limit: LM step, <precision>`` row: the LM's roofline on this machine
+(``bench.limits``; Mimi's decode and sampling are outside it), and their share of it, ``of_limit``.
 """
 
 from __future__ import annotations
@@ -94,12 +96,29 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
         from .tts_pocket import pocket_subjects
 
         subjects += pocket_subjects(plan.pocket, text)
+    engines: dict[tuple[str, int], object] = {}  # (row name, batch) -> the model, where the CPU engine runs it
     if plan.kyutai:
-        subjects += _kyutai_subjects(plan, text)
-    yield from _measure(subjects, plan, text, clock)
+        subjects += _kyutai_subjects(plan, text, engines)
+    machine = None
+    for row in _measure(subjects, plan, text, clock):
+        model = engines.get((row.name, row.params["batch"])) if row.unit == "x real time" else None
+        if model is None:
+            yield row
+            continue
+        from .core import FRAME_SECONDS
+        from .limits import limit_row, lm_limit, measure_machine
+
+        if machine is None:
+            machine = measure_machine((model.precision,))
+        batch = row.params["batch"]
+        frames = int(row.params["audio_s"] / FRAME_SECONDS)
+        bound = lm_limit(model.engine.step, model.engine.depth, batch, frames, machine, model.precision)
+        row.params["of_limit"] = round(row.stats.p50 / bound["x_real_time"], 4)
+        yield row
+        yield limit_row("tts", row.task, bound, machine, model.precision, batch=batch, device=row.params["device"])
 
 
-def _kyutai_subjects(plan: TtsPlan, text: str) -> list:
+def _kyutai_subjects(plan: TtsPlan, text: str, engines: dict) -> list:
     from ..tts import Settings, chunks, load_tts
 
     subjects: list[tuple[str, int, Callable[[], tuple[float | None, int]], str]] = []
@@ -119,6 +138,8 @@ def _kyutai_subjects(plan: TtsPlan, text: str) -> list:
 
         flag = "" if backend == "torch" else f" -b {backend}"
         subjects.append(("moshikit speak" + flag, 1, ours, str(mine.describe().get("device"))))
+        if getattr(mine, "engine", None) is not None:
+            engines[("moshikit speak" + flag, 1)] = mine
         if not hasattr(mine, "generate_batch"):
             continue
         for batch in [b for b in plan.batch_sizes if b > 1]:
@@ -128,6 +149,8 @@ def _kyutai_subjects(plan: TtsPlan, text: str) -> list:
                 _sync()
                 return min(s.first_audio for s in speeches), speeches[0].samples
             subjects.append(("moshikit speak DIR --batch" + flag, batch, ours_batch, mine.device))
+            if getattr(mine, "engine", None) is not None:
+                engines[("moshikit speak DIR --batch" + flag, batch)] = mine
     if plan.reference and model is None:
         model = load_tts(plan.model, backend="torch", device=plan.device, dtype=torch_dtype(plan))
         voice = model.resolve_voice(None)
@@ -159,7 +182,7 @@ def _measure(subjects: list, plan: TtsPlan, text: str, clock: Callable[[], float
             audio[i] = samples / 24000 * batch
     task = f"speak {len(text.split())} words"
     for i, (name, batch, _, device) in enumerate(subjects):
-        params = dict(batch=batch, device=device, words=len(text.split()))
+        params = dict(batch=batch, device=device, words=len(text.split()), audio_s=round(audio[i] / batch, 2))
         yield throughput_row("tts", name, task, audio[i], walls[i], **params)
         if firsts[i]:
             yield latency_row("tts", name, "time to first audio", firsts[i], **params)

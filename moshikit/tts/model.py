@@ -52,6 +52,7 @@ class TtsModel:
     #: moshi's own; the CPU engine's (``backends.cpu_tts``) otherwise.
     lm_gen: object = None
     precision: str | None = None  # the weights' format where the backend picks one (cpu: int8, bf16, fp32)
+    engine: object = None  # the CPU engine's modules (``backends.cpu_lmgen.Engine``): bench's limit rows
 
     @property
     def multi_speaker(self) -> bool:
