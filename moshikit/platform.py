@@ -300,10 +300,10 @@ def default_translate(plat: PlatformInfo | None = None) -> Choice:
 
 def default_tts(plat: PlatformInfo | None = None, model: str | None = None) -> Choice:
     """``speak``: Apple silicon: MLX (Metal). CUDA: torch on cuda. Otherwise, with no ``--model``,
-    Pocket TTS when it is installed (made for CPUs: Kyutai TTS 1.6B runs far below real time
-    there, docs/benchmarks.md), else Kyutai TTS on torch on the CPU (``-b cpu``: moshikit's CPU
-    engine, 2.3x moshi's ``TTSModel.generate`` at batch 1 and 3x at batch 4 in int8, measured; not
-    the default yet: its ``auto`` precision is int8 on every checkpoint, tiny test ones included)."""
+    Pocket TTS when it is installed (made for CPUs: Kyutai TTS 1.6B runs below real time on 2
+    cores, docs/benchmarks.md); Kyutai TTS on moshikit's CPU engine (``-b cpu``: int8 for the
+    1.6B checkpoint, 2.3x moshi's ``TTSModel.generate`` at batch 1 and 3x at batch 4, measured),
+    else on torch on the CPU."""
     apple = is_apple_silicon() if plat is None else plat.apple_silicon
     if apple and "mlx" in registry.names("tts") and registry.probe("tts", "mlx")[0]:
         return Choice("mlx", "gpu", "Apple silicon: Metal through MLX")
@@ -311,7 +311,11 @@ def default_tts(plat: PlatformInfo | None = None, model: str | None = None) -> C
     if plat.cuda:
         return Choice("torch", "cuda", f"CUDA GPU found ({plat.cuda[0].name})")
     if model is None and "pocket" in registry.names("tts") and registry.probe("tts", "pocket")[0]:
-        return Choice("pocket", "cpu", "no GPU: Pocket TTS, made for CPUs (a --model of Kyutai TTS runs on torch)")
+        return Choice("pocket", "cpu", "no GPU: Pocket TTS, made for CPUs (a --model of Kyutai TTS runs on "
+                      "moshikit's CPU engine)")
+    if "cpu" in registry.names("tts") and registry.probe("tts", "cpu")[0]:
+        return Choice("cpu", "cpu", "no GPU: moshikit's CPU engine (compact KV cache, int8 kernels picked for "
+                      "this CPU for the 1.6B checkpoint)")
     return Choice("torch", "cpu", "no GPU: PyTorch on the CPU")
 
 

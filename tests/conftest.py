@@ -182,4 +182,4 @@ def tts_model(mimi_weights):
 
     # No thread setting here: a session fixture's would last the rest of the session (one thread
     # for every later test). The modules that use it take ``one_torch_thread`` (module scope).
-    yield load_tts("synthetic")
+    yield load_tts("synthetic", backend="torch")  # moshi's own model: the tests' reference

@@ -11,14 +11,14 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def tts_server(*, batch: int = 2, queue: int = 0, backend: str | None = None, **cfg):
+def tts_server(*, batch: int = 2, queue: int = 0, backend: str | None = None, dtype: str | None = None, **cfg):
     """(running server, its log lines) serving ``synthetic`` greedily (temp 0: runs can be compared)."""
     from moshikit.serve.app import ServerApp
     from moshikit.serve.running import RunningServer
     from moshikit.serve.session import ServeConfig
     from moshikit.serve.tts import load_tts_service
 
-    service = load_tts_service("synthetic", backend=backend, batch=batch, temp=0.0, queue=queue)
+    service = load_tts_service("synthetic", backend=backend, dtype=dtype, batch=batch, temp=0.0, queue=queue)
     lines: list[str] = []
     app = ServerApp([service], ServeConfig(host="127.0.0.1", port=0, **cfg), log=lines.append)
     with RunningServer(app) as running:

@@ -35,7 +35,9 @@ def probe() -> str:
     return f"torch {torch.__version__}, moshi {moshi.__version__}"
 
 
-def _precision(dtype) -> str:
+def engine_format(dtype) -> str:
+    """``--dtype`` as the engine's weight format (int8, bf16 or fp32); ``auto`` here is fp32, as
+    the commands resolve ``auto`` before (``cpu_precision.choose``: int8 for checkpoints of real size)."""
     if dtype in (None, "auto", "fp32", "float32"):
         return "fp32"
     if dtype in ("bf16", "bfloat16"):
@@ -69,7 +71,7 @@ class CpuLM:
         if (self.checkpoint.lm_config or {}).get("quantize"):
             raise BackendError(f"{repo.source}: a quantized (-q8) checkpoint", hint="use the bf16 checkpoint, or "
                                "--backend torch")
-        precision = _precision(dtype)
+        precision = engine_format(dtype)
         load_dtype = torch.float32 if precision == "fp32" or file_dtype(repo.moshi_weights) == "fp32" \
             else torch.bfloat16
         try:

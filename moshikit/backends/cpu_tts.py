@@ -5,8 +5,9 @@ cross-attention to the speaker computed once per stream, int8/bf16 kernels picke
 ``cpu_depth``), generated through ``cpu_lmgen.CpuLMGen`` in place of moshi's ``LMGen``
 (``tts.engine`` drives either the same way).
 
-``--dtype``: int8 (auto, where this PyTorch has an int8 CPU engine), bf16, or fp32 (the
-reference: the tests compare it with ``-b torch``). The checkpoint resolves as for the torch
+``--dtype``: int8, bf16, or fp32 (the reference: the tests compare it with ``-b torch``);
+``auto`` as for the other models (``cpu_precision.choose``): int8 for Kyutai TTS 1.6B, fp32 for a
+small checkpoint. The checkpoint resolves as for the torch
 backend (``tts.model``), ``--model synthetic`` included.
 """
 
@@ -25,17 +26,14 @@ def probe() -> str:
     return f"torch {torch.__version__}, moshi {moshi.__version__}"
 
 
-def precision_of(dtype: str | None) -> str:
-    """``--dtype`` as the engine's weight format (auto: int8 where this PyTorch has it, else bf16)."""
-    if dtype in (None, "auto"):
-        from ..cpu_precision import int8_supported
+def precision_of(dtype: str | None, weights) -> str:
+    """``--dtype`` as the engine's weight format; ``auto`` as for the other models
+    (``cpu_precision.choose``: int8 for a checkpoint of real size where PyTorch has int8 CPU
+    kernels, fp32 for a small one, the test checkpoints included)."""
+    from ..cpu_precision import choose
+    from .cpu_engine import engine_format
 
-        return "int8" if int8_supported() else "bf16"
-    table = {"int8": "int8", "bf16": "bf16", "bfloat16": "bf16", "fp32": "fp32", "float32": "fp32"}
-    if dtype not in table:
-        raise BackendError(f"--dtype {dtype}: the cpu backend runs Kyutai TTS in int8, bf16 or fp32",
-                           hint="use --dtype int8 (or auto), or --backend torch")
-    return table[dtype]
+    return engine_format(choose(dtype, "cpu", weights, backend="cpu").dtype)
 
 
 #: The last model loaded, reused when the same files and precision are asked for again (as for torch).
@@ -58,8 +56,9 @@ def load(model: str | None, *, device: str | None = None, dtype: str | None = No
 
     if str(device or "cpu").split(":")[0] not in ("cpu", "auto"):
         raise BackendError(f"the cpu backend runs on the CPU, not {device}", hint="use --backend torch on a GPU")
-    precision = precision_of(dtype)
+    precision_of(dtype, None)  # a --dtype the engine cannot run is refused before any download
     ckpt = resolve_tts_checkpoint(model, revision=revision)
+    precision = precision_of(dtype, ckpt.files["moshi_name"])
     if (ckpt.config or {}).get("quantize"):
         raise BackendError(f"{ckpt.source}: a quantized (-q8) checkpoint", hint="use the bf16 checkpoint, or "
                            "--backend torch")

@@ -53,7 +53,7 @@ def speak(
         "--output-device", show_default=False, help="Speaker for --play: index or (part of) its name.")] = None,
     list_devices: ListDevicesOpt = False,
     backend: Annotated[str, typer.Option("--backend", "-b", metavar="NAME",
-                                         help="torch (Kyutai TTS through moshi), cpu (Kyutai TTS on moshikit's CPU engine; "
+                                         help="torch (Kyutai TTS through moshi), cpu (Kyutai TTS on moshikit's CPU engine, the default without a GPU; "
                                               "--dtype int8, bf16 or fp32), mlx, pocket (Pocket TTS, CPU, voice "
                                               "cloning), or auto: the platform's choice.")] = "auto",
     batch: Annotated[Optional[int], typer.Option(

@@ -272,13 +272,16 @@ def test_no_model_on_a_cpu_machine_is_pocket_tts(monkeypatch):
     monkeypatch.setattr(platform, "detect", lambda gpus=True: cpu)
     backend = lambda model, b: tts_choice(model, b, None).backend  # noqa: E731
     assert backend(None, None) == "pocket" and backend(None, "auto") == "pocket"
-    assert backend("synthetic", None) == "torch" and backend("tts", "auto") == "torch"
+    # A Kyutai TTS --model runs on moshikit's CPU engine (torch where the engine cannot load).
+    assert backend("synthetic", None) == "cpu" and backend("tts", "auto") == "cpu"
     assert backend(None, "torch") == "torch" and backend("pocket-tts", None) == "pocket"
     assert tts_choice(None, None, None) == platform.default_tts(cpu)  # what `moshikit info` shows
     monkeypatch.setattr(platform, "detect", lambda gpus=True: cuda)
     assert tts_choice(None, None, None) == platform.Choice("torch", "cuda", "CUDA GPU found (L4)")
     monkeypatch.setattr(platform, "detect", lambda gpus=True: cpu)
     monkeypatch.setattr(registry, "probe", lambda kind, name: (name != "pocket", "not installed"))
+    assert backend(None, None) == "cpu"
+    monkeypatch.setattr(registry, "probe", lambda kind, name: (name not in ("pocket", "cpu"), "not installed"))
     assert backend(None, None) == "torch"
 
 
