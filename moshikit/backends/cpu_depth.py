@@ -77,11 +77,10 @@ class DepthLayer(nn.Module):
         h = self.heads
         d = dim // h
         proj = self.qkv[self.pick[k]](self.norm1(x)).view(b, 3, h, d)
-        kv[0, :, :, k] = proj[:, 1].to(kv.dtype)
-        kv[1, :, :, k] = proj[:, 2].to(kv.dtype)
-        q = proj[:, 0, :, None].to(kv.dtype)  # [B, H, 1, D]
+        kv[:, :, :, k] = proj[:, 1:].transpose(0, 1)  # float32 both
+        q = proj[:, 0, :, None]  # [B, H, 1, D]
         y = F.scaled_dot_product_attention(q, kv[0, :, :, :k + 1], kv[1, :, :, :k + 1])
-        y = self.out[self.pick[k]](y.reshape(b, dim).float())
+        y = self.out[self.pick[k]](y.reshape(b, dim))
         x = x + (y if self.scale1 is None else self.scale1 * y)
         z = self.ff[self.ff_pick[k]](self.norm2(x))
         return x + (z if self.scale2 is None else self.scale2 * z)
@@ -90,13 +89,15 @@ class DepthLayer(nn.Module):
 class Depth(nn.Module):
     """The depth transformer of a moshi ``LMModel``: a frame's ``dep_q`` audio tokens for ``B`` streams."""
 
-    def __init__(self, model, kind: str = "int8", kv_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model, kind: str = "int8") -> None:
         super().__init__()
         why = unsupported_depth(model)
         if why:
             raise ValueError(why)
         self.steps = int(model.dep_q)
-        self.kv_dtype = kv_dtype
+        # The frame's keys and values in float32 whatever the weights: a few hundred KB a stream
+        # (layers x 2 x dep_q x dim), and no conversions around each codebook's attention.
+        self.kv_dtype = torch.float32
         first = model.depformer.layers[0].self_attn
         self.heads = first.num_heads
         self.dim = int(model.depformer_in[0].out_features)
@@ -119,7 +120,9 @@ class Depth(nn.Module):
         self.layers = nn.ModuleList(DepthLayer(layer, kind, self.steps) for layer in model.depformer.layers)
         norms = list(model.depformer_norms)
         self.norms = [None if isinstance(n, nn.Identity) else Norm(n) for n in norms]
-        self.heads_out = nn.ModuleList(Linear(lin, "fp32") for lin in model.linears)  # logits in float32
+        # Each codebook's logits head in bf16 beside int8 or bf16 layers, as the temporal text head
+        # (cpu_step.Step): 32 heads of 1024 x 2048 are 268 MB a frame in fp32 for Kyutai TTS.
+        self.heads_out = nn.ModuleList(Linear(lin, "fp32" if kind == "fp32" else "bf16") for lin in model.linears)
         self.batch = 0
         self.kv = torch.zeros(0)
 

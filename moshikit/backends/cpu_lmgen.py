@@ -30,7 +30,7 @@ class Engine:
         self.initial = model._get_initial_token().clone()  # [1, K, 1], as LMGen reads it (before any release)
         with torch.no_grad():
             self.step = Step(model, kind, kv_dtype, release=release)
-            self.depth = Depth(model, kind, kv_dtype) if model.dep_q else None
+            self.depth = Depth(model, kind) if model.dep_q else None
 
     def weight_bytes(self) -> int:
         return self.step.weight_bytes() + (self.depth.weight_bytes() if self.depth is not None else 0)

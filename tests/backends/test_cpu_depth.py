@@ -84,7 +84,7 @@ def test_depth_logits_are_within_the_stated_bound_of_moshi(model, kind):
     given = torch.from_numpy(np.concatenate([rng.integers(0, model.text_card, (b, 1)),
                                              rng.integers(0, model.card, (b, model.dep_q))], 1))
     ref = centred(moshi_depth_logits(model, out, given))
-    depth = Depth(model, kind, torch.float32 if kind == "fp32" else torch.bfloat16)
+    depth = Depth(model, kind)
     with torch.inference_mode():
         got = centred(depth.logits(out, given).numpy())
     assert got.shape == ref.shape == (b, model.dep_q, model.card)
