@@ -23,7 +23,9 @@ class Engine:
     """The engine's modules for one moshi ``LMModel``: its temporal step and its depth transformer."""
 
     def __init__(self, model, kind: str, kv_dtype: torch.dtype, *, release: bool = False) -> None:
-        """``release``: empty the model's temporal layers as they are converted (``Step``)."""
+        """``release``: empty what the engine copies out of ``model`` (a moshi ``LMModel``): its
+        temporal layers as they are converted (``Step``: the peak stays near one copy), then its depth
+        transformer, embeddings and heads. What else the model holds (conditioners, fuser) stays."""
         from .cpu_depth import Depth
         from .cpu_step import Step
 
@@ -31,6 +33,11 @@ class Engine:
         with torch.no_grad():
             self.step = Step(model, kind, kv_dtype, release=release)
             self.depth = Depth(model, kind) if model.dep_q else None
+        if release:
+            for module in (model.transformer, model.depformer, model.emb, model.depformer_emb, model.depformer_in,
+                           model.linears, model.text_linear, model.depformer_text_emb, model.extra_heads):
+                for p in module.parameters() if module is not None else ():
+                    p.data = torch.empty(0, dtype=p.dtype, device=p.device)  # temporal layers: on meta already
 
     def weight_bytes(self) -> int:
         return self.step.weight_bytes() + (self.depth.weight_bytes() if self.depth is not None else 0)

@@ -73,27 +73,15 @@ def load(model: str | None, *, device: str | None = None, dtype: str | None = No
     if why:
         raise BackendError(f"{ckpt.source}: the cpu backend cannot run this model yet ({why})",
                            hint="use --backend torch")
-    engine = Engine(lm, precision, torch.float32 if precision == "fp32" else torch.bfloat16)
-    drop_weights(lm)
+    # release: moshi's copies of what the engine converts are emptied (the model's size again in
+    # bf16); this model is the cpu backend's alone (``reuse=False``), and what generation still reads
+    # of it (the conditioners, the fuser, its sizes and token ids) stays.
+    engine = Engine(lm, precision, torch.float32 if precision == "fp32" else torch.bfloat16, release=True)
     loaded.backend, loaded.precision, loaded.engine = "cpu", precision, engine
     loaded.lm_gen = partial(CpuLMGen, engine=engine)
     _LAST.clear()
     _LAST.update(key=key, model=loaded)
     return loaded
-
-
-def drop_weights(lm) -> None:
-    """Free what the engine copied out of moshi's LM (its transformers, embeddings and heads: the
-    model's size again in bf16): this model is the cpu backend's alone (``load_torch_tts(reuse=False)``),
-    and what generation still reads of it (the conditioners, the fuser, its sizes and token ids) stays."""
-    import torch
-
-    for module in (lm.transformer, lm.depformer, lm.emb, lm.depformer_emb, lm.depformer_in, lm.linears,
-                   lm.text_linear, lm.depformer_text_emb, lm.extra_heads):
-        if module is None:
-            continue
-        for p in module.parameters():
-            p.data = torch.empty(0, dtype=p.dtype)
 
 
 def voices(model: str | None, *, revision: str | None = None) -> tuple[str, list[str], str]:
