@@ -176,6 +176,33 @@ def test_lm_capacity_claims_only_what_was_measured(monkeypatch, sizes, low, exac
     assert bench.capacity_text(cap) == text
 
 
+class _CyclicLM(_LinearLM):
+    """An LM in a reference cycle, as a model's modules and streaming states are: only the cycle
+    collector frees it once nothing else holds it."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock, 0)
+        self.me = self
+
+
+def test_bench_lm_frees_each_subject_before_making_the_next(monkeypatch):
+    """Two models would not fit together (the 7B reference and the engine): the first subject is
+    collected before the second is made, so its memory counts in neither the load nor the next peak."""
+    import weakref
+
+    clock, made = FakeClock([]), []
+
+    def make():
+        assert all(ref() is None for ref in made), "the previous subject is still alive"
+        lm = _CyclicLM(clock)
+        made.append(weakref.ref(lm))
+        return lm
+
+    monkeypatch.setattr(bench.lm, "lm_subjects", lambda plan: [("first", make), ("second", make)])
+    rows = list(bench.bench_lm(bench.LMPlan([], "unused", reference=False, batch_sizes=[1], steps=2), clock=clock))
+    assert len(made) == 2 and {r.name for r in rows} == {"first", "second"}
+
+
 def test_bench_lm_prints_a_lower_bound_when_only_batch_1_ran(monkeypatch, capsys, tiny_repo):
     """The issue's case: only batch 1 measured, and it kept real time."""
     from moshikit.cli.app import main

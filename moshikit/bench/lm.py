@@ -146,7 +146,9 @@ def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]
                 yield latency_row("lm", name, "time to first output", [first], batch=batch)
             kept[batch] = row.stats.p99 < FRAME_SECONDS * 1000
         yield capacity_row(name, kept)
-        del subj
+        # ``sync`` may be a method of ``subj``: kept, it would hold the subject (a model in reference
+        # cycles) past this collection, and its memory would count in the next subject's peak.
+        del subj, sync
         gc.collect()
 
 
