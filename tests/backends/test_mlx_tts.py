@@ -89,8 +89,8 @@ def test_the_default_on_apple_silicon():
 
     here = platform.detect()
     assert platform.default_tts(replace(here, apple_silicon=True, cuda=[])).backend == "mlx"
-    assert platform.default_tts(replace(here, apple_silicon=False, cuda=[]), model="tts") == platform.Choice(
-        "torch", "cpu", "no GPU: PyTorch on the CPU")
+    # Elsewhere without a GPU, a Kyutai TTS --model runs on moshikit's CPU engine.
+    assert platform.default_tts(replace(here, apple_silicon=False, cuda=[]), model="tts").backend == "cpu"
 
 
 def test_equals_moshi_mlx_tts_generate(mlx_model, voice):
