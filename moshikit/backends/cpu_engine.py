@@ -35,9 +35,14 @@ def probe() -> str:
     return f"torch {torch.__version__}, moshi {moshi.__version__}"
 
 
-def engine_format(dtype) -> str:
-    """``--dtype`` as the engine's weight format (int8, bf16 or fp32); ``auto`` here is fp32, as
-    the commands resolve ``auto`` before (``cpu_precision.choose``: int8 for checkpoints of real size)."""
+def engine_format(dtype, weights=None) -> str:
+    """``--dtype`` as the engine's weight format: int8, bf16 or fp32. ``auto`` (or None) as for
+    every model on a CPU (``cpu_precision.choose`` on the ``weights`` file): int8 for a checkpoint
+    of real size where PyTorch has int8 CPU kernels, fp32 for a small one (the test checkpoints)."""
+    if dtype in (None, "auto"):
+        from ..cpu_precision import choose
+
+        dtype = choose(None, "cpu", weights, backend="cpu").dtype
     if dtype in (None, "auto", "fp32", "float32"):
         return "fp32"
     if dtype in ("bf16", "bfloat16"):
@@ -71,7 +76,7 @@ class CpuLM:
         if (self.checkpoint.lm_config or {}).get("quantize"):
             raise BackendError(f"{repo.source}: a quantized (-q8) checkpoint", hint="use the bf16 checkpoint, or "
                                "--backend torch")
-        precision = engine_format(dtype)
+        precision = engine_format(dtype, repo.moshi_weights)
         load_dtype = torch.float32 if precision == "fp32" or file_dtype(repo.moshi_weights) == "fp32" \
             else torch.bfloat16
         try:

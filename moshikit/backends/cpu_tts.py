@@ -26,16 +26,6 @@ def probe() -> str:
     return f"torch {torch.__version__}, moshi {moshi.__version__}"
 
 
-def precision_of(dtype: str | None, weights) -> str:
-    """``--dtype`` as the engine's weight format; ``auto`` as for the other models
-    (``cpu_precision.choose``: int8 for a checkpoint of real size where PyTorch has int8 CPU
-    kernels, fp32 for a small one, the test checkpoints included)."""
-    from ..cpu_precision import choose
-    from .cpu_engine import engine_format
-
-    return engine_format(choose(dtype, "cpu", weights, backend="cpu").dtype)
-
-
 #: The last model loaded, reused when the same files and precision are asked for again (as for torch).
 _LAST: dict = {}
 
@@ -50,15 +40,16 @@ def load(model: str | None, *, device: str | None = None, dtype: str | None = No
 
     from ..tts.model import load_torch_tts, resolve_tts_checkpoint
     from .cpu_depth import unsupported_depth
+    from .cpu_engine import engine_format
     from .cpu_lmgen import CpuLMGen, Engine
     from .cpu_step import unsupported
     from .torch_lm import file_dtype
 
     if str(device or "cpu").split(":")[0] not in ("cpu", "auto"):
         raise BackendError(f"the cpu backend runs on the CPU, not {device}", hint="use --backend torch on a GPU")
-    precision_of(dtype, None)  # a --dtype the engine cannot run is refused before any download
+    engine_format(dtype)  # a --dtype the engine cannot run is refused before any download
     ckpt = resolve_tts_checkpoint(model, revision=revision)
-    precision = precision_of(dtype, ckpt.files["moshi_name"])
+    precision = engine_format(dtype, ckpt.files["moshi_name"])
     if (ckpt.config or {}).get("quantize"):
         raise BackendError(f"{ckpt.source}: a quantized (-q8) checkpoint", hint="use the bf16 checkpoint, or "
                            "--backend torch")

@@ -213,6 +213,25 @@ def test_transcribe_runs_on_the_engine_on_a_cpu_and_torch_stays_selectable(rando
     assert stt.load_stt(str(random_repo), backend="torch", device="cpu").lm.info.backend == "torch"
 
 
+@needs_int8
+def test_auto_precision_is_int8_from_a_real_size_checkpoint_for_every_command(random_repo, monkeypatch, mimi_weights):
+    """``--dtype auto`` on the engine follows ``cpu_precision.choose`` whichever command loads it
+    (translate, chat and serve load through the shared path without choosing; Hibiki ran in fp32,
+    4x the bytes): int8 from a checkpoint of real size, fp32 for a small one."""
+    from moshikit import cpu_precision
+    from moshikit.synthetic.hibiki import write_hibiki_repo
+    from moshikit.translate import load_translator
+
+    assert cpu_engine.load(random_repo).info.precision == "fp32"  # a tiny checkpoint
+    assert cpu_engine.engine_format("bf16", None) == "bf16"  # --dtype forces
+    monkeypatch.setattr(cpu_precision, "INT8_MIN_BYTES", 1)  # every checkpoint is of real size
+    assert cpu_engine.load(random_repo).info.precision == "int8"
+    hibiki = write_hibiki_repo(random_repo.parent / "hibiki-auto", mimi_path=mimi_weights)
+    assert load_translator(str(hibiki), backend="cpu").lm.info.precision == "int8"
+    with pytest.raises(BackendError, match="int8, bf16 or fp32"):
+        cpu_engine.engine_format("fp16")
+
+
 def test_what_the_engine_cannot_run_is_refused_with_a_hint(tmp_path, mimi_weights, random_repo):
     from moshikit.synthetic.tts import write_tts_repo
 
