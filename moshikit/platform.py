@@ -287,7 +287,7 @@ def stt_lm(choice: Choice) -> Choice:
 def default_translate(plat: PlatformInfo | None = None) -> Choice:
     """``translate``: Hibiki on the torch LM backend (its conditioning, guidance and end-of-input
     step) on the GPU PyTorch finds (CUDA, else Apple's MPS); with no GPU, moshikit's CPU engine
-    where it loads (Hibiki 1B's architecture: 1.5x moshi's ``run_inference`` in int8 on a 2-core
+    where it loads (Hibiki 1B's architecture: 2.8x moshi's ``run_inference`` in int8 on a 2-core
     Xeon, docs/benchmarks.md), else torch on the CPU."""
     plat = plat or detect()
     device = "cuda" if plat.cuda else "mps" if plat.mps else "cpu"
