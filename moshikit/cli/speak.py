@@ -53,9 +53,10 @@ def speak(
         "--output-device", show_default=False, help="Speaker for --play: index or (part of) its name.")] = None,
     list_devices: ListDevicesOpt = False,
     backend: Annotated[str, typer.Option("--backend", "-b", metavar="NAME",
-                                         help="torch (Kyutai TTS through moshi), cpu (Kyutai TTS on moshikit's CPU engine, the default without a GPU; "
-                                              "--dtype int8, bf16 or fp32), mlx, pocket (Pocket TTS, CPU, voice "
-                                              "cloning), or auto: the platform's choice.")] = "auto",
+                                         help="torch (Kyutai TTS through moshi), cpu (Kyutai TTS on moshikit's CPU "
+                                              "engine, the default without a GPU; --dtype int8, bf16 or fp32), mlx, "
+                                              "pocket (Pocket TTS, CPU, voice cloning), or auto: the platform's "
+                                              "choice.")] = "auto",
     batch: Annotated[Optional[int], typer.Option(
         "--batch", min=1, show_default=False,
         help="For a directory of texts: how many to speak at once (default: 32 on a GPU, 4 on a CPU).")] = None,

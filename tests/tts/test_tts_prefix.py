@@ -14,7 +14,8 @@ from moshikit.tts import Settings, chunks, generate, load_tts, resolve_voice
 def public(tmp_path_factory, mimi_weights, one_torch_thread):
     from moshikit.synthetic.tts import write_public_repo
 
-    return load_tts(str(write_public_repo(tmp_path_factory.mktemp("pub") / "tts-public", mimi_path=mimi_weights)), backend="torch")  # moshi's model: the reference
+    repo = write_public_repo(tmp_path_factory.mktemp("pub") / "tts-public", mimi_path=mimi_weights)
+    return load_tts(str(repo), backend="torch")  # moshi's own model: the tests' reference
 
 
 def test_audio_prefix_voice_equals_moshi(public, tmp_path, write_wav):
