@@ -94,25 +94,18 @@ def lm_subjects(plan: LMPlan) -> list[tuple[str, Callable[[], object]]]:
     return subjects
 
 
-def step_limit(subj, batch: int, frames: int, machine) -> dict:
-    """The roofline of one step (temporal + depth) of the CPU engine ``subj`` (``bench.limits``)."""
-    from .limits import lm_limit
-
-    return lm_limit(subj.engine, subj.depth, batch, frames, machine, subj.info.precision)
-
-
 def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]:
     """Per-step latency over a batch sweep, the largest batch that keeps real time, time to first output;
     for the CPU engine, a ``limit`` row per batch: the step's roofline on this machine, in ms."""
     import gc
+
+    from .limits import lm_limit, measure_machine
 
     machine = None
     for name, make in lm_subjects(plan):
         subj = make()
         engine = getattr(subj, "info", None) is not None and subj.info.backend == "cpu"
         if engine and machine is None:
-            from .limits import measure_machine
-
             machine = measure_machine((subj.info.precision,))
         k = subj.input_codebooks
         sync = getattr(subj, "sync", None) or torch_sync
@@ -135,7 +128,8 @@ def bench_lm(plan: LMPlan, *, clock: Clock = time.perf_counter) -> Iterator[Row]
             row = latency_row("lm", name, "step (temporal + depth)", walls, batch=batch, steps=plan.steps,
                               dtype=plan.dtype or "auto")
             row.memory = mem.result
-            bound = step_limit(subj, batch, plan.steps + 3, machine) if engine else None
+            bound = lm_limit(subj.engine, subj.depth, batch, plan.steps + 3, machine, subj.info.precision) \
+                if engine else None
             if bound is not None:
                 row.params["of_limit"] = round(bound["step_ms"] / row.stats.p50, 4)  # latency: bound / measured
             yield row

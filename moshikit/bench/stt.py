@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .core import FRAME_SECONDS, Clock, PeakMemory, Row, Stats, latency_row, throughput_row
+from .core import FRAME_SECONDS, Clock, PeakMemory, Row, latency_row, throughput_row
 
 FRAME = 1920
 
@@ -206,11 +206,10 @@ def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter, sleep=time.sle
                 mems[i] = mem.result
         bounds = {}
         for precision, m in engines.items():
-            from .limits import engine_cost, limit, mean_window
+            from .limits import lm_limit
 
             frames = int(np.ceil(plan.seconds / FRAME_SECONDS)) + m.prefix_frames + m.delay_frames
-            cost = engine_cost(m.lm.engine, batch, mean_window(frames, m.lm.info.context))
-            bounds[precision] = limit(cost, machine, precision, batch)
+            bounds[precision] = lm_limit(m.lm.engine, m.lm.depth, batch, frames, machine, precision)
         for i, (name, params, _, _) in enumerate(subjects):
             row = throughput_row("stt", name, f"transcribe {n} x {plan.seconds:g} s", n * plan.seconds, walls[i],
                                  batch=batch, device=device, **params)
@@ -220,9 +219,10 @@ def bench_stt(plan: SttPlan, *, clock: Clock = time.perf_counter, sleep=time.sle
                 row.params["of_limit"] = round(row.stats.p50 / bound["x_real_time"], 4)
             yield row
         for precision, bound in bounds.items():
-            yield Row("stt", f"limit: LM step, {precision}", f"transcribe {n} x {plan.seconds:g} s", "x real time",
-                      Stats.of([bound["x_real_time"]]), {"batch": batch, "device": device, "precision": precision,
-                                                         **bound, "machine": machine.to_json()})
+            from .limits import limit_row
+
+            yield limit_row("stt", f"transcribe {n} x {plan.seconds:g} s", bound, machine, precision, batch=batch,
+                            device=device)
     if plan.live_frames:
         for name, params, _, live in subjects:
             walls = live()
