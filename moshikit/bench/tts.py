@@ -96,12 +96,12 @@ def bench_tts(plan: TtsPlan, *, clock: Callable[[], float] = time.perf_counter) 
         from .tts_pocket import pocket_subjects
 
         subjects += pocket_subjects(plan.pocket, text)
-    engines: dict[tuple[str, int], object] = {}  # (row name, batch) -> the model, where the CPU engine runs it
+    engines: dict[str, object] = {}  # row name -> the model, where the CPU engine runs it
     if plan.kyutai:
         subjects += _kyutai_subjects(plan, text, engines)
     machine = None
     for row in _measure(subjects, plan, text, clock):
-        model = engines.get((row.name, row.params["batch"])) if row.unit == "x real time" else None
+        model = engines.get(row.name) if row.unit == "x real time" else None
         if model is None:
             yield row
             continue
@@ -137,9 +137,10 @@ def _kyutai_subjects(plan: TtsPlan, text: str, engines: dict) -> list:
             return speech.first_audio, speech.samples
 
         flag = "" if backend == "torch" else f" -b {backend}"
-        subjects.append(("moshikit speak" + flag, 1, ours, str(mine.describe().get("device"))))
+        one, batched = "moshikit speak" + flag, "moshikit speak DIR --batch" + flag
         if getattr(mine, "engine", None) is not None:
-            engines[("moshikit speak" + flag, 1)] = mine
+            engines.update(dict.fromkeys((one, batched), mine))
+        subjects.append((one, 1, ours, str(mine.describe().get("device"))))
         if not hasattr(mine, "generate_batch"):
             continue
         for batch in [b for b in plan.batch_sizes if b > 1]:
@@ -148,9 +149,7 @@ def _kyutai_subjects(plan: TtsPlan, text: str, engines: dict) -> list:
                                                Settings(seed=plan.seed, max_steps=plan.max_steps))
                 _sync()
                 return min(s.first_audio for s in speeches), speeches[0].samples
-            subjects.append(("moshikit speak DIR --batch" + flag, batch, ours_batch, mine.device))
-            if getattr(mine, "engine", None) is not None:
-                engines[("moshikit speak DIR --batch" + flag, batch)] = mine
+            subjects.append((batched, batch, ours_batch, mine.device))
     if plan.reference and model is None:
         model = load_tts(plan.model, backend="torch", device=plan.device, dtype=torch_dtype(plan))
         voice = model.resolve_voice(None)
