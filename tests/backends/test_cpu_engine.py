@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from moshikit import platform, stt  # noqa: E402
 from moshikit.backends import cpu_engine, torch_lm  # noqa: E402
-from moshikit.backends.cpu_kernels import ONE_PASS_FROM, Linear, onednn_int8  # noqa: E402
+from moshikit.backends.cpu_kernels import ONE_PASS_FROM, Linear, onednn_int8, packed_bf16  # noqa: E402
 from moshikit.backends.cpu_step import Step  # noqa: E402
 from moshikit.cpu_precision import int8_supported  # noqa: E402
 from moshikit.errors import BackendError  # noqa: E402
@@ -287,3 +287,22 @@ def test_int8_runs_onednn_with_two_passes_below_eight_streams():
     # adds the activations' 8-bit grid (~-38 dB of each product): a few dB lower.
     assert snr_db(ref.numpy(), two.numpy()) >= 40.0
     assert 25.0 <= snr_db(ref.numpy(), one.numpy()) < snr_db(ref.numpy(), two.numpy())
+
+
+def test_bf16_layers_multiply_as_plain_bf16_weights():
+    """bf16 layers keep their weights in oneDNN's own layout where PyTorch can (``packed_bf16``,
+    laid out once, not on every call); the product is plain bf16's."""
+    torch.manual_seed(0)
+    fp = torch.nn.Linear(320, 384, bias=True)
+    lin = Linear(fp, "bf16")
+    assert lin.weight.is_mkldnn is packed_bf16()
+    w = fp.weight.detach().bfloat16()
+    for rows in (1, 5):
+        x = torch.randn(rows, 320)
+        with torch.no_grad():
+            got = lin(x)
+            plain = torch.nn.functional.linear(x.bfloat16(), w).float() + fp.bias.detach()
+        # Both round the sum of the same bf16 products to bf16 (2^-8 of the absolute sum each),
+        # in orders that may differ (fp32: 320 terms x 2^-24): two output roundings bound it.
+        budget = (x.abs().bfloat16().float() @ w.abs().float().T) * (2 * 2.0**-8 + 320 * 2.0**-24)
+        assert ((got - plain).abs() <= budget + 1e-6).all()

@@ -1,0 +1,107 @@
+"""How fast the CPU engine's matmul kernels stream a model's weights, beside this machine's memory read.
+
+The engine's own layers (``moshikit.backends.cpu_kernels.Linear``: int8 on oneDNN or fbgemm, bf16
+in oneDNN's packed layout) and plain bf16 ``F.linear``, at a few batch sizes, over:
+
+* ``temporal``: stt-1b's temporal transformer (16 layers of 2048-wide products, 822 MB in int8:
+  beyond the caches), one step per pass;
+* ``depth``: Kyutai TTS 1.6B's depth transformer at one frame (32 codebooks x 4 layers, weights
+  per step for the first 10 codebooks, one set for the other 22: the set stays in the caches).
+
+Random weights (speed only). Prints the CPU, the load average and the read bandwidth measured by
+``moshikit.bench.limits`` in the same run; run it on an idle machine:
+
+    .venv/bin/python scripts/kernel_rates.py --shapes temporal --rows 1,2,8,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from moshikit.backends.cpu_kernels import Linear, kernel_note, packed_bf16
+from moshikit.bench.limits import measure_machine
+
+TEMPORAL = [(6144, 2048), (2048, 2048), (11264, 2048), (2048, 5632)]  # qkv, out, gated ff in, ff out
+DEPTH = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 2048)]
+DEPTH_SCHEDULE = list(range(10)) + [10] * 22
+
+
+def plan(shapes: str) -> tuple[list[list[tuple[int, int]]], list[int]]:
+    """The weight sets and the order one pass uses them in."""
+    if shapes == "temporal":
+        return [TEMPORAL] * 16, list(range(16))
+    return [DEPTH] * 11, [s for s in DEPTH_SCHEDULE for _ in range(4)]
+
+
+def layers_for(fmt: str, sets: list[list[tuple[int, int]]]):
+    """Per set, per shape: a callable x -> y."""
+    out = []
+    for shapes in sets:
+        row = []
+        for n, k in shapes:
+            dense = nn.Linear(k, n, bias=False)
+            nn.init.normal_(dense.weight, std=0.02)
+            if fmt == "bf16 plain":
+                w = dense.weight.detach().bfloat16()
+                row.append(lambda x, w=w: F.linear(x.bfloat16(), w).float())
+            else:
+                row.append(Linear(dense, fmt))
+        out.append(row)
+    return out
+
+
+def one_pass(layers, order: list[int], xs: list[torch.Tensor]) -> None:
+    for s in order:
+        for j, layer in enumerate(layers[s]):
+            layer(xs[j])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", choices=("temporal", "depth"), default="temporal")
+    ap.add_argument("--rows", default="1,2,8,32")
+    ap.add_argument("--formats", default="int8,bf16,bf16 plain")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    machine = measure_machine(("int8",))
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "?")
+    print(f"{cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}, "
+          f"memory read {machine.read_gb_s} GB/s, packed bf16: {packed_bf16()}")
+    sets, order = plan(args.shapes)
+    print("format       rows   ms a pass   GB/s of weights   share of memory read   kernel")
+    for fmt in args.formats.split(","):
+        layers = layers_for(fmt, sets)
+        elem = 1 if fmt == "int8" else 2
+        read = sum(n * k * elem for s in order for n, k in sets[s])
+        for rows in (int(r) for r in args.rows.split(",")):
+            for row in layers:
+                for layer in row:
+                    if isinstance(layer, Linear):
+                        layer.set_batch(rows)
+            xs = [torch.randn(rows, k) for _, k in sets[0]]
+            with torch.inference_mode():
+                one_pass(layers, order, xs)
+                best = float("inf")
+                for _ in range(args.repeats):
+                    t = time.perf_counter()
+                    one_pass(layers, order, xs)
+                    best = min(best, time.perf_counter() - t)
+            rate = read / best / 1e9
+            note = kernel_note(fmt, rows) if fmt != "bf16 plain" else "F.linear on plain bf16 weights"
+            print(f"{fmt:<12} {rows:>4}   {best * 1e3:>9.1f}   {rate:>15.1f}   {rate / machine.read_gb_s:>20.0%}   "
+                  f"{note}", flush=True)
+        del layers
+
+
+if __name__ == "__main__":
+    main()
