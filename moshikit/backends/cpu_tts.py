@@ -69,10 +69,25 @@ def load(model: str | None, *, device: str | None = None, dtype: str | None = No
     # of it (the conditioners, the fuser, its sizes and token ids) stays.
     engine = Engine(lm, precision, torch.float32 if precision == "fp32" else torch.bfloat16, release=True)
     loaded.backend, loaded.precision, loaded.engine = "cpu", precision, engine
+    loaded.open_decoder = _decoders(loaded.tts.mimi, loaded.n_q)
     loaded.lm_gen = partial(CpuLMGen, engine=engine)
     _LAST.clear()
     _LAST.update(key=key, model=loaded)
     return loaded
+
+
+def _decoders(mimi, n_q: int):
+    """The onnx codec's decoder graph of the model's Mimi, cached beside the codec's by weights
+    (``tts.engine`` decodes each frame with it: about half the time of moshi's Mimi on a CPU, see
+    docs/benchmarks.md), or None where onnxruntime is missing or the graph cannot be made here
+    (moshi's Mimi decodes)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    from .onnx_codec import stream_decoders
+
+    return stream_decoders(mimi, n_q)
 
 
 def voices(model: str | None, *, revision: str | None = None) -> tuple[str, list[str], str]:

@@ -312,5 +312,54 @@ class _OwnEncoder:
         return self._stream.run(x, frames, self._codec.info.frame_size)
 
 
+class _OwnDecoder:
+    """A batch of decoder streams with a state of their own (``stream_decoders``)."""
+
+    def __init__(self, stream: _Stream) -> None:
+        self._stream = stream
+
+    def decode(self, codes: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """``codes`` [B, K, n] -> pcm [B, n * frame_size] float32, continuing the streams. With
+        ``active`` (bool [B]), as moshi's Mimi under an exec mask: the other rows' states stay
+        where they were (their output is to be ignored)."""
+        state = self._stream.state
+        still = None if active is None else ~np.asarray(active, dtype=bool)
+        if still is not None and still.any():
+            kept = [a[still].copy() for a in state.arrays], state.offset[still].copy()
+        else:
+            still = None
+        pcm = self._stream.run(OnnxCodec._ints(codes), codes.shape[-1], 1)[:, 0]
+        if still is not None:
+            for a, before in zip(state.arrays, kept[0]):
+                a[still] = before
+            state.offset[still] = kept[1]
+        return pcm
+
+    def reset(self, mask: np.ndarray) -> None:
+        """Restart the streams where ``mask`` (bool [B]) is true."""
+        self._stream.state.reset(mask)
+
+
+def stream_decoders(mimi, num_codebooks: int):
+    """``open(batch)`` -> a decoder of ``batch`` fresh streams (``decode(codes [B, K, n])``) of a
+    loaded moshi ``MimiModel`` in float32, on one onnx session (the codec's decoder graph, cached
+    by weights): Kyutai TTS on the CPU engine decodes its frames with it. None, with a warning,
+    where the graph cannot be made or run here (the caller keeps moshi's Mimi)."""
+    import torch
+
+    try:
+        if any(p.dtype != torch.float32 for p in mimi.parameters()):
+            raise ValueError("Mimi's weights are not float32")
+        dec = mimi_graph.stream_decoder(mimi)
+        session = _session(graph(dec, torch.zeros(1, num_codebooks, 2, dtype=torch.long), "decoder"))
+    except Exception as exc:  # noqa: BLE001 - an unsupported model, an exporter or runtime failure
+        import warnings
+
+        warnings.warn(f"onnx codec: decoding with moshi's PyTorch Mimi ({type(exc).__name__}: {exc})"[:300],
+                      stacklevel=2)
+        return None
+    return lambda batch: _OwnDecoder(_Stream(session, dec.specs, batch))
+
+
 def load(weights: Path, *, device: str | None = None, num_codebooks: int = 8) -> OnnxCodec:
     return OnnxCodec(weights, device=device, num_codebooks=num_codebooks)

@@ -9,7 +9,8 @@ text, so the model sees exactly what it would have seen with the whole script up
 and the same seed gives the same codes. Memory stays flat: the KV cache is a ring,
 audio leaves frame by frame, and only the words' timings are kept. On the cpu backend the
 model's ``lm_gen`` (``backends.cpu_lmgen.CpuLMGen``: the same arguments and hooks over
-moshikit's CPU engine) stands in for ``LMGen``.
+moshikit's CPU engine) stands in for ``LMGen``, and its ``open_decoder`` (the onnx codec's
+decoder graph) decodes the frames in place of moshi's Mimi.
 """
 
 from __future__ import annotations
@@ -218,6 +219,8 @@ def generate_batch(model, scripts: list[Iterable[Chunk]], voices: list[list[Voic
             from ..errors import UsageError
 
             raise UsageError("nothing to say: the text is empty")
+    # The CPU engine's own decoder (the onnx codec's graph), else moshi's Mimi in the model.
+    decoder = model.open_decoder(batch) if s.decode and model.open_decoder is not None else None
     with torch.no_grad(), lm_gen.streaming(batch), tts.mimi.streaming(batch):
         while True:
             for row in rows:
@@ -237,7 +240,10 @@ def generate_batch(model, scripts: list[Iterable[Chunk]], voices: list[list[Voic
             if frame_index <= tts.delay_steps:
                 continue
             codes = frame[:, 1:, :]
-            pcm = np.clip(tts.mimi.decode(codes).cpu().numpy()[:, 0], -1, 1).astype(np.float32) if s.decode else None
+            if decoder is not None:
+                pcm = np.clip(decoder.decode(codes.cpu().numpy()), -1, 1).astype(np.float32, copy=False)
+            else:
+                pcm = np.clip(tts.mimi.decode(codes).cpu().numpy()[:, 0], -1, 1).astype(np.float32) if s.decode else None
             kept = codes[:, :, 0].cpu().numpy().astype(np.int64) if s.keep_codes else None
             for b, row in enumerate(rows):
                 if not live[b]:

@@ -5,7 +5,9 @@ has requests arriving at any time, with their words arriving over time too: here
 row is a *slot* with a state machine, a voice and a step count of its own. A slot that is
 given a new text is restarted alone (moshi's ``reset_streaming(mask)`` on the LM and Mimi), its
 voice put into the cross-attention source of its row; a slot whose next words have not arrived
-yet sits the step out (the LM's and Mimi's ``exec_mask``) instead of reading "end of text".
+yet sits the step out (the LM's and Mimi's ``exec_mask``) instead of reading "end of text". On
+the cpu backend the model's own decoder (``open_decoder``: the onnx codec's graph) decodes in
+place of moshi's Mimi, with the same restarts and exec mask.
 Everything else is ``engine.generate_batch`` per row: the same script entries, the same
 look-ahead rule (a slot runs once it holds ``second_stream_ahead + 1`` words or all of its
 text), the same zeroed first audio steps, the same skipped frames and stopping rule, so a
@@ -100,6 +102,8 @@ class SlotBatch:
                                          device=self.device)
         self.max_delay = max(tts.lm.delays)
         self._context = None
+        # The CPU engine's own decoder (the onnx codec's graph, as ``engine.generate_batch``), else Mimi's.
+        self.decoder = model.open_decoder(batch) if model.open_decoder is not None else None
 
     # ---------------------------------------------------------------- lifetime
 
@@ -169,6 +173,8 @@ class SlotBatch:
         mask = mask.to(self.device)
         self.lm_gen.reset_streaming(reset_mask=mask)
         self.tts.mimi.reset_streaming(reset_mask=mask)
+        if self.decoder is not None:
+            self.decoder.reset(mask.cpu().numpy())
         self._refresh_cross()
 
     def push(self, slot: int, text: str) -> None:
@@ -243,7 +249,10 @@ class SlotBatch:
             pcm = None
             if any(decode):
                 codes = frame[:, 1:, :].clamp(min=0)
-                pcm = np.clip(self.tts.mimi.decode(codes).float().cpu().numpy()[:, 0], -1, 1).astype(np.float32)
+                if self.decoder is not None:
+                    pcm = np.clip(self.decoder.decode(codes.cpu().numpy(), np.array(decode)), -1, 1)
+                else:
+                    pcm = np.clip(self.tts.mimi.decode(codes).float().cpu().numpy()[:, 0], -1, 1).astype(np.float32)
         self.steps += exec_mask.long()
         events: list[SlotEvent] = []
         for b, on in enumerate(self.active):

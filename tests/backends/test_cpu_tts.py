@@ -117,6 +117,24 @@ def test_speech_is_torchs_in_fp32(tts_model, cpu_model, voice, temp):
     assert agreement(codes_of(ours), codes_of(theirs)) >= 0.95
 
 
+def test_audio_is_moshis_mimi_decoding_of_the_codes(tts_model, cpu_model, voice):
+    """The cpu backend decodes with the onnx codec's decoder graph (``open_decoder``), not moshi's
+    Mimi: its audio is Mimi's streaming decode of the same codes, within the onnx codec's bound
+    (tests/backends/test_onnx_codec.py: float32 convolutions in another order, > 60 dB; measured
+    138 dB)."""
+    assert cpu_model.open_decoder is not None and tts_model.open_decoder is None
+    frames = []
+    speech = generate(cpu_model, chunks([TEXT]), [voice], Settings(seed=7, temp=0.0, keep_codes=True),
+                      on_pcm=frames.append)
+    codes = torch.from_numpy(codes_of(speech))[None]  # [1, K, T]
+    mimi = tts_model.tts.mimi
+    with torch.no_grad(), mimi.streaming(1):
+        want = np.concatenate([mimi.decode(codes[..., t:t + 1])[0, 0].numpy() for t in range(codes.shape[-1])])
+    got = np.concatenate(frames)
+    assert got.shape == want.shape and len(frames) == codes.shape[-1] > 5
+    assert snr_db(np.clip(want, -1, 1), got) > 60
+
+
 def test_a_batch_of_two_voices_is_torchs(tts_model, cpu_model):
     """Rows with speakers of their own (cross-attention keys and values per stream)."""
     voices = [[resolve_voice(tts_model, None)], [resolve_voice(tts_model, "vctk/p225_023.wav")]]
