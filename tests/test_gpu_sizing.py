@@ -159,3 +159,28 @@ def test_the_engine_states_what_a_stream_can_hold(mimi_weights, tmp_path):
         lm.step(codes)
     held = sum(kv.numel() * kv.element_size() for kv in lm.engine.kv)
     assert lm.stream_bytes() == held > 0
+
+
+def test_speak_on_the_cpu_engine_runs_16_texts_at_once_as_ram_allows(monkeypatch):
+    """speak DIR on the CPU engine: 16 texts at once (a frame's per-operation work is shared by the
+    batch), fewer where half the available RAM would not hold them; torch on a CPU keeps 4."""
+    from moshikit import platform
+    from moshikit.tts.files import ENGINE_BATCH, default_batch
+
+    class Tts:
+        backend = "cpu"
+
+        def describe(self):
+            return {"device": "cpu"}
+
+        def stream_bytes(self):
+            return 100_000_000
+
+    monkeypatch.setattr(platform, "available_ram", lambda: 10_000_000_000)  # 10 GB: 50 texts fit
+    n, why = default_batch(Tts())
+    assert n == ENGINE_BATCH == 16 and "texts" in why
+    monkeypatch.setattr(platform, "available_ram", lambda: 1_000_000_000)  # half of 1 GB: 5 texts
+    n, why = default_batch(Tts())
+    assert n == 5 and "not 16" in why
+    Tts.backend = "torch"
+    assert default_batch(Tts())[0] == 4

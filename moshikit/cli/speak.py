@@ -59,7 +59,8 @@ def speak(
                                               "choice.")] = "auto",
     batch: Annotated[Optional[int], typer.Option(
         "--batch", min=1, show_default=False,
-        help="For a directory of texts: how many to speak at once (default: 32 on a GPU, 4 on a CPU).")] = None,
+        help="For a directory of texts: how many to speak at once (default: 32 on a GPU, 16 on the cpu "
+             "engine, 4 on a CPU otherwise).")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = Dtype.auto,
     revision: RevisionOpt = None,

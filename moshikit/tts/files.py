@@ -116,16 +116,25 @@ def word_path(output: Path, fmt: str | None) -> Path | None:
     return output.with_suffix(f".{fmt}") if fmt else None
 
 
+#: Texts spoken at once by ``speak DIR`` on moshikit's CPU engine when no ``--batch`` is given:
+#: its frame is bound by per-operation work that a batch shares (Kyutai TTS 1.6B, 20 words, 2-core
+#: Xeon, ``moshikit bench tts``: 0.96x real time at 4, 1.8x at 8, 2.7x at 16; docs/benchmarks.md).
+ENGINE_BATCH = 16
+
+
 def default_batch(model) -> tuple[int, str]:
     """(texts spoken at once, why) when ``--batch`` is not given: 32 on a GPU (as Kyutai's own
-    script; on CUDA fewer when its free memory holds fewer streams), 4 on a CPU (see docs/benchmarks.md:
-    measured with ``moshikit bench tts``)."""
-    from ..platform import fit_batch
+    script; on CUDA fewer when its free memory holds fewer streams), ``ENGINE_BATCH`` on moshikit's
+    CPU engine (fewer where half the available RAM holds fewer), 4 on a CPU otherwise (see
+    docs/benchmarks.md: measured with ``moshikit bench tts``)."""
+    from ..platform import fit_batch, fit_cpu_batch
 
     device = str(model.describe().get("device", "cpu"))
-    if not device.startswith(("cuda", "mps", "gpu")):
-        return 4, "4 texts at once (the default on a CPU)"
     per = getattr(model, "stream_bytes", lambda: 0)()
+    if not device.startswith(("cuda", "mps", "gpu")):
+        if getattr(model, "backend", None) == "cpu":
+            return fit_cpu_batch(ENGINE_BATCH, per, "texts")
+        return 4, "4 texts at once (the default on a CPU)"
     return fit_batch(device, 32, per, "texts")
 
 
