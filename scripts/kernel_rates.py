@@ -1,7 +1,8 @@
 """How fast the CPU engine's matmul kernels stream a model's weights, beside this machine's memory read.
 
-The engine's own layers (``moshikit.backends.cpu_kernels.Linear``: int8 on oneDNN or fbgemm, bf16
-in oneDNN's packed layout) and plain bf16 ``F.linear``, at a few batch sizes, over:
+The engine's own layers (``moshikit.backends.cpu_kernels.Linear``: int8 on oneDNN or fbgemm; bf16
+plain, as the temporal transformer's, or laid out once for oneDNN, ``pack``, as the depth
+transformer's), at a few batch sizes, over:
 
 * ``temporal``: stt-1b's temporal transformer (16 layers of 2048-wide products, 822 MB in int8:
   beyond the caches), one step per pass;
@@ -22,7 +23,6 @@ import time
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from moshikit.backends.cpu_kernels import Linear, kernel_note, packed_bf16
 from moshikit.bench.limits import measure_machine
@@ -40,18 +40,14 @@ def plan(shapes: str) -> tuple[list[list[tuple[int, int]]], list[int]]:
 
 
 def layers_for(fmt: str, sets: list[list[tuple[int, int]]]):
-    """Per set, per shape: a callable x -> y."""
+    """Per set, per shape: the engine's layer in ``fmt``."""
     out = []
     for shapes in sets:
         row = []
         for n, k in shapes:
             dense = nn.Linear(k, n, bias=False)
             nn.init.normal_(dense.weight, std=0.02)
-            if fmt == "bf16 plain":
-                w = dense.weight.detach().bfloat16()
-                row.append(lambda x, w=w: F.linear(x.bfloat16(), w).float())
-            else:
-                row.append(Linear(dense, fmt))
+            row.append(Linear(dense, fmt.split()[0], pack=fmt.endswith("packed")))
         out.append(row)
     return out
 
@@ -66,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", choices=("temporal", "depth"), default="temporal")
     ap.add_argument("--rows", default="1,2,8,32")
-    ap.add_argument("--formats", default="int8,bf16,bf16 plain")
+    ap.add_argument("--formats", default="int8,bf16,bf16 packed")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
@@ -86,8 +82,7 @@ def main() -> None:
         for rows in (int(r) for r in args.rows.split(",")):
             for row in layers:
                 for layer in row:
-                    if isinstance(layer, Linear):
-                        layer.set_batch(rows)
+                    layer.set_batch(rows)
             xs = [torch.randn(rows, k) for _, k in sets[0]]
             with torch.inference_mode():
                 one_pass(layers, order, xs)
@@ -97,7 +92,7 @@ def main() -> None:
                     one_pass(layers, order, xs)
                     best = min(best, time.perf_counter() - t)
             rate = read / best / 1e9
-            note = kernel_note(fmt, rows) if fmt != "bf16 plain" else "F.linear on plain bf16 weights"
+            note = kernel_note(fmt.split()[0], rows) + (", laid out once" if fmt.endswith("packed") else "")
             print(f"{fmt:<12} {rows:>4}   {best * 1e3:>9.1f}   {rate:>15.1f}   {rate / machine.read_gb_s:>20.0%}   "
                   f"{note}", flush=True)
         del layers

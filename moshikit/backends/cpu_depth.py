@@ -11,7 +11,8 @@ output through ``depformer_in`` plus the embedding of the token before it (the t
   keys and values of the frame's codebooks kept in one preallocated buffer, attended over the
   codebooks so far;
 * matmuls in the kernel ``cpu_kernels`` picks (int8, bf16 or fp32 weights), like the temporal
-  transformer's.
+  transformer's; bf16 weights (the logits heads beside int8 layers) laid out once for oneDNN
+  (``pack``: read at a few rows, from the caches).
 
 Supported: what Moshi and Kyutai TTS use (no positional embedding in the depth transformer,
 plain, low-rank or demuxed embeddings as tables computed once, gated or plain feed-forward,
@@ -63,10 +64,10 @@ class DepthLayer(nn.Module):
         self.pick = [0] * steps if len(attn.in_projs) == 1 else \
             [schedule[k] if schedule else k for k in range(steps)]
         self.norm1, self.norm2 = Norm(layer.norm1), Norm(layer.norm2)
-        self.qkv = nn.ModuleList(Linear(p, kind) for p in attn.in_projs)
-        self.out = nn.ModuleList(Linear(p, kind) for p in attn.out_projs)
+        self.qkv = nn.ModuleList(Linear(p, kind, pack=True) for p in attn.in_projs)
+        self.out = nn.ModuleList(Linear(p, kind, pack=True) for p in attn.out_projs)
         self.scale1, self.scale2 = scale_of(layer.layer_scale_1), scale_of(layer.layer_scale_2)
-        self.ff = nn.ModuleList(feed_forwards(layer, kind))
+        self.ff = nn.ModuleList(feed_forwards(layer, kind, pack=True))
         wschedule = layer.weights_per_step_schedule
         self.ff_pick = [0] * steps if len(self.ff) == 1 else [wschedule[k] if wschedule else k for k in range(steps)]
 
@@ -106,7 +107,7 @@ class Depth(nn.Module):
         n_in = len(ins)
         stacked = nn.Linear(ins[0].in_features, n_in * self.dim, bias=False)
         stacked.weight = nn.Parameter(torch.cat([m.weight.detach().float() for m in ins]), requires_grad=False)
-        self.project = Linear(stacked, kind)
+        self.project = Linear(stacked, kind, pack=True)
         schedule = model.depformer_weights_per_step_schedule
         self.in_pick = [0] * self.steps if not model.depformer_multi_linear else \
             [schedule[k] if schedule is not None else k for k in range(self.steps)]
@@ -122,7 +123,8 @@ class Depth(nn.Module):
         self.norms = [None if isinstance(n, nn.Identity) else Norm(n) for n in norms]
         # Each codebook's logits head in bf16 beside int8 or bf16 layers, as the temporal text head
         # (cpu_step.Step): 32 heads of 1024 x 2048 are 268 MB a frame in fp32 for Kyutai TTS.
-        self.heads_out = nn.ModuleList(Linear(lin, "fp32" if kind == "fp32" else "bf16") for lin in model.linears)
+        self.heads_out = nn.ModuleList(Linear(lin, "fp32" if kind == "fp32" else "bf16", pack=True)
+                                       for lin in model.linears)
         self.batch = 0
         self.kv = torch.zeros(0)
 

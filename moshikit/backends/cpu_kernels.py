@@ -17,12 +17,13 @@ Every kernel here comes from PyTorch (oneDNN / fbgemm); none is hand-written.
   - else PyTorch's dynamic quantized linear (fbgemm: AVX2, AVX-512 VNNI) with a sentinel row
     fixing the tensor's range (``torch_int8.Int8Linear``); 7-bit activations on CPUs whose
     int8 products would saturate int16 (no VNNI).
-* ``bf16``: weights in bf16, laid out once in oneDNN's own blocked format
-  (``mkldnn._reorder_linear_weight``, as ``torch.compile`` freezes them) for oneDNN's bf16 matmul
-  (AMX or AVX-512 BF16 where present); plain ``F.linear`` re-lays plain weights on every call.
+* ``bf16``: weights in bf16, oneDNN's bf16 matmul (AMX or AVX-512 BF16 where present). With
+  ``pack`` (the depth transformer's layers and heads: read at a few rows, from the caches), laid
+  out once in oneDNN's own blocked format (``mkldnn._reorder_linear_weight``, as
+  ``torch.compile`` freezes them), which plain ``F.linear`` re-lays on every call.
   ``scripts/kernel_rates.py`` on a 2-core Xeon with AMX, 2 threads: Kyutai TTS's 512 depth
-  products of a frame (weights from the caches) 100 ms against 128 at one row; weights streamed
-  from memory, ~5% faster.
+  products of a frame 102 ms against 131 at one row; stt-1b's temporal layers, streamed from
+  memory, no faster at one row and ~15% slower at 32 rows packed, so they stay plain.
 * ``fp32``: the weights as loaded, in float32 (the tiny test models; the reference).
 """
 
@@ -143,7 +144,9 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Linear(nn.Module):
     """A bias-free linear layer of the engine: float32 in, float32 out, weights in ``kind``."""
 
-    def __init__(self, linear: nn.Linear, kind: str) -> None:
+    def __init__(self, linear: nn.Linear, kind: str, *, pack: bool = False) -> None:
+        """``pack``: bf16 weights laid out once for oneDNN (where ``packed_bf16``); for weights
+        read at a few rows from the caches (see the module's notes)."""
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -162,7 +165,7 @@ class Linear(nn.Module):
             self.int8 = Int8Linear(bare, reduce_range=not full_range_exact())
         elif kind == "bf16":
             self.weight = linear.weight.detach().to(torch.bfloat16).contiguous()
-            if packed_bf16():
+            if pack and packed_bf16():
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight)
         else:
             self.weight = linear.weight.detach().float().contiguous()

@@ -138,9 +138,10 @@ class FeedForward(nn.Module):
     """A layer's feed-forward on normalised input [B, dim]: moshi's gating (both inputs in one
     matmul, ``activation(a) * b``) or two plain linears around ``activation``."""
 
-    def __init__(self, inner: nn.Linear, outer: nn.Linear, activation, gated: bool, kind: str) -> None:
+    def __init__(self, inner: nn.Linear, outer: nn.Linear, activation, gated: bool, kind: str,
+                 pack: bool = False) -> None:
         super().__init__()
-        self.inner, self.outer = Linear(inner, kind), Linear(outer, kind)
+        self.inner, self.outer = Linear(inner, kind, pack=pack), Linear(outer, kind, pack=pack)
         self.activation, self.gated = activation, gated
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -153,12 +154,12 @@ class FeedForward(nn.Module):
         return self.outer(z)
 
 
-def feed_forwards(layer: nn.Module, kind: str) -> list[FeedForward]:
+def feed_forwards(layer: nn.Module, kind: str, pack: bool = False) -> list[FeedForward]:
     """A moshi layer's feed-forward(s): one, or one per step where its gating has weights per step."""
     if layer.gating is None:
-        return [FeedForward(layer.linear1, layer.linear2, layer.activation, False, kind)]
+        return [FeedForward(layer.linear1, layer.linear2, layer.activation, False, kind, pack)]
     gatings = list(layer.gating) if isinstance(layer.gating, nn.ModuleList) else [layer.gating]
-    return [FeedForward(g.linear_in, g.linear_out, g.activation, True, kind) for g in gatings]
+    return [FeedForward(g.linear_in, g.linear_out, g.activation, True, kind, pack) for g in gatings]
 
 
 class Layer(nn.Module):

@@ -289,18 +289,19 @@ def test_int8_runs_onednn_with_two_passes_below_eight_streams():
     assert 25.0 <= snr_db(ref.numpy(), one.numpy()) < snr_db(ref.numpy(), two.numpy())
 
 
-def test_bf16_layers_multiply_as_plain_bf16_weights():
-    """bf16 layers keep their weights in oneDNN's own layout where PyTorch can (``packed_bf16``,
-    laid out once, not on every call); the product is plain bf16's."""
+def test_packed_bf16_layers_multiply_as_plain_bf16_weights():
+    """bf16 layers built with ``pack`` (the depth transformer's) keep their weights in oneDNN's own
+    layout where PyTorch can (``packed_bf16``), laid out once, not on every call; the others stay
+    plain. The product is plain bf16's either way."""
     torch.manual_seed(0)
     fp = torch.nn.Linear(320, 384, bias=True)
-    lin = Linear(fp, "bf16")
-    assert lin.weight.is_mkldnn is packed_bf16()
+    packed, plain_layer = Linear(fp, "bf16", pack=True), Linear(fp, "bf16")
+    assert packed.weight.is_mkldnn is packed_bf16() and not plain_layer.weight.is_mkldnn
     w = fp.weight.detach().bfloat16()
     for rows in (1, 5):
         x = torch.randn(rows, 320)
         with torch.no_grad():
-            got = lin(x)
+            got = packed(x)
             plain = torch.nn.functional.linear(x.bfloat16(), w).float() + fp.bias.detach()
         # Both round the sum of the same bf16 products to bf16 (2^-8 of the absolute sum each),
         # in orders that may differ (fp32: 320 terms x 2^-24): two output roundings bound it.
