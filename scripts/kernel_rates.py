@@ -9,7 +9,9 @@ transformer's), at a few batch sizes, over:
 * ``depth``: Kyutai TTS 1.6B's depth transformer at one frame (32 codebooks x 4 layers, weights
   per step for the first 10 codebooks, one set for the other 22: the set stays in the caches).
 
-Random weights (speed only). Prints the CPU, the load average and the read bandwidth measured by
+``--formats`` may add two of PyTorch's weight-only kernels the engine measured and does not use:
+``int8 weight-only`` (``_weight_int8pack_mm``, bf16 activations) and ``int4`` (
+``_weight_int4pack_mm_for_cpu``, groups of 32, bf16 activations). Random weights (speed only). Prints the CPU, the load average and the read bandwidth measured by
 ``moshikit.bench.limits`` in the same run; run it on an idle machine:
 
     .venv/bin/python scripts/kernel_rates.py --shapes temporal --rows 1,2,8,32
@@ -39,15 +41,46 @@ def plan(shapes: str) -> tuple[list[list[tuple[int, int]]], list[int]]:
     return [DEPTH] * 11, [s for s in DEPTH_SCHEDULE for _ in range(4)]
 
 
+class WeightOnly:
+    """One of PyTorch's weight-only kernels over ``dense``'s weights: ``int8 weight-only``
+    (per output channel) or ``int4`` (asymmetric, groups of 32); bf16 activations."""
+
+    def __init__(self, dense: nn.Linear, fmt: str) -> None:
+        from moshikit.backends.cpu_kernels import quantize_rows
+
+        w = dense.weight.detach().float()
+        if fmt == "int4":
+            n, k = w.shape
+            groups = w.view(n, k // 32, 32)
+            low, high = groups.amin(-1), groups.amax(-1)
+            scale = ((high - low) / 15).clamp_min(1e-8)
+            q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32).view(n, k)
+            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            self.scales = torch.stack([scale.T, (low + 8 * scale).T], -1).contiguous().bfloat16()
+            self.run = lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, 32, self.scales)
+        else:
+            q, scale = quantize_rows(w)
+            self.run = lambda x: torch._weight_int8pack_mm(x, q, scale.bfloat16())
+
+    def set_batch(self, batch: int) -> None:
+        pass
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x.bfloat16()).float()
+
+
 def layers_for(fmt: str, sets: list[list[tuple[int, int]]]):
-    """Per set, per shape: the engine's layer in ``fmt``."""
+    """Per set, per shape: the engine's layer in ``fmt`` (or a weight-only kernel)."""
     out = []
     for shapes in sets:
         row = []
         for n, k in shapes:
             dense = nn.Linear(k, n, bias=False)
             nn.init.normal_(dense.weight, std=0.02)
-            row.append(Linear(dense, fmt.split()[0], pack=fmt.endswith("packed")))
+            if fmt in ("int8 weight-only", "int4"):
+                row.append(WeightOnly(dense, fmt))
+            else:
+                row.append(Linear(dense, fmt.split()[0], pack=fmt.endswith("packed")))
         out.append(row)
     return out
 
@@ -74,11 +107,11 @@ def main() -> None:
     print(f"{cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}, "
           f"memory read {machine.read_gb_s} GB/s, packed bf16: {packed_bf16()}")
     sets, order = plan(args.shapes)
-    print("format       rows   ms a pass   GB/s of weights   share of memory read   kernel")
+    print("format           rows   ms a pass   GB/s of weights   share of memory read   kernel")
     for fmt in args.formats.split(","):
         layers = layers_for(fmt, sets)
-        elem = 1 if fmt == "int8" else 2
-        read = sum(n * k * elem for s in order for n, k in sets[s])
+        elem = {"int8": 1, "int8 weight-only": 1, "int4": 0.5}.get(fmt, 2)
+        read = int(sum(n * k * elem for s in order for n, k in sets[s]))
         for rows in (int(r) for r in args.rows.split(",")):
             for row in layers:
                 for layer in row:
@@ -92,8 +125,9 @@ def main() -> None:
                     one_pass(layers, order, xs)
                     best = min(best, time.perf_counter() - t)
             rate = read / best / 1e9
-            note = kernel_note(fmt.split()[0], rows) + (", laid out once" if fmt.endswith("packed") else "")
-            print(f"{fmt:<12} {rows:>4}   {best * 1e3:>9.1f}   {rate:>15.1f}   {rate / machine.read_gb_s:>20.0%}   "
+            note = "PyTorch's weight-only kernel" if isinstance(layers[0][0], WeightOnly) else \
+                kernel_note(fmt.split()[0], rows) + (", laid out once" if fmt.endswith("packed") else "")
+            print(f"{fmt:<16} {rows:>4}   {best * 1e3:>9.1f}   {rate:>15.1f}   {rate / machine.read_gb_s:>20.0%}   "
                   f"{note}", flush=True)
         del layers
 

@@ -118,7 +118,7 @@ def word_path(output: Path, fmt: str | None) -> Path | None:
 
 #: Texts spoken at once by ``speak DIR`` on moshikit's CPU engine when no ``--batch`` is given:
 #: its frame is bound by per-operation work that a batch shares (Kyutai TTS 1.6B, 20 words, 2-core
-#: Xeon, ``moshikit bench tts``: 0.96x real time at 4, 1.8x at 8, 2.7x at 16; docs/benchmarks.md).
+#: Xeon, ``moshikit bench tts``: 0.93-0.96x real time at 4, 1.8x at 8, 2.7x at 16; docs/benchmarks.md).
 ENGINE_BATCH = 16
 
 
