@@ -130,12 +130,11 @@ def default_batch(model) -> tuple[int, str]:
     from ..platform import fit_batch, fit_cpu_batch
 
     device = str(model.describe().get("device", "cpu"))
-    per = getattr(model, "stream_bytes", lambda: 0)()
-    if not device.startswith(("cuda", "mps", "gpu")):
-        if getattr(model, "backend", None) == "cpu":
-            return fit_cpu_batch(ENGINE_BATCH, per, "texts")
+    on_cpu = not device.startswith(("cuda", "mps", "gpu"))
+    if on_cpu and getattr(model, "backend", None) != "cpu":
         return 4, "4 texts at once (the default on a CPU)"
-    return fit_batch(device, 32, per, "texts")
+    per = getattr(model, "stream_bytes", lambda: 0)()
+    return fit_cpu_batch(ENGINE_BATCH, per, "texts") if on_cpu else fit_batch(device, 32, per, "texts")
 
 
 def speak_files(jobs: Sequence, model, voices, opts: BatchOptions,

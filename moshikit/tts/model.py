@@ -53,9 +53,9 @@ class TtsModel:
     lm_gen: object = None
     precision: str | None = None  # the weights' format where the backend picks one (cpu: int8, bf16, fp32)
     engine: object = None  # the CPU engine's modules (``backends.cpu_lmgen.Engine``): bench's limit rows
-    #: ``open(batch)`` -> a Mimi decoder of its own (``decode(codes [B, K, 1]) -> pcm [B, 1920]``) that
-    #: generation runs beside the language model's next frame (the CPU engine's: the onnx codec's graph
-    #: on one thread); None: moshi's Mimi decodes each frame in turn.
+    #: ``open(batch)`` -> a Mimi decoder of ``batch`` streams of its own (``decode(codes [B, K, 1]) ->
+    #: pcm [B, 1920]``) that generation decodes its frames with (the CPU engine's: the onnx codec's
+    #: decoder graph); None: moshi's Mimi in ``tts`` decodes them.
     open_decoder: object = None
 
     @property

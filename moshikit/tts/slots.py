@@ -102,8 +102,7 @@ class SlotBatch:
                                          device=self.device)
         self.max_delay = max(tts.lm.delays)
         self._context = None
-        # The CPU engine's own decoder (the onnx codec's graph, as ``engine.generate_batch``), else Mimi's.
-        self.decoder = model.open_decoder(batch) if model.open_decoder is not None else None
+        self.decoder = None
 
     # ---------------------------------------------------------------- lifetime
 
@@ -113,6 +112,10 @@ class SlotBatch:
         stack = contextlib.ExitStack()
         stack.enter_context(self.lm_gen.streaming(self.batch))
         stack.enter_context(self.tts.mimi.streaming(self.batch))
+        # The CPU engine's own decoder (the onnx codec's graph, as ``engine.generate_batch``), fresh
+        # streams as Mimi's here; else Mimi decodes.
+        opened = self.model.open_decoder
+        self.decoder = opened(self.batch) if opened is not None else None
         self._context = stack
         self._refresh_cross()
         return self
