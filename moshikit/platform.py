@@ -302,7 +302,7 @@ def default_tts(plat: PlatformInfo | None = None, model: str | None = None) -> C
     """``speak``: Apple silicon: MLX (Metal). CUDA: torch on cuda. Otherwise, with no ``--model``,
     Pocket TTS when it is installed (made for CPUs: Kyutai TTS 1.6B runs below real time on 2
     cores, docs/benchmarks.md); Kyutai TTS on moshikit's CPU engine (``-b cpu``: int8 for the
-    1.6B checkpoint, 2.0x moshi's ``TTSModel.generate`` at batch 1 and 2.9x at batch 4, measured),
+    1.6B checkpoint, 2.1x moshi's ``TTSModel.generate`` at batch 1 and 3.0x at batch 4, measured),
     else on torch on the CPU."""
     apple = is_apple_silicon() if plat is None else plat.apple_silicon
     if apple and "mlx" in registry.names("tts") and registry.probe("tts", "mlx")[0]:

@@ -323,13 +323,10 @@ class _OwnDecoder:
         ``active`` (bool [B]), as moshi's Mimi under an exec mask: the other rows' states stay
         where they were (their output is to be ignored)."""
         state = self._stream.state
-        still = None if active is None else ~np.asarray(active, dtype=bool)
-        if still is not None and still.any():
-            kept = [a[still].copy() for a in state.arrays], state.offset[still].copy()
-        else:
-            still = None
+        still = np.zeros(0, bool) if active is None else ~np.asarray(active, dtype=bool)
+        kept = ([a[still].copy() for a in state.arrays], state.offset[still].copy()) if still.any() else None
         pcm = self._stream.run(OnnxCodec._ints(codes), codes.shape[-1], 1)[:, 0]
-        if still is not None:
+        if kept is not None:
             for a, before in zip(state.arrays, kept[0]):
                 a[still] = before
             state.offset[still] = kept[1]

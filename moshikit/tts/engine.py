@@ -240,10 +240,7 @@ def generate_batch(model, scripts: list[Iterable[Chunk]], voices: list[list[Voic
             if frame_index <= tts.delay_steps:
                 continue
             codes = frame[:, 1:, :]
-            if decoder is not None:
-                pcm = np.clip(decoder.decode(codes.cpu().numpy()), -1, 1).astype(np.float32, copy=False)
-            else:
-                pcm = np.clip(tts.mimi.decode(codes).cpu().numpy()[:, 0], -1, 1).astype(np.float32) if s.decode else None
+            pcm = decode_frame(model, decoder, codes) if s.decode else None
             kept = codes[:, :, 0].cpu().numpy().astype(np.int64) if s.keep_codes else None
             for b, row in enumerate(rows):
                 if not live[b]:
@@ -268,6 +265,18 @@ def generate_batch(model, scripts: list[Iterable[Chunk]], voices: list[list[Voic
             result.samples = result.frames * 1920
         result.words = word_times(row.state, tts.mimi.frame_rate, row.prefix_frames, row.state.end_step or offset)
     return [row.result for row in rows]
+
+
+def decode_frame(model, decoder, codes, active: np.ndarray | None = None) -> np.ndarray:
+    """A frame's audio [B, 1920] float32 in [-1, 1] from its ``codes`` [B, K, 1] (a tensor): by the
+    model's own ``decoder`` (``TtsModel.open_decoder``; ``active``: the rows that decode, the others
+    keep their state) where it has one, else by moshi's Mimi in ``model.tts`` (streaming, its exec
+    mask set by the caller)."""
+    if decoder is not None:
+        pcm = decoder.decode(codes.cpu().numpy(), active)
+    else:
+        pcm = model.tts.mimi.decode(codes).float().cpu().numpy()[:, 0]
+    return np.clip(pcm, -1, 1).astype(np.float32, copy=False)
 
 
 def delayed(codes, delays: list[int], fill: int):

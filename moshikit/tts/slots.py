@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import condition_attributes, entries_of
+from .engine import condition_attributes, decode_frame, entries_of
 from .text import Chunk
 from .voices import Voice
 
@@ -252,10 +252,7 @@ class SlotBatch:
             pcm = None
             if any(decode):
                 codes = frame[:, 1:, :].clamp(min=0)
-                if self.decoder is not None:
-                    pcm = np.clip(self.decoder.decode(codes.cpu().numpy(), np.array(decode)), -1, 1)
-                else:
-                    pcm = np.clip(self.tts.mimi.decode(codes).float().cpu().numpy()[:, 0], -1, 1).astype(np.float32)
+                pcm = decode_frame(self.model, self.decoder, codes, np.array(decode))
         self.steps += exec_mask.long()
         events: list[SlotEvent] = []
         for b, on in enumerate(self.active):
