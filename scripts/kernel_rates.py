@@ -9,7 +9,8 @@ transformer's), at a few batch sizes, over:
 * ``depth``: Kyutai TTS 1.6B's depth transformer at one frame (32 codebooks x 4 layers, weights
   per step for the first 10 codebooks, one set for the other 22: the set stays in the caches).
 
-``--formats`` may add two of PyTorch's weight-only kernels the engine measured and does not use:
+``--formats`` may add the engine's other int8 kernel, ``int8 fbgemm`` (where oneDNN's is chosen), and
+two of PyTorch's weight-only kernels the engine measured and does not use:
 ``int8 weight-only`` (``_weight_int8pack_mm``, bf16 activations) and ``int4`` (
 ``_weight_int4pack_mm_for_cpu``, groups of 32, bf16 activations). Random weights (speed only). Prints the CPU, the load average and the read bandwidth measured by
 ``moshikit.bench.limits`` in the same run; run it on an idle machine:
@@ -22,11 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from moshikit.backends.cpu_kernels import Linear, kernel_note, packed_bf16
+from moshikit.backends.cpu_kernels import Linear, full_range_exact, kernel_note, packed_bf16
+from moshikit.backends.torch_int8 import Int8Linear
 from moshikit.bench.limits import measure_machine
 
 TEMPORAL = [(6144, 2048), (2048, 2048), (11264, 2048), (2048, 5632)]  # qkv, out, gated ff in, ff out
@@ -79,10 +82,22 @@ def layers_for(fmt: str, sets: list[list[tuple[int, int]]]):
             nn.init.normal_(dense.weight, std=0.02)
             if fmt in ("int8 weight-only", "int4"):
                 row.append(WeightOnly(dense, fmt))
+            elif fmt == "int8 fbgemm":
+                row.append(fbgemm_linear(dense))
             else:
                 row.append(Linear(dense, fmt.split()[0], pack=fmt.endswith("packed")))
         out.append(row)
     return out
+
+
+def fbgemm_linear(dense: nn.Linear) -> Linear:
+    """The engine's int8 layer on its other kernel, PyTorch's dynamic quantized linear (fbgemm),
+    which it runs where oneDNN's int8 product is missing or inexact."""
+    layer = Linear(dense, "fp32")
+    layer.kind, layer.weight = "int8", torch.empty(0)
+    layer.int8 = Int8Linear(SimpleNamespace(in_features=dense.in_features, out_features=dense.out_features,
+                                            weight=dense.weight, bias=None), reduce_range=not full_range_exact())
+    return layer
 
 
 def one_pass(layers, order: list[int], xs: list[torch.Tensor]) -> None:
@@ -110,7 +125,7 @@ def main() -> None:
     print("format           rows   ms a pass   GB/s of weights   share of memory read   kernel")
     for fmt in args.formats.split(","):
         layers = layers_for(fmt, sets)
-        elem = {"int8": 1, "int8 weight-only": 1, "int4": 0.5}.get(fmt, 2)
+        elem = {"int8": 1, "int8 fbgemm": 1, "int8 weight-only": 1, "int4": 0.5}.get(fmt, 2)
         read = int(sum(n * k * elem for s in order for n, k in sets[s]))
         for rows in (int(r) for r in args.rows.split(",")):
             for row in layers:
@@ -126,6 +141,7 @@ def main() -> None:
                     best = min(best, time.perf_counter() - t)
             rate = read / best / 1e9
             note = "PyTorch's weight-only kernel" if isinstance(layers[0][0], WeightOnly) else \
+                "fbgemm, PyTorch's dynamic quantized linear" if fmt == "int8 fbgemm" else \
                 kernel_note(fmt.split()[0], rows) + (", laid out once" if fmt.endswith("packed") else "")
             print(f"{fmt:<16} {rows:>4}   {best * 1e3:>9.1f}   {rate:>15.1f}   {rate / machine.read_gb_s:>20.0%}   "
                   f"{note}", flush=True)
