@@ -6,10 +6,12 @@ transformer's), at a few batch sizes, over:
 
 * ``temporal``: stt-1b's temporal transformer (16 layers of 2048-wide products, 822 MB in int8:
   beyond the caches), one step per pass;
-* ``depth``: Kyutai TTS 1.6B's depth transformer at one frame (32 codebooks x 4 layers, weights
-  per step for the first 10 codebooks, one set for the other 22: the set stays in the caches).
+* ``depth``: Kyutai TTS 1.6B's depth transformer at one frame (32 codebooks x 4 layers; each
+  layer has weights per step for the first 10 codebooks and one set for the other 22: 44 sets,
+  462 M weights, of which the shared 42 M are read 22 times a frame).
 
-``--formats`` may add the engine's other int8 kernel, ``int8 fbgemm`` (where oneDNN's is chosen), and
+``--formats`` may add the engine's int8 kernels forced, ``int8 fbgemm`` and ``int8 onednn`` (``int8``
+is what the engine picks on this CPU at that batch), and
 two of PyTorch's weight-only kernels the engine measured and does not use:
 ``int8 weight-only`` (``_weight_int8pack_mm``, bf16 activations) and ``int4`` (
 ``_weight_int4pack_mm_for_cpu``, groups of 32, bf16 activations). Random weights (speed only). Prints the CPU, the load average and the read bandwidth measured by
@@ -28,7 +30,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from moshikit.backends.cpu_kernels import Linear, full_range_exact, kernel_note, packed_bf16
+from moshikit.backends.cpu_kernels import Linear, OneDnnInt8, full_range_exact, kernel_note, packed_bf16, quantize_rows
 from moshikit.backends.torch_int8 import Int8Linear
 from moshikit.bench.limits import measure_machine
 
@@ -41,7 +43,8 @@ def plan(shapes: str) -> tuple[list[list[tuple[int, int]]], list[int]]:
     """The weight sets and the order one pass uses them in."""
     if shapes == "temporal":
         return [TEMPORAL] * 16, list(range(16))
-    return [DEPTH] * 11, [s for s in DEPTH_SCHEDULE for _ in range(4)]
+    # Each of the 4 layers has its own weights for each of the 11 sets (44 in all, 462 M weights).
+    return [DEPTH] * 44, [4 * s + layer for s in DEPTH_SCHEDULE for layer in range(4)]
 
 
 class WeightOnly:
@@ -49,8 +52,6 @@ class WeightOnly:
     (per output channel) or ``int4`` (asymmetric, groups of 32); bf16 activations."""
 
     def __init__(self, dense: nn.Linear, fmt: str) -> None:
-        from moshikit.backends.cpu_kernels import quantize_rows
-
         w = dense.weight.detach().float()
         if fmt == "int4":
             n, k = w.shape
@@ -84,6 +85,8 @@ def layers_for(fmt: str, sets: list[list[tuple[int, int]]]):
                 row.append(WeightOnly(dense, fmt))
             elif fmt == "int8 fbgemm":
                 row.append(fbgemm_linear(dense))
+            elif fmt == "int8 onednn":
+                row.append(onednn_linear(dense))
             else:
                 row.append(Linear(dense, fmt.split()[0], pack=fmt.endswith("packed")))
         out.append(row)
@@ -97,6 +100,15 @@ def fbgemm_linear(dense: nn.Linear) -> Linear:
     layer.kind, layer.weight = "int8", torch.empty(0)
     layer.int8 = Int8Linear(SimpleNamespace(in_features=dense.in_features, out_features=dense.out_features,
                                             weight=dense.weight, bias=None), reduce_range=not full_range_exact())
+    return layer
+
+
+def onednn_linear(dense: nn.Linear) -> Linear:
+    """The engine's int8 layer on oneDNN's inner product at every batch (on CPUs without AMX the
+    engine runs it only from ``ONE_PASS_FROM`` rows)."""
+    layer = Linear(dense, "fp32")
+    layer.kind, layer.weight = "int8", torch.empty(0)
+    layer.onednn = OneDnnInt8(*quantize_rows(dense.weight))
     return layer
 
 
@@ -125,7 +137,7 @@ def main() -> None:
     print("format           rows   ms a pass   GB/s of weights   share of memory read   kernel")
     for fmt in args.formats.split(","):
         layers = layers_for(fmt, sets)
-        elem = {"int8": 1, "int8 fbgemm": 1, "int8 weight-only": 1, "int4": 0.5}.get(fmt, 2)
+        elem = {"int8": 1, "int8 fbgemm": 1, "int8 onednn": 1, "int8 weight-only": 1, "int4": 0.5}.get(fmt, 2)
         read = int(sum(n * k * elem for s in order for n, k in sets[s]))
         for rows in (int(r) for r in args.rows.split(",")):
             for row in layers:
@@ -142,6 +154,7 @@ def main() -> None:
             rate = read / best / 1e9
             note = "PyTorch's weight-only kernel" if isinstance(layers[0][0], WeightOnly) else \
                 "fbgemm, PyTorch's dynamic quantized linear" if fmt == "int8 fbgemm" else \
+                "oneDNN's int8 inner product" if fmt == "int8 onednn" else \
                 kernel_note(fmt.split()[0], rows) + (", laid out once" if fmt.endswith("packed") else "")
             print(f"{fmt:<16} {rows:>4}   {best * 1e3:>9.1f}   {rate:>15.1f}   {rate / machine.read_gb_s:>20.0%}   "
                   f"{note}", flush=True)

@@ -11,19 +11,29 @@ Every kernel here comes from PyTorch (oneDNN / fbgemm); none is hand-written.
 
   - oneDNN's int8 inner product (``onednn::qlinear_pointwise``: AMX where present, else
     AVX-512 VNNI) where it multiplies full 8-bit activations exactly (checked once on this
-    CPU). Measured on a 2-core Xeon with AMX (load ~1.5-2, one thread), one stt-1b step:
-    batch 1 (two passes) 91 ms against fbgemm's 138 ms and ONNX Runtime ``MatMulNBits``'s
-    97 ms; batch 32 (one pass) 179 ms against fbgemm's 279 ms and ORT's 366 ms.
+    CPU); on CPUs without AMX, only from ``ONE_PASS_FROM`` rows. Measured on a 2-core Xeon
+    with AMX (load ~1.5-2, one thread), one stt-1b step: batch 1 (two passes) 91 ms against
+    fbgemm's 138 ms and ONNX Runtime ``MatMulNBits``'s 97 ms; batch 32 (one pass) 179 ms
+    against fbgemm's 279 ms and ORT's 366 ms. On a 2-core AMD EPYC (Zen 4, VNNI, no AMX; 2
+    threads, ``scripts/kernel_rates.py``), stt-1b's temporal products: one row 47 ms against
+    fbgemm's 37, 8 rows 46 against 44, 32 rows 88 against 113.
   - else PyTorch's dynamic quantized linear (fbgemm: AVX2, AVX-512 VNNI) with a sentinel row
     fixing the tensor's range (``torch_int8.Int8Linear``); 7-bit activations on CPUs whose
     int8 products would saturate int16 (no VNNI).
-* ``bf16``: weights in bf16, oneDNN's bf16 matmul (AMX or AVX-512 BF16 where present). With
-  ``pack`` (the depth transformer's layers and heads: read at a few rows, from the caches), laid
-  out once in oneDNN's own blocked format (``mkldnn._reorder_linear_weight``, as
-  ``torch.compile`` freezes them), which plain ``F.linear`` re-lays on every call.
-  ``scripts/kernel_rates.py`` on a 2-core Xeon with AMX, 2 threads: Kyutai TTS's 512 depth
-  products of a frame 102 ms against 131 at one row; stt-1b's temporal layers, streamed from
-  memory, no faster at one row and ~15% slower at 32 rows packed, so they stay plain.
+* ``bf16``: weights in bf16, oneDNN's bf16 matmul (AMX or AVX-512 BF16 where present), laid out
+  once in oneDNN's own blocked format (``mkldnn._reorder_linear_weight``, as ``torch.compile``
+  freezes them), which plain ``F.linear`` re-lays on every call, except for weights streamed
+  from memory on a CPU with AMX (``pack`` false: the temporal transformer's).
+  ``scripts/kernel_rates.py``, 2 threads: on a 2-core Xeon with AMX, Kyutai TTS's 512 depth
+  products of a frame 102 ms packed against 131 plain at one row, stt-1b's temporal layers no
+  faster at one row and ~15% slower at 32 rows packed; on a 2-core AMD EPYC (Zen 4: AVX-512 BF16,
+  no AMX), the temporal layers 65 ms packed against 128 plain at one row, 164 against 250 at 32.
+* ``attend``: one query per stream and head over the cache's keys and values. PyTorch's fused
+  attention (``F.scaled_dot_product_attention``), except with bf16 keys and values on a CPU
+  without AMX, where its CPU kernel takes each (stream, head) pair as a small product of its own:
+  there two batched matmuls around a float32 softmax. Measured on the 2-core AMD EPYC, 2 threads,
+  32 streams x 16 heads x 128 keys of 128: 12.1 ms fused against 6.0 ms; 256 keys: 24.1 against
+  6.9 (attention was 56% of an stt-1b step at batch 32 there, torch's profiler).
 * ``fp32``: the weights as loaded, in float32 (the tiny test models; the reference).
 """
 
@@ -88,6 +98,10 @@ def onednn_int8() -> bool:
         return False
 
 
+def has_amx() -> bool:
+    return any(f in cpu_flags() for f in ("amx_int8", "amx_bf16"))
+
+
 @lru_cache(maxsize=1)
 def packed_bf16() -> bool:
     """Whether this PyTorch lays bf16 weights out once for oneDNN (``mkldnn._linear_pointwise``)
@@ -145,8 +159,8 @@ class Linear(nn.Module):
     """A bias-free linear layer of the engine: float32 in, float32 out, weights in ``kind``."""
 
     def __init__(self, linear: nn.Linear, kind: str, *, pack: bool = False) -> None:
-        """``pack``: bf16 weights laid out once for oneDNN (where ``packed_bf16``); for weights
-        read at a few rows from the caches (see the module's notes)."""
+        """``pack``: bf16 weights laid out once for oneDNN (where ``packed_bf16``), for weights
+        read at a few rows from the caches; without AMX, every bf16 weight is (see the module's notes)."""
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -155,8 +169,11 @@ class Linear(nn.Module):
         self.two_pass = True
         self.int8: Int8Linear | None = None
         self.onednn: OneDnnInt8 | None = None
+        # Without AMX, fbgemm's kernel below ONE_PASS_FROM rows and oneDNN's from it (the module's
+        # notes); oneDNN's copy is laid out from fbgemm's the first time a batch that large runs.
+        self.onednn_later = kind == "int8" and onednn_int8() and not has_amx()
         self.register_buffer("weight", torch.empty(0), persistent=False)
-        if kind == "int8" and onednn_int8():
+        if kind == "int8" and onednn_int8() and not self.onednn_later:
             self.onednn = OneDnnInt8(*quantize_rows(linear.weight))
         elif kind == "int8":
             # The bias is added after the row scales are multiplied back (not packed with the weights).
@@ -165,7 +182,7 @@ class Linear(nn.Module):
             self.int8 = Int8Linear(bare, reduce_range=not full_range_exact())
         elif kind == "bf16":
             self.weight = linear.weight.detach().to(torch.bfloat16).contiguous()
-            if pack and packed_bf16():
+            if (pack or not has_amx()) and packed_bf16():
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight)
         else:
             self.weight = linear.weight.detach().float().contiguous()
@@ -173,9 +190,12 @@ class Linear(nn.Module):
 
     def set_batch(self, batch: int) -> None:
         self.two_pass = batch < ONE_PASS_FROM
+        if self.onednn_later and not self.two_pass and self.onednn is None:
+            qweight, _ = torch.ops.quantized.linear_unpack(self.int8._packed)
+            self.onednn = OneDnnInt8(qweight.int_repr(), qweight.q_per_channel_scales().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onednn is not None:
+        if self.onednn is not None and not (self.onednn_later and self.two_pass):
             y = self.onednn(x, self.two_pass)
         elif self.int8 is not None:
             y = self.int8(x) if self.two_pass else self.int8.one_pass(x)
@@ -200,8 +220,21 @@ def kernel_note(kind: str, batch: int) -> str:
     """What runs the matmuls for ``kind`` at ``batch`` here (bench notes, ``info``)."""
     if kind == "int8":
         passes = "two passes" if batch < ONE_PASS_FROM else "one pass"
-        if onednn_int8():
+        if onednn_int8() and (has_amx() or batch >= ONE_PASS_FROM):
             return f"int8 weights, 8-bit activations, {passes} (oneDNN)"
         bits = "8-bit" if full_range_exact() else "7-bit (no VNNI)"
         return f"int8 weights, {bits} activations, {passes} (PyTorch {torch.backends.quantized.engine})"
     return f"{kind} weights (PyTorch/oneDNN)"
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of ``q`` [B, H, 1, D] over ``k``, ``v`` [B, H, N, D] (``mask`` [B, 1, 1, N]: True
+    where a key counts), in their dtype: see the module's notes."""
+    if k.dtype != torch.bfloat16 or has_amx():
+        return F.scaled_dot_product_attention(q, k, v, mask)
+    # The scores rounded to bf16 once more than the fused kernel's: as much as the keys' own
+    # bf16 rounding moves them (2^-9 of each product's terms).
+    scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = scores.masked_fill_(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, -1).to(v.dtype), v)

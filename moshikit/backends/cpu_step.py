@@ -10,7 +10,7 @@ It computes what moshi's ``LMModel.forward_text`` computes in streaming mode, on
   filled length; shorter streams mask the rest (per-stream lengths, for slot refill). Past
   ``context`` positions the cache is a ring, as moshi's: the sliding window is kept;
 * queries and keys are rotated in one complex multiply with angles computed once per step
-  for all layers; attention is ``F.scaled_dot_product_attention``; the QKV projection and the
+  for all layers; attention is ``cpu_kernels.attend`` (PyTorch's fused attention on most CPUs); the QKV projection and the
   gating's two input projections are one matmul each (as in moshi's weights);
 * matmuls run in the kernel ``cpu_kernels`` picks (int8, bf16 or fp32 weights);
 * the input embedding is one gather over a table of every codebook.
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .cpu_kernels import Linear
+from .cpu_kernels import Linear, attend
 
 #: Smallest KV capacity allocated (grown by doubling up to the model's context).
 MIN_CAPACITY = 64
@@ -191,7 +191,7 @@ class Layer(nn.Module):
         kv[1, step.rows, :, step.slots] = v.to(kv.dtype)
         n = step.window
         q = qk[:, 0, :, None].to(kv.dtype)  # [B, H, 1, D]
-        y = F.scaled_dot_product_attention(q, kv[0, :, :, :n], kv[1, :, :, :n], step.mask)
+        y = attend(q, kv[0, :, :, :n], kv[1, :, :, :n], step.mask)
         y = self.out(y.reshape(b, dim).float())
         x = x + (y if self.scale1 is None else self.scale1 * y)
         if self.cross is not None:
@@ -234,7 +234,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, dim = x.shape
         q = self.q(self.norm(x)).view(b, self.heads, 1, -1).to(self.kv.dtype)
-        y = F.scaled_dot_product_attention(q, self.kv[0], self.kv[1])
+        y = attend(q, self.kv[0], self.kv[1])
         y = self.out(y.reshape(b, dim).float())
         return x + (y if self.scale is None else self.scale * y)
 

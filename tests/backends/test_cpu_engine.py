@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 
 from moshikit import platform, stt  # noqa: E402
 from moshikit.backends import cpu_engine, torch_lm  # noqa: E402
-from moshikit.backends.cpu_kernels import ONE_PASS_FROM, Linear, onednn_int8, packed_bf16  # noqa: E402
+from moshikit.backends import cpu_kernels  # noqa: E402
+from moshikit.backends.cpu_kernels import ONE_PASS_FROM, Linear, has_amx, onednn_int8, packed_bf16  # noqa: E402
 from moshikit.backends.cpu_step import Step  # noqa: E402
 from moshikit.cpu_precision import int8_supported  # noqa: E402
 from moshikit.errors import BackendError  # noqa: E402
@@ -267,22 +268,32 @@ def test_int8_kernel_choice_follows_the_batch_and_rows_stay_independent():
 
 @needs_int8
 @pytest.mark.skipif(not onednn_int8(), reason="no exact 8-bit oneDNN int8 kernel on this CPU (fbgemm runs)")
-def test_int8_runs_onednn_with_two_passes_below_eight_streams():
-    """On VNNI/AMX CPUs the int8 layers run oneDNN's inner product: two passes below
-    ONE_PASS_FROM streams (the residual's rows beside the rows), one pass from it; each row
-    quantised alone in both."""
+@pytest.mark.parametrize("amx", [True, False])
+def test_int8_runs_onednn_with_two_passes_below_eight_streams(monkeypatch, amx):
+    """On VNNI/AMX CPUs the int8 layers run two passes below ONE_PASS_FROM streams (the
+    residual's rows beside the rows), one pass from it; each row quantised alone in both. With
+    AMX oneDNN's inner product runs both; without it (AMD EPYC), fbgemm's below ONE_PASS_FROM,
+    and oneDNN's weights are laid out from fbgemm's when a batch that large first runs."""
+    flags = cpu_kernels.cpu_flags() | {"amx_int8", "amx_bf16"} if amx else \
+        cpu_kernels.cpu_flags() - {"amx_int8", "amx_bf16", "amx_tile"}
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset(flags))
     torch.manual_seed(0)
     fp = torch.nn.Linear(256, 384, bias=True)
     lin = Linear(fp, "int8")
-    assert lin.onednn is not None and lin.int8 is None
+    assert (lin.onednn is not None) is amx and (lin.int8 is None) is amx
     x = torch.randn(ONE_PASS_FROM - 1, 256)
     x[0] *= 30.0
     with torch.no_grad():
         ref = fp(x)
         lin.set_batch(ONE_PASS_FROM - 1)
         two = lin(x)
+        assert (lin.onednn is not None) is amx
         lin.set_batch(ONE_PASS_FROM)
         one = lin(x)
+        assert lin.onednn is not None
+        lin.set_batch(1)  # back to fbgemm's two passes without AMX: the same product as before
+        if not amx:
+            torch.testing.assert_close(lin(x), two, rtol=0, atol=0)  # the same kernel, in the same order
     # Two passes leave the weights' 8-bit rounding alone (torch_int8: ~33-42 dB here); one pass
     # adds the activations' 8-bit grid (~-38 dB of each product): a few dB lower.
     assert snr_db(ref.numpy(), two.numpy()) >= 40.0
@@ -292,11 +303,12 @@ def test_int8_runs_onednn_with_two_passes_below_eight_streams():
 def test_packed_bf16_layers_multiply_as_plain_bf16_weights():
     """bf16 layers built with ``pack`` (the depth transformer's) keep their weights in oneDNN's own
     layout where PyTorch can (``packed_bf16``), laid out once, not on every call; the others stay
-    plain. The product is plain bf16's either way."""
+    plain on a CPU with AMX, and are laid out too without it. The product is plain bf16's either way."""
     torch.manual_seed(0)
     fp = torch.nn.Linear(320, 384, bias=True)
     packed, plain_layer = Linear(fp, "bf16", pack=True), Linear(fp, "bf16")
-    assert packed.weight.is_mkldnn is packed_bf16() and not plain_layer.weight.is_mkldnn
+    assert packed.weight.is_mkldnn is packed_bf16()
+    assert plain_layer.weight.is_mkldnn is (packed_bf16() and not has_amx())
     w = fp.weight.detach().bfloat16()
     for rows in (1, 5):
         x = torch.randn(rows, 320)
@@ -307,3 +319,22 @@ def test_packed_bf16_layers_multiply_as_plain_bf16_weights():
         # in orders that may differ (fp32: 320 terms x 2^-24): two output roundings bound it.
         budget = (x.abs().bfloat16().float() @ w.abs().float().T) * (2 * 2.0**-8 + 320 * 2.0**-24)
         assert ((got - plain).abs() <= budget + 1e-6).all()
+
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_attention_over_bf16_keys_matches_the_fused_kernel_on_every_cpu(monkeypatch, amx):
+    """``attend``: PyTorch's fused attention, or without AMX two batched matmuls around a float32
+    softmax; each stream sees only its own filled keys (the mask)."""
+    flags = cpu_kernels.cpu_flags() | {"amx_int8", "amx_bf16"} if amx else \
+        cpu_kernels.cpu_flags() - {"amx_int8", "amx_bf16", "amx_tile"}
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset(flags))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, n, 64, generator=g).bfloat16() for n in (1, 40, 40))
+    mask = (torch.arange(40) < torch.tensor([40, 17, 1])[:, None])[:, None, None, :]
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask)
+    got = cpu_kernels.attend(q, k, v, mask).float()
+    # bf16 both ways: the output and the probabilities rounded to 8 bits (2^-9 of max |v| each),
+    # and without AMX the scores too (|score| < ~5 here: ~1% on the probabilities): within 3%.
+    assert (got - ref).abs().max() <= 0.03 * v.abs().max()
+    torch.testing.assert_close(got[2, :, 0], v[2, :, 0].float(), rtol=0, atol=0)  # one key: itself
