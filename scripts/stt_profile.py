@@ -6,6 +6,7 @@ stt-full-pytorch``, written by ``moshikit bench stt --synthetic --lm-size full``
 Run it on an idle machine:
 
     .venv/bin/python scripts/stt_profile.py --batch 32 --seconds 10
+    .venv/bin/python scripts/stt_profile.py --batch 8 --steps 30   # the LM step alone
 """
 
 from __future__ import annotations
@@ -19,20 +20,7 @@ import numpy as np
 import torch
 
 from moshikit.stt import Stream, TranscribeOptions, load_stt, run_streams
-
-
-def timed(obj, name: str, key: str, spent: dict) -> None:
-    """Wrap ``obj.name`` so that its wall time adds to ``spent[key]``."""
-    inner = getattr(obj, name)
-
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            spent[key] = spent.get(key, 0.0) + time.perf_counter() - start
-
-    setattr(obj, name, wrapper)
+from tts_profile import timed  # this folder is on the path when a script of it runs
 
 
 def main() -> None:
@@ -42,9 +30,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--dtype", default="int8")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=0,
+                    help="time the LM step alone: this many steps after as many to warm up (random codes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_stt(args.model, backend="cpu", dtype=args.dtype)
+    if args.steps:
+        return steps_alone(model, args)
     rng = np.random.default_rng(0)
     audio = [0.1 * rng.standard_normal(int(24000 * args.seconds)).astype(np.float32) for _ in range(args.batch)]
     chunk = TranscribeOptions().chunk  # transcribe's chunks for files (~2 s)
@@ -70,14 +62,38 @@ def main() -> None:
     start = time.perf_counter()
     run()
     wall = time.perf_counter() - start
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "?")
-    print(f"{cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
+    print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
     print(f"batch {args.batch} x {args.seconds:g} s, {args.dtype}: {wall:.1f} s, "
           f"{args.batch * args.seconds / wall:.2f}x real time")
     for key, seconds in spent.items():
         print(f"  {key:<28} {seconds:7.2f} s ({seconds / wall:4.0%})")
     print(f"  {'the rest':<28} {wall - sum(spent.values()):7.2f} s")
+
+
+def steps_alone(model, args) -> None:
+    """The LM step at ``--batch`` streams, after the first reset (timed: kernels laid out for the
+    batch) and ``--steps`` warm-up steps."""
+    lm = model.lm
+    step = lm.step_heads if lm.info.extra_heads > 2 else lm.step
+    start = time.perf_counter()
+    lm.reset(args.batch)
+    reset = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    codes = [rng.integers(0, 2048, (args.batch, lm.info.input_codebooks)) for _ in range(2 * args.steps)]
+    for c in codes[:args.steps]:
+        step(c)
+    start = time.perf_counter()
+    for c in codes[args.steps:]:
+        step(c)
+    per_step = (time.perf_counter() - start) / args.steps
+    print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
+    print(f"batch {args.batch}, {args.dtype}: first reset {reset * 1e3:.0f} ms, "
+          f"{per_step * 1e3:.1f} ms a step (steps {args.steps + 1}-{2 * args.steps})")
+
+
+def cpu_name() -> str:
+    return next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                "?")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ Every kernel here comes from PyTorch (oneDNN / fbgemm); none is hand-written.
     with AMX (load ~1.5-2, one thread), one stt-1b step: batch 1 (two passes) 91 ms against
     fbgemm's 138 ms and ONNX Runtime ``MatMulNBits``'s 97 ms; batch 32 (one pass) 179 ms
     against fbgemm's 279 ms and ORT's 366 ms. On a 2-core AMD EPYC (Zen 4, VNNI, no AMX; 2
-    threads, ``scripts/kernel_rates.py``), stt-1b's temporal products: one row 47 ms against
-    fbgemm's 37, 8 rows 46 against 44, 32 rows 88 against 113.
+    threads, ``scripts/kernel_rates.py``), stt-1b's temporal products: one row 47-53 ms against
+    fbgemm's 33-38, 8 rows 46-48 against 44-45, 32 rows 88 against 111-113. Laying oneDNN's
+    copy out from fbgemm's takes a while once (stt-1b: 5.8-6.7 s, the first time 8 rows run).
   - else PyTorch's dynamic quantized linear (fbgemm: AVX2, AVX-512 VNNI) with a sentinel row
     fixing the tensor's range (``torch_int8.Int8Linear``); 7-bit activations on CPUs whose
     int8 products would saturate int16 (no VNNI).
@@ -25,15 +26,17 @@ Every kernel here comes from PyTorch (oneDNN / fbgemm); none is hand-written.
   freezes them), which plain ``F.linear`` re-lays on every call, except for weights streamed
   from memory on a CPU with AMX (``pack`` false: the temporal transformer's).
   ``scripts/kernel_rates.py``, 2 threads: on a 2-core Xeon with AMX, Kyutai TTS's 512 depth
-  products of a frame 102 ms packed against 131 plain at one row, stt-1b's temporal layers no
+  products of a frame 102 ms packed against 131 plain at one row (measured with layers that
+  shared their weights: fewer bytes than the model's), stt-1b's temporal layers no
   faster at one row and ~15% slower at 32 rows packed; on a 2-core AMD EPYC (Zen 4: AVX-512 BF16,
   no AMX), the temporal layers 65 ms packed against 128 plain at one row, 164 against 250 at 32.
 * ``attend``: one query per stream and head over the cache's keys and values. PyTorch's fused
   attention (``F.scaled_dot_product_attention``), except with bf16 keys and values on a CPU
   without AMX, where its CPU kernel takes each (stream, head) pair as a small product of its own:
-  there two batched matmuls around a float32 softmax. Measured on the 2-core AMD EPYC, 2 threads,
-  32 streams x 16 heads x 128 keys of 128: 12.1 ms fused against 6.0 ms; 256 keys: 24.1 against
-  6.9 (attention was 56% of an stt-1b step at batch 32 there, torch's profiler).
+  there two batched matmuls around a float32 softmax. On the 2-core AMD EPYC (2 threads), fused
+  attention was 56% of an stt-1b step at batch 32 (torch's profiler); with the matmuls, with
+  fbgemm below 8 rows, the step at batch 8 took 72 ms against 111 and at batch 32 174 against
+  195 (``scripts/stt_profile.py --steps 30``, a short window).
 * ``fp32``: the weights as loaded, in float32 (the tiny test models; the reference).
 """
 

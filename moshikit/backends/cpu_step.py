@@ -10,8 +10,9 @@ It computes what moshi's ``LMModel.forward_text`` computes in streaming mode, on
   filled length; shorter streams mask the rest (per-stream lengths, for slot refill). Past
   ``context`` positions the cache is a ring, as moshi's: the sliding window is kept;
 * queries and keys are rotated in one complex multiply with angles computed once per step
-  for all layers; attention is ``cpu_kernels.attend`` (PyTorch's fused attention on most CPUs); the QKV projection and the
-  gating's two input projections are one matmul each (as in moshi's weights);
+  for all layers; attention is ``cpu_kernels.attend`` (PyTorch's fused attention, or two
+  batched matmuls where that is faster); the QKV projection and the gating's two input
+  projections are one matmul each (as in moshi's weights);
 * matmuls run in the kernel ``cpu_kernels`` picks (int8, bf16 or fp32 weights);
 * the input embedding is one gather over a table of every codebook.
 
