@@ -17,7 +17,8 @@ Every kernel here comes from PyTorch (oneDNN / fbgemm); none is hand-written.
     against fbgemm's 279 ms and ORT's 366 ms. On a 2-core AMD EPYC (Zen 4, VNNI, no AMX; 2
     threads, ``scripts/kernel_rates.py``), stt-1b's temporal products: one row 47-53 ms against
     fbgemm's 33-38, 8 rows 46-48 against 44-45, 32 rows 88 against 111-113. Laying oneDNN's
-    copy out from fbgemm's takes a while once (stt-1b: 5.8-6.7 s, the first time 8 rows run).
+    copy out from fbgemm's takes a while once (stt-1b: 5.8-6.7 s, the first time 8 rows run),
+    and both copies stay (the int8 weights twice: a process that went to 8 rows may come back).
   - else PyTorch's dynamic quantized linear (fbgemm: AVX2, AVX-512 VNNI) with a sentinel row
     fixing the tensor's range (``torch_int8.Int8Linear``); 7-bit activations on CPUs whose
     int8 products would saturate int16 (no VNNI).
