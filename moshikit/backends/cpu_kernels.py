@@ -17,8 +17,8 @@ Every kernel here comes from PyTorch (oneDNN / fbgemm); none is hand-written.
     against fbgemm's 279 ms and ORT's 366 ms. On a 2-core AMD EPYC (Zen 4, VNNI, no AMX; 2
     threads, ``scripts/kernel_rates.py``), stt-1b's temporal products: one row 47-53 ms against
     fbgemm's 33-38, 8 rows 46-48 against 44-45, 32 rows 88 against 111-113. Laying oneDNN's
-    copy out from fbgemm's takes a while once (stt-1b: 5.8-6.7 s, the first time 8 rows run),
-    and both copies stay (the int8 weights twice: a process that went to 8 rows may come back).
+    copy out from fbgemm's takes a while once (stt-1b: 5.8-6.7 s, the first time 8 rows run);
+    fbgemm's is then dropped (one copy of the weights), and oneDNN's runs at every batch after.
   - else PyTorch's dynamic quantized linear (fbgemm: AVX2, AVX-512 VNNI) with a sentinel row
     fixing the tensor's range (``torch_int8.Int8Linear``); 7-bit activations on CPUs whose
     int8 products would saturate int16 (no VNNI).
@@ -174,7 +174,7 @@ class Linear(nn.Module):
         self.int8: Int8Linear | None = None
         self.onednn: OneDnnInt8 | None = None
         # Without AMX, fbgemm's kernel below ONE_PASS_FROM rows and oneDNN's from it (the module's
-        # notes); oneDNN's copy is laid out from fbgemm's the first time a batch that large runs.
+        # notes); oneDNN's copy replaces fbgemm's the first time a batch that large runs.
         self.onednn_later = kind == "int8" and onednn_int8() and not has_amx()
         self.register_buffer("weight", torch.empty(0), persistent=False)
         if kind == "int8" and onednn_int8() and not self.onednn_later:
@@ -194,12 +194,14 @@ class Linear(nn.Module):
 
     def set_batch(self, batch: int) -> None:
         self.two_pass = batch < ONE_PASS_FROM
-        if self.onednn_later and not self.two_pass and self.onednn is None:
+        if self.onednn_later and not self.two_pass:
+            # One copy at a time: oneDNN's from now on, at every batch (as with AMX).
             qweight, _ = torch.ops.quantized.linear_unpack(self.int8._packed)
             self.onednn = OneDnnInt8(qweight.int_repr(), qweight.q_per_channel_scales().float())
+            self.int8, self.onednn_later = None, False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onednn is not None and not (self.onednn_later and self.two_pass):
+        if self.onednn is not None:
             y = self.onednn(x, self.two_pass)
         elif self.int8 is not None:
             y = self.int8(x) if self.two_pass else self.int8.one_pass(x)
