@@ -33,6 +33,7 @@ from torch import nn
 from moshikit.backends.cpu_kernels import Linear, OneDnnInt8, full_range_exact, kernel_note, packed_bf16, quantize_rows
 from moshikit.backends.torch_int8 import Int8Linear
 from moshikit.bench.limits import measure_machine
+from moshikit.platform import detect
 
 TEMPORAL = [(6144, 2048), (2048, 2048), (11264, 2048), (2048, 5632)]  # qkv, out, gated ff in, ff out
 DEPTH = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 2048)]
@@ -129,8 +130,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     machine = measure_machine(("int8",))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "?")
+    cpu = detect(gpus=False).cpu
     print(f"{cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}, "
           f"memory read {machine.read_gb_s} GB/s, packed bf16: {packed_bf16()}")
     sets, order = plan(args.shapes)

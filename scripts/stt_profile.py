@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moshikit.platform import detect
 from moshikit.stt import Stream, TranscribeOptions, load_stt, run_streams
 from tts_profile import timed  # this folder is on the path when a script of it runs
 
@@ -62,7 +63,7 @@ def main() -> None:
     start = time.perf_counter()
     run()
     wall = time.perf_counter() - start
-    print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
+    print(f"{detect(gpus=False).cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
     print(f"batch {args.batch} x {args.seconds:g} s, {args.dtype}: {wall:.1f} s, "
           f"{args.batch * args.seconds / wall:.2f}x real time")
     for key, seconds in spent.items():
@@ -86,14 +87,9 @@ def steps_alone(model, args) -> None:
     for c in codes[args.steps:]:
         step(c)
     per_step = (time.perf_counter() - start) / args.steps
-    print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
+    print(f"{detect(gpus=False).cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
     print(f"batch {args.batch}, {args.dtype}: first reset {reset * 1e3:.0f} ms, "
           f"{per_step * 1e3:.1f} ms a step (steps {args.steps + 1}-{2 * args.steps})")
-
-
-def cpu_name() -> str:
-    return next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                "?")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from moshikit.platform import detect
 from moshikit.synthetic.tts import ensure_full_tts
 from moshikit.tts import Settings, chunks, load_tts
 
@@ -71,8 +72,7 @@ def main() -> None:
     speech = speak()
     wall = time.perf_counter() - start
     steps = speech[0].steps
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "?")
+    cpu = detect(gpus=False).cpu
     print(f"{cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
     print(f"batch {args.batch}, {args.dtype}, {steps} steps: {wall / steps * 1e3:.1f} ms a step")
     for key, seconds in spent.items():

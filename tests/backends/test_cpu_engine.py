@@ -266,6 +266,13 @@ def test_int8_kernel_choice_follows_the_batch_and_rows_stay_independent():
     assert snr_db(ref.numpy(), full.numpy()) >= 25.0  # 8-bit weights and activations (see MIN_SNR_DB)
 
 
+def fake_amx(monkeypatch, amx: bool) -> None:
+    """This CPU's flags with AMX added or taken away, as the engine's kernel choices read them."""
+    flags = cpu_kernels.cpu_flags() | {"amx_int8", "amx_bf16"} if amx else \
+        cpu_kernels.cpu_flags() - {"amx_int8", "amx_bf16", "amx_tile"}
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset(flags))
+
+
 @needs_int8
 @pytest.mark.skipif(not onednn_int8(), reason="no exact 8-bit oneDNN int8 kernel on this CPU (fbgemm runs)")
 @pytest.mark.parametrize("amx", [True, False])
@@ -274,9 +281,7 @@ def test_int8_runs_onednn_with_two_passes_below_eight_streams(monkeypatch, amx):
     residual's rows beside the rows), one pass from it; each row quantised alone in both. With
     AMX oneDNN's inner product runs both; without it (AMD EPYC), fbgemm's below ONE_PASS_FROM,
     until a batch that large first runs: oneDNN's weights then replace fbgemm's (one copy)."""
-    flags = cpu_kernels.cpu_flags() | {"amx_int8", "amx_bf16"} if amx else \
-        cpu_kernels.cpu_flags() - {"amx_int8", "amx_bf16", "amx_tile"}
-    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset(flags))
+    fake_amx(monkeypatch, amx)
     torch.manual_seed(0)
     fp = torch.nn.Linear(256, 384, bias=True)
     lin = Linear(fp, "int8")
@@ -322,14 +327,11 @@ def test_packed_bf16_layers_multiply_as_plain_bf16_weights():
         assert ((got - plain).abs() <= budget + 1e-6).all()
 
 
-
 @pytest.mark.parametrize("amx", [True, False])
 def test_attention_over_bf16_keys_matches_the_fused_kernel_on_every_cpu(monkeypatch, amx):
     """``attend``: PyTorch's fused attention, or without AMX two batched matmuls around a float32
     softmax; each stream sees only its own filled keys (the mask)."""
-    flags = cpu_kernels.cpu_flags() | {"amx_int8", "amx_bf16"} if amx else \
-        cpu_kernels.cpu_flags() - {"amx_int8", "amx_bf16", "amx_tile"}
-    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset(flags))
+    fake_amx(monkeypatch, amx)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 4, n, 64, generator=g).bfloat16() for n in (1, 40, 40))
     mask = (torch.arange(40) < torch.tensor([40, 17, 1])[:, None])[:, None, None, :]
