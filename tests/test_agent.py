@@ -198,7 +198,9 @@ def test_barge_in_cuts_the_audio_and_cancels_the_request(stt_model, tts_model, s
     assert t1.status == "interrupted" and t1.request_cancelled and cancelled == 1
     # Cut within 200 ms of the user's voice on the timeline (two 80 ms frames of voice).
     assert second <= t1.interrupted_at <= second + 0.2
-    assert t1.audio_end == pytest.approx(t1.interrupted_at)
+    # The audio stops at the cut; it may have stopped a frame or two before it where the TTS ran
+    # behind the timeline's wall time (a slow or loaded CPU: 34 ms seen on an AMD Zen 3).
+    assert t1.interrupted_at - 0.16 <= t1.audio_end <= t1.interrupted_at + 1e-9
     agent = result.agent
     assert np.abs(agent[int(t1.audio_start * SR):int(t1.interrupted_at * SR)]).max() > 0.001
     assert not agent[int(t1.interrupted_at * SR):int(t2.audio_start * SR)].any()

@@ -51,7 +51,7 @@ class Turn:
     audio_start: float | None = None
     audio_end: float | None = None
     interrupted_at: float | None = None
-    request_cancelled: bool = False
+    request_cancelled: bool = False  # the LLM request cut while it still streamed
     messages: int = 0  # messages the request carried
 
     def latency(self) -> dict:
@@ -316,7 +316,9 @@ class OfflineAgent:
         """A barge-in at ``now``: the agent's audio stops there and its request is cancelled."""
         turn, r = self.turn, self.responder
         if r is not None and not r.done:
-            turn.request_cancelled = True
+            # The LLM's request is cut only while it still streams: its reply may be whole while
+            # its speech is still being made (a slow CPU), and then only the speech stops.
+            turn.request_cancelled = r.state.llm_end is None
             r.cancel()
             r.join(10)
         self.track.cut(now)

@@ -29,8 +29,9 @@ from ..transcript import FRAME_RATE, Energy, WordBuilder
 
 FRAME = 1920
 SAMPLE_RATE = 24000
-#: Frames a file's slot encodes at once (2 s: the codec's whole-file speed); live streams encode
-#: frame by frame, so their codes never depend on how their audio happened to be cut.
+#: Frames a file's slot encodes at once (2 s: the codec's whole-file speed), always whole chunks
+#: until the file's end (``Feed.take``); live streams encode frame by frame. Either way a stream's
+#: codes never depend on how its audio happened to arrive.
 FILE_CHUNK = 25
 
 
@@ -125,7 +126,12 @@ class Feed:
     # --- the worker side
 
     def take(self, n: int) -> list[np.ndarray]:
+        """Up to ``n`` frames. A file's feed (``chunk`` > 1) hands out ``n`` at a time until it is
+        closed: its chunks are then cut where ``transcribe`` cuts them, whatever pace its audio
+        arrived at (the codec's float sums, so a code near a tie, may depend on a chunk's length)."""
         with self._lock:
+            if self.chunk > 1 and len(self._frames) < n and not self.closed:
+                return []
             frames = [self._frames.popleft() for _ in range(min(n, len(self._frames)))]
         if frames and self.tap is not None:
             self.tap(frames)

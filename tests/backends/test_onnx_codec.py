@@ -25,6 +25,19 @@ def reference(onnx_codec):
     return onnx_codec._mimi
 
 
+def _first_codebook_margin(mimi, clip: np.ndarray) -> np.ndarray:
+    """Per frame, how much nearer its first-codebook centroid is than the next one (moshi's
+    whole-clip latent; squared distances, relative to the latent's squared norm)."""
+    import torch
+
+    with torch.no_grad():
+        rvq = mimi.quantizer.rvq_first
+        x = rvq.input_proj(mimi._encode_to_unquantized_latent(torch.from_numpy(clip)[:, None]))[0].T
+        d = torch.cdist(x[None], rvq.vq.layers[0]._codebook.embedding[None])[0] ** 2
+        two = d.topk(2, largest=False).values
+        return ((two[:, 1] - two[:, 0]) / x.pow(2).sum(-1)).numpy()
+
+
 def _snr(got, want) -> float:
     return float(10 * np.log10((want**2).sum() / ((got - want) ** 2).sum()))
 
@@ -84,7 +97,13 @@ def test_frame_by_frame_past_the_attention_context(onnx_codec, reference, speech
     steps = [onnx_codec.encode_step(clip[:, i * 1920 : (i + 1) * 1920]) for i in range(150)]
     stream = np.concatenate(steps, -1)
     assert stream.shape == whole.shape == (1, 8, 150)
-    assert (stream == whole).mean() >= 0.99 and (stream[:, 0] == whole[:, 0]).mean() >= 0.99
+    assert (stream == whole).mean() >= 0.99
+    # The first codebook differs only at ties: frames whose latent lies as near one centroid as
+    # another, within 1e-5 of its squared norm (float32 rounding carried through the encoder's
+    # ~40 layers, which the two paths sum in other orders; the synthetic codebook has such ties at
+    # ~5% of frames: 2 of 150 seen to flip on an AMD Zen 3, on one thread).
+    flipped = np.flatnonzero(stream[0, 0] != whole[0, 0])
+    assert (_first_codebook_margin(reference, clip)[flipped] < 1e-5).all()
     with torch.no_grad():
         want = reference.decode(torch.from_numpy(whole))[:, 0].numpy()
     onnx_codec.reset_stream(1)
