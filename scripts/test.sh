@@ -16,11 +16,12 @@ bash scripts/system-packages.sh
 if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
 # The whole suite on this CPU's best kernels, then the tests that compare two code paths' numbers
 # (marker `numerics`, tests/conftest.py) again with another kernel set forced: AVX2 for ATen, oneDNN
-# and MKL (no AVX-512, no AMX) on one thread (ONNX Runtime follows torch's thread count). An assert
-# that holds only on the CPU it was written on fails here, on any machine.
+# and MKL (no AVX-512, no AMX) on one thread (ONNX Runtime follows torch's thread count); the CPU
+# engine's kernel choices follow ONEDNN_MAX_CPU_ISA too (cpu_precision.cpu_flags: an AVX2 CPU's 7-bit
+# int8 activations, float32 caches). An assert that holds only on the CPU it was written on fails here.
 # Then the CPU engine's equality tests (tests/backends/test_cpu_*.py: moshi's tokens, logits within
 # their dB) on the kernels an AMD EPYC (Zen 4: AVX-512 VNNI and BF16, no AMX) gets: oneDNN capped
-# below AMX, so its int8 and bf16 products run other kernels than on an Intel CPU with AMX.
+# below AMX, so its int8 and bf16 products, and the engine's choices, are a Zen 4's on an Intel CPU too.
 status=0
 .venv/bin/python -m pytest || status=$?
 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1 \

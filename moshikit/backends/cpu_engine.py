@@ -64,6 +64,7 @@ class CpuLM:
         import torch
 
         from .cpu_depth import unsupported_depth
+        from .cpu_kernels import kv_dtype
         from .cpu_lmgen import Engine
         from .cpu_step import unsupported
         from .torch_lm import checkpoint_info, file_dtype, load_moshi_model
@@ -97,8 +98,7 @@ class CpuLM:
         self._conditions = {v: _condition(model, v) for v in ("very_good", "very_bad")} if self.conditioned else {}
         self.cfg_coef = 1.0
         self._cond = None
-        kv_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-        self._built = Engine(model, precision, kv_dtype, release=True)
+        self._built = Engine(model, precision, kv_dtype(precision), release=True)
         self.engine, self.depth = self._built.step, self._built.depth
         self.delays = np.asarray(model.delays, dtype=np.int64)
         self.initial = np.array([model.text_initial_token_id] + [model.initial_token_id] * int(model.n_q),

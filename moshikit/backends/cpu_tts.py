@@ -36,11 +36,10 @@ def load(model: str | None, *, device: str | None = None, dtype: str | None = No
     from .torch_env import prepare as _prepare_torch
 
     _prepare_torch()
-    import torch
-
     from ..tts.model import load_torch_tts, resolve_tts_checkpoint
     from .cpu_depth import unsupported_depth
     from .cpu_engine import engine_format
+    from .cpu_kernels import kv_dtype
     from .cpu_lmgen import CpuLMGen, Engine
     from .cpu_step import unsupported
     from .torch_lm import file_dtype
@@ -67,7 +66,7 @@ def load(model: str | None, *, device: str | None = None, dtype: str | None = No
     # release: moshi's copies of what the engine converts are emptied (the model's size again in
     # bf16); this model is the cpu backend's alone (``reuse=False``), and what generation still reads
     # of it (the conditioners, the fuser, its sizes and token ids) stays.
-    engine = Engine(lm, precision, torch.float32 if precision == "fp32" else torch.bfloat16, release=True)
+    engine = Engine(lm, precision, kv_dtype(precision), release=True)
     loaded.backend, loaded.precision, loaded.engine = "cpu", precision, engine
     loaded.open_decoder = _decoders(loaded.tts.mimi, loaded.n_q)
     loaded.lm_gen = partial(CpuLMGen, engine=engine)

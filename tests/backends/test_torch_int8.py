@@ -140,3 +140,14 @@ def test_info_says_which_precision_transcribe_uses_on_this_cpu(capsys, monkeypat
     p = data["cpu_precision"]
     assert p["kernels"] == ["AMX int8", "AVX-512 VNNI", "AVX2"] and p["int8_kernels"] is True
     assert p["transcribe"].startswith("int8 weights for checkpoints of 200 MB")
+
+
+def test_a_onednn_cap_takes_the_flags_above_it_away():
+    """``ONEDNN_MAX_CPU_ISA`` (the test command's passes on other kernel sets) caps the flags the
+    engine's kernel choices read as it caps oneDNN's own kernels: an AVX2 cap leaves an AVX2 CPU."""
+    xeon = frozenset({"avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "amx_tile"})
+    assert cpu_precision.capped(xeon, "AVX2") == {"avx2"}
+    assert cpu_precision.capped(xeon, "AVX512_CORE_BF16") == {"avx2", "avx_vnni", "avx512f", "avx512_vnni",
+                                                              "avx512_bf16"}
+    assert cpu_precision.capped(xeon, "avx512_core") == {"avx2", "avx_vnni", "avx512f"}
+    assert cpu_precision.capped(xeon, None) == cpu_precision.capped(xeon, "ALL") == xeon
