@@ -23,7 +23,6 @@ two of PyTorch's weight-only kernels the engine measured and does not use:
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from types import SimpleNamespace
 
@@ -33,7 +32,7 @@ from torch import nn
 from moshikit.backends.cpu_kernels import Linear, OneDnnInt8, full_range_exact, kernel_note, packed_bf16, quantize_rows
 from moshikit.backends.torch_int8 import Int8Linear
 from moshikit.bench.limits import measure_machine
-from moshikit.platform import detect
+from tts_profile import machine_line  # this folder is on the path when a script of it runs
 
 TEMPORAL = [(6144, 2048), (2048, 2048), (11264, 2048), (2048, 5632)]  # qkv, out, gated ff in, ff out
 DEPTH = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 2048)]
@@ -130,9 +129,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     machine = measure_machine(("int8",))
-    cpu = detect(gpus=False).cpu
-    print(f"{cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}, "
-          f"memory read {machine.read_gb_s} GB/s, packed bf16: {packed_bf16()}")
+    print(f"{machine_line(args.threads)}, memory read {machine.read_gb_s} GB/s, packed bf16: {packed_bf16()}")
     sets, order = plan(args.shapes)
     print("format           rows   ms a pass   GB/s of weights   share of memory read   kernel")
     for fmt in args.formats.split(","):

@@ -12,16 +12,14 @@ Run it on an idle machine:
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from moshikit.platform import detect
 from moshikit.stt import Stream, TranscribeOptions, load_stt, run_streams
-from tts_profile import timed  # this folder is on the path when a script of it runs
+from tts_profile import machine_line, timed  # this folder is on the path when a script of it runs
 
 
 def main() -> None:
@@ -63,7 +61,7 @@ def main() -> None:
     start = time.perf_counter()
     run()
     wall = time.perf_counter() - start
-    print(f"{detect(gpus=False).cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
+    print(machine_line(args.threads))
     print(f"batch {args.batch} x {args.seconds:g} s, {args.dtype}: {wall:.1f} s, "
           f"{args.batch * args.seconds / wall:.2f}x real time")
     for key, seconds in spent.items():
@@ -87,7 +85,7 @@ def steps_alone(model, args) -> None:
     for c in codes[args.steps:]:
         step(c)
     per_step = (time.perf_counter() - start) / args.steps
-    print(f"{detect(gpus=False).cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
+    print(machine_line(args.threads))
     print(f"batch {args.batch}, {args.dtype}: first reset {reset * 1e3:.0f} ms, "
           f"{per_step * 1e3:.1f} ms a step (steps {args.steps + 1}-{2 * args.steps})")
 

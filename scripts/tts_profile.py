@@ -23,6 +23,11 @@ from moshikit.tts import Settings, chunks, load_tts
 TEXT = "The quick brown fox jumps over the lazy dog. It is a small model that only exists for tests."
 
 
+def machine_line(threads: int) -> str:
+    """The CPU, torch, the threads and the load average: the first line of every profile here."""
+    return f"{detect(gpus=False).cpu}, torch {torch.__version__}, {threads} threads, load {os.getloadavg()[0]:.2f}"
+
+
 def timed(obj, name: str, key: str, spent: dict) -> None:
     """Wrap ``obj.name`` so that its wall time adds to ``spent[key]``."""
     inner = getattr(obj, name)
@@ -72,8 +77,7 @@ def main() -> None:
     speech = speak()
     wall = time.perf_counter() - start
     steps = speech[0].steps
-    cpu = detect(gpus=False).cpu
-    print(f"{cpu}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
+    print(machine_line(args.threads))
     print(f"batch {args.batch}, {args.dtype}, {steps} steps: {wall / steps * 1e3:.1f} ms a step")
     for key, seconds in spent.items():
         print(f"  {key:<22} {seconds / steps * 1e3:7.1f} ms a step")

@@ -269,11 +269,19 @@ def test_int8_kernel_choice_follows_the_batch_and_rows_stay_independent():
     assert snr_db(ref.numpy(), full.numpy()) >= MIN_SNR_DB["int8 one pass"]  # 8-bit weights, 8- or 7-bit activations
 
 
+def fake_flags(monkeypatch, add=frozenset(), remove=frozenset()) -> None:
+    """This CPU's flags with ``add`` added and ``remove`` taken away, as the engine's kernel choices
+    read them."""
+    flags = frozenset((cpu_kernels.cpu_flags() | set(add)) - set(remove))
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: flags)
+
+
 def fake_amx(monkeypatch, amx: bool) -> None:
-    """This CPU's flags with AMX added or taken away, as the engine's kernel choices read them."""
-    flags = cpu_kernels.cpu_flags() | {"amx_int8", "amx_bf16"} if amx else \
-        cpu_kernels.cpu_flags() - {"amx_int8", "amx_bf16", "amx_tile"}
-    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset(flags))
+    """This CPU's flags with AMX added or taken away."""
+    if amx:
+        fake_flags(monkeypatch, add={"amx_int8", "amx_bf16"})
+    else:
+        fake_flags(monkeypatch, remove={"amx_int8", "amx_bf16", "amx_tile"})
 
 
 @needs_int8
@@ -352,9 +360,10 @@ def test_bf16_caches_only_where_the_cpu_multiplies_bf16(monkeypatch, random_repo
     generic loop: the engine's KV cache is float32 there, and its bf16 weights (the text head) are
     multiplied in float32 from ONE_PASS_FROM streams, their bf16 values kept; with bf16 products,
     bf16 throughout. fp32 weights keep everything in float32 on every CPU."""
-    bf16 = {"avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}
-    flags = cpu_kernels.cpu_flags() | {"avx512_bf16"} if native else cpu_kernels.cpu_flags() - bf16
-    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset(flags))
+    if native:
+        fake_flags(monkeypatch, add={"avx512_bf16"})
+    else:
+        fake_flags(monkeypatch, remove={"avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
     lm = cpu_engine.load(random_repo, dtype="fp32")
     lm.reset(2)
     assert lm.engine.kv[0].dtype == torch.float32
