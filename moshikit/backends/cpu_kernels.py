@@ -54,13 +54,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from types import SimpleNamespace
+from typing import List, Optional, Union  # the types TorchScript reads in _onednn_int8
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..cpu_precision import cpu_flags
-from .torch_int8 import Int8Linear
+from .torch_int8 import Int8Linear, scripted
 
 #: From this batch size on, an int8 step is bound by arithmetic, not by reading the weights
 #: (one stt-1b step at batch 8 does ~8 GOP over 0.9 GB of weights): one pass.
@@ -162,17 +163,24 @@ class OneDnnInt8:
         self.zero = torch.zeros(q.shape[0], dtype=torch.long)
 
     def __call__(self, x: torch.Tensor, two_pass: bool) -> torch.Tensor:
-        n = x.shape[0]
-        s = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
-        xn = x * (127.0 / s)  # in [-127, 127]
-        rows = xn.round()
-        if two_pass:
-            rows = torch.cat([rows, ((xn - rows) * self.LIFT).round_()])
-        y = torch.ops.onednn.qlinear_pointwise(rows.add_(128.0).to(torch.uint8), 1.0 / 127.0, 128, self.packed,
-                                               self.scale, self.zero, None, 1.0, 0, torch.float32, "none", [], "")
-        if two_pass:
-            y = y[:n] + y[n:] / self.LIFT
-        return y * s
+        return scripted(_onednn_int8)(x, self.packed, self.scale, self.zero, two_pass, self.LIFT)
+
+
+def _onednn_int8(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, two_pass: bool,
+                 lift: float) -> torch.Tensor:
+    """``OneDnnInt8``'s arithmetic on ``x`` [n, K] (float32), compiled once (``torch_int8.scripted``)."""
+    n = x.size(0)
+    s = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+    xn = x * (s.reciprocal() * 127.0)  # in [-127, 127]
+    rows = xn.round()
+    if two_pass:
+        rows = torch.cat([rows, ((xn - rows) * lift).round_()])
+    no_post_op_args: List[Optional[Union[int, float, complex]]] = []
+    y = torch.ops.onednn.qlinear_pointwise(rows.add_(128.0).to(torch.uint8), 1.0 / 127.0, 128, packed, scale, zero,
+                                           None, 1.0, 0, torch.float32, "none", no_post_op_args, "")
+    if two_pass:
+        y = y[:n] + y[n:] / lift
+    return y * s
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +241,7 @@ class Linear(nn.Module):
         if self.onednn is not None:
             y = self.onednn(x, self.two_pass)
         elif self.int8 is not None:
-            y = self.int8(x) if self.two_pass else self.int8.one_pass(x)
+            y = self.int8.forward(x) if self.two_pass else self.int8.one_pass(x)  # no module hooks to run
         elif self.kind == "bf16" and self.weight.is_mkldnn:
             y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.weight, None, "none", [], "").float()
         elif self.kind == "bf16":

@@ -56,32 +56,56 @@ class Int8Linear(nn.Linear):
         self._lift = 1.0 / self._step  # residuals (|r| <= step / 2) scaled up to [-1, 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features).float()
-        n = x2.shape[0]
-        s = x2.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
-        xn = x2 / s
-        # The activations' grid in the int8 kernel (range [-1, 1] fixed by the sentinel): what it
-        # cannot represent, the residual, goes through the same matmul as rows of their own,
-        # scaled up to the same range (the weights are read once for both).
-        hi = torch.quantize_per_tensor(xn, self._step, self._zero, torch.quint8).dequantize()
-        rows = torch.cat([xn, (xn - hi) * self._lift, self._sentinel])
-        y = torch.ops.quantized.linear_dynamic(rows, self._packed, self.reduce_range)
-        y = (y[:n] + y[n : 2 * n] / self._lift) * s
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return scripted(_two_pass)(x, self._sentinel, self._packed, self._step, self._zero, self._lift,
+                                   self.reduce_range)
 
     def one_pass(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` without the residual pass: half the multiply-adds, the activations' grid
         left as it is (what a compute-bound batch wants; rows still independent of each other)."""
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features).float()
-        n = x2.shape[0]
-        s = x2.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
-        y = torch.ops.quantized.linear_dynamic(torch.cat([x2 / s, self._sentinel]), self._packed, self.reduce_range)
-        return (y[:n] * s).reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return scripted(_one_pass)(x, self._sentinel, self._packed, self.reduce_range)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def scripted(fn):
+    """``fn`` compiled by TorchScript, once: its torch calls then run without Python between them.
+    A layer's activations take ~15 small torch calls around one int8 product; from Python each
+    costs a few microseconds of argument parsing, as much as the product itself at one row on
+    weights that fit the caches (Kyutai TTS's depth transformer makes 512 such products a frame)."""
+    compiled = _SCRIPTED.get(fn)
+    if compiled is None:
+        compiled = _SCRIPTED[fn] = torch.jit.script(fn)
+    return compiled
+
+
+_SCRIPTED: dict = {}
+
+
+def _two_pass(x: torch.Tensor, sentinel: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase,
+              step: float, zero: int, lift: float, reduce_range: bool) -> torch.Tensor:
+    """``Int8Linear.forward``: see the module's notes. ``x`` [..., K], any float dtype."""
+    rows = x.reshape(-1, x.size(-1)).float()
+    n = rows.size(0)
+    s = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+    xn = rows / s
+    # The activations' grid in the int8 kernel (range [-1, 1] fixed by the sentinel): what it
+    # cannot represent, the residual, goes through the same matmul as rows of their own,
+    # scaled up to the same range (the weights are read once for both).
+    hi = torch.quantize_per_tensor(xn, step, zero, torch.quint8).dequantize()
+    y = torch.ops.quantized.linear_dynamic(torch.cat([xn, (xn - hi) * lift, sentinel]), packed, reduce_range)
+    y = (y[:n] + y[n : 2 * n] / lift) * s
+    return y.reshape(x.shape[:-1] + [y.size(1)]).to(x.dtype)
+
+
+def _one_pass(x: torch.Tensor, sentinel: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase,
+              reduce_range: bool) -> torch.Tensor:
+    """``Int8Linear.one_pass``. ``x`` [..., K], any float dtype."""
+    rows = x.reshape(-1, x.size(-1)).float()
+    n = rows.size(0)
+    s = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+    y = torch.ops.quantized.linear_dynamic(torch.cat([rows / s, sentinel]), packed, reduce_range)[:n] * s
+    return y.reshape(x.shape[:-1] + [y.size(1)]).to(x.dtype)
 
 
 class GatingGeneric(nn.Module):
