@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .cpu_kernels import Linear, attend
+from .cpu_kernels import Linear, attend, native_bf16
 
 #: Smallest KV capacity allocated (grown by doubling up to the model's context).
 MIN_CAPACITY = 64
@@ -225,7 +225,14 @@ class CrossAttention(nn.Module):
     def set_source(self, src: torch.Tensor, rows: torch.Tensor | None, dtype: torch.dtype) -> None:
         """Keys and values of ``src`` [B', T, dim] for the streams ``rows`` (all: None)."""
         b, t, _ = src.shape
-        kv = F.linear(src.to(self.kv_weight.dtype), self.kv_weight)
+        w = self.kv_weight
+        if w.dtype == torch.bfloat16 and not native_bf16():
+            # No bf16 kernel on this CPU (``cpu_kernels``' notes; Kyutai TTS at batch 4 spent ~2.5 s
+            # here before its first frame on a Zen 3): the same bf16 values multiplied in float32,
+            # the sums rounded to bf16 as the bf16 product's are.
+            kv = F.linear(src.to(w.dtype).float(), w.float()).to(w.dtype)
+        else:
+            kv = F.linear(src.to(w.dtype), w)
         kv = kv.view(b, t, 2, self.heads, -1).permute(2, 0, 3, 1, 4).to(dtype)
         if rows is None:
             self.kv = kv.contiguous()

@@ -73,6 +73,8 @@ def scripted(fn):
     A layer's activations take ~15 small torch calls around one int8 product; from Python each
     costs a few microseconds of argument parsing, as much as the product itself at one row on
     weights that fit the caches (Kyutai TTS's depth transformer makes 512 such products a frame)."""
+    if EAGER:
+        return fn
     compiled = _SCRIPTED.get(fn)
     if compiled is None:
         compiled = _SCRIPTED[fn] = torch.jit.script(fn)
@@ -80,6 +82,8 @@ def scripted(fn):
 
 
 _SCRIPTED: dict = {}
+#: True: the same functions run from Python, call by call (``scripts/int8_calls.py`` times both).
+EAGER = False
 
 
 def _two_pass(x: torch.Tensor, sentinel: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase,
@@ -95,7 +99,7 @@ def _two_pass(x: torch.Tensor, sentinel: torch.Tensor, packed: torch.classes.qua
     hi = torch.quantize_per_tensor(xn, step, zero, torch.quint8).dequantize()
     y = torch.ops.quantized.linear_dynamic(torch.cat([xn, (xn - hi) * lift, sentinel]), packed, reduce_range)
     y = (y[:n] + y[n : 2 * n] / lift) * s
-    return y.reshape(x.shape[:-1] + [y.size(1)]).to(x.dtype)
+    return y.reshape(list(x.shape[:-1]) + [y.size(1)]).to(x.dtype)
 
 
 def _one_pass(x: torch.Tensor, sentinel: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase,
@@ -105,7 +109,7 @@ def _one_pass(x: torch.Tensor, sentinel: torch.Tensor, packed: torch.classes.qua
     n = rows.size(0)
     s = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
     y = torch.ops.quantized.linear_dynamic(torch.cat([rows / s, sentinel]), packed, reduce_range)[:n] * s
-    return y.reshape(x.shape[:-1] + [y.size(1)]).to(x.dtype)
+    return y.reshape(list(x.shape[:-1]) + [y.size(1)]).to(x.dtype)
 
 
 class GatingGeneric(nn.Module):

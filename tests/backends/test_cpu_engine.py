@@ -15,7 +15,7 @@ from moshikit.backends import cpu_engine  # noqa: E402
 from moshikit.backends import cpu_kernels  # noqa: E402
 from moshikit.backends.cpu_kernels import (ONE_PASS_FROM, Linear, full_range_exact, has_amx,  # noqa: E402
                                             onednn_int8, packed_bf16)
-from moshikit.backends.cpu_step import Step  # noqa: E402
+from moshikit.backends.cpu_step import CrossAttention, Step  # noqa: E402
 from moshikit.cpu_precision import int8_supported  # noqa: E402
 from moshikit.errors import BackendError  # noqa: E402
 from moshikit.synthetic.stt import stt_config_json, write_stt_repo  # noqa: E402
@@ -381,3 +381,31 @@ def test_bf16_caches_only_where_the_cpu_multiplies_bf16(monkeypatch, random_repo
     assert torch.equal(head.weight.float(), values)  # the same bf16 values, exactly
     lm.reset(1)
     assert head.weight.dtype == torch.bfloat16
+
+
+def test_a_conditions_keys_and_values_are_bf16_products_on_every_cpu(monkeypatch):
+    """Kyutai TTS's cross-attention keys and values of its condition, computed once per stream in
+    the checkpoint's bf16 as moshi computes them. Without bf16 products (AVX2-only CPUs) the same
+    bf16 values are multiplied in float32 and the sums rounded to bf16: the bf16 product's values,
+    up to one bf16 rounding step where the two kernels' float32 sums straddle a rounding boundary
+    (their additions run in another order)."""
+    torch.manual_seed(0)
+    cross = CrossAttention.__new__(CrossAttention)
+    torch.nn.Module.__init__(cross)
+    cross.heads, cross.kv_weight = 4, (torch.randn(2 * 64, 64) * 0.1).bfloat16()
+    src = torch.randn(3, 20, 64)
+    kvs, products = {}, []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w: products.append(w.dtype) or linear(x, w))
+    for native in (True, False):
+        if native:
+            fake_flags(monkeypatch, add={"avx512_bf16"})
+        else:
+            fake_flags(monkeypatch, remove={"avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
+        cross.set_source(src, None, torch.float32)
+        kvs[native] = cross.kv
+    assert products == [torch.bfloat16, torch.float32]  # no bf16 product where the CPU has no bf16 kernel
+    assert kvs[False].shape == (2, 3, 4, 20, 16) and kvs[False].dtype == torch.float32
+    assert torch.equal(kvs[False], kvs[False].bfloat16().float())  # rounded to bf16, as the bf16 product
+    step = kvs[True].abs().clamp_min(1e-30) * 2.0**-7  # one bf16 rounding step (8 significant bits)
+    assert bool(((kvs[False] - kvs[True]).abs() <= step).all())
