@@ -22,6 +22,10 @@ Every kernel here comes from PyTorch (oneDNN / fbgemm); none is hand-written.
   - else PyTorch's dynamic quantized linear (fbgemm: AVX2, AVX-512 VNNI) with a sentinel row
     fixing the tensor's range (``torch_int8.Int8Linear``); 7-bit activations on CPUs whose
     int8 products would saturate int16 (no VNNI).
+
+  Either way the activations' arithmetic around the product (~15 small torch calls) runs as one
+  TorchScript call (``torch_int8.scripted``): from Python it cost as much as the product at one
+  row (``scripts/int8_calls.py``).
 * ``bf16``: weights in bf16, oneDNN's bf16 matmul (AMX or AVX-512 BF16 where present), laid out
   once in oneDNN's own blocked format (``mkldnn._reorder_linear_weight``, as ``torch.compile``
   freezes them), which plain ``F.linear`` re-lays on every call, except for weights streamed
