@@ -58,7 +58,6 @@ def _logits(lm, seq: np.ndarray) -> np.ndarray:
     return x - x.mean(-1, keepdims=True)
 
 
-
 def test_the_compiled_arithmetic_is_the_eager_one(monkeypatch):
     """The layer's activations run as one TorchScript call (``torch_int8.scripted``); the same
     function run from Python, call by call, gives the same bits (same kernels, same order, one
