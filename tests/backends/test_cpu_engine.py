@@ -284,6 +284,15 @@ def fake_amx(monkeypatch, amx: bool) -> None:
         fake_flags(monkeypatch, remove={"amx_int8", "amx_bf16", "amx_tile"})
 
 
+def fake_bf16_products(monkeypatch, native: bool) -> None:
+    """This CPU's flags with bf16 products (AVX-512 BF16) added, or every bf16 kernel (AVX-512 BF16,
+    AMX) taken away: an AVX2-only CPU's."""
+    if native:
+        fake_flags(monkeypatch, add={"avx512_bf16"})
+    else:
+        fake_flags(monkeypatch, remove={"avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
+
+
 @needs_int8
 @pytest.mark.skipif(not onednn_int8(), reason="no exact 8-bit oneDNN int8 kernel on this CPU (fbgemm runs)")
 @pytest.mark.parametrize("amx", [True, False])
@@ -360,10 +369,7 @@ def test_bf16_caches_only_where_the_cpu_multiplies_bf16(monkeypatch, random_repo
     generic loop: the engine's KV cache is float32 there, and its bf16 weights (the text head) are
     multiplied in float32 from ONE_PASS_FROM streams, their bf16 values kept; with bf16 products,
     bf16 throughout. fp32 weights keep everything in float32 on every CPU."""
-    if native:
-        fake_flags(monkeypatch, add={"avx512_bf16"})
-    else:
-        fake_flags(monkeypatch, remove={"avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
+    fake_bf16_products(monkeypatch, native)
     lm = cpu_engine.load(random_repo, dtype="fp32")
     lm.reset(2)
     assert lm.engine.kv[0].dtype == torch.float32
@@ -387,8 +393,7 @@ def test_a_conditions_keys_and_values_are_bf16_products_on_every_cpu(monkeypatch
     """Kyutai TTS's cross-attention keys and values of its condition, computed once per stream in
     the checkpoint's bf16 as moshi computes them. Without bf16 products (AVX2-only CPUs) the same
     bf16 values are multiplied in float32 and the sums rounded to bf16: the bf16 product's values,
-    up to one bf16 rounding step where the two kernels' float32 sums straddle a rounding boundary
-    (their additions run in another order)."""
+    up to what the two kernels' float32 sums (added in other orders) and their bf16 rounding allow."""
     torch.manual_seed(0)
     cross = CrossAttention.__new__(CrossAttention)
     torch.nn.Module.__init__(cross)
@@ -398,10 +403,7 @@ def test_a_conditions_keys_and_values_are_bf16_products_on_every_cpu(monkeypatch
     linear = torch.nn.functional.linear
     monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w: products.append(w.dtype) or linear(x, w))
     for native in (True, False):
-        if native:
-            fake_flags(monkeypatch, add={"avx512_bf16"})
-        else:
-            fake_flags(monkeypatch, remove={"avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
+        fake_bf16_products(monkeypatch, native)
         cross.set_source(src, None, torch.float32)
         kvs[native] = cross.kv
     assert products == [torch.bfloat16, torch.float32]  # no bf16 product where the CPU has no bf16 kernel
