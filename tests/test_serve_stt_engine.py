@@ -69,6 +69,23 @@ def test_streams_at_their_own_paces_get_the_tokens_they_get_alone(model, speech)
     assert together == alone
 
 
+def test_the_cpu_engine_holds_each_slots_state_for_the_whole_context_from_the_start(model, speech):
+    """Grown as streams run, the cpu engine's KV cache stopped every stream for seconds (32 streams
+    of stt-1b): the served engine reserves the model's context before its first step. A 1 s clip
+    alone would never grow it past its first 64 slots."""
+    if model.lm.info.backend != "cpu":
+        pytest.skip("only the cpu engine's state grows")
+    engine = SttEngine(model, 3)
+    engine.start()
+    try:
+        run(engine, clips(speech, (1,)), [1])
+    finally:
+        engine.stop()
+    step = model.lm.engine
+    assert step.batch == 3
+    assert {kv.shape[3] for kv in step.kv} == {model.lm.info.context}
+
+
 def test_a_masked_stream_stays_as_it_was_and_padding_it_would_not(model, speech):
     """``step_heads_masked``: a row left out of a step is exactly where it was. The control: had
     it been stepped with made-up input (zero codes) while it waited, its text would change."""

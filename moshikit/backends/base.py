@@ -217,6 +217,15 @@ class MaskedStepLM(StreamsLMBackend, Protocol):
 
 
 @runtime_checkable
+class ReservingLM(Protocol):
+    """An LM whose streams' state grows as they run (the cpu engine's KV cache): ``reserve(frames)``
+    allocates it now for ``frames`` frames of every stream of the current batch (up to the
+    model's context), so that no later step stops to grow it. Servers reserve at start."""
+
+    def reserve(self, frames: int) -> None: ...
+
+
+@runtime_checkable
 class GuidedLM(LMBackend, Protocol):
     """An LM backend that runs a conditioned model the way Kyutai runs Hibiki: ``set_guidance(cfg)``
     (classifier-free guidance strength, 1 = off; applies from the next ``reset``) and

@@ -130,6 +130,10 @@ class CpuLM:
         step = self.engine
         return len(step.layers) * 2 * step.dim * step.context * step.kv[0].element_size()
 
+    def reserve(self, frames: int) -> None:
+        """Allocate every stream's KV cache for ``frames`` frames now (the context at most)."""
+        self.engine.reserve(frames)
+
     def text_tokenizer(self):
         return self.checkpoint.get_text_tokenizer()
 

@@ -320,6 +320,13 @@ class Step(nn.Module):
     def reset_slots(self, mask: torch.Tensor) -> None:
         self.lengths = torch.where(mask, torch.zeros_like(self.lengths), self.lengths)
 
+    def reserve(self, frames: int) -> None:
+        """Hold the cache for ``frames`` positions of every stream now (the context at most), so no
+        later step stops to grow it. Growing zeroes fresh memory, which the kernel hands out slowly
+        right after a checkpoint has filled its page cache: at 32 streams of stt-1b in float32 the
+        step that grew took seconds (``scripts/kv_growth.py``), a stall for every live stream."""
+        self._grow(min(int(frames), self.context))
+
     def _grow(self, needed: int) -> None:
         cap = self.kv[0].shape[3]
         if needed <= cap or cap >= self.context:

@@ -19,6 +19,7 @@ moves it to its event loop).
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -240,6 +241,7 @@ class SttEngine:
             if not self.own_encoders:
                 codec.reset_stream(self.batch)
             lm.reset(self.batch)
+            self._reserve(lm)
             while self._running:
                 self._wake.clear()
                 if not self._step_once():
@@ -254,6 +256,17 @@ class SttEngine:
                 self._pending.clear()
             for f in feeds:
                 self._end(f, self.failed)
+
+    def _reserve(self, lm) -> None:
+        """Every slot's state for the model's whole context, now: grown as streams run, the cache
+        would stop every stream for seconds at a time on a CPU (``ReservingLM``)."""
+        from ..backends.base import ReservingLM
+
+        if isinstance(lm, ReservingLM):
+            t0 = time.perf_counter()
+            lm.reserve(lm.info.context)
+            self.log(f"stt: state for {self.batch} streams x {lm.info.context} frames held "
+                     f"({time.perf_counter() - t0:.1f} s)")
 
     def _admit(self) -> np.ndarray:
         """Fill free slots from the waiting streams; the mask of slots to restart."""

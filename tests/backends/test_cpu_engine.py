@@ -112,6 +112,20 @@ def test_the_cache_grows_then_slides_as_moshi_context_does():
     assert int(step.lengths[0]) == 100
 
 
+def test_a_cache_reserved_up_front_never_grows_and_computes_what_a_grown_one_does():
+    """``reserve`` (servers, at start) allocates what growing would reach, so no step stops to grow.
+    The capacity changes only the cache's strides, so the bound is fp32's against moshi, as above."""
+    model = moshi_model(context=150)
+    seq = tokens_seq(160, 1)  # past the context: the reserved cache wraps as the grown one does
+    step = Step(model, "fp32")
+    step.reset(1)
+    step.reserve(10_000)  # the context at most
+    assert step.kv[0].shape[3] == 150
+    got = engine_logits(step, seq)  # the same batch: reset keeps the memory
+    assert step.kv[0].shape[3] == 150
+    assert snr_db(moshi_logits(model, seq), got) >= MIN_SNR_DB["fp32"]
+
+
 def test_releasing_the_model_while_converting_changes_nothing_but_memory():
     """``release`` empties moshi's layers as they are converted (Moshi 7B then loads in ~15 GB, not
     ~22); the engine computes the same: the same kernels in the same order, so exactly equal."""
