@@ -107,6 +107,10 @@ class CpuLMGen:
             step.set_cross(cross)
         self.batch = batch
 
+    def reserve(self, frames: int) -> None:
+        """Every stream's KV cache for ``frames`` frames now (the context at most): ``ReservingLM``."""
+        self.engine.step.reserve(frames)
+
     def reset_streaming(self, reset_mask: torch.Tensor | None = None) -> None:
         """Restart the streams where ``reset_mask`` is true (all without one); the others go on."""
         mask = torch.ones(self.batch, dtype=torch.bool) if reset_mask is None else reset_mask.bool().cpu()

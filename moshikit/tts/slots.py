@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends.base import ReservingLM
 from .engine import condition_attributes, decode_frame, entries_of
 from .text import Chunk
 from .voices import Voice
@@ -111,6 +112,8 @@ class SlotBatch:
 
         stack = contextlib.ExitStack()
         stack.enter_context(self.lm_gen.streaming(self.batch))
+        if isinstance(self.lm_gen, ReservingLM):  # the CPU engine: no step stops to grow its cache
+            self.lm_gen.reserve(self.tts.lm.context)
         stack.enter_context(self.tts.mimi.streaming(self.batch))
         # The CPU engine's own decoder (the onnx codec's graph, as ``engine.generate_batch``), fresh
         # streams as Mimi's here; else Mimi decodes.

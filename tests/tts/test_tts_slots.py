@@ -104,3 +104,16 @@ def test_a_slot_waits_for_its_words_and_is_refilled(model):
     first = np.concatenate([e.pcm for e in events if e.kind == "audio"])
     second = np.concatenate([e.pcm for e in again if e.kind == "audio"])
     np.testing.assert_array_equal(first, second)  # a restarted slot keeps nothing of its last text
+
+
+def test_on_the_cpu_engine_the_slots_hold_their_state_for_the_whole_context_from_the_start():
+    """serve's TTS batch lives as long as the server: on the CPU engine its KV cache is reserved
+    for the model's context when it opens, not grown while slots speak (a stall for every slot).
+    A short text alone would never grow it past its first 64 slots."""
+    from moshikit.tts import load_tts
+
+    model = load_tts("synthetic", backend="cpu", dtype="fp32")
+    voice = resolve_voice(model, None)
+    with SlotBatch(model, 2, voice, temp=0.0) as slots:
+        step = slots.lm_gen.engine.step
+        assert {kv.shape[3] for kv in step.kv} == {model.tts.lm.context}
