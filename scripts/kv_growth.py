@@ -1,12 +1,12 @@
 """How long the CPU engine's KV cache stops a batch while it grows, and what reserving it up front
-(``serve --stt`` at start) costs instead: stt-1b's LM stepped frame by frame over ``--batch``
+(``serve``, at start) costs instead: stt-1b's LM stepped frame by frame over ``--batch``
 streams, each variant in a fresh process right after the model loads (as a server starts).
 
 Random weights in the published stt-1b-en_fr architecture (``~/.cache/moshikit/synthetic/
 stt-full-pytorch``, written by ``moshikit bench stt --synthetic --lm-size full``): speed only.
 Run it on an idle machine:
 
-    .venv/bin/python scripts/kv_growth.py --batch 32 --frames 520
+    .venv/bin/python scripts/kv_growth.py --batch 32 --frames 260   # past 256 positions: three doublings
 """
 
 from __future__ import annotations
