@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tts_profile import machine_line  # this folder is on the path when a script of it runs
+
 
 def one(args) -> dict:
     import torch
@@ -61,9 +63,6 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args)))
         return
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tts_profile import machine_line
-
     print(machine_line(args.threads), f"batch {args.batch}, {args.frames} frames, {args.dtype}")
     for variant in ("grow", "reserve"):
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", variant],
